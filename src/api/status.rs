@@ -1,0 +1,74 @@
+//! Status pieces shared by TlsCompliance and OutboundGateway.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How many entries of the referenced address lists a policy matched.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchedCounts {
+    /// Individual addresses (`alice@example.com`).
+    pub addresses: u64,
+    /// Domains, including `.domain` subdomain entries.
+    pub domains: u64,
+}
+
+/// Where a policy landed: the relay configuration and how far it has propagated.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayConfigRef {
+    /// Name of the ConfigMap (or output directory) holding the rendered files.
+    pub name: String,
+    /// SHA-256 content hash of the rendered files.
+    pub hash: String,
+    /// Relay pods that report this hash as applied (unset when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_pods: Option<u32>,
+    /// Relay pods known to the controller (unset when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_pods: Option<u32>,
+}
+
+/// Summary of the last TLS test run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestSummary {
+    /// When the test finished (RFC 3339).
+    pub time: String,
+    /// Destinations tested.
+    pub destinations: u32,
+    /// Destinations that met the policy.
+    pub passed: u32,
+    /// Destinations that did not (in Monitor mode: that would not have).
+    pub failed: u32,
+    /// Destinations that passed with a warning (e.g. certificate expiring soon).
+    pub warnings: u32,
+    /// Count of results by outcome (`pass`, `starttls-not-supported`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_outcome: BTreeMap<String, u32>,
+}
+
+/// The test result for one destination (a domain, address domain or gateway host).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationResult {
+    /// The destination as tested (`example.com`, `[gw.example.net]:587`).
+    pub destination: String,
+    /// The host actually connected to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `pass` or an RFC 8460 result type / DNS or connection error.
+    pub outcome: String,
+    /// Whether the destination met the policy.
+    pub passed: bool,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Negotiated TLS version, if a handshake completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
+    /// Days until the leaf certificate expires, if one was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_days_left: Option<i64>,
+}

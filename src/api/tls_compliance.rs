@@ -1,0 +1,154 @@
+use super::{DestinationResult, LocalRef, MatchedCounts, RelayConfigRef, TestSummary, TlsVersion};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Mail to and/or from the listed addresses and domains must use TLS.
+///
+/// Outbound matches recipients, inbound matches envelope senders.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "mailtls.io",
+    version = "v1alpha1",
+    kind = "TlsCompliance",
+    namespaced,
+    status = "TlsComplianceStatus",
+    shortname = "tlsc",
+    category = "mailtls",
+    doc = "Mail to and/or from the listed addresses and domains must use TLS.",
+    printcolumn(name = "Direction", type_ = "string", json_path = ".spec.direction"),
+    printcolumn(name = "Enforcement", type_ = "string", json_path = ".spec.enforcement"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Compliant",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Compliant\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("!self.spec.validateHostname || self.spec.requireCASigned")
+        .message("validateHostname requires requireCASigned: a host name is only checked on a CA-signed certificate")
+        .field_path(".spec.validateHostname")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsComplianceSpec {
+    /// `Outbound` (recipients), `Inbound` (senders) or `Both`.
+    pub direction: Direction,
+    /// The address lists whose entries this policy applies to.
+    #[schemars(length(min = 1, max = 64))]
+    pub address_lists: Vec<LocalRef>,
+    /// Outbound: the server certificate must chain to a trusted CA.
+    #[serde(default)]
+    pub require_ca_signed: bool,
+    /// Outbound: the certificate must also match the server's host name (needs requireCASigned).
+    #[serde(default)]
+    pub validate_hostname: bool,
+    /// Outbound: lowest TLS version allowed.
+    #[serde(default)]
+    pub min_tls_version: TlsVersion,
+    /// Outbound: what happens to mail that cannot go out over TLS.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// `Enforce` renders mandatory TLS; `Monitor` only tests and reports what would fail.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+    /// Periodic TLS tests of the outbound destinations.
+    #[serde(default)]
+    pub test: TestSpec,
+}
+
+/// Which mail a TlsCompliance applies to.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Direction {
+    /// Mail from the listed senders.
+    Inbound,
+    /// Mail to the listed recipients.
+    Outbound,
+    /// Both.
+    Both,
+}
+
+impl Direction {
+    pub fn outbound(self) -> bool {
+        matches!(self, Direction::Outbound | Direction::Both)
+    }
+    pub fn inbound(self) -> bool {
+        matches!(self, Direction::Inbound | Direction::Both)
+    }
+}
+
+/// What happens to outbound mail that cannot be sent over TLS as required.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum OnFailure {
+    /// Keep it queued and retry.
+    Defer,
+    /// Return it to the sender after one attempt (like the hosted services).
+    #[default]
+    Bounce,
+}
+
+/// Whether a policy is in force or a dry run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Enforcement {
+    /// Render mandatory TLS.
+    #[default]
+    Enforce,
+    /// Render nothing mandatory; test and report what would fail.
+    Monitor,
+}
+
+/// Periodic TLS connection tests.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestSpec {
+    /// Run tests at all.
+    #[serde(default = "super::default_true")]
+    pub enabled: bool,
+    /// Time between tests, e.g. `6h`, `30m`, `1h30m` (at least 1m).
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(h|m|s))+$"), length(max = 32))]
+    pub interval: String,
+}
+
+fn default_interval() -> String {
+    "6h".to_string()
+}
+
+impl Default for TestSpec {
+    fn default() -> Self {
+        TestSpec {
+            enabled: true,
+            interval: default_interval(),
+        }
+    }
+}
+
+/// What the controller found for a TlsCompliance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsComplianceStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Rendered`, `Tested`, `Compliant`, `Conflict`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Entries of the referenced lists this policy matched.
+    #[serde(default)]
+    pub matched: MatchedCounts,
+    /// The relay configuration this policy landed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_config: Option<RelayConfigRef>,
+    /// The last TLS test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_test: Option<TestSummary>,
+    /// Per-destination results of the last test, failures first (at most 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<DestinationResult>,
+}
