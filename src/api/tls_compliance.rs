@@ -83,7 +83,7 @@ impl Direction {
 
 /// What happens to outbound mail that cannot be sent over TLS as required.
 #[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
 )]
 pub enum OnFailure {
     /// Keep it queued and retry.

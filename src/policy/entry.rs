@@ -1,0 +1,234 @@
+//! Address-list entries: parsing, normalisation and the checks that keep data from ever
+//! becoming Postfix configuration.
+
+use std::fmt;
+
+/// Longest local part (RFC 5321 §4.5.3.1.1).
+const MAX_LOCAL: usize = 64;
+/// Longest domain name in its ASCII form (RFC 1035, without the trailing dot).
+const MAX_DOMAIN: usize = 253;
+/// Longest label.
+const MAX_LABEL: usize = 63;
+
+/// One normalised entry: an address, a domain, or every subdomain of a domain.
+///
+/// Ordering is by kind, then text, which keeps every rendered table sorted the same way
+/// whatever order the input came in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Entry {
+    /// `alice@example.com`, stored whole.
+    Address(String),
+    /// `example.com`: the domain itself.
+    Domain(String),
+    /// `.example.com`: every subdomain of `example.com` (stored without the dot).
+    Subdomains(String),
+}
+
+impl Entry {
+    /// The domain part: the address's domain, the domain, or the parent of the subdomains.
+    pub fn domain(&self) -> &str {
+        match self {
+            Entry::Address(a) => a.rsplit_once('@').map_or(a.as_str(), |(_, d)| d),
+            Entry::Domain(d) | Entry::Subdomains(d) => d,
+        }
+    }
+
+    pub fn is_address(&self) -> bool {
+        matches!(self, Entry::Address(_))
+    }
+
+    /// How specific the entry is: addresses beat domains beat parents, and a deeper parent
+    /// beats a shallower one.
+    pub fn specificity(&self) -> (u8, usize) {
+        match self {
+            Entry::Address(_) => (2, 0),
+            Entry::Domain(_) => (1, 0),
+            Entry::Subdomains(d) => (0, d.split('.').count()),
+        }
+    }
+
+    /// Whether the entry `self` covers `key` (a key is itself an entry: an address, a domain
+    /// or a subdomain wildcard). `.example.com` covers `a.example.com`, `x@a.example.com` and
+    /// `.a.example.com`, but not `example.com` itself.
+    pub fn covers(&self, key: &Entry) -> bool {
+        match self {
+            Entry::Address(a) => matches!(key, Entry::Address(k) if k == a),
+            Entry::Domain(d) => match key {
+                Entry::Domain(k) => k == d,
+                Entry::Address(_) => key.domain() == d,
+                Entry::Subdomains(_) => false,
+            },
+            Entry::Subdomains(p) => match key {
+                Entry::Subdomains(q) => q == p || is_strict_subdomain(q, p),
+                _ => is_strict_subdomain(key.domain(), p),
+            },
+        }
+    }
+
+    /// The entries that could cover `self`, most specific first: itself, its domain (for an
+    /// address) and every parent wildcard. This is the lookup order Postfix uses.
+    pub fn lookup_chain(&self) -> Vec<Entry> {
+        let mut chain = vec![self.clone()];
+        let mut domain = self.domain();
+        if self.is_address() {
+            chain.push(Entry::Domain(domain.to_string()));
+        }
+        while let Some((_, parent)) = domain.split_once('.') {
+            chain.push(Entry::Subdomains(parent.to_string()));
+            domain = parent;
+        }
+        chain
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Entry::Address(a) => f.write_str(a),
+            Entry::Domain(d) => f.write_str(d),
+            Entry::Subdomains(d) => write!(f, ".{d}"),
+        }
+    }
+}
+
+fn is_strict_subdomain(child: &str, parent: &str) -> bool {
+    child.len() > parent.len() + 1
+        && child.ends_with(parent)
+        && child.as_bytes()[child.len() - parent.len() - 1] == b'.'
+}
+
+/// Parse and normalise one entry as written by a user.
+pub fn parse_entry(raw: &str) -> Result<Entry, String> {
+    if raw.is_empty() {
+        return Err("empty entry".into());
+    }
+    if let Some(c) = raw.chars().find(|c| c.is_control()) {
+        return Err(format!("contains the control character {}", c.escape_unicode()));
+    }
+    if raw.chars().any(char::is_whitespace) {
+        return Err("contains white space".into());
+    }
+    if let Some(c) = raw.chars().find(|c| matches!(c, ',' | ';' | '=' | '{' | '}' | '"' | '<' | '>' | '(' | ')' | '[' | ']' | '\\')) {
+        return Err(format!("contains the character '{c}', which is not allowed in an address or domain"));
+    }
+    if raw.starts_with('-') {
+        return Err("starts with '-'".into());
+    }
+    match raw.matches('@').count() {
+        0 => {
+            if let Some(rest) = raw.strip_prefix('.') {
+                if rest.is_empty() || rest.starts_with('.') {
+                    return Err("a subdomain entry needs a domain after the leading dot".into());
+                }
+                Ok(Entry::Subdomains(normalize_domain(rest, 1)?))
+            } else {
+                Ok(Entry::Domain(normalize_domain(raw, 2)?))
+            }
+        }
+        1 => {
+            let (local, domain) = raw.split_once('@').unwrap_or_default();
+            let local = normalize_local(local)?;
+            let domain = normalize_domain(domain, 2)?;
+            Ok(Entry::Address(format!("{local}@{domain}")))
+        }
+        _ => Err("contains more than one '@'".into()),
+    }
+}
+
+fn normalize_local(local: &str) -> Result<String, String> {
+    if local.is_empty() {
+        return Err("missing the part before '@'".into());
+    }
+    if !local.is_ascii() {
+        return Err("non-ASCII characters before '@' are not supported".into());
+    }
+    if local.len() > MAX_LOCAL {
+        return Err(format!("the part before '@' is longer than {MAX_LOCAL} characters"));
+    }
+    if let Some(c) = local.chars().find(|c| !is_local_char(*c)) {
+        return Err(format!("the character '{c}' is not allowed before '@'"));
+    }
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        return Err("dots before '@' must separate words ('a.b', not '.a', 'a.' or 'a..b')".into());
+    }
+    if local.starts_with('-') {
+        return Err("starts with '-'".into());
+    }
+    Ok(local.to_ascii_lowercase())
+}
+
+/// RFC 5322 atext and dots, without `#` (a map comment), `=`, `{`, `}` (Postfix syntax) and
+/// `|` `$` (never seen in real addresses, and `$` is Postfix's expansion character).
+fn is_local_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '!' | '%' | '&' | '\'' | '*' | '+' | '-' | '/' | '?' | '^' | '_' | '`' | '~')
+}
+
+/// Normalise a domain: lowercase, drop one trailing dot, internationalised names to punycode,
+/// then check every label. `min_labels` is 2 for mail domains and 1 for `.tld` wildcards.
+pub fn normalize_domain(raw: &str, min_labels: usize) -> Result<String, String> {
+    let trimmed = raw.strip_suffix('.').unwrap_or(raw);
+    if trimmed.is_empty() {
+        return Err("missing domain".into());
+    }
+    let ascii = if trimmed.is_ascii() {
+        trimmed.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii_strict(trimmed)
+            .map_err(|_| "not a valid internationalised domain name".to_string())?
+    };
+    check_ascii_domain(&ascii, min_labels)?;
+    Ok(ascii)
+}
+
+/// Check an ASCII, lowercase domain: LDH labels of 1..=63 characters, at most 253 in all.
+pub fn check_ascii_domain(domain: &str, min_labels: usize) -> Result<(), String> {
+    if domain.len() > MAX_DOMAIN {
+        return Err(format!("domain is longer than {MAX_DOMAIN} characters"));
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    for label in &labels {
+        if label.is_empty() {
+            return Err("domain has an empty label ('..' or a leading/trailing dot)".into());
+        }
+        if label.len() > MAX_LABEL {
+            return Err(format!("domain label is longer than {MAX_LABEL} characters"));
+        }
+        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
+            return Err(format!("the character '{c}' is not allowed in a domain"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a domain label may not start or end with '-'".into());
+        }
+    }
+    if labels.len() < min_labels {
+        return Err("a domain needs at least two labels (example.com); use '.com' for every subdomain of a top-level domain".into());
+    }
+    if labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        return Err("looks like an IP address, not a domain".into());
+    }
+    Ok(())
+}
+
+/// Split pasted "bulk add" text into raw entries: spaces, commas, semicolons and newlines
+/// separate them.
+pub fn split_bulk(bulk: &str) -> impl Iterator<Item = &str> {
+    bulk.split(|c: char| c.is_whitespace() || c == ',' || c == ';').filter(|s| !s.is_empty())
+}
+
+/// An entry shown back to a user: control characters escaped and cut to 100 characters, so
+/// a status never carries raw hostile bytes or megabytes.
+pub fn display_raw(raw: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in raw.chars().enumerate() {
+        if i == 100 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

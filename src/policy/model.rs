@@ -1,0 +1,285 @@
+//! The values the policy engine produces: the effective policy of one namespace and what it
+//! found about each resource.
+
+use super::entry::Entry;
+use super::host::Host;
+use crate::api::{OnFailure, TlsVersion};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// How strictly a server certificate is checked, weakest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// TLS is mandatory; any certificate.
+    Encrypt,
+    /// The certificate must chain to a trusted CA.
+    CaSigned,
+    /// The certificate must chain to a trusted CA and match the server's host name.
+    Hostname,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Encrypt => "TLS required",
+            Level::CaSigned => "TLS with a CA-signed certificate",
+            Level::Hostname => "TLS with a CA-signed certificate matching the host name",
+        })
+    }
+}
+
+/// A mandatory-TLS requirement for one hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Requirement {
+    pub level: Level,
+    pub min_tls: TlsVersion,
+}
+
+impl Requirement {
+    pub fn new(require_ca_signed: bool, validate_hostname: bool, min_tls: TlsVersion) -> Self {
+        let level = match (require_ca_signed, validate_hostname) {
+            (true, true) => Level::Hostname,
+            (true, false) => Level::CaSigned,
+            _ => Level::Encrypt,
+        };
+        Requirement { level, min_tls }
+    }
+
+    /// The stricter of two requirements, field by field.
+    pub fn strictest(self, other: Requirement) -> Requirement {
+        Requirement { level: self.level.max(other.level), min_tls: self.min_tls.max(other.min_tls) }
+    }
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, TLS {} or newer", self.level, self.min_tls)
+    }
+}
+
+/// An enforced outbound requirement and what happens when it cannot be met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Enforced {
+    pub requirement: Requirement,
+    pub on_failure: OnFailure,
+}
+
+impl Enforced {
+    /// Strictest of both: the higher level and version, and `Bounce` over `Defer`.
+    pub fn strictest(self, other: Enforced) -> Enforced {
+        Enforced {
+            requirement: self.requirement.strictest(other.requirement),
+            on_failure: self.on_failure.max(other.on_failure),
+        }
+    }
+}
+
+/// Fold an optional value with a new one using `f`.
+pub(crate) fn fold<T: Copy>(acc: Option<T>, new: T, f: impl Fn(T, T) -> T) -> Option<T> {
+    Some(acc.map_or(new, |a| f(a, new)))
+}
+
+/// A gateway hop: where mail is handed over and the TLS the hop itself requires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hop {
+    /// Name of the OutboundGateway.
+    pub gateway: String,
+    pub host: Host,
+    pub port: u16,
+    pub mx_lookup: bool,
+    /// `None`: opportunistic TLS on this hop.
+    pub tls: Option<Requirement>,
+}
+
+impl Hop {
+    /// The Postfix next-hop (also the exact key of its TLS policy entry).
+    pub fn nexthop(&self) -> String {
+        self.host.nexthop(self.port, self.mx_lookup)
+    }
+}
+
+/// Where mail for a key goes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Route {
+    /// Straight to the recipient domain's MX hosts.
+    Direct,
+    /// Through the organisation's outbound gateway (`AllMail`, Postfix `relayhost`).
+    Relayhost(String),
+    /// Through the alternate secure route (`SecureTransportRequired`).
+    SecureRoute(String),
+    /// Through a per-recipient gateway (`Recipients`), decided by the given entry.
+    Recipients { gateway: String, entry: Entry },
+}
+
+impl Route {
+    pub fn gateway(&self) -> Option<&str> {
+        match self {
+            Route::Direct => None,
+            Route::Relayhost(g) | Route::SecureRoute(g) => Some(g),
+            Route::Recipients { gateway, .. } => Some(gateway),
+        }
+    }
+}
+
+/// The effective outbound rule for one key, already merged with every less specific entry
+/// that covers it, so the most specific key Postfix finds carries the whole answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundRule {
+    /// Mandatory TLS, from `Enforce` policies.
+    pub enforced: Option<Enforced>,
+    /// What `Monitor` policies would require (tested and reported, never rendered).
+    pub monitored: Option<Requirement>,
+    pub route: Route,
+    /// TlsCompliance policies whose entries cover this key.
+    pub policies: BTreeSet<String>,
+}
+
+/// The effective inbound rule for one sender key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboundRule {
+    /// An `Enforce` policy requires TLS from these senders.
+    pub enforced: bool,
+    /// A `Monitor` policy would.
+    pub monitored: bool,
+    pub policies: BTreeSet<String>,
+}
+
+/// Everything the renderer needs for one namespace. No I/O went into it and none comes out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EffectivePolicy {
+    pub namespace: String,
+    pub outbound: BTreeMap<Entry, OutboundRule>,
+    pub inbound: BTreeMap<Entry, InboundRule>,
+    /// Every usable gateway by name.
+    pub gateways: BTreeMap<String, Hop>,
+    /// The winning `AllMail` gateway.
+    pub relayhost: Option<String>,
+    /// The winning `SecureTransportRequired` gateway.
+    pub secure_route: Option<String>,
+}
+
+impl EffectivePolicy {
+    /// The outbound rule Postfix applies to a recipient: the most specific key covering it.
+    pub fn outbound_for(&self, recipient: &Entry) -> Option<(&Entry, &OutboundRule)> {
+        recipient.lookup_chain().into_iter().find_map(|k| self.outbound.get_key_value(&k))
+    }
+
+    /// The inbound rule for a sender: the most specific key covering it.
+    pub fn inbound_for(&self, sender: &Entry) -> Option<(&Entry, &InboundRule)> {
+        sender.lookup_chain().into_iter().find_map(|k| self.inbound.get_key_value(&k))
+    }
+
+    /// The route mail takes when no key covers the recipient.
+    pub fn default_route(&self) -> Route {
+        self.relayhost.clone().map_or(Route::Direct, Route::Relayhost)
+    }
+
+    pub fn hop(&self, route: &Route) -> Option<&Hop> {
+        route.gateway().and_then(|g| self.gateways.get(g))
+    }
+}
+
+/// The kinds of resource, in the order their files are reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    AddressList,
+    TlsCompliance,
+    OutboundGateway,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::AddressList => "AddressList",
+            Kind::TlsCompliance => "TlsCompliance",
+            Kind::OutboundGateway => "OutboundGateway",
+        })
+    }
+}
+
+/// A resource within the namespace being evaluated.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceId {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl ResourceId {
+    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+        ResourceId { kind, name: name.into() }
+    }
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+/// Something wrong with a resource, with the field it concerns.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// JSON-path-like field (`spec.entries[3]`, `spec.addressLists[0].name`).
+    pub field: String,
+    pub message: String,
+}
+
+/// Two or more resources claim the same thing; the oldest wins.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Conflict {
+    /// What is contested (`the AllMail gateway`, `route for example.com`).
+    pub subject: String,
+    pub winner: ResourceId,
+    /// Every resource involved, winner included.
+    pub involved: BTreeSet<ResourceId>,
+}
+
+/// Address-list counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListStats {
+    pub addresses: u64,
+    pub domains: u64,
+    pub duplicates: u64,
+    /// Rejected entries with the reason (the raw text, escaped and cut).
+    pub invalid: Vec<(String, Problem)>,
+}
+
+/// Everything the engine found about one resource; becomes its status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResourceFindings {
+    /// Spec errors (the resource, or the part named, is not rendered).
+    pub errors: Vec<Problem>,
+    pub conflicts: Vec<Conflict>,
+    /// Resources that use this one (lists: policies and gateways; gateways: policies).
+    pub used_by: BTreeSet<ResourceId>,
+    /// Address lists: the counts.
+    pub list: Option<ListStats>,
+    /// Policies and Recipients gateways: entries matched (addresses, domains).
+    pub matched: Option<(u64, u64)>,
+    /// Whether anything of this resource made it into the rendered configuration.
+    pub rendered: bool,
+}
+
+/// Findings for every resource of the namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub resources: BTreeMap<ResourceId, ResourceFindings>,
+}
+
+impl Findings {
+    pub fn get_mut(&mut self, id: &ResourceId) -> &mut ResourceFindings {
+        self.resources.entry(id.clone()).or_default()
+    }
+
+    pub fn get(&self, id: &ResourceId) -> Option<&ResourceFindings> {
+        self.resources.get(id)
+    }
+
+    /// Every error and invalid entry, in resource order.
+    pub fn problems(&self) -> impl Iterator<Item = (&ResourceId, &Problem)> {
+        self.resources.iter().flat_map(|(id, f)| {
+            let invalid = f.list.iter().flat_map(|l| l.invalid.iter().map(|(_, p)| p));
+            f.errors.iter().chain(invalid).map(move |p| (id, p))
+        })
+    }
+}

@@ -1,0 +1,324 @@
+//! EffectivePolicy → Postfix files. See DESIGN.md §4 and the README's mapping table.
+//!
+//! Decisions worth knowing:
+//! * A TLS-required key routed directly goes in `tls_policy` (keyed by the next-hop domain,
+//!   which is the key itself). Addresses, and any key routed through a gateway, get a
+//!   `transport` entry to a dedicated master.cf service that carries the requirement in `-o`
+//!   options and empties `smtp_tls_policy_maps`, so no table entry can weaken it. That is
+//!   how no route carries TLS-required mail without its own mandatory TLS.
+//! * "CA-signed without host name" has no Postfix level of its own: it renders as `verify`
+//!   accepting the MX host name, the next-hop domain or any subdomain of it
+//!   (`match=hostname:nexthop:dot-nexthop`). Postfix cannot check a chain with no name at
+//!   all; this is the closest, and the probe reports the certificate exactly.
+//! * `onFailure: Bounce` uses a service with `smtp_delivery_status_filter`, which turns the
+//!   SMTP client's own TLS 4.7.x failures into 5.7.x. Never global: `Defer` keys must keep
+//!   retrying.
+//! * Inbound: Postfix access tables match a listed domain's subdomains too (the default
+//!   `parent_domain_matches_subdomains`), so `.example.com` is written as `example.com`:
+//!   stricter rather than silently unmatched.
+
+use super::{MANIFEST, RelayConfig, RenderOptions, content_hash};
+use crate::api::OnFailure;
+use crate::policy::{EffectivePolicy, Enforced, Entry, Hop, Level, Requirement, Route};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+/// Source files of the indexed maps (built with `postmap`).
+pub const TLS_POLICY: &str = "tls_policy";
+pub const TRANSPORT: &str = "transport";
+pub const SENDER_ACCESS: &str = "sender_access";
+/// The delivery status filter (a pcre table, used as is).
+pub const BOUNCE_FILTER: &str = "tls_bounce.pcre";
+pub const MAIN_CF: &str = "main.cf";
+pub const MASTER_CF: &str = "master.cf";
+/// The restriction class inbound senders are sent to.
+pub const REQUIRE_TLS_CLASS: &str = "mailtls_require_tls";
+/// The service used for direct `Bounce` domains whose level comes from `tls_policy`.
+const BOUNCE_SERVICE: &str = "mailtls-bounce";
+
+/// Turns the SMTP client's own mandatory-TLS failures into permanent ones. Anchored on the
+/// text Postfix itself writes; a remote server's reply reads "host X said: …" and never
+/// matches.
+const BOUNCE_FILTER_RULES: &str = r"/^4(\.7\.[0-9]+ TLS is required, but .*)$/ 5$1
+/^4(\.7\.[0-9]+ Cannot start TLS: .*)$/ 5$1
+/^4(\.7\.[0-9]+ Server certificate not (verified|trusted).*)$/ 5$1
+/^4(\.7\.[0-9]+ Server hostname verification failed.*)$/ 5$1
+";
+
+/// A TLS policy table value: opportunistic (for gateway hops) or a requirement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TableLevel {
+    May,
+    Required(Requirement),
+}
+
+impl TableLevel {
+    fn stricter(self, other: TableLevel) -> TableLevel {
+        match (self, other) {
+            (TableLevel::Required(a), TableLevel::Required(b)) => TableLevel::Required(a.strictest(b)),
+            (TableLevel::May, x) | (x, TableLevel::May) => x,
+        }
+    }
+
+    fn render(self) -> String {
+        match self {
+            TableLevel::May => "may".into(),
+            TableLevel::Required(r) => {
+                let level = match r.level {
+                    Level::Encrypt => "encrypt",
+                    Level::CaSigned => "verify match=hostname:nexthop:dot-nexthop",
+                    Level::Hostname => "verify match=hostname",
+                };
+                format!("{level} protocols=>={}", r.min_tls.postfix_name())
+            }
+        }
+    }
+}
+
+/// A dedicated master.cf service: a requirement and failure handling carried in `-o` options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Service(Enforced);
+
+impl Service {
+    fn name(self) -> String {
+        let Enforced { requirement, on_failure } = self.0;
+        let level = match requirement.level {
+            Level::Encrypt => "encrypt",
+            Level::CaSigned => "ca",
+            Level::Hostname => "verify",
+        };
+        let version = requirement.min_tls.as_str().replace('.', "");
+        let fail = match on_failure {
+            OnFailure::Bounce => "bounce",
+            OnFailure::Defer => "defer",
+        };
+        format!("mailtls-{level}-tls{version}-{fail}")
+    }
+
+    fn render(self, filter: &str) -> String {
+        let Enforced { requirement, on_failure } = self.0;
+        let mut s = service_line(&self.name());
+        let (level, matching) = match requirement.level {
+            Level::Encrypt => ("encrypt", None),
+            Level::CaSigned => ("verify", Some("hostname,nexthop,dot-nexthop")),
+            Level::Hostname => ("verify", Some("hostname")),
+        };
+        let _ = writeln!(s, "  -o smtp_tls_security_level={level}");
+        if let Some(m) = matching {
+            let _ = writeln!(s, "  -o smtp_tls_verify_cert_match={m}");
+        }
+        let _ = writeln!(s, "  -o smtp_tls_mandatory_protocols=>={}", requirement.min_tls.postfix_name());
+        s.push_str("  -o smtp_tls_policy_maps=\n");
+        if on_failure == OnFailure::Bounce {
+            let _ = writeln!(s, "  -o smtp_delivery_status_filter={filter}");
+        }
+        s
+    }
+}
+
+/// A master.cf service line for an SMTP client transport. `chroot = n` so the service needs
+/// no resolver files inside the queue directory.
+fn service_line(name: &str) -> String {
+    format!("{name} unix  -       -       n       -       -       smtp\n")
+}
+
+/// What each resource contributed, for the manifest.
+#[derive(Default)]
+struct Contributions(BTreeMap<String, BTreeMap<&'static str, u64>>);
+
+impl Contributions {
+    fn add<'a>(&mut self, who: impl IntoIterator<Item = &'a str>, prefix: &str, file: &'static str) {
+        for name in who {
+            *self.0.entry(format!("{prefix}/{name}")).or_default().entry(file).or_default() += 1;
+        }
+    }
+}
+
+/// The tables being built.
+#[derive(Default)]
+struct Tables {
+    tls_policy: BTreeMap<String, TableLevel>,
+    transport: BTreeMap<String, String>,
+    sender_access: BTreeSet<String>,
+    services: BTreeSet<Service>,
+    bounce_service: bool,
+    made_by: Contributions,
+}
+
+/// Render one namespace's effective policy into relay files.
+pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
+    let mut t = Tables::default();
+    outbound(policy, &mut t);
+    gateway_hops(policy, &mut t);
+    for (key, rule) in &policy.inbound {
+        if rule.enforced {
+            let key = match key {
+                Entry::Subdomains(d) => d.clone(),
+                other => other.to_string(),
+            };
+            t.sender_access.insert(key);
+            t.made_by.add(rule.policies.iter().map(String::as_str), "TlsCompliance", SENDER_ACCESS);
+        }
+    }
+
+    let map = |name: &str| format!("{}:{}/{}", opts.map_type.as_str(), opts.config_dir, name);
+    let filter = format!("pcre:{}/{}", opts.config_dir, BOUNCE_FILTER);
+    let header = format!(
+        "# Generated by mailtls for namespace \"{}\". Do not edit: every change is overwritten.\n",
+        policy.namespace
+    );
+
+    let mut files = BTreeMap::new();
+    files.insert(MAIN_CF.to_string(), main_cf(policy, opts, &header, &map));
+    files.insert(MASTER_CF.to_string(), master_cf(&t, &header, &filter));
+    files.insert(TLS_POLICY.to_string(), table(&header, t.tls_policy.iter().map(|(k, v)| (k.clone(), v.render()))));
+    files.insert(TRANSPORT.to_string(), table(&header, t.transport.iter().map(|(k, v)| (k.clone(), v.clone()))));
+    files.insert(
+        SENDER_ACCESS.to_string(),
+        table(
+            &format!("{header}# A domain here also covers its subdomains (Postfix access table semantics).\n"),
+            t.sender_access.iter().map(|k| (k.clone(), REQUIRE_TLS_CLASS.to_string())),
+        ),
+    );
+    files.insert(BOUNCE_FILTER.to_string(), format!("{header}{BOUNCE_FILTER_RULES}"));
+
+    let hash = content_hash(&files);
+    let manifest = json!({
+        "generator": format!("mailtls {}", env!("CARGO_PKG_VERSION")),
+        "namespace": policy.namespace,
+        "hash": hash,
+        "options": {
+            "configDir": opts.config_dir,
+            "mapType": opts.map_type.as_str(),
+            "caFile": opts.ca_file,
+            "postfixVersion": opts.postfix_version.to_string(),
+        },
+        "maps": [TLS_POLICY, TRANSPORT, SENDER_ACCESS],
+        "files": files.iter().map(|(name, content)| (name.clone(), content_hash([(name, content)]))).collect::<BTreeMap<_, _>>(),
+        "entries": {
+            TLS_POLICY: t.tls_policy.len(),
+            TRANSPORT: t.transport.len(),
+            SENDER_ACCESS: t.sender_access.len(),
+            "services": t.services.len() + usize::from(t.bounce_service),
+        },
+        "resources": t.made_by.0,
+    });
+    let mut manifest = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    manifest.push('\n');
+    files.insert(MANIFEST.to_string(), manifest);
+    RelayConfig { files, hash }
+}
+
+fn outbound(policy: &EffectivePolicy, t: &mut Tables) {
+    for (key, rule) in &policy.outbound {
+        let hop = policy.hop(&rule.route);
+        let policies = rule.policies.iter().map(String::as_str);
+        match (rule.enforced, hop) {
+            (None, Some(hop)) => {
+                // A plain change of route, written only where the route is declared; keys
+                // below it fall through to that entry.
+                if matches!(&rule.route, Route::Recipients { entry, .. } if entry == key) {
+                    t.transport.insert(key.to_string(), format!("smtp:{}", hop.nexthop()));
+                    t.made_by.add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
+                }
+            }
+            (None, None) => {}
+            (Some(e), None) if !key.is_address() => {
+                merge_tls(&mut t.tls_policy, key.to_string(), TableLevel::Required(e.requirement));
+                t.made_by.add(policies.clone(), "TlsCompliance", TLS_POLICY);
+                if e.on_failure == OnFailure::Bounce {
+                    t.bounce_service = true;
+                    t.transport.insert(key.to_string(), format!("{BOUNCE_SERVICE}:"));
+                    t.made_by.add(policies, "TlsCompliance", TRANSPORT);
+                }
+            }
+            (Some(e), None) => {
+                // An address, delivered directly: empty next-hop = the recipient domain.
+                let service = Service(e);
+                t.services.insert(service);
+                t.transport.insert(key.to_string(), format!("{}:", service.name()));
+                t.made_by.add(policies, "TlsCompliance", TRANSPORT);
+            }
+            (Some(e), Some(hop)) => {
+                // Through a gateway: the hop must meet the destination's requirement and
+                // the gateway's own, whichever is stricter.
+                let requirement = hop.tls.map_or(e.requirement, |g| g.strictest(e.requirement));
+                let service = Service(Enforced { requirement, on_failure: e.on_failure });
+                t.services.insert(service);
+                t.transport.insert(key.to_string(), format!("{}:{}", service.name(), hop.nexthop()));
+                t.made_by.add(policies, "TlsCompliance", TRANSPORT);
+                t.made_by.add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
+            }
+        }
+    }
+}
+
+/// Every gateway in use gets a TLS policy entry for its exact next-hop, so a recipient
+/// domain's entry can never apply to the hop by accident. The secure route's is mandatory.
+fn gateway_hops(policy: &EffectivePolicy, t: &mut Tables) {
+    let mut used: BTreeSet<&str> = policy.relayhost.iter().chain(&policy.secure_route).map(String::as_str).collect();
+    used.extend(policy.outbound.values().filter_map(|r| r.route.gateway()));
+    for name in used {
+        let Some(hop) = policy.gateways.get(name) else { continue };
+        let mut level = hop.tls.map_or(TableLevel::May, TableLevel::Required);
+        if policy.secure_route.as_deref() == Some(name) {
+            level = level.stricter(TableLevel::Required(Requirement::new(false, false, Default::default())));
+        }
+        merge_tls(&mut t.tls_policy, hop.nexthop(), level);
+        t.made_by.add([name], "OutboundGateway", TLS_POLICY);
+    }
+}
+
+fn merge_tls(table: &mut BTreeMap<String, TableLevel>, key: String, level: TableLevel) {
+    let merged = table.get(&key).map_or(level, |old| old.stricter(level));
+    table.insert(key, merged);
+}
+
+fn relay_hop(policy: &EffectivePolicy) -> Option<&Hop> {
+    policy.relayhost.as_ref().and_then(|g| policy.gateways.get(g))
+}
+
+fn main_cf(policy: &EffectivePolicy, opts: &RenderOptions, header: &str, map: &dyn Fn(&str) -> String) -> String {
+    let mut s = String::from(header);
+    s.push_str("# Only parameters mailtls owns; apply with `postconf -e` or append to the relay's main.cf.\n");
+    let mut set = |name: &str, value: &str| {
+        let _ = writeln!(s, "{name} = {value}");
+    };
+    set("smtp_tls_policy_maps", &map(TLS_POLICY));
+    set("transport_maps", &map(TRANSPORT));
+    set("relayhost", &relay_hop(policy).map(Hop::nexthop).unwrap_or_default());
+    set("smtpd_restriction_classes", REQUIRE_TLS_CLASS);
+    set(REQUIRE_TLS_CLASS, "reject_plaintext_session");
+    set("smtpd_sender_restrictions", &format!("check_sender_access {}", map(SENDER_ACCESS)));
+    set("plaintext_reject_code", "550");
+    set("smtp_tls_loglevel", "1");
+    if let Some(ca) = &opts.ca_file {
+        set("smtp_tls_CAfile", ca);
+    }
+    if opts.postfix_version.has_tls_required_header() {
+        set("tls_required_enable", "no");
+    }
+    s
+}
+
+fn master_cf(t: &Tables, header: &str, filter: &str) -> String {
+    let mut s = String::from(header);
+    s.push_str("# mailtls delivery services; append to the relay's master.cf.\n");
+    if t.bounce_service {
+        s.push_str(&service_line(BOUNCE_SERVICE));
+        let _ = writeln!(s, "  -o smtp_delivery_status_filter={filter}");
+    }
+    for service in &t.services {
+        s.push_str(&service.render(filter));
+    }
+    s
+}
+
+fn table(header: &str, rows: impl Iterator<Item = (String, String)>) -> String {
+    let mut s = String::from(header);
+    for (key, value) in rows {
+        let _ = writeln!(s, "{key} {value}");
+    }
+    s
+}
