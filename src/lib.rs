@@ -10,3 +10,4 @@ pub mod api;
 pub mod cli;
 pub mod policy;
 pub mod render;
+pub mod status;

@@ -42,7 +42,7 @@ pub struct TlsComplianceSpec {
     #[schemars(length(min = 1, max = 64))]
     pub address_lists: Vec<LocalRef>,
     /// Outbound: the server certificate must chain to a trusted CA.
-    #[serde(default)]
+    #[serde(default, rename = "requireCASigned")]
     pub require_ca_signed: bool,
     /// Outbound: the certificate must also match the server's host name (needs requireCASigned).
     #[serde(default)]
@@ -83,7 +83,18 @@ impl Direction {
 
 /// What happens to outbound mail that cannot be sent over TLS as required.
 #[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
 )]
 pub enum OnFailure {
     /// Keep it queued and retry.

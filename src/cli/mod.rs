@@ -1,9 +1,63 @@
-//! Command line: the binary's subcommands.
+//! Command line: the binary's subcommands. Everything here is edge: files, terminal, exit
+//! codes. The work is done by the pure core.
+
+mod crds;
+mod explain;
+pub mod load;
+mod output;
+mod render;
+mod standalone;
+
+use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-pub fn main() -> ExitCode {
-    for (file, text) in crate::api::crds_yaml().unwrap() {
-        println!("{file}\n{text}");
-    }
-    ExitCode::SUCCESS
+/// Secure mail transport (TLS) policy as Kubernetes resources, rendered into Postfix
+/// configuration and tested with real TLS connections.
+#[derive(Parser, Debug)]
+#[command(name = "mailtls", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Render policy YAML into Postfix relay files (no cluster needed).
+    Render(render::RenderArgs),
+    /// The reconcile loop against a directory: render every namespace and write each
+    /// resource back with its status.
+    Standalone(standalone::StandaloneArgs),
+    /// Say which policies apply to an address, the effective settings, the next hop and why.
+    Explain(explain::ExplainArgs),
+    /// Print the CustomResourceDefinitions (or write them to a directory).
+    Crds(crds::CrdsArgs),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Render(args) => render::run(args),
+        Command::Standalone(args) => standalone::run(args),
+        Command::Explain(args) => explain::run(args),
+        Command::Crds(args) => crds::run(args),
+    }
+}
+
+/// Human logs on stderr; level from `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Exit code for "the input (or the command line) is wrong".
+pub(crate) const EXIT_INVALID: u8 = 1;
+/// Exit code for usage errors (clap uses the same).
+pub(crate) const EXIT_USAGE: u8 = 2;

@@ -103,13 +103,23 @@ pub fn parse_entry(raw: &str) -> Result<Entry, String> {
         return Err("empty entry".into());
     }
     if let Some(c) = raw.chars().find(|c| c.is_control()) {
-        return Err(format!("contains the control character {}", c.escape_unicode()));
+        return Err(format!(
+            "contains the control character {}",
+            c.escape_unicode()
+        ));
     }
     if raw.chars().any(char::is_whitespace) {
         return Err("contains white space".into());
     }
-    if let Some(c) = raw.chars().find(|c| matches!(c, ',' | ';' | '=' | '{' | '}' | '"' | '<' | '>' | '(' | ')' | '[' | ']' | '\\')) {
-        return Err(format!("contains the character '{c}', which is not allowed in an address or domain"));
+    if let Some(c) = raw.chars().find(|c| {
+        matches!(
+            c,
+            ',' | ';' | '=' | '{' | '}' | '"' | '<' | '>' | '(' | ')' | '[' | ']' | '\\'
+        )
+    }) {
+        return Err(format!(
+            "contains the character '{c}', which is not allowed in an address or domain"
+        ));
     }
     if raw.starts_with('-') {
         return Err("starts with '-'".into());
@@ -143,7 +153,9 @@ fn normalize_local(local: &str) -> Result<String, String> {
         return Err("non-ASCII characters before '@' are not supported".into());
     }
     if local.len() > MAX_LOCAL {
-        return Err(format!("the part before '@' is longer than {MAX_LOCAL} characters"));
+        return Err(format!(
+            "the part before '@' is longer than {MAX_LOCAL} characters"
+        ));
     }
     if let Some(c) = local.chars().find(|c| !is_local_char(*c)) {
         return Err(format!("the character '{c}' is not allowed before '@'"));
@@ -160,7 +172,11 @@ fn normalize_local(local: &str) -> Result<String, String> {
 /// RFC 5322 atext and dots, without `#` (a map comment), `=`, `{`, `}` (Postfix syntax) and
 /// `|` `$` (never seen in real addresses, and `$` is Postfix's expansion character).
 fn is_local_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '!' | '%' | '&' | '\'' | '*' | '+' | '-' | '/' | '?' | '^' | '_' | '`' | '~')
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '.' | '!' | '%' | '&' | '\'' | '*' | '+' | '-' | '/' | '?' | '^' | '_' | '`' | '~'
+        )
 }
 
 /// Normalise a domain: lowercase, drop one trailing dot, internationalised names to punycode,
@@ -191,9 +207,14 @@ pub fn check_ascii_domain(domain: &str, min_labels: usize) -> Result<(), String>
             return Err("domain has an empty label ('..' or a leading/trailing dot)".into());
         }
         if label.len() > MAX_LABEL {
-            return Err(format!("domain label is longer than {MAX_LABEL} characters"));
+            return Err(format!(
+                "domain label is longer than {MAX_LABEL} characters"
+            ));
         }
-        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
             return Err(format!("the character '{c}' is not allowed in a domain"));
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -203,7 +224,10 @@ pub fn check_ascii_domain(domain: &str, min_labels: usize) -> Result<(), String>
     if labels.len() < min_labels {
         return Err("a domain needs at least two labels (example.com); use '.com' for every subdomain of a top-level domain".into());
     }
-    if labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err("looks like an IP address, not a domain".into());
     }
     Ok(())
@@ -212,7 +236,8 @@ pub fn check_ascii_domain(domain: &str, min_labels: usize) -> Result<(), String>
 /// Split pasted "bulk add" text into raw entries: spaces, commas, semicolons and newlines
 /// separate them.
 pub fn split_bulk(bulk: &str) -> impl Iterator<Item = &str> {
-    bulk.split(|c: char| c.is_whitespace() || c == ',' || c == ';').filter(|s| !s.is_empty())
+    bulk.split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+        .filter(|s| !s.is_empty())
 }
 
 /// An entry shown back to a user: control characters escaped and cut to 100 characters, so

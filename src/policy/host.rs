@@ -22,20 +22,31 @@ impl Host {
         if raw.starts_with('-') {
             return Err("host starts with '-'".into());
         }
-        let inner = raw.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(raw);
+        let inner = raw
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(raw);
         if let Ok(ip) = inner.parse::<Ipv4Addr>() {
             return Ok(Host::V4(ip));
         }
-        if let Ok(ip) = inner.strip_prefix("ipv6:").unwrap_or(inner).parse::<Ipv6Addr>() {
+        if let Ok(ip) = inner
+            .strip_prefix("ipv6:")
+            .unwrap_or(inner)
+            .parse::<Ipv6Addr>()
+        {
             return Ok(Host::V6(ip));
         }
         if inner.contains(':') {
-            return Err("not a valid IPv6 address; write a port in spec.port, not in the host".into());
+            return Err(
+                "not a valid IPv6 address; write a port in spec.port, not in the host".into(),
+            );
         }
         if inner.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
             return Err("not a valid IPv4 address".into());
         }
-        normalize_domain(inner, 1).map(Host::Name).map_err(|e| format!("not a valid host name: {e}"))
+        normalize_domain(inner, 1)
+            .map(Host::Name)
+            .map_err(|e| format!("not a valid host name: {e}"))
     }
 
     pub fn is_ip(&self) -> bool {
@@ -60,7 +71,11 @@ impl Host {
         } else {
             format!("[{}]", self.postfix_form())
         };
-        if port == 25 { host } else { format!("{host}:{port}") }
+        if port == 25 {
+            host
+        } else {
+            format!("{host}:{port}")
+        }
     }
 }
 

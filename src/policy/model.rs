@@ -47,7 +47,10 @@ impl Requirement {
 
     /// The stricter of two requirements, field by field.
     pub fn strictest(self, other: Requirement) -> Requirement {
-        Requirement { level: self.level.max(other.level), min_tls: self.min_tls.max(other.min_tls) }
+        Requirement {
+            level: self.level.max(other.level),
+            min_tls: self.min_tls.max(other.min_tls),
+        }
     }
 }
 
@@ -161,17 +164,25 @@ pub struct EffectivePolicy {
 impl EffectivePolicy {
     /// The outbound rule Postfix applies to a recipient: the most specific key covering it.
     pub fn outbound_for(&self, recipient: &Entry) -> Option<(&Entry, &OutboundRule)> {
-        recipient.lookup_chain().into_iter().find_map(|k| self.outbound.get_key_value(&k))
+        recipient
+            .lookup_chain()
+            .into_iter()
+            .find_map(|k| self.outbound.get_key_value(&k))
     }
 
     /// The inbound rule for a sender: the most specific key covering it.
     pub fn inbound_for(&self, sender: &Entry) -> Option<(&Entry, &InboundRule)> {
-        sender.lookup_chain().into_iter().find_map(|k| self.inbound.get_key_value(&k))
+        sender
+            .lookup_chain()
+            .into_iter()
+            .find_map(|k| self.inbound.get_key_value(&k))
     }
 
     /// The route mail takes when no key covers the recipient.
     pub fn default_route(&self) -> Route {
-        self.relayhost.clone().map_or(Route::Direct, Route::Relayhost)
+        self.relayhost
+            .clone()
+            .map_or(Route::Direct, Route::Relayhost)
     }
 
     pub fn hop(&self, route: &Route) -> Option<&Hop> {
@@ -206,7 +217,10 @@ pub struct ResourceId {
 
 impl ResourceId {
     pub fn new(kind: Kind, name: impl Into<String>) -> Self {
-        ResourceId { kind, name: name.into() }
+        ResourceId {
+            kind,
+            name: name.into(),
+        }
     }
 }
 
@@ -222,6 +236,15 @@ pub struct Problem {
     /// JSON-path-like field (`spec.entries[3]`, `spec.addressLists[0].name`).
     pub field: String,
     pub message: String,
+}
+
+impl Problem {
+    /// The message without the quoted entry that starts invalid-entry messages.
+    pub fn reason(&self) -> &str {
+        self.message
+            .split_once("': ")
+            .map_or(self.message.as_str(), |(_, r)| r)
+    }
 }
 
 /// Two or more resources claim the same thing; the oldest wins.
@@ -240,6 +263,8 @@ pub struct ListStats {
     pub addresses: u64,
     pub domains: u64,
     pub duplicates: u64,
+    /// Every rejected entry, listed or not.
+    pub invalid_total: u64,
     /// Rejected entries with the reason (the raw text, escaped and cut).
     pub invalid: Vec<(String, Problem)>,
 }

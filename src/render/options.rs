@@ -31,11 +31,17 @@ pub struct PostfixVersion {
 
 impl PostfixVersion {
     /// The newest release line the renderer knows about; used when nothing else is known.
-    pub const LATEST: PostfixVersion = PostfixVersion { major: 3, minor: 10 };
+    pub const LATEST: PostfixVersion = PostfixVersion {
+        major: 3,
+        minor: 10,
+    };
 
     /// Postfix 3.10 honours a `TLS-Required: no` header unless `tls_required_enable = no`.
     pub fn has_tls_required_header(self) -> bool {
-        self >= PostfixVersion { major: 3, minor: 10 }
+        self >= PostfixVersion {
+            major: 3,
+            minor: 10,
+        }
     }
 }
 
@@ -93,16 +99,23 @@ impl RenderOptions {
 
 fn check_path(option: &str, path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
-        return Err(format!("{option} must be an absolute path on the relay, got '{path}'"));
+        return Err(format!(
+            "{option} must be an absolute path on the relay, got '{path}'"
+        ));
     }
     if path.len() > 1 && path.ends_with('/') {
         return Err(format!("{option} must not end with '/'"));
     }
-    let bad = path
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '=' | '{' | '}' | '$' | ':' | '#' | '"' | '\''));
+    let bad = path.chars().find(|c| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(c, ',' | '=' | '{' | '}' | '$' | ':' | '#' | '"' | '\'')
+    });
     match bad {
-        Some(c) => Err(format!("{option} may not contain {:?}: it would change the Postfix configuration's meaning", c)),
+        Some(c) => Err(format!(
+            "{option} may not contain {:?}: it would change the Postfix configuration's meaning",
+            c
+        )),
         None => Ok(()),
     }
 }

@@ -56,7 +56,9 @@ enum TableLevel {
 impl TableLevel {
     fn stricter(self, other: TableLevel) -> TableLevel {
         match (self, other) {
-            (TableLevel::Required(a), TableLevel::Required(b)) => TableLevel::Required(a.strictest(b)),
+            (TableLevel::Required(a), TableLevel::Required(b)) => {
+                TableLevel::Required(a.strictest(b))
+            }
             (TableLevel::May, x) | (x, TableLevel::May) => x,
         }
     }
@@ -82,7 +84,10 @@ struct Service(Enforced);
 
 impl Service {
     fn name(self) -> String {
-        let Enforced { requirement, on_failure } = self.0;
+        let Enforced {
+            requirement,
+            on_failure,
+        } = self.0;
         let level = match requirement.level {
             Level::Encrypt => "encrypt",
             Level::CaSigned => "ca",
@@ -97,7 +102,10 @@ impl Service {
     }
 
     fn render(self, filter: &str) -> String {
-        let Enforced { requirement, on_failure } = self.0;
+        let Enforced {
+            requirement,
+            on_failure,
+        } = self.0;
         let mut s = service_line(&self.name());
         let (level, matching) = match requirement.level {
             Level::Encrypt => ("encrypt", None),
@@ -108,7 +116,11 @@ impl Service {
         if let Some(m) = matching {
             let _ = writeln!(s, "  -o smtp_tls_verify_cert_match={m}");
         }
-        let _ = writeln!(s, "  -o smtp_tls_mandatory_protocols=>={}", requirement.min_tls.postfix_name());
+        let _ = writeln!(
+            s,
+            "  -o smtp_tls_mandatory_protocols=>={}",
+            requirement.min_tls.postfix_name()
+        );
         s.push_str("  -o smtp_tls_policy_maps=\n");
         if on_failure == OnFailure::Bounce {
             let _ = writeln!(s, "  -o smtp_delivery_status_filter={filter}");
@@ -128,9 +140,19 @@ fn service_line(name: &str) -> String {
 struct Contributions(BTreeMap<String, BTreeMap<&'static str, u64>>);
 
 impl Contributions {
-    fn add<'a>(&mut self, who: impl IntoIterator<Item = &'a str>, prefix: &str, file: &'static str) {
+    fn add<'a>(
+        &mut self,
+        who: impl IntoIterator<Item = &'a str>,
+        prefix: &str,
+        file: &'static str,
+    ) {
         for name in who {
-            *self.0.entry(format!("{prefix}/{name}")).or_default().entry(file).or_default() += 1;
+            *self
+                .0
+                .entry(format!("{prefix}/{name}"))
+                .or_default()
+                .entry(file)
+                .or_default() += 1;
         }
     }
 }
@@ -158,7 +180,11 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
                 other => other.to_string(),
             };
             t.sender_access.insert(key);
-            t.made_by.add(rule.policies.iter().map(String::as_str), "TlsCompliance", SENDER_ACCESS);
+            t.made_by.add(
+                rule.policies.iter().map(String::as_str),
+                "TlsCompliance",
+                SENDER_ACCESS,
+            );
         }
     }
 
@@ -172,8 +198,20 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
     let mut files = BTreeMap::new();
     files.insert(MAIN_CF.to_string(), main_cf(policy, opts, &header, &map));
     files.insert(MASTER_CF.to_string(), master_cf(&t, &header, &filter));
-    files.insert(TLS_POLICY.to_string(), table(&header, t.tls_policy.iter().map(|(k, v)| (k.clone(), v.render()))));
-    files.insert(TRANSPORT.to_string(), table(&header, t.transport.iter().map(|(k, v)| (k.clone(), v.clone()))));
+    files.insert(
+        TLS_POLICY.to_string(),
+        table(
+            &header,
+            t.tls_policy.iter().map(|(k, v)| (k.clone(), v.render())),
+        ),
+    );
+    files.insert(
+        TRANSPORT.to_string(),
+        table(
+            &header,
+            t.transport.iter().map(|(k, v)| (k.clone(), v.clone())),
+        ),
+    );
     files.insert(
         SENDER_ACCESS.to_string(),
         table(
@@ -181,7 +219,10 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
             t.sender_access.iter().map(|k| (k.clone(), REQUIRE_TLS_CLASS.to_string())),
         ),
     );
-    files.insert(BOUNCE_FILTER.to_string(), format!("{header}{BOUNCE_FILTER_RULES}"));
+    files.insert(
+        BOUNCE_FILTER.to_string(),
+        format!("{header}{BOUNCE_FILTER_RULES}"),
+    );
 
     let hash = content_hash(&files);
     let manifest = json!({
@@ -219,17 +260,24 @@ fn outbound(policy: &EffectivePolicy, t: &mut Tables) {
                 // A plain change of route, written only where the route is declared; keys
                 // below it fall through to that entry.
                 if matches!(&rule.route, Route::Recipients { entry, .. } if entry == key) {
-                    t.transport.insert(key.to_string(), format!("smtp:{}", hop.nexthop()));
-                    t.made_by.add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
+                    t.transport
+                        .insert(key.to_string(), format!("smtp:{}", hop.nexthop()));
+                    t.made_by
+                        .add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
                 }
             }
             (None, None) => {}
             (Some(e), None) if !key.is_address() => {
-                merge_tls(&mut t.tls_policy, key.to_string(), TableLevel::Required(e.requirement));
+                merge_tls(
+                    &mut t.tls_policy,
+                    key.to_string(),
+                    TableLevel::Required(e.requirement),
+                );
                 t.made_by.add(policies.clone(), "TlsCompliance", TLS_POLICY);
                 if e.on_failure == OnFailure::Bounce {
                     t.bounce_service = true;
-                    t.transport.insert(key.to_string(), format!("{BOUNCE_SERVICE}:"));
+                    t.transport
+                        .insert(key.to_string(), format!("{BOUNCE_SERVICE}:"));
                     t.made_by.add(policies, "TlsCompliance", TRANSPORT);
                 }
             }
@@ -237,18 +285,28 @@ fn outbound(policy: &EffectivePolicy, t: &mut Tables) {
                 // An address, delivered directly: empty next-hop = the recipient domain.
                 let service = Service(e);
                 t.services.insert(service);
-                t.transport.insert(key.to_string(), format!("{}:", service.name()));
+                t.transport
+                    .insert(key.to_string(), format!("{}:", service.name()));
                 t.made_by.add(policies, "TlsCompliance", TRANSPORT);
             }
             (Some(e), Some(hop)) => {
                 // Through a gateway: the hop must meet the destination's requirement and
                 // the gateway's own, whichever is stricter.
-                let requirement = hop.tls.map_or(e.requirement, |g| g.strictest(e.requirement));
-                let service = Service(Enforced { requirement, on_failure: e.on_failure });
+                let requirement = hop
+                    .tls
+                    .map_or(e.requirement, |g| g.strictest(e.requirement));
+                let service = Service(Enforced {
+                    requirement,
+                    on_failure: e.on_failure,
+                });
                 t.services.insert(service);
-                t.transport.insert(key.to_string(), format!("{}:{}", service.name(), hop.nexthop()));
+                t.transport.insert(
+                    key.to_string(),
+                    format!("{}:{}", service.name(), hop.nexthop()),
+                );
                 t.made_by.add(policies, "TlsCompliance", TRANSPORT);
-                t.made_by.add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
+                t.made_by
+                    .add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
             }
         }
     }
@@ -257,13 +315,24 @@ fn outbound(policy: &EffectivePolicy, t: &mut Tables) {
 /// Every gateway in use gets a TLS policy entry for its exact next-hop, so a recipient
 /// domain's entry can never apply to the hop by accident. The secure route's is mandatory.
 fn gateway_hops(policy: &EffectivePolicy, t: &mut Tables) {
-    let mut used: BTreeSet<&str> = policy.relayhost.iter().chain(&policy.secure_route).map(String::as_str).collect();
+    let mut used: BTreeSet<&str> = policy
+        .relayhost
+        .iter()
+        .chain(&policy.secure_route)
+        .map(String::as_str)
+        .collect();
     used.extend(policy.outbound.values().filter_map(|r| r.route.gateway()));
     for name in used {
-        let Some(hop) = policy.gateways.get(name) else { continue };
+        let Some(hop) = policy.gateways.get(name) else {
+            continue;
+        };
         let mut level = hop.tls.map_or(TableLevel::May, TableLevel::Required);
         if policy.secure_route.as_deref() == Some(name) {
-            level = level.stricter(TableLevel::Required(Requirement::new(false, false, Default::default())));
+            level = level.stricter(TableLevel::Required(Requirement::new(
+                false,
+                false,
+                Default::default(),
+            )));
         }
         merge_tls(&mut t.tls_policy, hop.nexthop(), level);
         t.made_by.add([name], "OutboundGateway", TLS_POLICY);
@@ -276,10 +345,18 @@ fn merge_tls(table: &mut BTreeMap<String, TableLevel>, key: String, level: Table
 }
 
 fn relay_hop(policy: &EffectivePolicy) -> Option<&Hop> {
-    policy.relayhost.as_ref().and_then(|g| policy.gateways.get(g))
+    policy
+        .relayhost
+        .as_ref()
+        .and_then(|g| policy.gateways.get(g))
 }
 
-fn main_cf(policy: &EffectivePolicy, opts: &RenderOptions, header: &str, map: &dyn Fn(&str) -> String) -> String {
+fn main_cf(
+    policy: &EffectivePolicy,
+    opts: &RenderOptions,
+    header: &str,
+    map: &dyn Fn(&str) -> String,
+) -> String {
     let mut s = String::from(header);
     s.push_str("# Only parameters mailtls owns; apply with `postconf -e` or append to the relay's main.cf.\n");
     let mut set = |name: &str, value: &str| {
@@ -287,10 +364,16 @@ fn main_cf(policy: &EffectivePolicy, opts: &RenderOptions, header: &str, map: &d
     };
     set("smtp_tls_policy_maps", &map(TLS_POLICY));
     set("transport_maps", &map(TRANSPORT));
-    set("relayhost", &relay_hop(policy).map(Hop::nexthop).unwrap_or_default());
+    set(
+        "relayhost",
+        &relay_hop(policy).map(Hop::nexthop).unwrap_or_default(),
+    );
     set("smtpd_restriction_classes", REQUIRE_TLS_CLASS);
     set(REQUIRE_TLS_CLASS, "reject_plaintext_session");
-    set("smtpd_sender_restrictions", &format!("check_sender_access {}", map(SENDER_ACCESS)));
+    set(
+        "smtpd_sender_restrictions",
+        &format!("check_sender_access {}", map(SENDER_ACCESS)),
+    );
     set("plaintext_reject_code", "550");
     set("smtp_tls_loglevel", "1");
     if let Some(ca) = &opts.ca_file {

@@ -1,0 +1,271 @@
+use super::load::load;
+use super::output::RenderFlags;
+use super::render::{finding_errors, pick_namespace};
+use super::{EXIT_INVALID, EXIT_USAGE};
+use crate::api::{AppliesTo, OnFailure};
+use crate::policy::{
+    EffectivePolicy, Entry, Kind, Requirement, ResourceId, Route, evaluate, list_entries,
+    parse_entry,
+};
+use crate::render::render;
+use clap::Args;
+use kube::ResourceExt;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  mailtls explain examples/ bob@partner.example\n  mailtls explain examples/ alice@bank.example --inbound"
+)]
+pub struct ExplainArgs {
+    /// Files or directories of policy YAML, then the address (or domain) to explain.
+    #[arg(required = true, num_args = 2.., value_names = ["PATH", "ADDRESS"])]
+    args: Vec<String>,
+    /// Explain mail *from* this sender (inbound) instead of mail to this recipient.
+    #[arg(long)]
+    inbound: bool,
+    /// Namespace to look in (needed when the input spans several).
+    #[arg(long, short, value_name = "NS")]
+    namespace: Option<String>,
+    #[command(flatten)]
+    flags: RenderFlags,
+}
+
+pub fn run(args: ExplainArgs) -> ExitCode {
+    let Some((address, paths)) = args.args.split_last() else {
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let target = match parse_entry(address) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "error: '{}' is not an address or domain: {e}",
+                crate::policy::entry::display_raw(address)
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let opts = match args.flags.options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+    let (loaded, errors) = load(&paths, args.namespace.as_deref().unwrap_or("default"));
+    let inputs = match pick_namespace(&loaded, args.namespace.as_deref()) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let evaluation = evaluate(&inputs);
+    for e in errors.iter().chain(&finding_errors(&loaded, &evaluation)) {
+        eprintln!("warning: {e} (left out of the explanation)");
+    }
+    let chain = target.lookup_chain();
+    let mut out = String::new();
+    let direction = if args.inbound {
+        "from sender"
+    } else {
+        "to recipient"
+    };
+    out.push_str(&format!(
+        "Mail {direction} {target} (namespace {})\n\nMatching entries:\n",
+        inputs.namespace
+    ));
+    let mut any = false;
+    for list in &inputs.address_lists {
+        let entries: BTreeSet<Entry> = list_entries(list).into_iter().collect();
+        for e in chain.iter().filter(|e| entries.contains(e)) {
+            any = true;
+            out.push_str(&format!("  {e:<30} in AddressList/{}\n", list.name_any()));
+            for p in inputs.policies.iter().filter(|p| {
+                p.spec
+                    .address_lists
+                    .iter()
+                    .any(|r| r.name == list.name_any())
+            }) {
+                let dir_ok = if args.inbound {
+                    p.spec.direction.inbound()
+                } else {
+                    p.spec.direction.outbound()
+                };
+                let broken = evaluation
+                    .findings
+                    .get(&ResourceId::new(Kind::TlsCompliance, p.name_any()))
+                    .is_some_and(|f| !f.rendered);
+                let what = if !dir_ok {
+                    format!("({:?} only: does not apply)", p.spec.direction)
+                } else if broken {
+                    "(invalid: not in effect)".to_string()
+                } else if args.inbound {
+                    format!("{:?}: TLS required from these senders", p.spec.enforcement)
+                } else {
+                    let r = Requirement::new(
+                        p.spec.require_ca_signed,
+                        p.spec.validate_hostname,
+                        p.spec.min_tls_version,
+                    );
+                    format!(
+                        "{:?}: {r}; on failure {}",
+                        p.spec.enforcement,
+                        on_failure(p.spec.on_failure)
+                    )
+                };
+                out.push_str(&format!(
+                    "  {:<30}   used by TlsCompliance/{} {what}\n",
+                    "",
+                    p.name_any()
+                ));
+            }
+            if !args.inbound {
+                for g in inputs.gateways.iter().filter(|g| {
+                    g.spec.applies_to == AppliesTo::Recipients
+                        && g.spec
+                            .address_lists
+                            .iter()
+                            .any(|r| r.name == list.name_any())
+                }) {
+                    out.push_str(&format!(
+                        "  {:<30}   routed by OutboundGateway/{} to {}\n",
+                        "",
+                        g.name_any(),
+                        g.spec.host
+                    ));
+                }
+            }
+        }
+    }
+    if !any {
+        out.push_str("  (none)\n");
+    }
+    out.push('\n');
+    if args.inbound {
+        explain_inbound(&evaluation.policy, &target, &mut out);
+    } else {
+        let config = render(&evaluation.policy, &opts);
+        explain_outbound(&evaluation.policy, &target, &config.files, &mut out);
+    }
+    print!("{out}");
+    ExitCode::SUCCESS
+}
+
+fn on_failure(f: OnFailure) -> &'static str {
+    match f {
+        OnFailure::Bounce => "bounce after one attempt (5.7.x)",
+        OnFailure::Defer => "defer and retry",
+    }
+}
+
+fn explain_inbound(policy: &EffectivePolicy, target: &Entry, out: &mut String) {
+    match policy.inbound_for(target) {
+        Some((key, rule)) if rule.enforced => out.push_str(&format!(
+            "Effective: TLS required. A plaintext session from this sender is rejected with 550\n\
+             (key {key} in sender_access; a domain there also covers its subdomains).\nWhy: {}\n",
+            names(&rule.policies)
+        )),
+        Some((_, rule)) => out.push_str(&format!(
+            "Effective: nothing enforced. Monitor only ({}): plaintext would be rejected once enforced.\n",
+            names(&rule.policies)
+        )),
+        None => out.push_str("Effective: no inbound TLS policy applies; plaintext is accepted.\n"),
+    }
+}
+
+fn explain_outbound(
+    policy: &EffectivePolicy,
+    target: &Entry,
+    files: &std::collections::BTreeMap<String, String>,
+    out: &mut String,
+) {
+    let found = policy.outbound_for(target);
+    let (route, enforced, monitored) = match found {
+        Some((_, r)) => (r.route.clone(), r.enforced, r.monitored),
+        None => (policy.default_route(), None, None),
+    };
+    match enforced {
+        Some(e) => out.push_str(&format!(
+            "Effective: mandatory {}; on failure {}\n",
+            e.requirement,
+            on_failure(e.on_failure)
+        )),
+        None => out.push_str("Effective: opportunistic TLS (nothing mandatory)\n"),
+    }
+    if let Some(m) = monitored {
+        out.push_str(&format!(
+            "Monitor:   would require {m}; the periodic test reports whether it would fail\n"
+        ));
+    }
+    if let Some((key, rule)) = found {
+        let n = rule.policies.len();
+        if n > 0 {
+            out.push_str(&format!(
+                "Why:       the most specific key is {key}; it merges {n} polic{} covering it ({}), strictest wins\n",
+                if n == 1 { "y" } else { "ies" },
+                names(&rule.policies)
+            ));
+        }
+    }
+    let hop = policy.hop(&route);
+    let next = match (&route, hop) {
+        (Route::Direct, _) | (_, None) => {
+            format!("the MX hosts of {} (direct delivery)", target.domain())
+        }
+        (Route::Relayhost(g), Some(h)) => format!(
+            "{} via OutboundGateway/{g} (AllMail: the organisation's outbound gateway)",
+            h.nexthop()
+        ),
+        (Route::SecureRoute(g), Some(h)) => {
+            format!(
+                "{} via OutboundGateway/{g} (alternate secure route: TLS-required mail goes there)",
+                h.nexthop()
+            )
+        }
+        (Route::Recipients { gateway, entry }, Some(h)) => {
+            format!(
+                "{} via OutboundGateway/{gateway} (change of route for {entry}, the most specific route entry)",
+                h.nexthop()
+            )
+        }
+    };
+    out.push_str(&format!("Next hop:  {next}\n"));
+    if let Some(h) = hop {
+        let tls = h.tls.map_or("opportunistic".to_string(), |r| r.to_string());
+        out.push_str(&format!("Gateway hop TLS (its own setting): {tls}\n"));
+    }
+    out.push_str("\nPostfix sees:\n");
+    let mut shown = false;
+    if let Some((key, _)) = found {
+        for table in ["transport", "tls_policy"] {
+            let prefix = format!("{key} ");
+            if let Some(line) = files
+                .get(table)
+                .and_then(|t| t.lines().find(|l| l.starts_with(&prefix)))
+            {
+                out.push_str(&format!("  {table}: {line}\n"));
+                shown = true;
+            }
+        }
+    }
+    if !shown {
+        let relay = policy
+            .relayhost
+            .as_ref()
+            .and_then(|g| policy.gateways.get(g))
+            .map(|h| h.nexthop())
+            .unwrap_or_default();
+        out.push_str(&format!("  no table entry; main.cf relayhost = {relay}\n"));
+    }
+}
+
+fn names(policies: &BTreeSet<String>) -> String {
+    policies
+        .iter()
+        .map(|p| format!("TlsCompliance/{p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

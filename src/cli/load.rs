@@ -1,0 +1,395 @@
+//! Reading resources from YAML/JSON files and directories (the CLI's stand-in for the API
+//! server): multi-document files, `kind: List`, unknown fields and every error reported
+//! with file, line, resource and field.
+
+use crate::api::{AddressList, GROUP, OutboundGateway, TlsCompliance, VERSION};
+use crate::policy::{Inputs, Kind, ResourceId};
+use kube::ResourceExt;
+use serde::de::DeserializeOwned;
+use serde_norway::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where a resource was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub file: PathBuf,
+    /// Line where its YAML document starts (1-based).
+    pub line: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A problem found while reading, or later tied back to a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    pub source: Option<Source>,
+    pub resource: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(s) = &self.source {
+            write!(f, "{s}: ")?;
+        }
+        if let Some(r) = &self.resource {
+            write!(f, "{r}: ")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Everything read, grouped by namespace.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub namespaces: BTreeMap<String, Inputs>,
+    pub sources: HashMap<(String, ResourceId), Source>,
+    /// Documents of other kinds that were passed over (`file:line kind`).
+    pub skipped: Vec<String>,
+}
+
+impl Loaded {
+    pub fn source(&self, namespace: &str, id: &ResourceId) -> Option<&Source> {
+        self.sources.get(&(namespace.to_string(), id.clone()))
+    }
+}
+
+/// Read every file (directories recursively: `*.yaml`, `*.yml`, `*.json`, hidden names
+/// skipped). Resources without a namespace get `default_namespace`. Errors do not stop the
+/// reading: all of them come back together.
+pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadError>) {
+    let mut loaded = Loaded::default();
+    let mut errors = Vec::new();
+    let mut files = Vec::new();
+    for path in paths {
+        if let Err(e) = collect_files(path, &mut files) {
+            errors.push(LoadError {
+                source: None,
+                resource: None,
+                field: None,
+                message: format!("{}: {e}", path.display()),
+            });
+        }
+    }
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => load_text(&file, &text, default_namespace, &mut loaded, &mut errors),
+            Err(e) => errors.push(LoadError {
+                source: Some(Source {
+                    file: file.clone(),
+                    line: 1,
+                }),
+                resource: None,
+                field: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    (loaded, errors)
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_file() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for entry in entries {
+        let name = entry
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') {
+            continue;
+        }
+        if entry.is_dir() {
+            collect_files(&entry, out)?;
+        } else if [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+        {
+            out.push(entry);
+        }
+    }
+    Ok(())
+}
+
+/// Split a YAML stream into documents with the line each starts on.
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        if line == "---" || line.starts_with("--- ") || line == "..." {
+            docs.push((start, std::mem::take(&mut current)));
+            start = i + 2;
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    docs.push((start, current));
+    docs
+}
+
+pub(crate) fn load_text(
+    file: &Path,
+    text: &str,
+    default_ns: &str,
+    loaded: &mut Loaded,
+    errors: &mut Vec<LoadError>,
+) {
+    for (line, doc) in documents(text) {
+        let source = Source {
+            file: file.to_path_buf(),
+            line,
+        };
+        let value: Value = match serde_norway::from_str(&doc) {
+            Ok(v) => v,
+            Err(e) => {
+                let at = e.location().map_or(line, |l| line + l.line() - 1);
+                errors.push(LoadError {
+                    source: Some(Source {
+                        file: file.to_path_buf(),
+                        line: at,
+                    }),
+                    resource: None,
+                    field: None,
+                    message: format!("not valid YAML: {e}"),
+                });
+                continue;
+            }
+        };
+        load_value(value, &source, default_ns, loaded, errors);
+    }
+}
+
+fn load_value(
+    value: Value,
+    source: &Source,
+    default_ns: &str,
+    loaded: &mut Loaded,
+    errors: &mut Vec<LoadError>,
+) {
+    let err = |message: String| LoadError {
+        source: Some(source.clone()),
+        resource: None,
+        field: None,
+        message,
+    };
+    let Value::Mapping(map) = &value else {
+        if !value.is_null() {
+            errors.push(err(
+                "a document must be a mapping with apiVersion and kind".into()
+            ));
+        }
+        return;
+    };
+    let get = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
+    let (api_version, kind) = (
+        get("apiVersion").unwrap_or_default(),
+        get("kind").unwrap_or_default(),
+    );
+    let name_hint = map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    if kind == "List" {
+        if let Value::Mapping(mut map) = value
+            && let Some(Value::Sequence(items)) = map.remove("items")
+        {
+            for item in items {
+                load_value(item, source, default_ns, loaded, errors);
+            }
+        }
+        return;
+    }
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    if group != GROUP {
+        loaded.skipped.push(format!(
+            "{source} {}",
+            if kind.is_empty() { "(no kind)" } else { &kind }
+        ));
+        return;
+    }
+    let expected = format!("{GROUP}/{VERSION}");
+    if api_version != expected {
+        errors.push(err(format!(
+            "apiVersion {api_version} is not served; use {expected}"
+        )));
+        return;
+    }
+    let result = match kind.as_str() {
+        "AddressList" => typed::<AddressList>(value).map(|(r, u)| {
+            (
+                Kind::AddressList,
+                ns_of(&r, default_ns),
+                r.name_any(),
+                u,
+                Resource::List(r),
+            )
+        }),
+        "TlsCompliance" => typed::<TlsCompliance>(value).map(|(r, u)| {
+            (
+                Kind::TlsCompliance,
+                ns_of(&r, default_ns),
+                r.name_any(),
+                u,
+                Resource::Policy(r),
+            )
+        }),
+        "OutboundGateway" => typed::<OutboundGateway>(value).map(|(r, u)| {
+            (
+                Kind::OutboundGateway,
+                ns_of(&r, default_ns),
+                r.name_any(),
+                u,
+                Resource::Gateway(r),
+            )
+        }),
+        other => {
+            errors.push(err(format!("unknown kind '{other}' in {GROUP}; expected AddressList, TlsCompliance or OutboundGateway")));
+            return;
+        }
+    };
+    let (kind, namespace, name, unknown, resource) = match result {
+        Ok(r) => r,
+        Err((field, message)) => {
+            errors.push(LoadError {
+                source: Some(source.clone()),
+                resource: Some(format!("{kind}/{name_hint}")),
+                field,
+                message,
+            });
+            return;
+        }
+    };
+    let id = ResourceId::new(kind, name.clone());
+    let mut problems: Vec<(Option<String>, String)> = unknown
+        .into_iter()
+        .map(|f| {
+            (
+                Some(f),
+                "unknown field (misspelt? see `mailtls crds` for the schema)".to_string(),
+            )
+        })
+        .collect();
+    if let Err(m) = check_name(&name, 253) {
+        problems.push((Some("metadata.name".into()), m));
+    }
+    if let Err(m) = check_name(&namespace, 63) {
+        problems.push((Some("metadata.namespace".into()), m));
+    }
+    if let Some(first) = loaded.sources.get(&(namespace.clone(), id.clone())) {
+        problems.push((
+            None,
+            format!("defined twice in namespace {namespace} (first at {first})"),
+        ));
+    }
+    if !problems.is_empty() {
+        for (field, message) in problems {
+            errors.push(LoadError {
+                source: Some(source.clone()),
+                resource: Some(id.to_string()),
+                field,
+                message,
+            });
+        }
+        return;
+    }
+    loaded
+        .sources
+        .insert((namespace.clone(), id), source.clone());
+    let inputs = loaded
+        .namespaces
+        .entry(namespace.clone())
+        .or_insert_with(|| Inputs {
+            namespace,
+            ..Default::default()
+        });
+    match resource {
+        Resource::List(r) => inputs.address_lists.push(r),
+        Resource::Policy(r) => inputs.policies.push(r),
+        Resource::Gateway(r) => inputs.gateways.push(r),
+    }
+}
+
+enum Resource {
+    List(AddressList),
+    Policy(TlsCompliance),
+    Gateway(OutboundGateway),
+}
+
+fn ns_of<K: kube::Resource>(r: &K, default_ns: &str) -> String {
+    r.meta()
+        .namespace
+        .clone()
+        .unwrap_or_else(|| default_ns.to_string())
+}
+
+/// Deserialize with the failing field's path, and collect fields the type does not know.
+fn typed<T: DeserializeOwned>(value: Value) -> Result<(T, Vec<String>), (Option<String>, String)> {
+    let mut unknown = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    let result: Result<T, _> =
+        serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+    match result {
+        // kube's resource types read apiVersion and kind themselves.
+        Ok(t) => Ok((
+            t,
+            unknown
+                .into_iter()
+                .filter(|p| p != "apiVersion" && p != "kind")
+                .collect(),
+        )),
+        Err(e) => {
+            let path = track.path().to_string();
+            Err(((path != ".").then_some(path), e.to_string()))
+        }
+    }
+}
+
+/// Kubernetes object names: lowercase alphanumerics, `-` and `.`, starting and ending with
+/// an alphanumeric.
+fn check_name(name: &str, max: usize) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else if name.is_empty() {
+        Err("is required".into())
+    } else {
+        Err(format!(
+            "'{}' is not a valid name (lowercase letters, digits, '-' and '.', at most {max})",
+            crate::policy::entry::display_raw(name)
+        ))
+    }
+}

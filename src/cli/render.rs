@@ -1,0 +1,187 @@
+use super::load::{LoadError, Loaded, load};
+use super::output::{RenderFlags, write_files};
+use super::{EXIT_INVALID, EXIT_USAGE};
+use crate::policy::{Evaluation, Inputs, evaluate};
+use crate::render::{MANIFEST, render};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Every error is reported at once, with file, line, resource and field; on any \
+error nothing is written and the exit code is 1.\n\nExample:\n  mailtls render examples/ --output out/relay"
+)]
+pub struct RenderArgs {
+    /// YAML or JSON files, or directories of them (multi-document files and `kind: List` work).
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Directory to write main.cf, master.cf, the map sources and manifest.json into.
+    #[arg(long, short, value_name = "DIR")]
+    output: PathBuf,
+    /// Namespace to render; resources without one belong to it (default: `default`). Needed
+    /// when the input spans several namespaces.
+    #[arg(long, short, value_name = "NS")]
+    namespace: Option<String>,
+    #[command(flatten)]
+    flags: RenderFlags,
+}
+
+pub fn run(args: RenderArgs) -> ExitCode {
+    let opts = match args.flags.options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let default_ns = args.namespace.clone().unwrap_or_else(|| "default".into());
+    let (loaded, mut errors) = load(&args.paths, &default_ns);
+    let inputs = match pick_namespace(&loaded, args.namespace.as_deref()) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let evaluation = evaluate(&inputs);
+    errors.extend(finding_errors(&loaded, &evaluation));
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("{} error(s); nothing was written", errors.len());
+        return ExitCode::from(EXIT_INVALID);
+    }
+    warn_conflicts(&loaded, &evaluation);
+    if inputs.address_lists.is_empty() && inputs.policies.is_empty() && inputs.gateways.is_empty() {
+        eprintln!(
+            "warning: no mailtls resources in namespace {}; rendering an empty configuration",
+            inputs.namespace
+        );
+    }
+    let config = render(&evaluation.policy, &opts);
+    let counts = count_lines(&config.files);
+    if let Err(e) = write_files(&args.output, config.files, Some(MANIFEST)) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_INVALID);
+    }
+    println!(
+        "rendered namespace {} into {} ({})",
+        inputs.namespace,
+        args.output.display(),
+        config.hash
+    );
+    println!("{counts}");
+    ExitCode::SUCCESS
+}
+
+/// The namespace to work on: the one asked for, or the only one in the input.
+pub(crate) fn pick_namespace(loaded: &Loaded, wanted: Option<&str>) -> Result<Inputs, String> {
+    if let Some(ns) = wanted {
+        return Ok(loaded
+            .namespaces
+            .get(ns)
+            .cloned()
+            .unwrap_or_else(|| Inputs {
+                namespace: ns.into(),
+                ..Default::default()
+            }));
+    }
+    match loaded.namespaces.len() {
+        0 => Ok(Inputs {
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        1 => Ok(loaded
+            .namespaces
+            .values()
+            .next()
+            .cloned()
+            .unwrap_or_default()),
+        _ => Err(format!(
+            "the input has resources in namespaces {}; choose one with --namespace",
+            loaded
+                .namespaces
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Spec errors and invalid entries, tied back to the files they came from.
+pub(crate) fn finding_errors(loaded: &Loaded, evaluation: &Evaluation) -> Vec<LoadError> {
+    let ns = &evaluation.policy.namespace;
+    let mut errors: Vec<LoadError> = evaluation
+        .findings
+        .problems()
+        .map(|(id, p)| LoadError {
+            source: loaded.source(ns, id).cloned(),
+            resource: Some(id.to_string()),
+            field: Some(p.field.clone()),
+            message: p.message.clone(),
+        })
+        .collect();
+    for (id, f) in &evaluation.findings.resources {
+        if let Some(stats) = &f.list {
+            let unlisted = stats
+                .invalid_total
+                .saturating_sub(stats.invalid.len() as u64);
+            if unlisted > 0 {
+                errors.push(LoadError {
+                    source: loaded.source(ns, id).cloned(),
+                    resource: Some(id.to_string()),
+                    field: None,
+                    message: format!("and {unlisted} more invalid entries"),
+                });
+            }
+        }
+    }
+    errors
+}
+
+/// Conflicts are resolved (the oldest wins) but the admin should know.
+pub(crate) fn warn_conflicts(loaded: &Loaded, evaluation: &Evaluation) {
+    let mut seen = std::collections::BTreeSet::new();
+    for f in evaluation.findings.resources.values() {
+        for c in &f.conflicts {
+            if seen.insert(c.clone()) {
+                let involved: Vec<String> = c
+                    .involved
+                    .iter()
+                    .map(|id| match loaded.source(&evaluation.policy.namespace, id) {
+                        Some(s) => format!("{id} ({s})"),
+                        None => id.to_string(),
+                    })
+                    .collect();
+                eprintln!(
+                    "warning: conflict over {}: {}; {} wins (oldest, then by name)",
+                    c.subject,
+                    involved.join(", "),
+                    c.winner
+                );
+            }
+        }
+    }
+}
+
+fn count_lines(files: &std::collections::BTreeMap<String, String>) -> String {
+    let entries = |name: &str| {
+        files.get(name).map_or(0, |t| {
+            t.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .count()
+        })
+    };
+    format!(
+        "tls_policy: {} entries, transport: {} entries, sender_access: {} entries, master.cf services: {}",
+        entries("tls_policy"),
+        entries("transport"),
+        entries("sender_access"),
+        files
+            .get("master.cf")
+            .map_or(0, |t| t.lines().filter(|l| l.contains(" unix ")).count()),
+    )
+}

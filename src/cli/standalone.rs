@@ -1,0 +1,334 @@
+//! `mailtls standalone`: the reconcile loop with a directory in place of the API server.
+//!
+//! Layout of `--out`: `<namespace>/relay/` holds the rendered files (rewritten only when the
+//! content hash changes) and `<namespace>/resources/<kind>-<name>.yaml` each resource with
+//! its status. A previous status there is read back, so condition transition times survive
+//! and only real changes rewrite a file.
+
+use super::load::{LoadError, load};
+use super::output::{RenderFlags, write_files};
+use super::render::warn_conflicts;
+use super::{EXIT_INVALID, EXIT_USAGE};
+use crate::api::RelayConfigRef;
+use crate::policy::{Evaluation, Inputs, Kind, ResourceId, evaluate};
+use crate::render::{MANIFEST, RenderOptions, render};
+use crate::status;
+use clap::Args;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example:\n  mailtls standalone --dir examples --out out\n  mailtls standalone --dir policies --out /var/lib/mailtls --watch"
+)]
+pub struct StandaloneArgs {
+    /// Directory of policy YAML (read recursively).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Directory for the rendered relay files and the resources with status.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Keep running and reconcile again whenever a file under --dir changes.
+    #[arg(long)]
+    watch: bool,
+    #[command(flatten)]
+    flags: RenderFlags,
+}
+
+pub fn run(args: StandaloneArgs) -> ExitCode {
+    let opts = match args.flags.options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Err(e) = check_dirs(&args.dir, &args.out) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Err(e) = reconcile_dir(&args.dir, &args.out, &opts) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_INVALID);
+    }
+    if !args.watch {
+        return ExitCode::SUCCESS;
+    }
+    match watch(&args.dir, &args.out, &opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+/// `--out` inside `--dir` would feed the output back in as input.
+fn check_dirs(dir: &Path, out: &Path) -> Result<(), String> {
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("--dir {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("--out {}: {e}", out.display()))?;
+    let out = out
+        .canonicalize()
+        .map_err(|e| format!("--out {}: {e}", out.display()))?;
+    if out.starts_with(&dir) {
+        return Err(format!(
+            "--out {} is inside --dir {}: choose a directory outside it",
+            out.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Re-run on every change under `dir`, with a short quiet period so an editor's several
+/// writes become one reconcile.
+fn watch(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<(), String> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = tx.send(event);
+    })
+    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    watcher
+        .watch(dir, RecursiveMode::Recursive)
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), "watching for changes");
+    while let Ok(first) = rx.recv() {
+        if let Err(e) = first {
+            tracing::warn!("watch error: {e}");
+        }
+        while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
+        if let Err(e) = reconcile_dir(dir, out, opts) {
+            tracing::error!("{e}");
+        }
+    }
+    Ok(())
+}
+
+/// One reconcile of every namespace found in `dir` (and of namespaces that were in `out`
+/// before but have no resources now: their configuration is emptied).
+pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<(), String> {
+    let (loaded, errors) = load(&[dir.to_path_buf()], "default");
+    for e in &errors {
+        tracing::warn!("{e} (skipped)");
+    }
+    let mut namespaces: BTreeSet<String> = loaded.namespaces.keys().cloned().collect();
+    if let Ok(entries) = std::fs::read_dir(out) {
+        for entry in entries.flatten() {
+            if entry.path().join("relay").join(MANIFEST).exists() {
+                namespaces.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut rows = Vec::new();
+    for ns in namespaces {
+        let mut inputs = loaded
+            .namespaces
+            .get(&ns)
+            .cloned()
+            .unwrap_or_else(|| Inputs {
+                namespace: ns.clone(),
+                ..Default::default()
+            });
+        let ns_out = out.join(&ns);
+        read_previous_status(&ns_out, &mut inputs);
+        let evaluation = evaluate(&inputs);
+        warn_conflicts(&loaded, &evaluation);
+        let relay_dir = ns_out.join("relay");
+        let config = render(&evaluation.policy, opts);
+        let old_hash = std::fs::read_to_string(relay_dir.join(MANIFEST))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("hash").and_then(|h| h.as_str()).map(str::to_string));
+        if old_hash.as_deref() != Some(config.hash.as_str()) {
+            write_files(&relay_dir, config.files.clone(), Some(MANIFEST))?;
+            tracing::info!(namespace = %ns, hash = %config.hash, "relay configuration written");
+        }
+        let relay = RelayConfigRef {
+            name: relay_dir.display().to_string(),
+            hash: config.hash.clone(),
+            ..Default::default()
+        };
+        rows.extend(write_statuses(
+            &ns_out.join("resources"),
+            &inputs,
+            &evaluation,
+            &relay,
+            &now,
+        )?);
+    }
+    print_summary(&rows, &errors);
+    Ok(())
+}
+
+/// `kind-name.yaml` inside a namespace's resources directory.
+fn resource_file(dir: &Path, kind: Kind, name: &str) -> PathBuf {
+    dir.join(format!("{}-{name}.yaml", kind.to_string().to_lowercase()))
+}
+
+/// Bring back the status written last time, so transition times and test results persist.
+fn read_previous_status(ns_out: &Path, inputs: &mut Inputs) {
+    fn previous<K: kube::Resource + DeserializeOwned>(dir: &Path, kind: Kind, r: &K) -> Option<K> {
+        let text =
+            std::fs::read_to_string(resource_file(dir, kind, &r.meta().name.clone()?)).ok()?;
+        serde_norway::from_str(&text).ok()
+    }
+    let dir = ns_out.join("resources");
+    for r in &mut inputs.address_lists {
+        r.status = previous(&dir, Kind::AddressList, r).and_then(|p| p.status);
+    }
+    for r in &mut inputs.policies {
+        r.status = previous(&dir, Kind::TlsCompliance, r).and_then(|p| p.status);
+    }
+    for r in &mut inputs.gateways {
+        r.status = previous(&dir, Kind::OutboundGateway, r).and_then(|p| p.status);
+    }
+}
+
+struct Row {
+    namespace: String,
+    id: ResourceId,
+    ready: String,
+    reason: String,
+}
+
+fn write_statuses(
+    dir: &Path,
+    inputs: &Inputs,
+    evaluation: &Evaluation,
+    relay: &RelayConfigRef,
+    now: &Time,
+) -> Result<Vec<Row>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut rows = Vec::new();
+    let mut keep = BTreeSet::new();
+    let empty = Default::default();
+    for list in &inputs.address_lists {
+        let id = ResourceId::new(Kind::AddressList, list.name_any());
+        let mut updated = list.clone();
+        updated.status = Some(status::address_list_status(
+            list,
+            evaluation.findings.get(&id).unwrap_or(&empty),
+            now,
+        ));
+        let conditions = updated
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        write_resource(dir, &id, &updated, &mut keep)?;
+        rows.push(row(&inputs.namespace, id, &conditions));
+    }
+    for policy in &inputs.policies {
+        let id = ResourceId::new(Kind::TlsCompliance, policy.name_any());
+        let mut updated = policy.clone();
+        updated.status = Some(status::tls_compliance_status(
+            policy,
+            evaluation.findings.get(&id).unwrap_or(&empty),
+            Some(relay),
+            now,
+        ));
+        let conditions = updated
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        write_resource(dir, &id, &updated, &mut keep)?;
+        rows.push(row(&inputs.namespace, id, &conditions));
+    }
+    for gw in &inputs.gateways {
+        let id = ResourceId::new(Kind::OutboundGateway, gw.name_any());
+        let mut updated = gw.clone();
+        updated.status = Some(status::gateway_status(
+            gw,
+            &id,
+            evaluation.findings.get(&id).unwrap_or(&empty),
+            now,
+        ));
+        let conditions = updated
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        write_resource(dir, &id, &updated, &mut keep)?;
+        rows.push(row(&inputs.namespace, id, &conditions));
+    }
+    // Resources deleted from --dir lose their status file too.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if !keep.contains(&entry.path())
+                && entry.path().extension().is_some_and(|e| e == "yaml")
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn row(namespace: &str, id: ResourceId, conditions: &[crate::api::Condition]) -> Row {
+    let ready = conditions.iter().find(|c| c.type_ == status::READY);
+    Row {
+        namespace: namespace.to_string(),
+        id,
+        ready: ready.map_or("Unknown".into(), |c| c.status.clone()),
+        reason: ready.map_or(String::new(), |c| {
+            if c.status == "True" {
+                c.reason.clone()
+            } else {
+                format!("{}: {}", c.reason, c.message)
+            }
+        }),
+    }
+}
+
+/// Write a resource with its status, unless the file already says the same (timestamps
+/// aside).
+fn write_resource<K: Serialize + DeserializeOwned + kube::Resource>(
+    dir: &Path,
+    id: &ResourceId,
+    r: &K,
+    keep: &mut BTreeSet<PathBuf>,
+) -> Result<(), String> {
+    let path = resource_file(dir, id.kind, &id.name);
+    keep.insert(path.clone());
+    let text = serde_norway::to_string(r).map_err(|e| format!("cannot serialise {id}: {e}"))?;
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    if old == text {
+        return Ok(());
+    }
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, &text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+}
+
+fn print_summary(rows: &[Row], errors: &[LoadError]) {
+    println!(
+        "{:<16} {:<32} {:<7} REASON",
+        "NAMESPACE", "RESOURCE", "READY"
+    );
+    for r in rows {
+        println!(
+            "{:<16} {:<32} {:<7} {}",
+            r.namespace,
+            r.id.to_string(),
+            r.ready,
+            r.reason
+        );
+    }
+    if !errors.is_empty() {
+        println!(
+            "{} document(s) could not be read and were skipped (see the warnings above)",
+            errors.len()
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! Findings → resource status (pure). Conditions follow the metav1 / kstatus conventions:
+//! `Ready` is True only when this generation was rendered without errors, and a condition's
+//! `lastTransitionTime` only moves when its status does.
+
+use crate::api::{
+    AddressList, AddressListStatus, Condition, Enforcement, InvalidEntry, MatchedCounts,
+    OutboundGateway, OutboundGatewayStatus, RelayConfigRef, TlsCompliance, TlsComplianceStatus,
+};
+use crate::policy::{Conflict, ResourceFindings, ResourceId};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+pub const READY: &str = "Ready";
+pub const RENDERED: &str = "Rendered";
+pub const TESTED: &str = "Tested";
+pub const COMPLIANT: &str = "Compliant";
+pub const CONFLICT: &str = "Conflict";
+
+/// The generation a status describes; files without one count as the first.
+fn generation<K: kube::Resource>(r: &K) -> i64 {
+    r.meta().generation.unwrap_or(1)
+}
+
+/// Set (or replace) a condition, keeping its transition time when the status is unchanged.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: i64,
+    now: &Time,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    set_condition_raw(
+        conditions,
+        type_,
+        status,
+        reason,
+        message.into(),
+        generation,
+        now,
+    );
+}
+
+/// As [`set_condition`] with a literal status (`Unknown` included).
+pub fn set_condition_raw(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: String,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) {
+    let last_transition_time = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time,
+    });
+    conditions.sort_by(|a, b| {
+        condition_order(&a.type_)
+            .cmp(&condition_order(&b.type_))
+            .then(a.type_.cmp(&b.type_))
+    });
+}
+
+fn condition_order(t: &str) -> usize {
+    [READY, RENDERED, TESTED, COMPLIANT, CONFLICT]
+        .iter()
+        .position(|c| *c == t)
+        .unwrap_or(usize::MAX)
+}
+
+/// Whether two condition lists say the same thing, ignoring timestamps.
+pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
+    let key = |c: &Condition| {
+        (
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+            c.observed_generation,
+        )
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
+}
+
+fn problems_message(f: &ResourceFindings) -> String {
+    let mut parts: Vec<String> = f
+        .errors
+        .iter()
+        .take(5)
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect();
+    if f.errors.len() > 5 {
+        parts.push(format!("and {} more", f.errors.len() - 5));
+    }
+    parts.join("; ")
+}
+
+fn conflict_message(me: &ResourceId, conflicts: &[Conflict]) -> String {
+    conflicts
+        .iter()
+        .map(|c| {
+            let others: Vec<String> = c
+                .involved
+                .iter()
+                .filter(|i| *i != me)
+                .map(ToString::to_string)
+                .collect();
+            let outcome = if &c.winner == me {
+                "this resource is older and wins".to_string()
+            } else {
+                format!("{} is older and wins", c.winner)
+            };
+            format!(
+                "{} is also claimed by {}; {outcome}",
+                c.subject,
+                others.join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Status of an AddressList.
+pub fn address_list_status(
+    list: &AddressList,
+    f: &ResourceFindings,
+    now: &Time,
+) -> AddressListStatus {
+    let observed = generation(list);
+    let mut status = list.status.clone().unwrap_or_default();
+    let stats = f.list.clone().unwrap_or_default();
+    let invalid_count = stats.invalid_total;
+    status.observed_generation = Some(observed);
+    status.addresses = stats.addresses;
+    status.domains = stats.domains;
+    status.duplicates = stats.duplicates;
+    status.invalid_count = invalid_count;
+    status.invalid = stats
+        .invalid
+        .iter()
+        .map(|(entry, p)| InvalidEntry {
+            entry: entry.clone(),
+            reason: format!("{}: {}", p.field, p.reason()),
+        })
+        .collect();
+    status.used_by = f.used_by.iter().map(ToString::to_string).collect();
+    let (ok, reason, message) = if !f.errors.is_empty() {
+        (false, "InvalidSpec", problems_message(f))
+    } else if invalid_count > 0 {
+        (
+            false,
+            "InvalidEntries",
+            format!(
+                "{invalid_count} entries rejected (see status.invalid); the valid ones are in use"
+            ),
+        )
+    } else {
+        (
+            true,
+            "Valid",
+            format!(
+                "{} addresses, {} domains, {} duplicates dropped",
+                stats.addresses, stats.domains, stats.duplicates
+            ),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        READY,
+        ok,
+        reason,
+        message,
+        observed,
+        now,
+    );
+    status
+}
+
+/// Status of a TlsCompliance. Test results (`Tested`, `Compliant`, `lastTest`, `results`)
+/// belong to the test loop and are kept as they are.
+pub fn tls_compliance_status(
+    p: &TlsCompliance,
+    f: &ResourceFindings,
+    relay: Option<&RelayConfigRef>,
+    now: &Time,
+) -> TlsComplianceStatus {
+    let observed = generation(p);
+    let mut status = p.status.clone().unwrap_or_default();
+    status.observed_generation = Some(observed);
+    let (addresses, domains) = f.matched.unwrap_or_default();
+    status.matched = MatchedCounts { addresses, domains };
+    status.relay_config = relay.filter(|_| f.rendered).cloned();
+    let monitor = p.spec.enforcement == Enforcement::Monitor;
+    let (rendered, reason, message) = match (f.rendered, monitor) {
+        (false, _) => (false, "InvalidSpec", problems_message(f)),
+        (true, false) => (
+            true,
+            "Rendered",
+            format!("mandatory TLS for {addresses} addresses and {domains} domains"),
+        ),
+        (true, true) => (
+            true,
+            "MonitorOnly",
+            "Monitor mode: nothing mandatory is rendered; tests report what would fail".to_string(),
+        ),
+    };
+    set_condition(
+        &mut status.conditions,
+        RENDERED,
+        rendered,
+        reason,
+        message,
+        observed,
+        now,
+    );
+    let (ready, reason, message) = if f.errors.is_empty() {
+        (true, "Rendered", "this generation is rendered".to_string())
+    } else if f.rendered {
+        (false, "MissingReference", problems_message(f))
+    } else {
+        (false, "InvalidSpec", problems_message(f))
+    };
+    set_condition(
+        &mut status.conditions,
+        READY,
+        ready,
+        reason,
+        message,
+        observed,
+        now,
+    );
+    set_condition(
+        &mut status.conditions,
+        CONFLICT,
+        false,
+        "NoConflict",
+        "",
+        observed,
+        now,
+    );
+    ensure_untested(&mut status.conditions, p.spec.test.enabled, observed, now);
+    status
+}
+
+/// Status of an OutboundGateway.
+pub fn gateway_status(
+    gw: &OutboundGateway,
+    id: &ResourceId,
+    f: &ResourceFindings,
+    now: &Time,
+) -> OutboundGatewayStatus {
+    let observed = generation(gw);
+    let mut status = gw.status.clone().unwrap_or_default();
+    status.observed_generation = Some(observed);
+    status.used_by = f.used_by.iter().map(ToString::to_string).collect();
+    let lost: Vec<&Conflict> = f.conflicts.iter().filter(|c| &c.winner != id).collect();
+    let (rendered, reason, message) = if !f.errors.is_empty() {
+        (false, "InvalidSpec", problems_message(f))
+    } else if !lost.is_empty() && !f.rendered {
+        (false, "ConflictLost", conflict_message(id, &f.conflicts))
+    } else if f.rendered {
+        (
+            true,
+            "Rendered",
+            "the route is in the relay configuration".to_string(),
+        )
+    } else {
+        (
+            false,
+            "NotInUse",
+            "no mail is routed here (no entries in its address lists, or no TLS-required mail)"
+                .to_string(),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        RENDERED,
+        rendered,
+        reason,
+        message.clone(),
+        observed,
+        now,
+    );
+    let ready = f.errors.is_empty() && lost.is_empty();
+    let (reason, message) = match (f.errors.is_empty(), lost.is_empty()) {
+        (false, _) => ("InvalidSpec", problems_message(f)),
+        (true, false) => ("ConflictLost", conflict_message(id, &f.conflicts)),
+        (true, true) => ("Rendered", "this generation is rendered".to_string()),
+    };
+    set_condition(
+        &mut status.conditions,
+        READY,
+        ready,
+        reason,
+        message,
+        observed,
+        now,
+    );
+    if f.conflicts.is_empty() {
+        set_condition(
+            &mut status.conditions,
+            CONFLICT,
+            false,
+            "NoConflict",
+            "",
+            observed,
+            now,
+        );
+    } else {
+        set_condition(
+            &mut status.conditions,
+            CONFLICT,
+            true,
+            "Conflict",
+            conflict_message(id, &f.conflicts),
+            observed,
+            now,
+        );
+    }
+    ensure_untested(&mut status.conditions, gw.spec.test.enabled, observed, now);
+    status
+}
+
+/// Until the test loop reports, `Tested` and `Compliant` are Unknown (or say tests are off).
+fn ensure_untested(conditions: &mut Vec<Condition>, enabled: bool, observed: i64, now: &Time) {
+    for t in [TESTED, COMPLIANT] {
+        let present = conditions.iter().any(|c| c.type_ == t);
+        if !enabled {
+            set_condition_raw(
+                conditions,
+                t,
+                "Unknown".into(),
+                "TestsDisabled",
+                "spec.test.enabled is false".into(),
+                observed,
+                now,
+            );
+        } else if !present {
+            set_condition_raw(
+                conditions,
+                t,
+                "Unknown".into(),
+                "NotTestedYet",
+                "no TLS test has run yet".into(),
+                observed,
+                now,
+            );
+        }
+    }
+}
