@@ -98,6 +98,14 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
     (loaded, errors)
 }
 
+/// Read resources from one YAML text (as if it were the file `name`).
+pub fn load_str(name: &str, text: &str, default_namespace: &str) -> (Loaded, Vec<LoadError>) {
+    let mut loaded = Loaded::default();
+    let mut errors = Vec::new();
+    load_text(Path::new(name), text, default_namespace, &mut loaded, &mut errors);
+    (loaded, errors)
+}
+
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let meta = std::fs::metadata(path)?;
     if meta.is_file() {
@@ -146,7 +154,7 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
-pub(crate) fn load_text(
+fn load_text(
     file: &Path,
     text: &str,
     default_ns: &str,

@@ -83,10 +83,11 @@ impl Entry {
 
 impl fmt::Display for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad` so that width and alignment flags work in tables.
         match self {
-            Entry::Address(a) => f.write_str(a),
-            Entry::Domain(d) => f.write_str(d),
-            Entry::Subdomains(d) => write!(f, ".{d}"),
+            Entry::Address(a) => f.pad(a),
+            Entry::Domain(d) => f.pad(d),
+            Entry::Subdomains(d) => f.pad(&format!(".{d}")),
         }
     }
 }
