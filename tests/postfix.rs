@@ -8,8 +8,11 @@ use std::path::Path;
 use std::process::Command;
 
 fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is Postfix installed? scripts/test.sh installs it)"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (is Postfix installed? scripts/test.sh installs it)")
+    });
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -24,11 +27,19 @@ impl Instance {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path();
         for f in ["main.cf", "master.cf"] {
-            std::fs::copy(Path::new("/etc/postfix").join(f), cfg.join(f)).expect("Debian's Postfix config in /etc/postfix");
+            std::fs::copy(Path::new("/etc/postfix").join(f), cfg.join(f))
+                .expect("Debian's Postfix config in /etc/postfix");
         }
         let maps = cfg.join("mailtls");
         let mut render = Command::new(env!("CARGO_BIN_EXE_mailtls"));
-        render.arg("render").args(inputs).arg("--output").arg(&maps).arg("--config-dir").arg(&maps).args(["--map-type", map_type, "--postfix-version", "auto"]);
+        render
+            .arg("render")
+            .args(inputs)
+            .arg("--output")
+            .arg(&maps)
+            .arg("--config-dir")
+            .arg(&maps)
+            .args(["--map-type", map_type, "--postfix-version", "auto"]);
         let (ok, out) = run(&mut render);
         assert!(ok, "render failed:\n{out}");
         let main: Vec<String> = std::fs::read_to_string(maps.join("main.cf"))
@@ -37,14 +48,21 @@ impl Instance {
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .map(|l| l.replacen(" = ", "=", 1))
             .collect();
-        let (ok, out) = run(Command::new("postconf").arg("-c").arg(cfg).arg("-e").args(&main));
+        let (ok, out) = run(Command::new("postconf")
+            .arg("-c")
+            .arg(cfg)
+            .arg("-e")
+            .args(&main));
         assert!(ok && out.is_empty(), "postconf -e: {out}");
         let master = std::fs::read_to_string(maps.join("master.cf")).expect("master.cf");
         let mut base = std::fs::read_to_string(cfg.join("master.cf")).expect("base master.cf");
         base.push_str(&master);
         std::fs::write(cfg.join("master.cf"), base).expect("write master.cf");
         for map in ["tls_policy", "transport", "sender_access"] {
-            let (ok, out) = run(Command::new("postmap").arg("-c").arg(cfg).arg(format!("{map_type}:{}", maps.join(map).display())));
+            let (ok, out) = run(Command::new("postmap")
+                .arg("-c")
+                .arg(cfg)
+                .arg(format!("{map_type}:{}", maps.join(map).display())));
             assert!(ok && out.is_empty(), "postmap {map}: {out}");
         }
         Instance { dir }
@@ -55,25 +73,45 @@ impl Instance {
     }
 
     fn check_clean(&self) {
-        let (ok, out) = run(Command::new("postfix").arg("-c").arg(self.path()).arg("check"));
+        let (ok, out) = run(Command::new("postfix")
+            .arg("-c")
+            .arg(self.path())
+            .arg("check"));
         assert!(ok, "postfix check failed:\n{out}");
-        assert!(out.trim().is_empty(), "postfix check printed warnings:\n{out}");
-        let (ok, out) = run(Command::new("postconf").arg("-c").arg(self.path()).arg("-n"));
+        assert!(
+            out.trim().is_empty(),
+            "postfix check printed warnings:\n{out}"
+        );
+        let (ok, out) = run(Command::new("postconf")
+            .arg("-c")
+            .arg(self.path())
+            .arg("-n"));
         assert!(ok, "postconf -n failed: {out}");
         assert!(!out.contains("warning"), "postconf -n warned:\n{out}");
-        let (ok, out) = run(Command::new("postconf").arg("-c").arg(self.path()).arg("-M"));
+        let (ok, out) = run(Command::new("postconf")
+            .arg("-c")
+            .arg(self.path())
+            .arg("-M"));
         assert!(ok && !out.contains("warning"), "postconf -M: {out}");
     }
 
     fn query(&self, map_type: &str, map: &str, key: &str) -> Option<String> {
         let file = self.path().join("mailtls").join(map);
-        let (ok, out) = run(Command::new("postmap").arg("-c").arg(self.path()).arg("-q").arg(key).arg(format!("{map_type}:{}", file.display())));
+        let (ok, out) = run(Command::new("postmap")
+            .arg("-c")
+            .arg(self.path())
+            .arg("-q")
+            .arg(key)
+            .arg(format!("{map_type}:{}", file.display())));
         ok.then(|| out.trim().to_string())
     }
 
     fn pcre_query(&self, key: &str) -> Option<String> {
         let file = self.path().join("mailtls").join("tls_bounce.pcre");
-        let (ok, out) = run(Command::new("postmap").arg("-q").arg(key).arg(format!("pcre:{}", file.display())));
+        let (ok, out) = run(Command::new("postmap")
+            .arg("-q")
+            .arg(key)
+            .arg(format!("pcre:{}", file.display())));
         ok.then(|| out.trim().to_string())
     }
 }
@@ -87,26 +125,67 @@ fn examples_install_into_real_postfix_and_check_clean() {
     for map_type in ["lmdb", "cdb", "hash"] {
         let pf = Instance::new(&[examples()], map_type);
         pf.check_clean();
-        assert_eq!(pf.query(map_type, "transport", "ceo@supplier.example").as_deref(), Some("mailtls-verify-tls12-bounce:[tls-relay.example.net]:587"));
-        assert_eq!(pf.query(map_type, "transport", ".partner.example").as_deref(), Some("mailtls-verify-tls12-bounce:[tls-relay.example.net]:587"));
-        assert_eq!(pf.query(map_type, "transport", "xn--bcher-kva.example").as_deref(), Some("mailtls-verify-tls12-bounce:[tls-relay.example.net]:587"));
-        assert_eq!(pf.query(map_type, "tls_policy", "[tls-relay.example.net]:587").as_deref(), Some("verify match=hostname protocols=>=TLSv1.2"));
-        assert_eq!(pf.query(map_type, "sender_access", "chair@board.example").as_deref(), Some("mailtls_require_tls"));
-        assert_eq!(pf.query(map_type, "transport", "nobody@unlisted.example"), None);
+        assert_eq!(
+            pf.query(map_type, "transport", "ceo@supplier.example")
+                .as_deref(),
+            Some("mailtls-verify-tls12-bounce:[tls-relay.example.net]:587")
+        );
+        assert_eq!(
+            pf.query(map_type, "transport", ".partner.example")
+                .as_deref(),
+            Some("mailtls-verify-tls12-bounce:[tls-relay.example.net]:587")
+        );
+        assert_eq!(
+            pf.query(map_type, "transport", "xn--bcher-kva.example")
+                .as_deref(),
+            Some("mailtls-verify-tls12-bounce:[tls-relay.example.net]:587")
+        );
+        assert_eq!(
+            pf.query(map_type, "tls_policy", "[tls-relay.example.net]:587")
+                .as_deref(),
+            Some("verify match=hostname protocols=>=TLSv1.2")
+        );
+        assert_eq!(
+            pf.query(map_type, "sender_access", "chair@board.example")
+                .as_deref(),
+            Some("mailtls_require_tls")
+        );
+        assert_eq!(
+            pf.query(map_type, "transport", "nobody@unlisted.example"),
+            None
+        );
     }
 }
 
 #[test]
 fn postfix_sees_what_mailtls_owns() {
     let pf = Instance::new(&[examples()], "lmdb");
-    let (_, out) = run(Command::new("postconf").arg("-c").arg(pf.path()).args(["-h", "relayhost", "plaintext_reject_code", "smtpd_sender_restrictions"]));
+    let (_, out) = run(Command::new("postconf").arg("-c").arg(pf.path()).args([
+        "-h",
+        "relayhost",
+        "plaintext_reject_code",
+        "smtpd_sender_restrictions",
+    ]));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "smarthost.example.net");
     assert_eq!(lines[1], "550");
-    assert!(lines[2].starts_with("check_sender_access lmdb:"), "{}", lines[2]);
-    let (_, services) = run(Command::new("postconf").arg("-c").arg(pf.path()).args(["-M", "mailtls-verify-tls12-bounce/unix"]));
-    assert!(services.contains("smtp_tls_security_level=verify"), "{services}");
-    assert!(services.contains("smtp_delivery_status_filter=pcre:"), "{services}");
+    assert!(
+        lines[2].starts_with("check_sender_access lmdb:"),
+        "{}",
+        lines[2]
+    );
+    let (_, services) = run(Command::new("postconf")
+        .arg("-c")
+        .arg(pf.path())
+        .args(["-M", "mailtls-verify-tls12-bounce/unix"]));
+    assert!(
+        services.contains("smtp_tls_security_level=verify"),
+        "{services}"
+    );
+    assert!(
+        services.contains("smtp_delivery_status_filter=pcre:"),
+        "{services}"
+    );
 }
 
 #[test]
@@ -120,7 +199,9 @@ fn bounce_filter_turns_only_our_own_tls_failures_permanent() {
         "4.7.5 Server certificate not trusted",
     ];
     for status in own {
-        let out = pf.pcre_query(status).unwrap_or_else(|| panic!("not matched: {status}"));
+        let out = pf
+            .pcre_query(status)
+            .unwrap_or_else(|| panic!("not matched: {status}"));
         assert!(out.starts_with("5.7."), "{status} -> {out}");
         assert_eq!(&out[1..], &status[1..], "only the class changes");
     }
@@ -140,7 +221,10 @@ fn bounce_filter_turns_only_our_own_tls_failures_permanent() {
 fn large_input(dir: &Path) {
     let mut yaml = String::new();
     for l in 0..12 {
-        let _ = writeln!(yaml, "apiVersion: mailtls.io/v1alpha1\nkind: AddressList\nmetadata:\n  name: list-{l}\nspec:\n  entries:");
+        let _ = writeln!(
+            yaml,
+            "apiVersion: mailtls.io/v1alpha1\nkind: AddressList\nmetadata:\n  name: list-{l}\nspec:\n  entries:"
+        );
         for i in 0..1000 {
             let entry = match i % 4 {
                 0 => format!("user{i}@dom{}.example", i % 97),
@@ -180,13 +264,18 @@ fn large_generated_input_checks_clean_on_real_postfix() {
     large_input(input.path());
     let pf = Instance::new(&[input.path()], "lmdb");
     pf.check_clean();
-    let transport = std::fs::read_to_string(pf.path().join("mailtls/transport")).expect("transport");
+    let transport =
+        std::fs::read_to_string(pf.path().join("mailtls/transport")).expect("transport");
     let rows: Vec<&str> = transport.lines().filter(|l| !l.starts_with('#')).collect();
     assert!(rows.len() > 5000, "{} transport rows", rows.len());
     // Every row answers through the built map exactly as written.
     for row in rows.iter().step_by(997) {
         let (key, value) = row.split_once(' ').expect("key value");
-        assert_eq!(pf.query("lmdb", "transport", key).as_deref(), Some(value), "{key}");
+        assert_eq!(
+            pf.query("lmdb", "transport", key).as_deref(),
+            Some(value),
+            "{key}"
+        );
     }
     let services: Vec<String> = std::fs::read_to_string(pf.path().join("mailtls/master.cf"))
         .expect("master.cf")
@@ -196,7 +285,13 @@ fn large_generated_input_checks_clean_on_real_postfix() {
         .collect();
     // Every service a transport entry names exists in master.cf.
     for row in &rows {
-        let service = row.split_once(' ').map(|(_, v)| v.split(':').next().unwrap_or_default()).unwrap_or_default();
-        assert!(service == "smtp" || services.iter().any(|s| s == service), "{row}");
+        let service = row
+            .split_once(' ')
+            .map(|(_, v)| v.split(':').next().unwrap_or_default())
+            .unwrap_or_default();
+        assert!(
+            service == "smtp" || services.iter().any(|s| s == service),
+            "{row}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! with file, line, resource and field.
 
 use crate::api::{AddressList, GROUP, OutboundGateway, TlsCompliance, VERSION};
+use crate::policy::entry::display_raw;
 use crate::policy::{Inputs, Kind, ResourceId};
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
@@ -45,7 +46,15 @@ impl fmt::Display for LoadError {
         if let Some(field) = &self.field {
             write!(f, "{field}: ")?;
         }
-        f.write_str(&self.message)
+        // Parser messages may quote raw input; never print its control characters.
+        for c in self.message.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_fmt(format_args!("{c}"))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -102,7 +111,13 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
 pub fn load_str(name: &str, text: &str, default_namespace: &str) -> (Loaded, Vec<LoadError>) {
     let mut loaded = Loaded::default();
     let mut errors = Vec::new();
-    load_text(Path::new(name), text, default_namespace, &mut loaded, &mut errors);
+    load_text(
+        Path::new(name),
+        text,
+        default_namespace,
+        &mut loaded,
+        &mut errors,
+    );
     (loaded, errors)
 }
 
@@ -314,7 +329,7 @@ fn load_value(
         for (field, message) in problems {
             errors.push(LoadError {
                 source: Some(source.clone()),
-                resource: Some(id.to_string()),
+                resource: Some(format!("{kind}/{}", display_raw(&name))),
                 field,
                 message,
             });
@@ -397,7 +412,7 @@ fn check_name(name: &str, max: usize) -> Result<(), String> {
     } else {
         Err(format!(
             "'{}' is not a valid name (lowercase letters, digits, '-' and '.', at most {max})",
-            crate::policy::entry::display_raw(name)
+            display_raw(name)
         ))
     }
 }

@@ -159,7 +159,10 @@ fn normalize_local(local: &str) -> Result<String, String> {
         ));
     }
     if let Some(c) = local.chars().find(|c| !is_local_char(*c)) {
-        return Err(format!("the character '{c}' is not allowed before '@'"));
+        return Err(format!(
+            "the character '{}' is not allowed before '@'",
+            c.escape_debug()
+        ));
     }
     if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
         return Err("dots before '@' must separate words ('a.b', not '.a', 'a.' or 'a..b')".into());
@@ -216,7 +219,10 @@ pub fn check_ascii_domain(domain: &str, min_labels: usize) -> Result<(), String>
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
         {
-            return Err(format!("the character '{c}' is not allowed in a domain"));
+            return Err(format!(
+                "the character '{}' is not allowed in a domain",
+                c.escape_debug()
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err("a domain label may not start or end with '-'".into());

@@ -330,7 +330,10 @@ fn referenced_entries(
             }
             None => findings.get_mut(id).errors.push(Problem {
                 field: format!("spec.addressLists[{i}].name"),
-                message: format!("AddressList '{}' does not exist in this namespace", r.name),
+                message: format!(
+                    "AddressList '{}' does not exist in this namespace",
+                    entry::display_raw(&r.name)
+                ),
             }),
         }
     }

@@ -8,8 +8,19 @@ use mailtls::render::{PostfixVersion, RelayConfig, RenderOptions, render};
 /// Read YAML resources (namespace `default`), failing the test on any load error.
 pub fn inputs(yaml: &str) -> Inputs {
     let (loaded, errors) = load_str("test.yaml", yaml, "default");
-    assert!(errors.is_empty(), "load errors: {:?}", errors.iter().map(ToString::to_string).collect::<Vec<_>>());
-    loaded.namespaces.get("default").cloned().unwrap_or_else(|| Inputs { namespace: "default".into(), ..Default::default() })
+    assert!(
+        errors.is_empty(),
+        "load errors: {:?}",
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
+    loaded
+        .namespaces
+        .get("default")
+        .cloned()
+        .unwrap_or_else(|| Inputs {
+            namespace: "default".into(),
+            ..Default::default()
+        })
 }
 
 pub fn eval(yaml: &str) -> Evaluation {
@@ -17,7 +28,10 @@ pub fn eval(yaml: &str) -> Evaluation {
 }
 
 pub fn options_37() -> RenderOptions {
-    RenderOptions { postfix_version: PostfixVersion { major: 3, minor: 7 }, ..Default::default() }
+    RenderOptions {
+        postfix_version: PostfixVersion { major: 3, minor: 7 },
+        ..Default::default()
+    }
 }
 
 pub fn render_yaml(yaml: &str) -> RelayConfig {
@@ -26,26 +40,44 @@ pub fn render_yaml(yaml: &str) -> RelayConfig {
 
 /// The value of `key` in a rendered table (`None` if absent).
 pub fn lookup(config: &RelayConfig, table: &str, key: &str) -> Option<String> {
-    let text = config.files.get(table).unwrap_or_else(|| panic!("no file {table}"));
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| l.strip_prefix(&format!("{key} ")).map(str::to_string))
+    let text = config
+        .files
+        .get(table)
+        .unwrap_or_else(|| panic!("no file {table}"));
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(&format!("{key} ")).map(str::to_string))
 }
 
 /// The value of a main.cf parameter.
 pub fn main_cf(config: &RelayConfig, name: &str) -> Option<String> {
-    config.files["main.cf"].lines().find_map(|l| l.strip_prefix(&format!("{name} = ")).map(str::to_string))
+    config.files["main.cf"]
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} = ")).map(str::to_string))
 }
 
 /// The `-o` options of a master.cf service, as `name=value` strings.
 pub fn service_options(config: &RelayConfig, service: &str) -> Vec<String> {
     let master = &config.files["master.cf"];
-    let mut lines = master.lines().skip_while(|l| !l.starts_with(&format!("{service} ")));
-    assert!(lines.next().is_some(), "service {service} not in master.cf:\n{master}");
-    lines.take_while(|l| l.starts_with("  -o ")).map(|l| l.trim_start_matches("  -o ").to_string()).collect()
+    let mut lines = master
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("{service} ")));
+    assert!(
+        lines.next().is_some(),
+        "service {service} not in master.cf:\n{master}"
+    );
+    lines
+        .take_while(|l| l.starts_with("  -o "))
+        .map(|l| l.trim_start_matches("  -o ").to_string())
+        .collect()
 }
 
 pub fn list(name: &str, entries: &[&str]) -> String {
     let items: Vec<String> = entries.iter().map(|e| format!("    - \"{e}\"")).collect();
-    format!("apiVersion: mailtls.io/v1alpha1\nkind: AddressList\nmetadata:\n  name: {name}\nspec:\n  entries:\n{}\n---\n", items.join("\n"))
+    format!(
+        "apiVersion: mailtls.io/v1alpha1\nkind: AddressList\nmetadata:\n  name: {name}\nspec:\n  entries:\n{}\n---\n",
+        items.join("\n")
+    )
 }
 
 pub fn policy(name: &str, lists: &[&str], extra: &str) -> String {
@@ -57,5 +89,7 @@ pub fn policy(name: &str, lists: &[&str], extra: &str) -> String {
 }
 
 pub fn gateway(name: &str, spec: &str) -> String {
-    format!("apiVersion: mailtls.io/v1alpha1\nkind: OutboundGateway\nmetadata:\n  name: {name}\nspec:\n{spec}\n---\n")
+    format!(
+        "apiVersion: mailtls.io/v1alpha1\nkind: OutboundGateway\nmetadata:\n  name: {name}\nspec:\n{spec}\n---\n"
+    )
 }

@@ -1,0 +1,365 @@
+//! The command line on files: render, standalone (with --watch), explain, --help.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn mailtls(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mailtls"))
+        .args(args)
+        .output()
+        .expect("run mailtls")
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+
+fn yaml_value(path: &Path) -> serde_json::Value {
+    serde_norway::from_str(&std::fs::read_to_string(path).expect("read")).expect("yaml")
+}
+
+fn condition<'a>(resource: &'a serde_json::Value, type_: &str) -> &'a serde_json::Value {
+    resource["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_}"))
+}
+
+#[test]
+fn standalone_renders_examples_and_writes_ready_statuses() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = mailtls(&[
+        "standalone",
+        "--dir",
+        EXAMPLES,
+        "--out",
+        out.path().to_str().expect("utf-8"),
+        "--postfix-version",
+        "3.7",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ns = out.path().join("default");
+    for f in [
+        "main.cf",
+        "master.cf",
+        "tls_policy",
+        "transport",
+        "sender_access",
+        "tls_bounce.pcre",
+        "manifest.json",
+    ] {
+        assert!(ns.join("relay").join(f).exists(), "{f}");
+    }
+    let resources: Vec<_> = std::fs::read_dir(ns.join("resources"))
+        .expect("resources")
+        .collect();
+    assert_eq!(resources.len(), 11);
+    let partners = yaml_value(&ns.join("resources/tlscompliance-partners.yaml"));
+    assert_eq!(partners["status"]["observedGeneration"], 1);
+    let ready = condition(&partners, "Ready");
+    assert_eq!(ready["status"], "True");
+    assert_eq!(ready["observedGeneration"], 1);
+    assert_eq!(condition(&partners, "Rendered")["reason"], "Rendered");
+    assert_eq!(condition(&partners, "Tested")["status"], "Unknown");
+    assert_eq!(partners["status"]["matched"]["addresses"], 4);
+    assert!(
+        partners["status"]["relayConfig"]["hash"]
+            .as_str()
+            .expect("hash")
+            .starts_with("sha256:")
+    );
+    let monitor = yaml_value(&ns.join("resources/tlscompliance-legacy-partners.yaml"));
+    assert_eq!(condition(&monitor, "Rendered")["reason"], "MonitorOnly");
+    let list = yaml_value(&ns.join("resources/addresslist-partners.yaml"));
+    assert_eq!(list["status"]["addresses"], 4);
+    assert_eq!(list["status"]["domains"], 4);
+    assert_eq!(list["status"]["duplicates"], 1);
+    assert_eq!(list["status"]["usedBy"][0], "TlsCompliance/partners");
+    let gw = yaml_value(&ns.join("resources/outboundgateway-secure-relay.yaml"));
+    assert_eq!(condition(&gw, "Ready")["status"], "True");
+    assert_eq!(condition(&gw, "Conflict")["status"], "False");
+    assert!(
+        gw["status"]["usedBy"]
+            .as_array()
+            .expect("usedBy")
+            .iter()
+            .any(|v| v == "TlsCompliance/banks")
+    );
+    assert!(text(&o).contains("TlsCompliance/partners"));
+}
+
+#[test]
+fn standalone_is_stable_reports_problems_and_empties_deleted_namespaces() {
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let file = input.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        list("l", &["partner.example", "bad entry"]) + &policy("p", &["l", "ghost"], ""),
+    )
+    .expect("write");
+    let args = [
+        "standalone",
+        "--dir",
+        input.path().to_str().expect("utf-8"),
+        "--out",
+        out.path().to_str().expect("utf-8"),
+        "--postfix-version",
+        "3.7",
+    ];
+    assert!(mailtls(&args).status.success());
+    let res = out.path().join("default/resources");
+    let l = yaml_value(&res.join("addresslist-l.yaml"));
+    assert_eq!(condition(&l, "Ready")["status"], "False");
+    assert_eq!(condition(&l, "Ready")["reason"], "InvalidEntries");
+    assert_eq!(l["status"]["invalid"][0]["entry"], "bad entry");
+    let p = yaml_value(&res.join("tlscompliance-p.yaml"));
+    assert_eq!(condition(&p, "Ready")["reason"], "MissingReference");
+    assert!(
+        condition(&p, "Ready")["message"]
+            .as_str()
+            .expect("msg")
+            .contains("'ghost' does not exist")
+    );
+    assert_eq!(
+        condition(&p, "Rendered")["status"],
+        "True",
+        "the resolvable part is rendered"
+    );
+
+    // A second run with the same input rewrites nothing and keeps transition times.
+    let stamp = |f: &Path| {
+        std::fs::metadata(f)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    };
+    let before = (
+        stamp(&res.join("tlscompliance-p.yaml")),
+        stamp(&out.path().join("default/relay/transport")),
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(mailtls(&args).status.success());
+    assert_eq!(
+        before,
+        (
+            stamp(&res.join("tlscompliance-p.yaml")),
+            stamp(&out.path().join("default/relay/transport"))
+        )
+    );
+
+    // Fixing the reference flips Ready and moves only that condition's transition time.
+    std::fs::write(
+        &file,
+        list("l", &["partner.example"]) + &policy("p", &["l"], ""),
+    )
+    .expect("write");
+    assert!(mailtls(&args).status.success());
+    let fixed = yaml_value(&res.join("tlscompliance-p.yaml"));
+    assert_eq!(condition(&fixed, "Ready")["status"], "True");
+    assert_eq!(
+        condition(&fixed, "Rendered")["lastTransitionTime"],
+        condition(&p, "Rendered")["lastTransitionTime"]
+    );
+
+    // Deleting everything empties the configuration and the statuses.
+    std::fs::remove_file(&file).expect("rm");
+    assert!(mailtls(&args).status.success());
+    assert_eq!(std::fs::read_dir(&res).expect("dir").count(), 0);
+    let transport =
+        std::fs::read_to_string(out.path().join("default/relay/transport")).expect("transport");
+    assert!(transport.lines().all(|l| l.starts_with('#')), "{transport}");
+}
+
+#[test]
+fn standalone_watch_rerenders_on_change() {
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        input.path().join("p.yaml"),
+        list("l", &["one.example"]) + &policy("p", &["l"], ""),
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailtls"))
+        .args(["standalone", "--watch", "--postfix-version", "3.7", "--dir"])
+        .arg(input.path())
+        .arg("--out")
+        .arg(out.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let policy_file = out.path().join("default/relay/tls_policy");
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&policy_file).is_ok_and(|t| t.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    let first = wait_for("one.example encrypt");
+    std::fs::write(
+        input.path().join("p.yaml"),
+        list("l", &["two.example"]) + &policy("p", &["l"], ""),
+    )
+    .expect("write");
+    let second = wait_for("two.example encrypt");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first, "first render");
+    assert!(second, "re-render after the edit");
+}
+
+#[test]
+fn render_reports_every_error_with_file_line_resource_and_field() {
+    let input = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        input.path().join("a.yaml"),
+        list("l", &["ok.example"]) + &policy("p", &["l"], "  requireCaSigned: true"),
+    )
+    .expect("write");
+    std::fs::write(
+        input.path().join("b.yaml"),
+        "apiVersion: mailtls.io/v1alpha1\nkind: OutboundGateway\nmetadata:\n  name: g\nspec:\n  host: gw.example.net\n  port: 99999\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n---\nkind: [unclosed\n",
+    )
+    .expect("write");
+    let out = input.path().join("out");
+    let o = mailtls(&[
+        "render",
+        input.path().to_str().expect("utf-8"),
+        "--output",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(
+        t.contains("a.yaml:9: TlsCompliance/p: spec.requireCaSigned: unknown field"),
+        "{t}"
+    );
+    assert!(t.contains("b.yaml:1: OutboundGateway/g: spec.port:"), "{t}");
+    assert!(t.contains("b.yaml:15: not valid YAML"), "{t}");
+    assert!(t.contains("3 error(s); nothing was written"), "{t}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn render_needs_a_namespace_choice_for_mixed_input() {
+    let input = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        input.path().join("a.yaml"),
+        list("l", &["a.example"]).replace("  name: l\n", "  name: l\n  namespace: one\n")
+            + &list("m", &["b.example"]).replace("  name: m\n", "  name: m\n  namespace: two\n"),
+    )
+    .expect("write");
+    let out = input.path().join("out");
+    let dir = input.path().to_str().expect("utf-8");
+    let o = mailtls(&["render", dir, "--output", out.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("namespaces one, two; choose one with --namespace"),
+        "{}",
+        text(&o)
+    );
+    let o = mailtls(&[
+        "render",
+        dir,
+        "--output",
+        out.to_str().expect("utf-8"),
+        "--namespace",
+        "two",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        std::fs::read_to_string(out.join("manifest.json"))
+            .expect("manifest")
+            .contains("\"namespace\": \"two\"")
+    );
+}
+
+#[test]
+fn render_rejects_unsafe_options_as_usage_errors() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = mailtls(&[
+        "render",
+        EXAMPLES,
+        "--output",
+        out.path().to_str().expect("utf-8"),
+        "--config-dir",
+        "/etc/postfix/x y",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("--config-dir may not contain"),
+        "{}",
+        text(&o)
+    );
+    let o = mailtls(&["render", EXAMPLES, "--output", "x", "--map-type", "btree"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn explain_says_which_policies_apply_the_next_hop_and_why() {
+    let o = mailtls(&[
+        "explain",
+        EXAMPLES,
+        "bob@sales.partner.example",
+        "--postfix-version",
+        "3.7",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains(".partner.example") && t.contains("AddressList/partners"),
+        "{t}"
+    );
+    assert!(t.contains("used by TlsCompliance/partners"), "{t}");
+    assert!(t.contains("Effective: mandatory TLS with a CA-signed certificate matching the host name, TLS 1.2 or newer"), "{t}");
+    assert!(
+        t.contains("Next hop:  [tls-relay.example.net]:587 via OutboundGateway/secure-relay"),
+        "{t}"
+    );
+    assert!(
+        t.contains(
+            "transport: .partner.example mailtls-verify-tls12-bounce:[tls-relay.example.net]:587"
+        ),
+        "{t}"
+    );
+
+    let o = mailtls(&["explain", EXAMPLES, "someone@unlisted.example"]);
+    let t = text(&o);
+    assert!(
+        t.contains("(none)")
+            && t.contains("opportunistic")
+            && t.contains("OutboundGateway/smarthost"),
+        "{t}"
+    );
+
+    let o = mailtls(&["explain", EXAMPLES, "chair@board.example", "--inbound"]);
+    assert!(text(&o).contains("rejected with 550"), "{}", text(&o));
+    let o = mailtls(&["explain", EXAMPLES, "not an address"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    let o = mailtls(&["--help"]);
+    let t = text(&o);
+    for cmd in ["render", "standalone", "explain", "crds"] {
+        assert!(t.contains(cmd), "{t}");
+    }
+    let o = mailtls(&["render", "--help"]);
+    assert!(
+        text(&o).contains("--config-dir") && text(&o).contains("file, line, resource and field"),
+        "{}",
+        text(&o)
+    );
+}
