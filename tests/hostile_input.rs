@@ -225,7 +225,7 @@ fn lookalikes_and_case_are_normalised_not_rejected() {
     );
     assert_eq!(
         parse_entry(".Sub.Example.COM").unwrap(),
-        Entry::Subdomains("sub.example.com".into())
+        Entry::Subdomains(".sub.example.com".into())
     );
 }
 

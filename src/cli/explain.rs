@@ -80,7 +80,7 @@ pub fn run(args: ExplainArgs) -> ExitCode {
     let mut any = false;
     for list in &inputs.address_lists {
         let entries: BTreeSet<Entry> = list_entries(list).into_iter().collect();
-        for e in chain.iter().filter(|e| entries.contains(e)) {
+        for e in chain.iter().filter(|e| entries.contains::<Entry>(e)) {
             any = true;
             out.push_str(&format!("  {e:<30} in AddressList/{}\n", list.name_any()));
             for p in inputs.policies.iter().filter(|p| {
@@ -262,7 +262,7 @@ fn explain_outbound(
     }
 }
 
-fn names(policies: &BTreeSet<String>) -> String {
+fn names(policies: &[std::sync::Arc<str>]) -> String {
     policies
         .iter()
         .map(|p| format!("TlsCompliance/{p}"))

@@ -12,24 +12,55 @@ const MAX_LABEL: usize = 63;
 
 /// One normalised entry: an address, a domain, or every subdomain of a domain.
 ///
-/// Ordering is by kind, then text, which keeps every rendered table sorted the same way
-/// whatever order the input came in.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Each variant holds the entry's canonical text exactly as it is written in a Postfix
+/// table (`alice@example.com`, `example.com`, `.example.com`), so the text alone identifies
+/// the entry: equality and hashing use it, and maps keyed by entries can be searched with a
+/// plain `&str`. Ordering is by kind, then text, which keeps every rendered table sorted the
+/// same way whatever order the input came in.
+#[derive(Clone, Debug, PartialOrd, Ord)]
 pub enum Entry {
-    /// `alice@example.com`, stored whole.
+    /// `alice@example.com`.
     Address(String),
     /// `example.com`: the domain itself.
     Domain(String),
-    /// `.example.com`: every subdomain of `example.com` (stored without the dot).
+    /// `.example.com`: every subdomain of `example.com` (stored with the leading dot).
     Subdomains(String),
 }
 
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Entry {}
+
+impl std::hash::Hash for Entry {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl Entry {
+    /// The canonical text, as written in a Postfix table.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Entry::Address(s) | Entry::Domain(s) | Entry::Subdomains(s) => s,
+        }
+    }
+
     /// The domain part: the address's domain, the domain, or the parent of the subdomains.
     pub fn domain(&self) -> &str {
         match self {
             Entry::Address(a) => a.rsplit_once('@').map_or(a.as_str(), |(_, d)| d),
-            Entry::Domain(d) | Entry::Subdomains(d) => d,
+            Entry::Domain(d) => d,
+            Entry::Subdomains(d) => &d[1..],
         }
     }
 
@@ -37,66 +68,53 @@ impl Entry {
         matches!(self, Entry::Address(_))
     }
 
-    /// How specific the entry is: addresses beat domains beat parents, and a deeper parent
-    /// beats a shallower one.
-    pub fn specificity(&self) -> (u8, usize) {
-        match self {
-            Entry::Address(_) => (2, 0),
-            Entry::Domain(_) => (1, 0),
-            Entry::Subdomains(d) => (0, d.split('.').count()),
-        }
-    }
-
     /// Whether the entry `self` covers `key` (a key is itself an entry: an address, a domain
     /// or a subdomain wildcard). `.example.com` covers `a.example.com`, `x@a.example.com` and
     /// `.a.example.com`, but not `example.com` itself.
     pub fn covers(&self, key: &Entry) -> bool {
-        match self {
-            Entry::Address(a) => matches!(key, Entry::Address(k) if k == a),
-            Entry::Domain(d) => match key {
-                Entry::Domain(k) => k == d,
-                Entry::Address(_) => key.domain() == d,
-                Entry::Subdomains(_) => false,
-            },
-            Entry::Subdomains(p) => match key {
-                Entry::Subdomains(q) => q == p || is_strict_subdomain(q, p),
-                _ => is_strict_subdomain(key.domain(), p),
-            },
-        }
+        self.as_str() == key.as_str() || key.lookup_keys().any(|k| k == self.as_str())
     }
 
-    /// The entries that could cover `self`, most specific first: itself, its domain (for an
-    /// address) and every parent wildcard. This is the lookup order Postfix uses.
+    /// The texts of every entry that could cover `self`, most specific first: itself, its
+    /// domain (for an address) and every parent wildcard. This is the lookup order Postfix
+    /// uses, and it allocates nothing: each is a slice of `self`.
+    pub fn lookup_keys(&self) -> impl Iterator<Item = &str> {
+        let text = self.as_str();
+        let domain = match self {
+            Entry::Address(_) => Some(self.domain()),
+            _ => None,
+        };
+        let base = match self {
+            Entry::Subdomains(s) => &s[1..],
+            _ => self.domain(),
+        };
+        let parents = base.char_indices().filter(|(_, c)| *c == '.').map(move |(i, _)| &base[i..]);
+        std::iter::once(text).chain(domain).chain(parents)
+    }
+
+    /// [`lookup_keys`](Self::lookup_keys) as owned entries.
     pub fn lookup_chain(&self) -> Vec<Entry> {
-        let mut chain = vec![self.clone()];
-        let mut domain = self.domain();
-        if self.is_address() {
-            chain.push(Entry::Domain(domain.to_string()));
-        }
-        while let Some((_, parent)) = domain.split_once('.') {
-            chain.push(Entry::Subdomains(parent.to_string()));
-            domain = parent;
-        }
-        chain
+        self.lookup_keys()
+            .map(|k| {
+                if k.starts_with('.') {
+                    Entry::Subdomains(k.to_string())
+                } else if k.contains('@') {
+                    Entry::Address(k.to_string())
+                } else {
+                    Entry::Domain(k.to_string())
+                }
+            })
+            .collect()
     }
 }
 
 impl fmt::Display for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // `pad` so that width and alignment flags work in tables.
-        match self {
-            Entry::Address(a) => f.pad(a),
-            Entry::Domain(d) => f.pad(d),
-            Entry::Subdomains(d) => f.pad(&format!(".{d}")),
-        }
+        f.pad(self.as_str())
     }
 }
 
-fn is_strict_subdomain(child: &str, parent: &str) -> bool {
-    child.len() > parent.len() + 1
-        && child.ends_with(parent)
-        && child.as_bytes()[child.len() - parent.len() - 1] == b'.'
-}
 
 /// Parse and normalise one entry as written by a user.
 pub fn parse_entry(raw: &str) -> Result<Entry, String> {
@@ -131,7 +149,7 @@ pub fn parse_entry(raw: &str) -> Result<Entry, String> {
                 if rest.is_empty() || rest.starts_with('.') {
                     return Err("a subdomain entry needs a domain after the leading dot".into());
                 }
-                Ok(Entry::Subdomains(normalize_domain(rest, 1)?))
+                Ok(Entry::Subdomains(format!(".{}", normalize_domain(rest, 1)?)))
             } else {
                 Ok(Entry::Domain(normalize_domain(raw, 2)?))
             }

@@ -17,7 +17,9 @@ use crate::api::{
     AddressList, AppliesTo, Direction, Enforcement, OutboundGateway, TestSpec, TlsCompliance,
 };
 use kube::ResourceExt;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Most entries one AddressList may hold (entries and bulk together).
@@ -90,7 +92,8 @@ pub fn evaluate(inputs: &Inputs) -> Evaluation {
     // TLS entries of every usable policy, merged per entry.
     let mut policies: Vec<&TlsCompliance> = inputs.policies.iter().collect();
     policies.sort_by_key(|p| p.name_any());
-    let mut outbound: HashMap<Entry, EntryTls> = HashMap::new();
+    let mut outbound: HashMap<Entry, EntryTls> = HashMap::default();
+    let mut inbound: HashMap<Entry, InboundRule> = HashMap::default();
     for p in policies {
         let id = ResourceId::new(Kind::TlsCompliance, p.name_any());
         let problems = check_policy(p);
@@ -102,7 +105,7 @@ pub fn evaluate(inputs: &Inputs) -> Evaluation {
         let f = findings.get_mut(&id);
         f.matched = Some(count_kinds(&entries));
         f.rendered = true;
-        let name = p.name_any();
+        let name: Arc<str> = Arc::from(p.name_any());
         let enforce = p.spec.enforcement == Enforcement::Enforce;
         let requirement = Requirement::new(
             p.spec.require_ca_signed,
@@ -111,8 +114,11 @@ pub fn evaluate(inputs: &Inputs) -> Evaluation {
         );
         for entry in entries {
             if p.spec.direction.outbound() {
-                let tls = outbound.entry(entry.clone()).or_default();
-                tls.policies.insert(name.clone());
+                let tls = match outbound.get_mut(entry.as_str()) {
+                    Some(t) => t,
+                    None => outbound.entry(entry.clone()).or_default(),
+                };
+                add_name(&mut tls.policies, &name);
                 if enforce {
                     let e = Enforced {
                         requirement,
@@ -124,14 +130,20 @@ pub fn evaluate(inputs: &Inputs) -> Evaluation {
                 }
             }
             if p.spec.direction.inbound() {
-                let rule = policy.inbound.entry(entry).or_default();
-                rule.policies.insert(name.clone());
+                let rule = match inbound.get_mut(entry.as_str()) {
+                    Some(r) => r,
+                    None => inbound.entry(entry.clone()).or_default(),
+                };
+                add_name(&mut rule.policies, &name);
                 rule.enforced |= enforce;
                 rule.monitored |= !enforce;
             }
         }
     }
 
+    let mut inbound: Vec<(Entry, InboundRule)> = inbound.into_iter().collect();
+    inbound.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    policy.inbound = inbound.into_iter().collect();
     resolve_outbound(&mut policy, &outbound, &routes);
     record_gateway_use(&policy, &routes, &mut findings);
     Evaluation { policy, findings }
@@ -142,7 +154,14 @@ pub fn evaluate(inputs: &Inputs) -> Evaluation {
 struct EntryTls {
     enforced: Option<Enforced>,
     monitored: Option<Requirement>,
-    policies: BTreeSet<String>,
+    policies: Names,
+}
+
+/// Add a name to a sorted, duplicate-free list.
+fn add_name(names: &mut Names, name: &Arc<str>) {
+    if let Err(at) = names.binary_search(name) {
+        names.insert(at, name.clone());
+    }
 }
 
 /// For every key any policy or route names, merge all entries covering it (strictest wins)
@@ -153,16 +172,17 @@ fn resolve_outbound(
     tls: &HashMap<Entry, EntryTls>,
     routes: &HashMap<Entry, String>,
 ) {
-    let keys: BTreeSet<&Entry> = tls.keys().chain(routes.keys()).collect();
+    let mut keys: Vec<&Entry> = tls.keys().chain(routes.keys().filter(|k| !tls.contains_key(k.as_str()))).collect();
+    keys.sort_unstable();
+    let mut rules = Vec::with_capacity(keys.len());
     for key in keys {
-        let chain = key.lookup_chain();
         let mut rule = OutboundRule {
             enforced: None,
             monitored: None,
             route: Route::Direct,
-            policies: BTreeSet::new(),
+            policies: Vec::new(),
         };
-        for k in &chain {
+        for k in key.lookup_keys() {
             if let Some(t) = tls.get(k) {
                 if let Some(e) = t.enforced {
                     rule.enforced = fold(rule.enforced, e, Enforced::strictest);
@@ -170,13 +190,17 @@ fn resolve_outbound(
                 if let Some(m) = t.monitored {
                     rule.monitored = fold(rule.monitored, m, Requirement::strictest);
                 }
-                rule.policies.extend(t.policies.iter().cloned());
+                if rule.policies.is_empty() {
+                    rule.policies = t.policies.clone();
+                } else {
+                    t.policies.iter().for_each(|n| add_name(&mut rule.policies, n));
+                }
             }
         }
-        let recipients = chain.iter().find_map(|k| {
-            routes.get(k).map(|g| Route::Recipients {
+        let recipients = key.lookup_keys().find_map(|k| {
+            routes.get_key_value(k).map(|(entry, g)| Route::Recipients {
                 gateway: g.clone(),
-                entry: k.clone(),
+                entry: entry.clone(),
             })
         });
         rule.route = match (recipients, &policy.secure_route, rule.enforced) {
@@ -184,8 +208,10 @@ fn resolve_outbound(
             (None, Some(secure), Some(_)) => Route::SecureRoute(secure.clone()),
             (None, _, _) => policy.default_route(),
         };
-        policy.outbound.insert(key.clone(), rule);
+        rules.push((key.clone(), rule));
     }
+    // Keys are sorted, so this is a bulk build rather than one insert per key.
+    policy.outbound = rules.into_iter().collect();
 }
 
 /// Gateways are used by the policies whose mail they carry, and Recipients gateways by
@@ -195,13 +221,11 @@ fn record_gateway_use(
     routes: &HashMap<Entry, String>,
     findings: &mut Findings,
 ) {
-    let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut used: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for rule in policy.outbound.values() {
         let gateway = rule.route.gateway().or(policy.relayhost.as_deref());
         if let Some(g) = gateway {
-            used.entry(g.to_string())
-                .or_default()
-                .extend(rule.policies.iter().cloned());
+            used.entry(g).or_default().extend(rule.policies.iter().map(|n| &**n));
         }
     }
     for (gateway, names) in used {
@@ -244,8 +268,8 @@ fn normalize_lists(lists: &[AddressList], findings: &mut Findings) -> BTreeMap<S
 fn normalize_list(list: &AddressList) -> (List, ListStats, Vec<Problem>) {
     let mut stats = ListStats::default();
     let mut errors = Vec::new();
-    let mut seen: BTreeSet<Entry> = BTreeSet::new();
-    let mut add = |raw: &str, field: String, stats: &mut ListStats| match parse_entry(raw) {
+    let mut seen: HashSet<Entry> = HashSet::default();
+    let mut add = |raw: &str, field: &dyn Fn() -> String, stats: &mut ListStats| match parse_entry(raw) {
         Ok(entry) => {
             if !seen.insert(entry) {
                 stats.duplicates += 1;
@@ -258,7 +282,7 @@ fn normalize_list(list: &AddressList) -> (List, ListStats, Vec<Problem>) {
                 stats.invalid.push((
                     shown.clone(),
                     Problem {
-                        field,
+                        field: field(),
                         message: format!("'{shown}': {reason}"),
                     },
                 ));
@@ -267,7 +291,7 @@ fn normalize_list(list: &AddressList) -> (List, ListStats, Vec<Problem>) {
     };
     let spec = &list.spec;
     for (i, raw) in spec.entries.iter().enumerate() {
-        add(raw, format!("spec.entries[{i}]"), &mut stats);
+        add(raw, &|| format!("spec.entries[{i}]"), &mut stats);
     }
     if let Some(bulk) = &spec.bulk {
         if bulk.chars().count() > MAX_BULK_CHARS {
@@ -279,7 +303,7 @@ fn normalize_list(list: &AddressList) -> (List, ListStats, Vec<Problem>) {
             });
         } else {
             for (i, raw) in entry::split_bulk(bulk).enumerate() {
-                add(raw, format!("spec.bulk (item {})", i + 1), &mut stats);
+                add(raw, &|| format!("spec.bulk (item {})", i + 1), &mut stats);
             }
         }
     }
@@ -293,7 +317,8 @@ fn normalize_list(list: &AddressList) -> (List, ListStats, Vec<Problem>) {
         });
         seen.clear();
     }
-    let entries: Vec<Entry> = seen.into_iter().collect();
+    let mut entries: Vec<Entry> = seen.into_iter().collect();
+    entries.sort_unstable();
     let (addresses, domains) = count_kinds(&entries);
     stats.addresses = addresses;
     stats.domains = domains;
@@ -305,24 +330,24 @@ pub fn list_entries(list: &AddressList) -> Vec<Entry> {
     normalize_list(list).0.entries
 }
 
-fn count_kinds(entries: &[Entry]) -> (u64, u64) {
-    let addresses = entries.iter().filter(|e| e.is_address()).count() as u64;
+fn count_kinds<E: std::borrow::Borrow<Entry>>(entries: &[E]) -> (u64, u64) {
+    let addresses = entries.iter().filter(|e| e.borrow().is_address()).count() as u64;
     (addresses, entries.len() as u64 - addresses)
 }
 
 /// The entries of the referenced lists, deduplicated; a missing list is an error on the
 /// referrer, and every list found records who uses it.
-fn referenced_entries(
+fn referenced_entries<'a>(
     id: &ResourceId,
     refs: &[crate::api::LocalRef],
-    lists: &BTreeMap<String, List>,
+    lists: &'a BTreeMap<String, List>,
     findings: &mut Findings,
-) -> Vec<Entry> {
-    let mut entries = BTreeSet::new();
+) -> Vec<&'a Entry> {
+    let mut entries: Vec<&Entry> = Vec::new();
     for (i, r) in refs.iter().enumerate() {
         match lists.get(&r.name) {
             Some(list) => {
-                entries.extend(list.entries.iter().cloned());
+                entries.extend(list.entries.iter());
                 findings
                     .get_mut(&ResourceId::new(Kind::AddressList, r.name.clone()))
                     .used_by
@@ -337,7 +362,11 @@ fn referenced_entries(
             }),
         }
     }
-    entries.into_iter().collect()
+    if refs.len() > 1 {
+        entries.sort_unstable();
+        entries.dedup();
+    }
+    entries
 }
 
 fn check_policy(p: &TlsCompliance) -> Vec<Problem> {
@@ -536,8 +565,8 @@ fn recipient_routes(
     lists: &BTreeMap<String, List>,
     findings: &mut Findings,
 ) -> HashMap<Entry, String> {
-    let mut routes: HashMap<Entry, String> = HashMap::new();
-    let mut clashes: BTreeMap<(String, String), Vec<Entry>> = BTreeMap::new();
+    let mut routes: HashMap<Entry, String> = HashMap::default();
+    let mut clashes: BTreeMap<(String, String), Vec<&Entry>> = BTreeMap::new();
     for gw in gateways
         .iter()
         .filter(|g| g.spec.applies_to == AppliesTo::Recipients)
@@ -546,13 +575,13 @@ fn recipient_routes(
         let entries = referenced_entries(&id, &gw.spec.address_lists, lists, findings);
         findings.get_mut(&id).matched = Some(count_kinds(&entries));
         for entry in entries {
-            match routes.get(&entry) {
+            match routes.get(entry.as_str()) {
                 Some(owner) => clashes
                     .entry((owner.clone(), gw.name_any()))
                     .or_default()
                     .push(entry),
                 None => {
-                    routes.insert(entry, gw.name_any());
+                    routes.insert(entry.clone(), gw.name_any());
                 }
             }
         }

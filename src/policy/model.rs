@@ -7,6 +7,10 @@ use crate::api::{OnFailure, TlsVersion};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+/// Names of TlsCompliance policies, sorted and without duplicates. Shared, because one
+/// policy can cover a hundred thousand keys.
+pub type Names = Vec<std::sync::Arc<str>>;
+
 /// How strictly a server certificate is checked, weakest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
@@ -133,8 +137,8 @@ pub struct OutboundRule {
     /// What `Monitor` policies would require (tested and reported, never rendered).
     pub monitored: Option<Requirement>,
     pub route: Route,
-    /// TlsCompliance policies whose entries cover this key.
-    pub policies: BTreeSet<String>,
+    /// TlsCompliance policies whose entries cover this key (sorted, no duplicates).
+    pub policies: Names,
 }
 
 /// The effective inbound rule for one sender key.
@@ -144,7 +148,7 @@ pub struct InboundRule {
     pub enforced: bool,
     /// A `Monitor` policy would.
     pub monitored: bool,
-    pub policies: BTreeSet<String>,
+    pub policies: Names,
 }
 
 /// Everything the renderer needs for one namespace. No I/O went into it and none comes out.

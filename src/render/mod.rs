@@ -22,21 +22,26 @@ pub struct RelayConfig {
     pub hash: String,
 }
 
-/// SHA-256 over the files in name order, each framed by its name and length so that moving
-/// bytes between files changes the hash.
-pub fn content_hash<'a>(files: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+/// The configuration hash: SHA-256 over `name NUL sha256(content) LF` for every file in name
+/// order (given as name → hex digest), so each file is hashed once and moving bytes between
+/// files still changes it.
+pub fn content_hash(file_hashes: &BTreeMap<String, String>) -> String {
     let mut sha = Sha256::new();
-    for (name, content) in files {
+    for (name, digest) in file_hashes {
         sha.update(name.as_bytes());
         sha.update([0]);
-        sha.update(content.len().to_string().as_bytes());
-        sha.update([0]);
-        sha.update(content.as_bytes());
+        sha.update(digest.as_bytes());
+        sha.update([b'\n']);
     }
-    let digest = sha.finalize();
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    format!("sha256:{hex}")
+    format!("sha256:{}", hex(&sha.finalize()))
+}
+
+/// Lowercase hex SHA-256 of a text.
+pub fn sha256_hex(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)] as char, DIGITS[usize::from(b & 15)] as char]).collect()
 }
