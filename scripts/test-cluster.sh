@@ -74,10 +74,9 @@ binary_ok() {
 go_build() {
     local name=$1 module=$2 version=$3 pkg=$4 ldflags=$5
     shift 5
-    local work start end
+    local work start ticker rc=0
     work=$(mktemp -d "${TMPDIR:-/tmp}/mailtls-build-$name.XXXXXX")
-    start=$(date +%s)
-    log "building $name ($module@$version) ..."
+    start=$SECONDS
     {
         echo "module mailtls.local/build/$name"
         echo
@@ -86,23 +85,33 @@ go_build() {
         echo "require $module $version"
         for line in "$@"; do echo "$line"; done
     } >"$work/go.mod"
-    if ! (
+    # progress: a line every 30 s while Go works quietly
+    (
+        while sleep 30; do log "  ... still building $name ($((SECONDS - start))s)"; done
+    ) &
+    ticker=$!
+    (
+        set -e
         cd "$work"
         export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-local}
-        go get "$pkg@$version" >"$work/get.log" 2>&1 || {
+        log "$name: resolving $module@$version through the module proxy ..."
+        if ! go get "$pkg@$version" >"$work/get.log" 2>&1; then
             cat "$work/get.log" >&2
             exit 1
-        }
+        fi
+        log "$name: compiling $pkg ..."
         nice -n 10 go build -trimpath -ldflags="-s -w $ldflags" -o "$BIN_DIR/$name.tmp" "$pkg"
-    ); then
+    ) || rc=$?
+    kill "$ticker" 2>/dev/null || true
+    wait "$ticker" 2>/dev/null || true
+    if ((rc != 0)); then
         rm -rf "$work" "$BIN_DIR/$name.tmp"
         die "$EXIT_BUILD" "building $name ($module@$version) failed (see the Go output above)"
     fi
     mv -f "$BIN_DIR/$name.tmp" "$BIN_DIR/$name"
     echo "$version" >"$BIN_DIR/$name.version"
     rm -rf "$work"
-    end=$(date +%s)
-    log "built $name $version in $((end - start))s -> $BIN_DIR/$name"
+    log "built $name $version in $((SECONDS - start))s -> $BIN_DIR/$name"
 }
 
 build_etcd() {
@@ -150,14 +159,12 @@ cmd_build() {
     fi
     require_go
     mkdir -p "$BIN_DIR"
-    log "building into $BIN_DIR with $(go version)"
-    local start end
-    start=$(date +%s)
+    log "building into $BIN_DIR with $(go version) (a cold build takes several minutes)"
+    local start=$SECONDS
     build_etcd
     build_kube_apiserver
     build_helm
-    end=$(date +%s)
-    log "build finished in $((end - start))s"
+    log "build finished in $((SECONDS - start))s"
 }
 
 # ---- certificates --------------------------------------------------------------------------
@@ -268,7 +275,7 @@ func main() {
 	write(dir, "sa.pub", "PUBLIC KEY", saPub)
 }
 GO
-    if ! (cd "$src" && GOFLAGS= GO111MODULE=off CGO_ENABLED=0 go run main.go "$dir"); then
+    if ! (cd "$src" && GOFLAGS='' GO111MODULE=off CGO_ENABLED=0 go run main.go "$dir"); then
         rm -rf "$src"
         die "$EXIT_START" "generating the test certificates with Go failed"
     fi
@@ -292,20 +299,20 @@ port_in_use() {
 USED_PORTS=""
 free_port() {
     local -n _out=$1
-    local lo=20000 hi=32000 range port i eph_lo
-    if range=$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null); then
-        read -r eph_lo _ <<<"$range"
-        if ((eph_lo > 12000 && eph_lo - 1 < hi)); then hi=$((eph_lo - 1)); fi
+    local _fp_lo=20000 _fp_hi=32000 _fp_range _fp_port _fp_i _fp_eph
+    if _fp_range=$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null); then
+        read -r _fp_eph _ <<<"$_fp_range"
+        if ((_fp_eph > 12000 && _fp_eph - 1 < _fp_hi)); then _fp_hi=$((_fp_eph - 1)); fi
     fi
-    for ((i = 0; i < 200; i++)); do
-        port=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo)))
-        if ! port_in_use "$port" && [[ " $USED_PORTS " != *" $port "* ]]; then
-            USED_PORTS="$USED_PORTS $port"
-            _out=$port
+    for ((_fp_i = 0; _fp_i < 200; _fp_i++)); do
+        _fp_port=$((_fp_lo + (RANDOM * 32768 + RANDOM) % (_fp_hi - _fp_lo)))
+        if ! port_in_use "$_fp_port" && [[ " $USED_PORTS " != *" $_fp_port "* ]]; then
+            USED_PORTS="$USED_PORTS $_fp_port"
+            _out=$_fp_port
             return 0
         fi
     done
-    die "$EXIT_START" "found no free TCP port in $lo-$hi"
+    die "$EXIT_START" "found no free TCP port in $_fp_lo-$_fp_hi"
 }
 
 # ---- processes -----------------------------------------------------------------------------
@@ -315,7 +322,7 @@ pid_alive() {
     local pid=$1 name=$2 exe
     [[ -n "$pid" ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    exe=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    exe=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || return 1
     [[ "$exe" == *"/$name "* ]]
 }
 

@@ -705,6 +705,7 @@ async fn invalid_resources_are_rejected_by_the_server() {
                     case.what, case.resource.kind, case.expect
                 )),
                 Err(kube::Error::Api(status)) => {
+                    eprintln!("{} ({}): {}", case.what, case.resource.kind, status.message);
                     let missing: Vec<_> = case
                         .expect
                         .iter()
@@ -737,28 +738,64 @@ async fn invalid_resources_are_rejected_by_the_server() {
 
 #[tokio::test]
 #[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test cluster -- --ignored"]
-async fn unknown_fields_are_rejected_with_strict_validation() {
+async fn misspelt_fields_are_not_dropped_silently() {
     in_namespace("strict", |client, ns| async move {
+        // `requireCaSigned` instead of `requireCASigned`: pruning would silently drop it.
         let api = dynamic_api::<TlsCompliance>(&client, &ns);
         let object = manifest::<TlsCompliance>(
             "typo",
             json!({"direction": "Outbound", "addressLists": [{"name": "a"}], "requireCaSigned": true}),
         );
+        // `kubectl apply --server-side`
         let err = api
-            .patch(
-                "typo",
-                &PatchParams::apply(MANAGER).validation_strict(),
-                &Patch::Apply(&object),
-            )
+            .patch("typo", &PatchParams::apply(MANAGER), &Patch::Apply(&object))
             .await
-            .expect_err("a misspelt field must not be dropped silently");
+            .expect_err("server-side apply of a misspelt field must fail");
         match err {
             kube::Error::Api(status) => assert!(
-                status.message.contains("unknown field \"spec.requireCaSigned\""),
+                status
+                    .message
+                    .contains(".spec.requireCaSigned: field not declared in schema"),
                 "{status:?}"
             ),
             e => panic!("unexpected error {e}"),
         }
+        // `kubectl create` / client-side `kubectl apply` (fieldValidation=Strict)
+        let mut request = kube::core::Request::new(api.resource_url())
+            .create(
+                &PostParams::default(),
+                serde_json::to_vec(&object).unwrap(),
+            )
+            .expect("building the create request");
+        let uri = format!("{}?fieldValidation=Strict", request.uri().path());
+        *request.uri_mut() = uri.parse().unwrap();
+        let err = client
+            .request::<Value>(request)
+            .await
+            .expect_err("a strict create of a misspelt field must fail");
+        match err {
+            kube::Error::Api(status) => {
+                assert_eq!(status.code, 400, "{status:?}");
+                assert!(
+                    status
+                        .message
+                        .contains("unknown field \"spec.requireCaSigned\""),
+                    "{status:?}"
+                );
+            }
+            e => panic!("unexpected error {e}"),
+        }
+        // Without strict validation the server prunes the unknown field: nothing else in
+        // the object is lost, and the typo is visibly absent.
+        let stored = api
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(object).unwrap(),
+            )
+            .await
+            .expect("a lenient create prunes the unknown field");
+        assert_eq!(stored.data["spec"].get("requireCaSigned"), None);
+        assert_eq!(stored.data["spec"]["requireCASigned"], json!(false));
     })
     .await;
 }

@@ -81,7 +81,7 @@ pub struct GatewayTls {
     #[serde(default)]
     pub require: bool,
     /// The gateway's certificate must chain to a trusted CA (needs require).
-    #[serde(default)]
+    #[serde(default, rename = "requireCASigned")]
     pub require_ca_signed: bool,
     /// The certificate must match the gateway host name (needs requireCASigned).
     #[serde(default)]

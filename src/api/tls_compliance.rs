@@ -42,7 +42,7 @@ pub struct TlsComplianceSpec {
     #[schemars(length(min = 1, max = 64))]
     pub address_lists: Vec<LocalRef>,
     /// Outbound: the server certificate must chain to a trusted CA.
-    #[serde(default)]
+    #[serde(default, rename = "requireCASigned")]
     pub require_ca_signed: bool,
     /// Outbound: the certificate must also match the server's host name (needs requireCASigned).
     #[serde(default)]
