@@ -3,6 +3,8 @@
 # cluster tests, plus helm, all built from source with Go through the module proxy.
 #
 # Usage:
+#   scripts/test-cluster.sh check            exit 0 if the cluster can run here (cached binaries
+#                                            or a Go toolchain to build them), else 3
 #   scripts/test-cluster.sh build            build (or reuse) etcd, kube-apiserver and helm
 #   scripts/test-cluster.sh start            build if needed, start etcd + kube-apiserver
 #   scripts/test-cluster.sh env              print the KUBECONFIG export for the running cluster
@@ -55,10 +57,30 @@ DEFAULT_STATE_DIR=${MAILTLS_CLUSTER_DIR:-${TMPDIR:-/tmp}/mailtls-test-cluster-$(
 
 # ---- build ---------------------------------------------------------------------------------
 
-require_go() {
+# Kubernetes v1.37 and etcd v3.6.16 declare `go 1.26.0` in their go.mod.
+GO_MIN_MINOR=26
+
+# go_problem: empty when a usable Go toolchain is on PATH, else why not
+go_problem() {
     if ! command -v go >/dev/null 2>&1; then
-        log "error: no Go toolchain ('go' not on PATH): cannot build etcd/kube-apiserver/helm."
-        log "       Install Go (>= 1.26 for Kubernetes $K8S_VERSION) or put prebuilt binaries in $BIN_DIR"
+        echo "no Go toolchain ('go' is not on PATH)"
+        return
+    fi
+    local v
+    v=$(go env GOVERSION 2>/dev/null || true)
+    if [[ ! "$v" =~ ^go1\.([0-9]+) ]]; then
+        echo "cannot tell the Go version ('go env GOVERSION' said '$v')"
+    elif ((BASH_REMATCH[1] < GO_MIN_MINOR)); then
+        echo "Go $v is too old (need go1.$GO_MIN_MINOR or newer)"
+    fi
+}
+
+require_go() {
+    local problem
+    problem=$(go_problem)
+    if [[ -n "$problem" ]]; then
+        log "error: $problem: cannot build etcd/kube-apiserver/helm."
+        log "       Install Go >= 1.$GO_MIN_MINOR, or put prebuilt binaries in $BIN_DIR"
         exit "$EXIT_NO_GO"
     fi
 }
@@ -152,8 +174,27 @@ build_helm() {
         "-X $HELM_MODULE/internal/version.version=$HELM_VERSION"
 }
 
+all_binaries_ok() {
+    binary_ok etcd "$ETCD_VERSION" && binary_ok kube-apiserver "$K8S_VERSION" && binary_ok helm "$HELM_VERSION"
+}
+
+# check: can the cluster run here (binaries cached, or a Go toolchain to build them)?
+cmd_check() {
+    if all_binaries_ok; then
+        echo "ok: cached binaries in $BIN_DIR"
+        return 0
+    fi
+    local problem
+    problem=$(go_problem)
+    if [[ -n "$problem" ]]; then
+        echo "no: $problem, and no cached binaries in $BIN_DIR"
+        exit "$EXIT_NO_GO"
+    fi
+    echo "ok: $(go env GOVERSION) will build the binaries into $BIN_DIR"
+}
+
 cmd_build() {
-    if binary_ok etcd "$ETCD_VERSION" && binary_ok kube-apiserver "$K8S_VERSION" && binary_ok helm "$HELM_VERSION"; then
+    if all_binaries_ok; then
         log "using cached binaries in $BIN_DIR (etcd $ETCD_VERSION, kube-apiserver $K8S_VERSION, helm $HELM_VERSION)"
         return 0
     fi
@@ -326,19 +367,31 @@ pid_alive() {
     [[ "$exe" == *"/$name "* ]]
 }
 
+# reap PID: collect the exit status of our own child (no zombie left behind); a no-op for
+# a process that another invocation started
+reap() {
+    wait "$1" 2>/dev/null || true
+}
+
 # stop_pid PID NAME: SIGTERM, wait up to 15 s, then SIGKILL
 stop_pid() {
     local pid=$1 name=$2 i
     pid_alive "$pid" "$name" || return 0
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 150; i++)); do
-        pid_alive "$pid" "$name" || return 0
+        pid_alive "$pid" "$name" || {
+            reap "$pid"
+            return 0
+        }
         sleep 0.1
     done
     log "$name (pid $pid) did not stop after SIGTERM; sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
-        pid_alive "$pid" "$name" || return 0
+        pid_alive "$pid" "$name" || {
+            reap "$pid"
+            return 0
+        }
         sleep 0.1
     done
     log "warning: $name (pid $pid) is still running"
@@ -623,6 +676,7 @@ main() {
     shift
     case "$cmd" in
     build) cmd_build ;;
+    check) cmd_check ;;
     start) cmd_start ;;
     env) cmd_env ;;
     status) cmd_status ;;

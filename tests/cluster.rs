@@ -38,6 +38,11 @@ const KINDS: [&str; 3] = ["AddressList", "OutboundGateway", "TlsCompliance"];
 
 /// A client for the test API server named by `MAILTLS_TEST_KUBECONFIG`; panics without it.
 async fn client() -> Client {
+    Client::try_from(config().await).expect("building the kube client")
+}
+
+/// The admin configuration for the test API server; panics without `MAILTLS_TEST_KUBECONFIG`.
+async fn config() -> Config {
     // rustls needs exactly one process-wide crypto provider; a second install only fails.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let path = std::env::var_os("MAILTLS_TEST_KUBECONFIG").unwrap_or_else(|| {
@@ -48,10 +53,9 @@ async fn client() -> Client {
     });
     let kubeconfig = Kubeconfig::read_from(&path)
         .unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", path.to_string_lossy()));
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.to_string_lossy()));
-    Client::try_from(config).expect("building the kube client")
+        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.to_string_lossy()))
 }
 
 /// Runs `body` in a fresh namespace `mailtls-<prefix>-<suffix>` with the CRDs installed,
@@ -1085,6 +1089,104 @@ async fn printer_columns_show_in_table_form() {
             ["Name", "Addresses", "Domains", "Invalid", "Ready", "Age"]
         );
         assert_eq!(row(&table, "partners"), ["partners", "1", "2", "0", "True"]);
+    })
+    .await;
+}
+
+// ---- RBAC ------------------------------------------------------------------------------------
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test cluster -- --ignored"]
+async fn rbac_is_enforced_for_the_custom_resources() {
+    in_namespace("rbac", |admin, ns| async move {
+        // A service account's identity (impersonated by the admin) with no permissions yet.
+        let user = format!("system:serviceaccount:{ns}:policy-reader");
+        let mut config = config().await;
+        config.auth_info.impersonate = Some(user.clone());
+        config.auth_info.impersonate_groups = Some(vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ]);
+        let reader = Client::try_from(config).expect("impersonating client");
+        let as_reader: Api<TlsCompliance> = Api::namespaced(reader, &ns);
+        match as_reader.list(&ListParams::default()).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 403, "{status:?}");
+                assert!(
+                    status.message.contains(&format!(
+                        "User \"{user}\" cannot list resource \"tlscompliances\" in API group \"mailtls.io\""
+                    )),
+                    "{status:?}"
+                );
+            }
+            other => panic!("expected 403 Forbidden without a RoleBinding, got {other:?}"),
+        }
+
+        let pp = PatchParams::apply(MANAGER);
+        let roles: Api<DynamicObject> = Api::namespaced_with(
+            admin.clone(),
+            &ns,
+            &ApiResource::erase::<k8s_openapi::api::rbac::v1::Role>(&()),
+        );
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "mailtls-reader"},
+            "rules": [{
+                "apiGroups": ["mailtls.io"],
+                "resources": ["tlscompliances", "addresslists", "outboundgateways"],
+                "verbs": ["get", "list", "watch"],
+            }],
+        });
+        roles
+            .patch("mailtls-reader", &pp, &Patch::Apply(&role))
+            .await
+            .expect("creating the Role");
+        let bindings: Api<DynamicObject> = Api::namespaced_with(
+            admin.clone(),
+            &ns,
+            &ApiResource::erase::<k8s_openapi::api::rbac::v1::RoleBinding>(&()),
+        );
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "mailtls-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mailtls-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "policy-reader", "namespace": ns}],
+        });
+        bindings
+            .patch("mailtls-reader", &pp, &Patch::Apply(&binding))
+            .await
+            .expect("creating the RoleBinding");
+
+        // RBAC takes effect through the authorizer's informer cache: poll (bounded) until the
+        // binding is seen, rather than sleeping a fixed time.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            match as_reader.list(&ListParams::default()).await {
+                Ok(list) => {
+                    assert!(list.items.is_empty());
+                    break;
+                }
+                Err(kube::Error::Api(status))
+                    if status.code == 403 && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("list after the RoleBinding: {e}"),
+            }
+        }
+        // Reading is allowed now, writing still is not.
+        let policy: TlsCompliance = serde_json::from_value(manifest::<TlsCompliance>(
+            "partners",
+            json!({"direction": "Outbound", "addressLists": [{"name": "partners"}]}),
+        ))
+        .unwrap();
+        match as_reader.create(&PostParams::default(), &policy).await {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+            other => panic!("expected 403 Forbidden for create, got {other:?}"),
+        }
     })
     .await;
 }
