@@ -1190,3 +1190,76 @@ async fn rbac_is_enforced_for_the_custom_resources() {
     })
     .await;
 }
+
+// ---- examples/ -------------------------------------------------------------------------------
+
+/// Every YAML document in `examples/*.yaml`, with the file it came from.
+fn example_documents() -> Option<Vec<(String, Value)>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let entries = std::fs::read_dir(&dir).ok()?;
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("parsing {}: {e}", file.display()));
+            if !value.is_null() {
+                docs.push((file.display().to_string(), value));
+            }
+        }
+    }
+    Some(docs)
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test cluster -- --ignored"]
+async fn examples_are_accepted() {
+    let Some(docs) = example_documents() else {
+        eprintln!("no examples/ directory: nothing to apply");
+        return;
+    };
+    assert!(!docs.is_empty(), "examples/ holds no YAML document");
+    in_namespace("examples", |client, ns| async move {
+        let discovery = kube::Discovery::new(client.clone())
+            .run()
+            .await
+            .expect("discovery");
+        let mut applied = 0;
+        for (file, mut doc) in docs {
+            let tm: kube::core::TypeMeta = serde_json::from_value(doc.clone())
+                .unwrap_or_else(|e| panic!("{file}: no apiVersion/kind: {e}"));
+            let (resource, caps) = discovery
+                .resolve_typemeta(&tm)
+                .unwrap_or_else(|| panic!("{file}: the server has no {tm:?}"));
+            assert_eq!(
+                caps.scope,
+                kube::discovery::Scope::Namespaced,
+                "{file}: examples are namespaced"
+            );
+            if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("namespace");
+            }
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{file}: a document without metadata.name"))
+                .to_string();
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+            api.patch(
+                &name,
+                &PatchParams::apply(MANAGER).validation_strict(),
+                &Patch::Apply(&doc),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{file}: the server rejected {} {name}: {e}", tm.kind));
+            applied += 1;
+        }
+        eprintln!("applied {applied} example objects");
+    })
+    .await;
+}

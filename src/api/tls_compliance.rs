@@ -1,3 +1,6 @@
+// kube-derive takes one `printcolumn(...)` per column; clippy reads the repeats as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use super::{DestinationResult, LocalRef, MatchedCounts, RelayConfigRef, TestSummary, TlsVersion};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
