@@ -13,7 +13,11 @@
 #   scripts/test-cluster.sh bin-dir          print the directory holding the binaries
 #   scripts/test-cluster.sh -- CMD [ARGS...] build if needed, start a private cluster, run CMD
 #                                            with KUBECONFIG and MAILTLS_TEST_KUBECONFIG set,
-#                                            stop the cluster on any exit, exit with CMD's code
+#                                            stop the cluster on any exit, exit with CMD's code.
+#                                            CMD also gets MAILTLS_HELM (the helm binary),
+#                                            MAILTLS_K8S_VERSION (e.g. v1.37.2, for
+#                                            `helm template --kube-version`) and the binary
+#                                            directory first on PATH (helm, etcd, kube-apiserver)
 #
 # Binaries are cached (they survive fresh clones on the same machine) in
 #   ${MAILTLS_K8S_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/mailtls/k8s-bin/<k8s-version>}
@@ -595,15 +599,20 @@ stop_cluster() {
 
 # ---- commands ------------------------------------------------------------------------------
 
+print_env() {
+    local kc=$DEFAULT_STATE_DIR/kubeconfig
+    echo "export KUBECONFIG=$kc MAILTLS_TEST_KUBECONFIG=$kc MAILTLS_HELM=$BIN_DIR/helm MAILTLS_K8S_VERSION=$K8S_VERSION"
+}
+
 cmd_start() {
     cmd_build
     start_cluster "$DEFAULT_STATE_DIR"
-    echo "export KUBECONFIG=$DEFAULT_STATE_DIR/kubeconfig MAILTLS_TEST_KUBECONFIG=$DEFAULT_STATE_DIR/kubeconfig"
+    print_env
 }
 
 cmd_env() {
     cluster_running "$DEFAULT_STATE_DIR" || die 1 "no cluster running in $DEFAULT_STATE_DIR (run '$0 start')"
-    echo "export KUBECONFIG=$DEFAULT_STATE_DIR/kubeconfig MAILTLS_TEST_KUBECONFIG=$DEFAULT_STATE_DIR/kubeconfig"
+    print_env
 }
 
 cmd_status() {
@@ -655,7 +664,9 @@ cmd_wrap() {
     local rc=0 start=$SECONDS
     log "running: $*"
     # In the background (stdin kept) so that a signal to this script reaches the trap at once.
-    KUBECONFIG="$WRAP_STATE/kubeconfig" MAILTLS_TEST_KUBECONFIG="$WRAP_STATE/kubeconfig" "$@" <&0 &
+    KUBECONFIG="$WRAP_STATE/kubeconfig" MAILTLS_TEST_KUBECONFIG="$WRAP_STATE/kubeconfig" \
+        MAILTLS_HELM="$BIN_DIR/helm" MAILTLS_K8S_VERSION="$K8S_VERSION" PATH="$BIN_DIR:$PATH" \
+        "$@" <&0 &
     WRAP_CHILD=$!
     wait "$WRAP_CHILD" || rc=$?
     WRAP_CHILD=""
