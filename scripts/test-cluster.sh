@@ -430,7 +430,7 @@ wait_until() {
 
 show_log() {
     local logfile=$1 name=$2
-    log "---- last lines of the $name log ($logfile) ----"
+    log "---- last lines of the $name log ($logfile; MAILTLS_CLUSTER_KEEP=1 keeps it) ----"
     tail -n 40 "$logfile" >&2 || true
     log "----"
 }
