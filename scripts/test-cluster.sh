@@ -188,12 +188,7 @@ cmd_check() {
         echo "ok: cached binaries in $BIN_DIR"
         return 0
     fi
-    local problem
-    problem=$(go_problem)
-    if [[ -n "$problem" ]]; then
-        echo "no: $problem, and no cached binaries in $BIN_DIR"
-        exit "$EXIT_NO_GO"
-    fi
+    require_go
     echo "ok: $(go env GOVERSION) will build the binaries into $BIN_DIR"
 }
 
@@ -377,27 +372,27 @@ reap() {
     wait "$1" 2>/dev/null || true
 }
 
+# signal_wait PID NAME SIGNAL TENTHS: send SIGNAL, wait up to TENTHS/10 s for the exit
+signal_wait() {
+    local pid=$1 name=$2 i
+    kill "-$3" "$pid" 2>/dev/null || true
+    for ((i = 0; i < $4; i++)); do
+        if ! pid_alive "$pid" "$name"; then
+            reap "$pid"
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
 # stop_pid PID NAME: SIGTERM, wait up to 15 s, then SIGKILL
 stop_pid() {
-    local pid=$1 name=$2 i
+    local pid=$1 name=$2
     pid_alive "$pid" "$name" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do
-        pid_alive "$pid" "$name" || {
-            reap "$pid"
-            return 0
-        }
-        sleep 0.1
-    done
+    signal_wait "$pid" "$name" TERM 150 && return 0
     log "$name (pid $pid) did not stop after SIGTERM; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        pid_alive "$pid" "$name" || {
-            reap "$pid"
-            return 0
-        }
-        sleep 0.1
-    done
+    signal_wait "$pid" "$name" KILL 50 && return 0
     log "warning: $name (pid $pid) is still running"
     return 1
 }

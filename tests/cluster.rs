@@ -93,35 +93,42 @@ where
     }
 }
 
-/// The CRDs to install: `crds/*.yaml` when the repository has them, else the generated ones.
-fn crds_to_install() -> Vec<CustomResourceDefinition> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return mailtls::api::crds();
-    };
+/// Every YAML document in `<repo>/<dir>/*.yaml` (sorted by file), with the file it came
+/// from; `None` when the directory does not exist.
+fn yaml_documents(dir: &str) -> Option<Vec<(String, Value)>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let entries = std::fs::read_dir(&dir).ok()?;
     let mut files: Vec<_> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
-    let mut crds = Vec::new();
+    let mut docs = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file)
             .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
         for doc in serde_norway::Deserializer::from_str(&text) {
             let value: Value = serde::Deserialize::deserialize(doc)
                 .unwrap_or_else(|e| panic!("parsing {}: {e}", file.display()));
-            if value.is_null() {
-                continue;
+            if !value.is_null() {
+                docs.push((file.display().to_string(), value));
             }
-            crds.push(
-                serde_json::from_value(value)
-                    .unwrap_or_else(|e| panic!("{} is not a CRD: {e}", file.display())),
-            );
         }
     }
-    assert!(!crds.is_empty(), "{} holds no CRD", dir.display());
-    crds
+    assert!(!docs.is_empty(), "{} holds no YAML document", dir.display());
+    Some(docs)
+}
+
+/// The CRDs to install: `crds/*.yaml` when the repository has them, else the generated ones.
+fn crds_to_install() -> Vec<CustomResourceDefinition> {
+    let Some(docs) = yaml_documents("crds") else {
+        return mailtls::api::crds();
+    };
+    docs.into_iter()
+        .map(|(file, value)| {
+            serde_json::from_value(value).unwrap_or_else(|e| panic!("{file} is not a CRD: {e}"))
+        })
+        .collect()
 }
 
 /// Server-side-applies the CRDs and waits until each is Established. Idempotent, so every
@@ -344,114 +351,102 @@ async fn valid_resources_are_accepted() {
         )
         .await;
 
-        let outbound = TlsCompliance::new(
-            "partners-outbound",
-            TlsComplianceSpec {
-                direction: Direction::Outbound,
-                address_lists: refs(&["partners"]),
+        // Outbound, CA-signed and host name checked, bounce on failure.
+        let outbound = TlsComplianceSpec {
+            direction: Direction::Outbound,
+            address_lists: refs(&["partners"]),
+            require_ca_signed: true,
+            validate_hostname: true,
+            min_tls_version: TlsVersion::V1_2,
+            on_failure: OnFailure::Bounce,
+            enforcement: Enforcement::Enforce,
+            test: TestSpec::default(),
+        };
+        // Both directions, TLS 1.3, defer instead of bounce, tested every 90 minutes.
+        let both = TlsComplianceSpec {
+            direction: Direction::Both,
+            address_lists: refs(&["finance", "partners"]),
+            validate_hostname: false,
+            min_tls_version: TlsVersion::V1_3,
+            on_failure: OnFailure::Defer,
+            test: TestSpec {
+                enabled: true,
+                interval: "1h30m".into(),
+            },
+            ..outbound.clone()
+        };
+        // A dry run: Monitor, any TLS, tests switched off.
+        let monitor = TlsComplianceSpec {
+            require_ca_signed: false,
+            validate_hostname: false,
+            enforcement: Enforcement::Monitor,
+            test: TestSpec {
+                enabled: false,
+                interval: "24h".into(),
+            },
+            ..outbound.clone()
+        };
+        for (name, spec) in [
+            ("partners-outbound", outbound),
+            ("finance-both", both),
+            ("partners-dry-run", monitor),
+        ] {
+            let stored = apply(&policies, &TlsCompliance::new(name, spec.clone())).await;
+            assert_eq!(stored.spec, spec, "{name}");
+        }
+
+        // The organisation's gateway: all mail via the relay's MX, verified TLS.
+        let all_mail = OutboundGatewaySpec {
+            host: "relay.example.net".into(),
+            port: 25,
+            mx_lookup: true,
+            tls: GatewayTls {
+                require: true,
                 require_ca_signed: true,
                 validate_hostname: true,
                 min_tls_version: TlsVersion::V1_2,
-                on_failure: OnFailure::Bounce,
-                enforcement: Enforcement::Enforce,
-                test: TestSpec {
-                    enabled: true,
-                    interval: "6h".into(),
-                },
             },
-        );
-        let both = TlsCompliance::new(
-            "finance-both",
-            TlsComplianceSpec {
-                direction: Direction::Both,
-                address_lists: refs(&["finance", "partners"]),
-                require_ca_signed: true,
+            applies_to: AppliesTo::AllMail,
+            address_lists: vec![],
+            test: TestSpec::default(),
+        };
+        // A change of route for some recipients, to an IP literal on the submission port.
+        let recipients = OutboundGatewaySpec {
+            host: "192.0.2.25".into(),
+            port: 587,
+            mx_lookup: false,
+            tls: GatewayTls {
+                require: true,
+                ..GatewayTls::default()
+            },
+            applies_to: AppliesTo::Recipients,
+            address_lists: refs(&["finance"]),
+            ..all_mail.clone()
+        };
+        // The alternate secure route.
+        let secure_route = OutboundGatewaySpec {
+            host: "secure-gw.example.net".into(),
+            port: 465,
+            mx_lookup: false,
+            tls: GatewayTls {
                 validate_hostname: false,
                 min_tls_version: TlsVersion::V1_3,
-                on_failure: OnFailure::Defer,
-                enforcement: Enforcement::Enforce,
-                test: TestSpec {
-                    enabled: true,
-                    interval: "1h30m".into(),
-                },
+                ..all_mail.tls.clone()
             },
-        );
-        let monitor = TlsCompliance::new(
-            "partners-dry-run",
-            TlsComplianceSpec {
-                direction: Direction::Outbound,
-                address_lists: refs(&["partners"]),
-                require_ca_signed: false,
-                validate_hostname: false,
-                min_tls_version: TlsVersion::V1_2,
-                on_failure: OnFailure::Bounce,
-                enforcement: Enforcement::Monitor,
-                test: TestSpec {
-                    enabled: false,
-                    interval: "24h".into(),
-                },
+            applies_to: AppliesTo::SecureTransportRequired,
+            test: TestSpec {
+                enabled: true,
+                interval: "30m".into(),
             },
-        );
-        for policy in [&outbound, &both, &monitor] {
-            let stored = apply(&policies, policy).await;
-            assert_eq!(stored.spec, policy.spec, "{}", policy.name_any());
-        }
-
-        let all_mail = OutboundGateway::new(
-            "smarthost",
-            OutboundGatewaySpec {
-                host: "relay.example.net".into(),
-                port: 25,
-                mx_lookup: true,
-                tls: GatewayTls {
-                    require: true,
-                    require_ca_signed: true,
-                    validate_hostname: true,
-                    min_tls_version: TlsVersion::V1_2,
-                },
-                applies_to: AppliesTo::AllMail,
-                address_lists: vec![],
-                test: TestSpec::default(),
-            },
-        );
-        let recipients = OutboundGateway::new(
-            "finance-route",
-            OutboundGatewaySpec {
-                host: "192.0.2.25".into(),
-                port: 587,
-                mx_lookup: false,
-                tls: GatewayTls {
-                    require: true,
-                    ..GatewayTls::default()
-                },
-                applies_to: AppliesTo::Recipients,
-                address_lists: refs(&["finance"]),
-                test: TestSpec::default(),
-            },
-        );
-        let secure_route = OutboundGateway::new(
-            "secure-route",
-            OutboundGatewaySpec {
-                host: "secure-gw.example.net".into(),
-                port: 465,
-                mx_lookup: false,
-                tls: GatewayTls {
-                    require: true,
-                    require_ca_signed: true,
-                    validate_hostname: false,
-                    min_tls_version: TlsVersion::V1_3,
-                },
-                applies_to: AppliesTo::SecureTransportRequired,
-                address_lists: vec![],
-                test: TestSpec {
-                    enabled: true,
-                    interval: "30m".into(),
-                },
-            },
-        );
-        for gateway in [&all_mail, &recipients, &secure_route] {
-            let stored = apply(&gateways, gateway).await;
-            assert_eq!(stored.spec, gateway.spec, "{}", gateway.name_any());
+            ..all_mail.clone()
+        };
+        for (name, spec) in [
+            ("smarthost", all_mail),
+            ("finance-route", recipients),
+            ("secure-route", secure_route),
+        ] {
+            let stored = apply(&gateways, &OutboundGateway::new(name, spec.clone())).await;
+            assert_eq!(stored.spec, spec, "{name}");
         }
 
         let all = policies.list(&ListParams::default()).await.unwrap();
@@ -1231,40 +1226,15 @@ async fn rbac_is_enforced_for_the_custom_resources() {
 
 // ---- examples/ -------------------------------------------------------------------------------
 
-/// Every YAML document in `examples/*.yaml`, with the file it came from.
-fn example_documents() -> Option<Vec<(String, Value)>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let entries = std::fs::read_dir(&dir).ok()?;
-    let mut files: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    let mut docs = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
-        for doc in serde_norway::Deserializer::from_str(&text) {
-            let value: Value = serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("parsing {}: {e}", file.display()));
-            if !value.is_null() {
-                docs.push((file.display().to_string(), value));
-            }
-        }
-    }
-    Some(docs)
-}
-
 #[tokio::test]
 #[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test cluster -- --ignored"]
 async fn examples_are_accepted() {
     // Fails without a server, like every test here, even before examples/ exists.
     install_crds(&client().await).await;
-    let Some(docs) = example_documents() else {
+    let Some(docs) = yaml_documents("examples") else {
         eprintln!("no examples/ directory: nothing to apply");
         return;
     };
-    assert!(!docs.is_empty(), "examples/ holds no YAML document");
     in_namespace("examples", |client, ns| async move {
         let discovery = kube::Discovery::new(client.clone())
             .run()
