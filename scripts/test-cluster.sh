@@ -405,11 +405,12 @@ start_daemon() {
     echo $! >"$state/$name.pid"
 }
 
-# wait_until SECONDS PID NAME LOGFILE CHECK...: poll CHECK until it succeeds; fail early
-# when the process died (printing the end of its log)
+# wait_until SECONDS PID NAME CHECK...: poll CHECK until it succeeds; stop early when the
+# process died (WAIT_DIED=1)
 wait_until() {
-    local timeout=$1 pid=$2 name=$3 logfile=$4 deadline
-    shift 4
+    local timeout=$1 pid=$2 name=$3 deadline
+    shift 3
+    WAIT_DIED=0
     deadline=$((SECONDS + timeout))
     while ((SECONDS < deadline)); do
         if "$@" >/dev/null 2>&1; then return 0; fi
@@ -419,7 +420,6 @@ wait_until() {
         fi
         sleep 0.2
     done
-    WAIT_DIED=0
     return 1
 }
 
@@ -430,84 +430,85 @@ show_log() {
     log "----"
 }
 
-# ---- cluster -------------------------------------------------------------------------------
-
-start_etcd() {
-    local state=$1 attempt client peer
+# start_with_retries STATE NAME TIMEOUT: launch_NAME STATE picks free ports and starts the
+# daemon; wait until ready_NAME STATE succeeds. When a port was taken between the choice
+# and the bind, try again with new ports.
+start_with_retries() {
+    local state=$1 name=$2 timeout=$3 attempt
     for attempt in 1 2 3 4 5; do
-        free_port client
-        free_port peer
-        start_daemon "$state" etcd "$state/etcd.log" "$BIN_DIR/etcd" \
-            --name=mailtls-test \
-            --data-dir="$state/etcd-data" \
-            --listen-client-urls="http://127.0.0.1:$client" \
-            --advertise-client-urls="http://127.0.0.1:$client" \
-            --listen-peer-urls="http://127.0.0.1:$peer" \
-            --initial-advertise-peer-urls="http://127.0.0.1:$peer" \
-            --initial-cluster="mailtls-test=http://127.0.0.1:$peer" \
-            --unsafe-no-fsync=true \
-            --log-level=warn
-        if wait_until 60 "$(cat "$state/etcd.pid")" etcd "$state/etcd.log" \
-            curl -fsS --max-time 2 "http://127.0.0.1:$client/health"; then
-            echo "$client" >"$state/etcd.port"
+        "launch_$name" "$state"
+        if wait_until "$timeout" "$(cat "$state/$name.pid")" "$name" "ready_$name" "$state"; then
             return 0
         fi
-        stop_pid "$(cat "$state/etcd.pid")" etcd || true
-        if grep -q 'address already in use' "$state/etcd.log"; then
-            log "etcd: port $client or $peer was taken meanwhile; retrying ($attempt/5)"
-            rm -rf "$state/etcd-data"
+        stop_pid "$(cat "$state/$name.pid")" "$name" || true
+        if grep -q 'address already in use' "$state/$name.log"; then
+            log "$name: a port was taken meanwhile; retrying with new ports ($attempt/5)"
             continue
         fi
-        show_log "$state/etcd.log" etcd
-        die "$EXIT_START" "etcd did not become healthy"
+        show_log "$state/$name.log" "$name"
+        if ((WAIT_DIED)); then
+            die "$EXIT_START" "$name exited before it became ready"
+        fi
+        die "$EXIT_START" "$name was not ready after ${timeout}s"
     done
-    die "$EXIT_START" "etcd: no free ports after 5 attempts"
+    die "$EXIT_START" "$name: no free ports after 5 attempts"
 }
 
-start_apiserver() {
-    local state=$1 attempt port etcd_port
-    etcd_port=$(cat "$state/etcd.port")
-    for attempt in 1 2 3 4 5; do
-        free_port port
-        start_daemon "$state" kube-apiserver "$state/kube-apiserver.log" "$BIN_DIR/kube-apiserver" \
-            --etcd-servers="http://127.0.0.1:$etcd_port" \
-            --etcd-prefix=/mailtls-test \
-            --bind-address=127.0.0.1 \
-            --advertise-address=127.0.0.1 \
-            --secure-port="$port" \
-            --cert-dir="$state/pki" \
-            --tls-cert-file="$state/pki/apiserver.crt" \
-            --tls-private-key-file="$state/pki/apiserver.key" \
-            --client-ca-file="$state/pki/ca.crt" \
-            --token-auth-file="$state/pki/tokens.csv" \
-            --authorization-mode=RBAC \
-            --anonymous-auth=false \
-            --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-            --service-account-key-file="$state/pki/sa.pub" \
-            --service-account-signing-key-file="$state/pki/sa.key" \
-            --service-cluster-ip-range=10.0.0.0/24 \
-            --allow-privileged=true \
-            --disable-admission-plugins=ServiceAccount \
-            --endpoint-reconciler-type=none \
-            --profiling=false
-        if wait_until 120 "$(cat "$state/kube-apiserver.pid")" kube-apiserver "$state/kube-apiserver.log" \
-            curl -fsS --max-time 5 --cacert "$state/pki/ca.crt" \
-            -H "Authorization: Bearer $(cat "$state/pki/token")" "https://127.0.0.1:$port/readyz"; then
-            echo "$port" >"$state/kube-apiserver.port"
-            return 0
-        fi
-        stop_pid "$(cat "$state/kube-apiserver.pid")" kube-apiserver || true
-        if grep -q 'address already in use' "$state/kube-apiserver.log"; then
-            log "kube-apiserver: port $port was taken meanwhile; retrying ($attempt/5)"
-            continue
-        fi
-        show_log "$state/kube-apiserver.log" kube-apiserver
-        if [[ "${WAIT_DIED:-0}" == 1 ]]; then
-            die "$EXIT_START" "kube-apiserver exited before it became ready"
-        fi
-        die "$EXIT_START" "kube-apiserver was not ready after 120 s"
-    done
-    die "$EXIT_START" "kube-apiserver: no free port after 5 attempts"
+# ---- cluster -------------------------------------------------------------------------------
+
+launch_etcd() {
+    local state=$1 client peer
+    free_port client
+    free_port peer
+    echo "$client" >"$state/etcd.port"
+    rm -rf "$state/etcd-data"
+    start_daemon "$state" etcd "$state/etcd.log" "$BIN_DIR/etcd" \
+        --name=mailtls-test \
+        --data-dir="$state/etcd-data" \
+        --listen-client-urls="http://127.0.0.1:$client" \
+        --advertise-client-urls="http://127.0.0.1:$client" \
+        --listen-peer-urls="http://127.0.0.1:$peer" \
+        --initial-advertise-peer-urls="http://127.0.0.1:$peer" \
+        --initial-cluster="mailtls-test=http://127.0.0.1:$peer" \
+        --unsafe-no-fsync=true \
+        --log-level=warn
+}
+
+ready_etcd() {
+    curl -fsS --max-time 2 "http://127.0.0.1:$(cat "$1/etcd.port")/health"
+}
+
+launch_kube-apiserver() {
+    local state=$1 port
+    free_port port
+    echo "$port" >"$state/kube-apiserver.port"
+    start_daemon "$state" kube-apiserver "$state/kube-apiserver.log" "$BIN_DIR/kube-apiserver" \
+        --etcd-servers="http://127.0.0.1:$(cat "$state/etcd.port")" \
+        --etcd-prefix=/mailtls-test \
+        --bind-address=127.0.0.1 \
+        --advertise-address=127.0.0.1 \
+        --secure-port="$port" \
+        --cert-dir="$state/pki" \
+        --tls-cert-file="$state/pki/apiserver.crt" \
+        --tls-private-key-file="$state/pki/apiserver.key" \
+        --client-ca-file="$state/pki/ca.crt" \
+        --token-auth-file="$state/pki/tokens.csv" \
+        --authorization-mode=RBAC \
+        --anonymous-auth=false \
+        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+        --service-account-key-file="$state/pki/sa.pub" \
+        --service-account-signing-key-file="$state/pki/sa.key" \
+        --service-cluster-ip-range=10.0.0.0/24 \
+        --allow-privileged=true \
+        --disable-admission-plugins=ServiceAccount \
+        --endpoint-reconciler-type=none \
+        --profiling=false
+}
+
+ready_kube-apiserver() {
+    # the token is read from a file so that it never shows in a process list
+    curl -fsS --max-time 5 --cacert "$1/pki/ca.crt" -H "@$1/pki/auth-header" \
+        "https://127.0.0.1:$(cat "$1/kube-apiserver.port")/readyz"
 }
 
 write_kubeconfig() {
@@ -562,11 +563,12 @@ start_cluster() {
     # token,user,uid,"group1,group2"
     printf '%s,mailtls-test-admin,mailtls-test-admin,"system:masters"\n' "$(cat "$state/pki/token")" \
         >"$state/pki/tokens.csv"
+    printf 'Authorization: Bearer %s\n' "$(cat "$state/pki/token")" >"$state/pki/auth-header"
     chmod 600 "$state/pki"/*
     log "starting etcd $ETCD_VERSION ..."
-    start_etcd "$state"
+    start_with_retries "$state" etcd 60
     log "starting kube-apiserver $K8S_VERSION ..."
-    start_apiserver "$state"
+    start_with_retries "$state" kube-apiserver 120
     write_kubeconfig "$state"
     log "cluster ready in $((SECONDS - start))s: https://127.0.0.1:$(cat "$state/kube-apiserver.port") (etcd 127.0.0.1:$(cat "$state/etcd.port")), KUBECONFIG=$state/kubeconfig"
 }
