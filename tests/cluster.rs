@@ -1273,3 +1273,98 @@ async fn examples_are_accepted() {
     })
     .await;
 }
+
+// ---- server-side apply and the status subresource --------------------------------------------
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test cluster -- --ignored"]
+async fn server_side_apply_conflicts_and_status_subresource() {
+    in_namespace("ssa", |client, ns| async move {
+        let api = dynamic_api::<TlsCompliance>(&client, &ns);
+        let typed: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        let with_version = |version: &str| {
+            manifest::<TlsCompliance>(
+                "partners",
+                json!({"direction": "Outbound", "addressLists": [{"name": "partners"}],
+                       "minTlsVersion": version}),
+            )
+        };
+        // A GitOps tool owns the spec ...
+        let first = api
+            .patch(
+                "partners",
+                &PatchParams::apply("gitops"),
+                &Patch::Apply(with_version("1.2")),
+            )
+            .await
+            .expect("first apply");
+        // ... so another manager changing a field it owns gets a conflict naming the owner,
+        match api
+            .patch(
+                "partners",
+                &PatchParams::apply("someone-else"),
+                &Patch::Apply(with_version("1.3")),
+            )
+            .await
+        {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 409, "{status:?}");
+                assert!(
+                    status.message.contains("conflict with \"gitops\"")
+                        && status.message.contains(".spec.minTlsVersion"),
+                    "{status:?}"
+                );
+            }
+            other => panic!("expected a 409 apply conflict, got {other:?}"),
+        }
+        // ... unless it forces, which takes the field over and bumps the generation once.
+        let forced = api
+            .patch(
+                "partners",
+                &PatchParams::apply("someone-else").force(),
+                &Patch::Apply(with_version("1.3")),
+            )
+            .await
+            .expect("forced apply");
+        assert_eq!(forced.data["spec"]["minTlsVersion"], json!("1.3"));
+        assert_eq!(
+            forced.metadata.generation,
+            first.metadata.generation.map(|g| g + 1)
+        );
+        let generation = forced.metadata.generation.unwrap_or_default();
+
+        // Status goes through /status only: a spec change sent there is ignored ...
+        typed
+            .patch_status(
+                "partners",
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "spec": {"minTlsVersion": "1.0"},
+                    "status": {"observedGeneration": generation,
+                               "conditions": [condition("Ready", "True", generation)]},
+                })),
+            )
+            .await
+            .expect("status patch");
+        let after_status = typed.get("partners").await.unwrap();
+        assert_eq!(after_status.spec.min_tls_version, TlsVersion::V1_3);
+        assert_eq!(after_status.metadata.generation, Some(generation));
+        let status = after_status.status.clone().expect("status was written");
+        assert_eq!(status.observed_generation, Some(generation));
+        assert_eq!(status.conditions.len(), 1);
+
+        // ... and a status sent to the main resource is ignored too.
+        typed
+            .patch(
+                "partners",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"observedGeneration": 99, "conditions": []}})),
+            )
+            .await
+            .expect("main resource patch");
+        let after_main = typed.get("partners").await.unwrap();
+        assert_eq!(after_main.status, after_status.status);
+        assert_eq!(after_main.metadata.generation, Some(generation));
+    })
+    .await;
+}
