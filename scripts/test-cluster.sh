@@ -401,7 +401,11 @@ stop_pid() {
 start_daemon() {
     local state=$1 name=$2 logfile=$3
     shift 3
-    setsid "$@" </dev/null >"$logfile" 2>&1 &
+    if command -v setsid >/dev/null 2>&1; then
+        setsid "$@" </dev/null >"$logfile" 2>&1 &
+    else
+        "$@" </dev/null >"$logfile" 2>&1 &
+    fi
     echo $! >"$state/$name.pid"
 }
 
@@ -556,6 +560,8 @@ start_cluster() {
         fi
         stop_cluster "$state" quiet
     fi
+    command -v curl >/dev/null 2>&1 ||
+        die "$EXIT_START" "curl is needed to wait for the servers to be ready (apt-get install curl)"
     mkdir -p "$state/pki"
     chmod 700 "$state"
     gen_certs "$state/pki"
