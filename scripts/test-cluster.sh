@@ -113,7 +113,13 @@ go_build() {
     } >"$work/go.mod"
     # progress: a line every 30 s while Go works quietly
     (
-        while sleep 30; do log "  ... still building $name ($((SECONDS - start))s)"; done
+        trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+        while :; do
+            sleep 30 &
+            nap=$!
+            wait "$nap"
+            log "  ... still building $name ($((SECONDS - start))s)"
+        done
     ) &
     ticker=$!
     (
