@@ -6,7 +6,8 @@
 //!
 //! Every test works in a namespace of its own, created at the start and deleted at the end
 //! (without a controller-manager a deleted namespace stays `Terminating`; the whole server is
-//! thrown away after the run). Waits are on conditions with a timeout, never on sleeps.
+//! thrown away after the run). Waits are on conditions with a timeout (a watch where the
+//! server offers one, a bounded poll for discovery and the RBAC cache), never fixed sleeps.
 
 use std::collections::BTreeSet;
 use std::future::Future;
