@@ -3,8 +3,8 @@
 //! Each size runs in its own child process so its peak RSS (VmHWM) is its own.
 
 use mailtls::api::{
-    AddressList, AddressListSpec, Direction, Enforcement, LocalRef, OnFailure, OutboundGateway, OutboundGatewaySpec,
-    TestSpec, TlsCompliance, TlsComplianceSpec, TlsVersion,
+    AddressList, AddressListSpec, Direction, Enforcement, LocalRef, OnFailure, OutboundGateway,
+    OutboundGatewaySpec, TestSpec, TlsCompliance, TlsComplianceSpec, TlsVersion,
 };
 use mailtls::policy::{Inputs, evaluate};
 use mailtls::render::{RenderOptions, render};
@@ -22,7 +22,13 @@ fn inputs(total: usize) -> Inputs {
                 _ => format!(".sub{i}-{l}.example"),
             })
             .collect();
-        address_lists.push(AddressList::new(&format!("list-{l}"), AddressListSpec { entries, bulk: None }));
+        address_lists.push(AddressList::new(
+            &format!("list-{l}"),
+            AddressListSpec {
+                entries,
+                bulk: None,
+            },
+        ));
     }
     let policies = (0..lists)
         .map(|p| {
@@ -30,12 +36,23 @@ fn inputs(total: usize) -> Inputs {
                 &format!("policy-{p}"),
                 TlsComplianceSpec {
                     direction: [Direction::Outbound, Direction::Both][p % 2],
-                    address_lists: vec![LocalRef { name: format!("list-{p}") }, LocalRef { name: format!("list-{}", (p + 1) % lists) }],
+                    address_lists: vec![
+                        LocalRef {
+                            name: format!("list-{p}"),
+                        },
+                        LocalRef {
+                            name: format!("list-{}", (p + 1) % lists),
+                        },
+                    ],
                     require_ca_signed: p % 2 == 0,
                     validate_hostname: p % 4 == 0,
                     min_tls_version: [TlsVersion::V1_2, TlsVersion::V1_3][p % 2],
                     on_failure: [OnFailure::Bounce, OnFailure::Defer][p % 3 % 2],
-                    enforcement: if p == 7 { Enforcement::Monitor } else { Enforcement::Enforce },
+                    enforcement: if p == 7 {
+                        Enforcement::Monitor
+                    } else {
+                        Enforcement::Enforce
+                    },
                     test: TestSpec::default(),
                 },
             )
@@ -47,13 +64,22 @@ fn inputs(total: usize) -> Inputs {
     .expect("gateway spec");
     route.tls.require = true;
     let gateways = vec![OutboundGateway::new("route", route)];
-    Inputs { namespace: "bench".into(), address_lists, policies, gateways }
+    Inputs {
+        namespace: "bench".into(),
+        address_lists,
+        policies,
+        gateways,
+    }
 }
 
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -78,7 +104,13 @@ fn child(total: usize) {
     }
     times.sort();
     if std::env::var_os("MAILTLS_BENCH_PHASES").is_some() {
-        eprintln!("{total}: evaluate/render ms {:?}", phases.iter().map(|(a, b)| (a.as_millis(), b.as_millis())).collect::<Vec<_>>());
+        eprintln!(
+            "{total}: evaluate/render ms {:?}",
+            phases
+                .iter()
+                .map(|(a, b)| (a.as_millis(), b.as_millis()))
+                .collect::<Vec<_>>()
+        );
     }
     let median = times[times.len() / 2];
     println!(
@@ -94,7 +126,10 @@ fn child(total: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--child") {
-        let total = args.get(pos + 1).and_then(|s| s.parse().ok()).expect("--child N");
+        let total = args
+            .get(pos + 1)
+            .and_then(|s| s.parse().ok())
+            .expect("--child N");
         child(total);
         return;
     }
@@ -105,10 +140,18 @@ fn main() {
     let exe = std::env::current_exe().expect("own path");
     let mut medians = Vec::new();
     for total in [10_000usize, 100_000] {
-        let out = std::process::Command::new(&exe).args(["--child", &total.to_string()]).output().expect("child");
+        let out = std::process::Command::new(&exe)
+            .args(["--child", &total.to_string()])
+            .output()
+            .expect("child");
         let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
         println!("{line}");
-        medians.push(line.split('\t').nth(1).and_then(|m| m.parse::<f64>().ok()).unwrap_or(f64::NAN));
+        medians.push(
+            line.split('\t')
+                .nth(1)
+                .and_then(|m| m.parse::<f64>().ok())
+                .unwrap_or(f64::NAN),
+        );
     }
     println!("scaling 100k/10k: {:.2}x", medians[1] / medians[0]);
 }

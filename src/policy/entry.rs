@@ -88,7 +88,10 @@ impl Entry {
             Entry::Subdomains(s) => &s[1..],
             _ => self.domain(),
         };
-        let parents = base.char_indices().filter(|(_, c)| *c == '.').map(move |(i, _)| &base[i..]);
+        let parents = base
+            .char_indices()
+            .filter(|(_, c)| *c == '.')
+            .map(move |(i, _)| &base[i..]);
         std::iter::once(text).chain(domain).chain(parents)
     }
 
@@ -114,7 +117,6 @@ impl fmt::Display for Entry {
         f.pad(self.as_str())
     }
 }
-
 
 /// Parse and normalise one entry as written by a user.
 pub fn parse_entry(raw: &str) -> Result<Entry, String> {
@@ -149,7 +151,10 @@ pub fn parse_entry(raw: &str) -> Result<Entry, String> {
                 if rest.is_empty() || rest.starts_with('.') {
                     return Err("a subdomain entry needs a domain after the leading dot".into());
                 }
-                Ok(Entry::Subdomains(format!(".{}", normalize_domain(rest, 1)?)))
+                Ok(Entry::Subdomains(format!(
+                    ".{}",
+                    normalize_domain(rest, 1)?
+                )))
             } else {
                 Ok(Entry::Domain(normalize_domain(raw, 2)?))
             }

@@ -141,14 +141,27 @@ fn service_line(name: &str) -> String {
 struct Contributions<'a>(BTreeMap<(&'static str, &'a str), BTreeMap<&'static str, u64>>);
 
 impl<'a> Contributions<'a> {
-    fn add(&mut self, who: impl IntoIterator<Item = &'a str>, kind: &'static str, file: &'static str) {
+    fn add(
+        &mut self,
+        who: impl IntoIterator<Item = &'a str>,
+        kind: &'static str,
+        file: &'static str,
+    ) {
         for name in who {
-            *self.0.entry((kind, name)).or_default().entry(file).or_default() += 1;
+            *self
+                .0
+                .entry((kind, name))
+                .or_default()
+                .entry(file)
+                .or_default() += 1;
         }
     }
 
     fn to_json(&self) -> BTreeMap<String, &BTreeMap<&'static str, u64>> {
-        self.0.iter().map(|((kind, name), files)| (format!("{kind}/{name}"), files)).collect()
+        self.0
+            .iter()
+            .map(|((kind, name), files)| (format!("{kind}/{name}"), files))
+            .collect()
     }
 }
 
@@ -182,7 +195,11 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
                 other => other.as_str(),
             };
             t.sender_access.insert(key);
-            t.made_by.add(rule.policies.iter().map(|n| &**n), "TlsCompliance", SENDER_ACCESS);
+            t.made_by.add(
+                rule.policies.iter().map(|n| &**n),
+                "TlsCompliance",
+                SENDER_ACCESS,
+            );
         }
     }
 
@@ -210,10 +227,7 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
     );
     files.insert(
         TRANSPORT.to_string(),
-        table(
-            &header,
-            t.transport.iter().map(|(k, v)| (*k, v.as_str())),
-        ),
+        table(&header, t.transport.iter().map(|(k, v)| (*k, v.as_str()))),
     );
     files.insert(
         SENDER_ACCESS.to_string(),
@@ -227,7 +241,10 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
         format!("{header}{BOUNCE_FILTER_RULES}"),
     );
 
-    let file_hashes: BTreeMap<String, String> = files.iter().map(|(name, content)| (name.clone(), sha256_hex(content))).collect();
+    let file_hashes: BTreeMap<String, String> = files
+        .iter()
+        .map(|(name, content)| (name.clone(), sha256_hex(content)))
+        .collect();
     let hash = content_hash(&file_hashes);
     let manifest = json!({
         "generator": format!("mailtls {}", env!("CARGO_PKG_VERSION")),
@@ -264,18 +281,23 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                 // A plain change of route, written only where the route is declared; keys
                 // below it fall through to that entry.
                 if matches!(&rule.route, Route::Recipients { entry, .. } if entry == key) {
-                    t.transport.push((key.as_str(), format!("smtp:{}", hop.nexthop())));
+                    t.transport
+                        .push((key.as_str(), format!("smtp:{}", hop.nexthop())));
                     t.made_by
                         .add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
                 }
             }
             (None, None) => {}
             (Some(e), None) if !key.is_address() => {
-                t.tls_rows.push((Cow::Borrowed(key.as_str()), TableLevel::Required(e.requirement)));
+                t.tls_rows.push((
+                    Cow::Borrowed(key.as_str()),
+                    TableLevel::Required(e.requirement),
+                ));
                 t.made_by.add(policies.clone(), "TlsCompliance", TLS_POLICY);
                 if e.on_failure == OnFailure::Bounce {
                     t.bounce_service = true;
-                    t.transport.push((key.as_str(), format!("{BOUNCE_SERVICE}:")));
+                    t.transport
+                        .push((key.as_str(), format!("{BOUNCE_SERVICE}:")));
                     t.made_by.add(policies, "TlsCompliance", TRANSPORT);
                 }
             }
@@ -283,7 +305,8 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                 // An address, delivered directly: empty next-hop = the recipient domain.
                 let service = Service(e);
                 t.services.insert(service);
-                t.transport.push((key.as_str(), format!("{}:", service.name())));
+                t.transport
+                    .push((key.as_str(), format!("{}:", service.name())));
                 t.made_by.add(policies, "TlsCompliance", TRANSPORT);
             }
             (Some(e), Some(hop)) => {
@@ -297,7 +320,10 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                     on_failure: e.on_failure,
                 });
                 t.services.insert(service);
-                t.transport.push((key.as_str(), format!("{}:{}", service.name(), hop.nexthop())));
+                t.transport.push((
+                    key.as_str(),
+                    format!("{}:{}", service.name(), hop.nexthop()),
+                ));
                 t.made_by.add(policies, "TlsCompliance", TRANSPORT);
                 t.made_by
                     .add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
@@ -333,7 +359,11 @@ fn gateway_hops<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
     }
 }
 
-fn merge_tls<'a>(table: &mut BTreeMap<Cow<'a, str>, TableLevel>, key: Cow<'a, str>, level: TableLevel) {
+fn merge_tls<'a>(
+    table: &mut BTreeMap<Cow<'a, str>, TableLevel>,
+    key: Cow<'a, str>,
+    level: TableLevel,
+) {
     let merged = table.get(&key).map_or(level, |old| old.stricter(level));
     table.insert(key, merged);
 }

@@ -1,0 +1,158 @@
+//! Checks that the API server does with schema and CEL, repeated on values because files
+//! reach the engine without a server.
+
+use super::entry;
+use super::{Hop, Host, Problem, Requirement};
+use crate::api::{AppliesTo, OutboundGateway, TestSpec, TlsCompliance};
+use kube::ResourceExt;
+use std::time::Duration;
+
+pub(super) fn check_policy(p: &TlsCompliance) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let spec = &p.spec;
+    if spec.address_lists.is_empty() {
+        problems.push(problem(
+            "spec.addressLists",
+            "needs at least one AddressList",
+        ));
+    }
+    if spec.validate_hostname && !spec.require_ca_signed {
+        problems.push(problem(
+            "spec.validateHostname",
+            "validateHostname requires requireCASigned: a host name is only checked on a CA-signed certificate",
+        ));
+    }
+    problems.extend(check_test(&spec.test));
+    problems
+}
+
+pub(super) fn check_test(test: &TestSpec) -> Option<Problem> {
+    parse_interval(&test.interval)
+        .err()
+        .map(|m| problem("spec.test.interval", &m))
+}
+
+pub(super) fn problem(field: &str, message: &str) -> Problem {
+    Problem {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A test interval: one or more `<number><h|m|s>` parts, at least one minute, at most 30 days.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "'{}' is not a duration like 6h, 30m or 1h30m",
+            entry::display_raw(text)
+        )
+    };
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() {
+        return Err(bad());
+    }
+    if total < 60 {
+        return Err(format!("interval {text} is shorter than 1m"));
+    }
+    if total > 30 * 24 * 3600 {
+        return Err(format!("interval {text} is longer than 30 days (720h)"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+pub(super) fn gateway_hop(gw: &OutboundGateway) -> Result<Hop, Vec<Problem>> {
+    let spec = &gw.spec;
+    let mut problems = Vec::new();
+    let host = Host::parse(&spec.host)
+        .map_err(|m| problems.push(problem("spec.host", &m)))
+        .ok();
+    if spec.port == 0 {
+        problems.push(problem("spec.port", "must be between 1 and 65535"));
+    }
+    let tls = &spec.tls;
+    if tls.require_ca_signed && !tls.require {
+        problems.push(problem(
+            "spec.tls.requireCASigned",
+            "requireCASigned requires require: true",
+        ));
+    }
+    if tls.validate_hostname && !tls.require_ca_signed {
+        problems.push(problem(
+            "spec.tls.validateHostname",
+            "validateHostname requires requireCASigned: true",
+        ));
+    }
+    if tls.validate_hostname && host.as_ref().is_some_and(Host::is_ip) {
+        problems.push(problem(
+            "spec.tls.validateHostname",
+            "an IP address has no host name to validate; use a DNS name or turn validateHostname off",
+        ));
+    }
+    match (spec.applies_to, spec.address_lists.is_empty()) {
+        (AppliesTo::Recipients, true) => problems.push(problem(
+            "spec.addressLists",
+            "appliesTo: Recipients needs at least one entry in addressLists",
+        )),
+        (AppliesTo::AllMail | AppliesTo::SecureTransportRequired, false) => problems.push(problem(
+            "spec.addressLists",
+            "addressLists is only used with appliesTo: Recipients",
+        )),
+        _ => {}
+    }
+    problems.extend(check_test(&spec.test));
+    match host {
+        Some(host) if problems.is_empty() => Ok(Hop {
+            gateway: gw.name_any(),
+            host,
+            port: spec.port,
+            mx_lookup: spec.mx_lookup,
+            tls: tls.require.then(|| {
+                Requirement::new(
+                    tls.require_ca_signed,
+                    tls.validate_hostname,
+                    tls.min_tls_version,
+                )
+            }),
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// Oldest first by creation time, then name; resources without a creation time (files)
+/// come after those with one, ordered by name.
+pub(super) fn age_key<K: kube::Resource>(
+    r: &K,
+) -> (
+    bool,
+    Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    String,
+) {
+    let created = r.meta().creation_timestamp.clone();
+    (
+        created.is_none(),
+        created,
+        r.meta().name.clone().unwrap_or_default(),
+    )
+}

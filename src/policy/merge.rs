@@ -1,0 +1,259 @@
+//! Merging: per-entry TLS from every policy, per-recipient routes from every gateway, and
+//! the resolution of each key against every entry that covers it.
+
+use super::lists::Lists;
+use super::{
+    Conflict, EffectivePolicy, Enforced, Entry, Findings, InboundRule, Kind, Names, OutboundRule,
+    Requirement, ResourceId, Route, fold,
+};
+use crate::api::{AppliesTo, Enforcement, OutboundGateway, TlsCompliance};
+use kube::ResourceExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Per-entry TLS, before the merge with covering entries.
+#[derive(Clone, Default)]
+pub(super) struct EntryTls {
+    enforced: Option<Enforced>,
+    monitored: Option<Requirement>,
+    policies: Names,
+}
+
+/// Everything the policies and gateways said about each entry id.
+pub(super) struct Accumulated {
+    tls: Vec<Option<EntryTls>>,
+    inbound: Vec<Option<InboundRule>>,
+    /// The gateway routing each entry (`Recipients`).
+    routes: Vec<Option<Arc<str>>>,
+}
+
+impl Accumulated {
+    pub fn new(entries: usize) -> Self {
+        Accumulated {
+            tls: vec![None; entries],
+            inbound: vec![None; entries],
+            routes: vec![None; entries],
+        }
+    }
+
+    /// Add one valid policy's entries.
+    pub fn add_policy(&mut self, p: &TlsCompliance, ids: &[u32]) {
+        let name: Arc<str> = Arc::from(p.name_any());
+        let enforce = p.spec.enforcement == Enforcement::Enforce;
+        let requirement = Requirement::new(
+            p.spec.require_ca_signed,
+            p.spec.validate_hostname,
+            p.spec.min_tls_version,
+        );
+        for &id in ids {
+            let id = id as usize;
+            if p.spec.direction.outbound() {
+                let tls = self.tls[id].get_or_insert_with(EntryTls::default);
+                add_name(&mut tls.policies, &name);
+                if enforce {
+                    let e = Enforced {
+                        requirement,
+                        on_failure: p.spec.on_failure,
+                    };
+                    tls.enforced = fold(tls.enforced, e, Enforced::strictest);
+                } else {
+                    tls.monitored = fold(tls.monitored, requirement, Requirement::strictest);
+                }
+            }
+            if p.spec.direction.inbound() {
+                let rule = self.inbound[id].get_or_insert_with(InboundRule::default);
+                add_name(&mut rule.policies, &name);
+                rule.enforced |= enforce;
+                rule.monitored |= !enforce;
+            }
+        }
+    }
+
+    /// Per-recipient routes, oldest gateway first. The same entry in two gateways is a
+    /// conflict the older one wins, reported once per pair with a few examples.
+    pub fn add_routes(
+        &mut self,
+        gateways: &[&OutboundGateway],
+        lists: &Lists,
+        findings: &mut Findings,
+    ) {
+        let mut clashes: BTreeMap<(Arc<str>, String), Vec<&Entry>> = BTreeMap::new();
+        for gw in gateways
+            .iter()
+            .filter(|g| g.spec.applies_to == AppliesTo::Recipients)
+        {
+            let id = ResourceId::new(Kind::OutboundGateway, gw.name_any());
+            let ids = lists.referenced(&id, &gw.spec.address_lists, findings);
+            findings.get_mut(&id).matched = Some(lists.count_kinds(&ids));
+            let name: Arc<str> = Arc::from(gw.name_any());
+            for e in ids {
+                match &self.routes[e as usize] {
+                    Some(owner) => clashes
+                        .entry((owner.clone(), gw.name_any()))
+                        .or_default()
+                        .push(lists.entry(e)),
+                    None => self.routes[e as usize] = Some(name.clone()),
+                }
+            }
+        }
+        for ((winner, loser), mut entries) in clashes {
+            entries.sort_unstable();
+            let examples: Vec<String> = entries.iter().take(3).map(ToString::to_string).collect();
+            let conflict = Conflict {
+                subject: format!(
+                    "the route for {} entries (e.g. {})",
+                    entries.len(),
+                    examples.join(", ")
+                ),
+                winner: ResourceId::new(Kind::OutboundGateway, winner.to_string()),
+                involved: [winner.to_string(), loser]
+                    .into_iter()
+                    .map(|n| ResourceId::new(Kind::OutboundGateway, n))
+                    .collect(),
+            };
+            for id in &conflict.involved {
+                findings.get_mut(id).conflicts.push(conflict.clone());
+            }
+        }
+    }
+
+    /// Inbound rules by entry, and for every key any policy or route names, its outbound
+    /// rule merged with all entries covering it (strictest wins) and its route (most
+    /// specific wins): the key Postfix finds first carries the complete answer.
+    pub fn resolve(self, lists: &Lists, policy: &mut EffectivePolicy) {
+        let sorted = |mut ids: Vec<usize>| {
+            ids.sort_unstable_by(|a, b| lists.entries[*a].cmp(&lists.entries[*b]));
+            ids
+        };
+        let inbound = sorted(
+            (0..lists.len())
+                .filter(|id| self.inbound[*id].is_some())
+                .collect(),
+        );
+        // Keys are sorted, so collecting is a bulk build rather than one insert per key.
+        policy.inbound = inbound
+            .into_iter()
+            .filter_map(|id| Some((lists.entries[id].clone(), self.inbound[id].clone()?)))
+            .collect();
+
+        let keys = sorted(
+            (0..lists.len())
+                .filter(|id| self.tls[*id].is_some() || self.routes[*id].is_some())
+                .collect(),
+        );
+        let mut rules = Vec::with_capacity(keys.len());
+        for id in keys {
+            let key = &lists.entries[id];
+            let mut rule = OutboundRule {
+                enforced: None,
+                monitored: None,
+                route: Route::Direct,
+                policies: Vec::new(),
+            };
+            let mut recipients = None;
+            // The key itself first, then every entry that could cover it, most specific first.
+            let chain = std::iter::once(Some(id as u32))
+                .chain(key.lookup_keys().skip(1).map(|k| lists.id(k)));
+            for covering in chain.flatten().map(|c| c as usize) {
+                if let Some(t) = &self.tls[covering] {
+                    if let Some(e) = t.enforced {
+                        rule.enforced = fold(rule.enforced, e, Enforced::strictest);
+                    }
+                    if let Some(m) = t.monitored {
+                        rule.monitored = fold(rule.monitored, m, Requirement::strictest);
+                    }
+                    t.policies
+                        .iter()
+                        .for_each(|n| add_name(&mut rule.policies, n));
+                }
+                if recipients.is_none()
+                    && let Some(g) = &self.routes[covering]
+                {
+                    recipients = Some(Route::Recipients {
+                        gateway: g.to_string(),
+                        entry: lists.entries[covering].clone(),
+                    });
+                }
+            }
+            rule.route = match (recipients, &policy.secure_route, rule.enforced) {
+                (Some(r), _, _) => r,
+                (None, Some(secure), Some(_)) => Route::SecureRoute(secure.clone()),
+                (None, _, _) => policy.default_route(),
+            };
+            rules.push((key.clone(), rule));
+        }
+        policy.outbound = rules.into_iter().collect();
+    }
+}
+
+/// Add a name to a sorted, duplicate-free list.
+fn add_name(names: &mut Names, name: &Arc<str>) {
+    if let Err(at) = names.binary_search(name) {
+        names.insert(at, name.clone());
+    }
+}
+
+/// The oldest usable gateway of a kind that may exist only once; the others are in conflict.
+pub(super) fn single_winner(
+    gateways: &[&OutboundGateway],
+    applies_to: AppliesTo,
+    subject: &str,
+    findings: &mut Findings,
+) -> Option<String> {
+    let names: Vec<String> = gateways
+        .iter()
+        .filter(|g| g.spec.applies_to == applies_to)
+        .map(|g| g.name_any())
+        .collect();
+    let winner = names.first()?.clone();
+    if names.len() > 1 {
+        let involved: BTreeSet<ResourceId> = names
+            .iter()
+            .map(|n| ResourceId::new(Kind::OutboundGateway, n.clone()))
+            .collect();
+        let conflict = Conflict {
+            subject: subject.to_string(),
+            winner: ResourceId::new(Kind::OutboundGateway, winner.clone()),
+            involved: involved.clone(),
+        };
+        for id in &involved {
+            findings.get_mut(id).conflicts.push(conflict.clone());
+        }
+    }
+    Some(winner)
+}
+
+/// Gateways are used by the policies whose mail they carry, and count as rendered when
+/// some mail is routed through them.
+pub(super) fn record_gateway_use(policy: &EffectivePolicy, findings: &mut Findings) {
+    let mut used: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut rendered: BTreeSet<&str> = policy
+        .relayhost
+        .iter()
+        .chain(&policy.secure_route)
+        .map(String::as_str)
+        .collect();
+    for rule in policy.outbound.values() {
+        if let Route::Recipients { gateway, .. } = &rule.route {
+            rendered.insert(gateway);
+        }
+        if let Some(g) = rule.route.gateway().or(policy.relayhost.as_deref()) {
+            used.entry(g)
+                .or_default()
+                .extend(rule.policies.iter().map(|n| &**n));
+        }
+    }
+    for (gateway, names) in used {
+        let f = findings.get_mut(&ResourceId::new(Kind::OutboundGateway, gateway));
+        f.used_by.extend(
+            names
+                .into_iter()
+                .map(|n| ResourceId::new(Kind::TlsCompliance, n)),
+        );
+    }
+    for gateway in rendered {
+        findings
+            .get_mut(&ResourceId::new(Kind::OutboundGateway, gateway))
+            .rendered = true;
+    }
+}
