@@ -14,10 +14,10 @@ const MAX_LABEL: usize = 63;
 ///
 /// Each variant holds the entry's canonical text exactly as it is written in a Postfix
 /// table (`alice@example.com`, `example.com`, `.example.com`), so the text alone identifies
-/// the entry: equality and hashing use it, and maps keyed by entries can be searched with a
-/// plain `&str`. Ordering is by kind, then text, which keeps every rendered table sorted the
-/// same way whatever order the input came in.
-#[derive(Clone, Debug, PartialOrd, Ord)]
+/// the entry: equality, hashing and ordering use it, and maps keyed by entries can be searched
+/// with a plain `&str`. Sorted entries are therefore sorted table rows, whatever order the
+/// input came in.
+#[derive(Clone, Debug)]
 pub enum Entry {
     /// `alice@example.com`.
     Address(String),
@@ -34,6 +34,18 @@ impl PartialEq for Entry {
 }
 
 impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
 
 impl std::hash::Hash for Entry {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
