@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the tests need on Debian: Postfix with the lmdb, cdb and pcre map types
+# (the real-Postfix tests), dnsmasq-base and iproute2 (local DNS and network namespaces),
+# openssl (test certificates for the API server). Does nothing when all is present.
+set -euo pipefail
+
+packages=(postfix postfix-lmdb postfix-cdb postfix-pcre dnsmasq-base iproute2 openssl)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then sudo="sudo"; else
+        echo "install-test-deps: need root (or sudo) to install: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+echo "install-test-deps: installing ${missing[*]}" >&2
+# A local-only Postfix; the tests use private instance directories, never this one.
+echo "postfix postfix/main_mailer_type select Local only" | $sudo debconf-set-selections
+echo "postfix postfix/mailname string mailtls-test.invalid" | $sudo debconf-set-selections
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
