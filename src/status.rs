@@ -6,7 +6,7 @@ use crate::api::{
     AddressList, AddressListStatus, Condition, Enforcement, InvalidEntry, MatchedCounts,
     OutboundGateway, OutboundGatewayStatus, RelayConfigRef, TlsCompliance, TlsComplianceStatus,
 };
-use crate::policy::{Conflict, ResourceFindings, ResourceId};
+use crate::policy::{Conflict, Kind, ResourceFindings, ResourceId};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 pub const READY: &str = "Ready";
@@ -357,5 +357,58 @@ fn ensure_untested(conditions: &mut Vec<Condition>, enabled: bool, observed: i64
                 now,
             );
         }
+    }
+}
+
+/// A resource whose status the engine computes; lets the reconcile loops treat the three
+/// kinds alike.
+pub trait Reconciled: kube::Resource<DynamicType = ()> + Clone {
+    const KIND: Kind;
+    /// A copy carrying the status this reconcile computed.
+    fn with_status(&self, f: &ResourceFindings, relay: Option<&RelayConfigRef>, now: &Time)
+    -> Self;
+    /// The current conditions (empty without a status).
+    fn conditions(&self) -> &[Condition];
+}
+
+impl Reconciled for AddressList {
+    const KIND: Kind = Kind::AddressList;
+    fn with_status(&self, f: &ResourceFindings, _: Option<&RelayConfigRef>, now: &Time) -> Self {
+        let mut r = self.clone();
+        r.status = Some(address_list_status(self, f, now));
+        r
+    }
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl Reconciled for TlsCompliance {
+    const KIND: Kind = Kind::TlsCompliance;
+    fn with_status(
+        &self,
+        f: &ResourceFindings,
+        relay: Option<&RelayConfigRef>,
+        now: &Time,
+    ) -> Self {
+        let mut r = self.clone();
+        r.status = Some(tls_compliance_status(self, f, relay, now));
+        r
+    }
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl Reconciled for OutboundGateway {
+    const KIND: Kind = Kind::OutboundGateway;
+    fn with_status(&self, f: &ResourceFindings, _: Option<&RelayConfigRef>, now: &Time) -> Self {
+        let id = ResourceId::new(Kind::OutboundGateway, kube::ResourceExt::name_any(self));
+        let mut r = self.clone();
+        r.status = Some(gateway_status(self, &id, f, now));
+        r
+    }
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
     }
 }

@@ -12,7 +12,7 @@ use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::api::RelayConfigRef;
 use crate::policy::{Evaluation, Inputs, Kind, ResourceId, evaluate};
 use crate::render::{MANIFEST, RenderOptions, render};
-use crate::status;
+use crate::status::{self, Reconciled};
 use clap::Args;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -211,57 +211,36 @@ fn write_statuses(
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut rows = Vec::new();
     let mut keep = BTreeSet::new();
-    let empty = Default::default();
-    for list in &inputs.address_lists {
-        let id = ResourceId::new(Kind::AddressList, list.name_any());
-        let mut updated = list.clone();
-        updated.status = Some(status::address_list_status(
-            list,
-            evaluation.findings.get(&id).unwrap_or(&empty),
-            now,
-        ));
-        let conditions = updated
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        write_resource(dir, &id, &updated, &mut keep)?;
-        rows.push(row(&inputs.namespace, id, &conditions));
-    }
-    for policy in &inputs.policies {
-        let id = ResourceId::new(Kind::TlsCompliance, policy.name_any());
-        let mut updated = policy.clone();
-        updated.status = Some(status::tls_compliance_status(
-            policy,
-            evaluation.findings.get(&id).unwrap_or(&empty),
-            Some(relay),
-            now,
-        ));
-        let conditions = updated
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        write_resource(dir, &id, &updated, &mut keep)?;
-        rows.push(row(&inputs.namespace, id, &conditions));
-    }
-    for gw in &inputs.gateways {
-        let id = ResourceId::new(Kind::OutboundGateway, gw.name_any());
-        let mut updated = gw.clone();
-        updated.status = Some(status::gateway_status(
-            gw,
-            &id,
-            evaluation.findings.get(&id).unwrap_or(&empty),
-            now,
-        ));
-        let conditions = updated
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        write_resource(dir, &id, &updated, &mut keep)?;
-        rows.push(row(&inputs.namespace, id, &conditions));
-    }
+    write_kind(
+        dir,
+        &inputs.address_lists,
+        inputs,
+        evaluation,
+        relay,
+        now,
+        &mut keep,
+        &mut rows,
+    )?;
+    write_kind(
+        dir,
+        &inputs.policies,
+        inputs,
+        evaluation,
+        relay,
+        now,
+        &mut keep,
+        &mut rows,
+    )?;
+    write_kind(
+        dir,
+        &inputs.gateways,
+        inputs,
+        evaluation,
+        relay,
+        now,
+        &mut keep,
+        &mut rows,
+    )?;
     // Resources deleted from --dir lose their status file too.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -273,6 +252,32 @@ fn write_statuses(
         }
     }
     Ok(rows)
+}
+
+/// Compute and write the status of every resource of one kind.
+#[allow(clippy::too_many_arguments)]
+fn write_kind<K: Reconciled + Serialize>(
+    dir: &Path,
+    resources: &[K],
+    inputs: &Inputs,
+    evaluation: &Evaluation,
+    relay: &RelayConfigRef,
+    now: &Time,
+    keep: &mut BTreeSet<PathBuf>,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let empty = Default::default();
+    for r in resources {
+        let id = ResourceId::new(K::KIND, r.name_any());
+        let updated = r.with_status(
+            evaluation.findings.get(&id).unwrap_or(&empty),
+            Some(relay),
+            now,
+        );
+        write_resource(dir, &id, &updated, keep)?;
+        rows.push(row(&inputs.namespace, id, updated.conditions()));
+    }
+    Ok(())
 }
 
 fn row(namespace: &str, id: ResourceId, conditions: &[crate::api::Condition]) -> Row {
@@ -293,7 +298,7 @@ fn row(namespace: &str, id: ResourceId, conditions: &[crate::api::Condition]) ->
 
 /// Write a resource with its status, unless the file already says the same (timestamps
 /// aside).
-fn write_resource<K: Serialize + DeserializeOwned + kube::Resource>(
+fn write_resource<K: Serialize + kube::Resource>(
     dir: &Path,
     id: &ResourceId,
     r: &K,
