@@ -1,11 +1,9 @@
-use super::load::load;
 use super::output::RenderFlags;
-use super::render::{finding_errors, pick_namespace};
+use super::render::{Evaluated, finding_errors, load_and_evaluate};
 use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::api::{AppliesTo, OnFailure};
 use crate::policy::{
-    EffectivePolicy, Entry, Kind, Requirement, ResourceId, Route, evaluate, list_entries,
-    parse_entry,
+    EffectivePolicy, Entry, Kind, Requirement, ResourceId, Route, list_entries, parse_entry,
 };
 use crate::render::render;
 use clap::Args;
@@ -46,23 +44,20 @@ pub fn run(args: ExplainArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let opts = match args.flags.options() {
+    let opts = match args.flags.options_or_exit() {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
-    let (loaded, errors) = load(&paths, args.namespace.as_deref().unwrap_or("default"));
-    let inputs = match pick_namespace(&loaded, args.namespace.as_deref()) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_INVALID);
-        }
+    let Ok(Evaluated {
+        loaded,
+        errors,
+        inputs,
+        evaluation,
+    }) = load_and_evaluate(&paths, args.namespace.as_deref())
+    else {
+        return ExitCode::from(EXIT_INVALID);
     };
-    let evaluation = evaluate(&inputs);
     for e in errors.iter().chain(&finding_errors(&loaded, &evaluation)) {
         eprintln!("warning: {e} (left out of the explanation)");
     }

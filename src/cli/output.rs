@@ -72,6 +72,14 @@ pub struct RenderFlags {
 }
 
 impl RenderFlags {
+    /// The options, or the usage-error exit code after saying why.
+    pub fn options_or_exit(&self) -> Result<RenderOptions, std::process::ExitCode> {
+        self.options().map_err(|e| {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(super::EXIT_USAGE)
+        })
+    }
+
     pub fn options(&self) -> Result<RenderOptions, String> {
         let opts = RenderOptions {
             config_dir: self.config_dir.clone(),

@@ -1,6 +1,6 @@
+use super::EXIT_INVALID;
 use super::load::{LoadError, Loaded, load};
 use super::output::{RenderFlags, write_files};
-use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::policy::{Evaluation, Inputs, evaluate};
 use crate::render::{MANIFEST, render};
 use clap::Args;
@@ -28,23 +28,19 @@ pub struct RenderArgs {
 }
 
 pub fn run(args: RenderArgs) -> ExitCode {
-    let opts = match args.flags.options() {
+    let opts = match args.flags.options_or_exit() {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
-    let default_ns = args.namespace.clone().unwrap_or_else(|| "default".into());
-    let (loaded, mut errors) = load(&args.paths, &default_ns);
-    let inputs = match pick_namespace(&loaded, args.namespace.as_deref()) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_INVALID);
-        }
+    let Ok(Evaluated {
+        loaded,
+        mut errors,
+        inputs,
+        evaluation,
+    }) = load_and_evaluate(&args.paths, args.namespace.as_deref())
+    else {
+        return ExitCode::from(EXIT_INVALID);
     };
-    let evaluation = evaluate(&inputs);
     errors.extend(finding_errors(&loaded, &evaluation));
     if !errors.is_empty() {
         for e in &errors {
@@ -74,6 +70,32 @@ pub fn run(args: RenderArgs) -> ExitCode {
     );
     println!("{counts}");
     ExitCode::SUCCESS
+}
+
+/// Files read and one namespace evaluated.
+pub(crate) struct Evaluated {
+    pub loaded: Loaded,
+    /// Problems reading the files (spec findings are in `evaluation`).
+    pub errors: Vec<LoadError>,
+    pub inputs: Inputs,
+    pub evaluation: Evaluation,
+}
+
+/// Read `paths` and evaluate the namespace asked for (or the only one); says on stderr why
+/// not when the namespace is ambiguous.
+pub(crate) fn load_and_evaluate(
+    paths: &[PathBuf],
+    namespace: Option<&str>,
+) -> Result<Evaluated, ()> {
+    let (loaded, errors) = load(paths, namespace.unwrap_or("default"));
+    let inputs = pick_namespace(&loaded, namespace).map_err(|e| eprintln!("error: {e}"))?;
+    let evaluation = evaluate(&inputs);
+    Ok(Evaluated {
+        loaded,
+        errors,
+        inputs,
+        evaluation,
+    })
 }
 
 /// The namespace to work on: the one asked for, or the only one in the input.

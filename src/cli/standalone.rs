@@ -42,12 +42,9 @@ pub struct StandaloneArgs {
 }
 
 pub fn run(args: StandaloneArgs) -> ExitCode {
-    let opts = match args.flags.options() {
+    let opts = match args.flags.options_or_exit() {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     if let Err(e) = check_dirs(&args.dir, &args.out) {
         eprintln!("error: {e}");
