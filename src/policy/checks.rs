@@ -156,3 +156,28 @@ pub(super) fn age_key<K: kube::Resource>(
         r.meta().name.clone().unwrap_or_default(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_interval;
+    use std::time::Duration;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_interval("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_interval("90s"), Ok(Duration::from_secs(90)));
+        for bad in [
+            "",
+            "6",
+            "h",
+            "1d",
+            "30s",
+            "721h",
+            "99999999999999999999h",
+            "1h 2m",
+        ] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+}

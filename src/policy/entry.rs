@@ -299,3 +299,69 @@ pub fn display_raw(raw: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(s: &str) -> Entry {
+        parse_entry(s).expect(s)
+    }
+
+    #[test]
+    fn lookup_keys_follow_postfix_order() {
+        let bob = e("bob@a.b.example");
+        let keys: Vec<&str> = bob.lookup_keys().collect();
+        assert_eq!(
+            keys,
+            ["bob@a.b.example", "a.b.example", ".b.example", ".example"]
+        );
+        let wildcard = e(".a.example");
+        assert_eq!(
+            wildcard.lookup_keys().collect::<Vec<_>>(),
+            [".a.example", ".example"]
+        );
+        let x = e("x.example");
+        assert_eq!(
+            x.lookup_keys().collect::<Vec<_>>(),
+            ["x.example", ".example"]
+        );
+    }
+
+    #[test]
+    fn covers_means_postfix_would_match() {
+        assert!(e(".example.com").covers(&e("a.example.com")));
+        assert!(e(".example.com").covers(&e("x@a.b.example.com")));
+        assert!(e(".example.com").covers(&e(".a.example.com")));
+        assert!(
+            !e(".example.com").covers(&e("example.com")),
+            "a wildcard is only the subdomains"
+        );
+        assert!(e("example.com").covers(&e("bob@example.com")));
+        assert!(!e("example.com").covers(&e("bob@a.example.com")));
+        assert!(!e("bob@example.com").covers(&e("example.com")));
+    }
+
+    #[test]
+    fn order_is_by_text_and_equality_ignores_nothing() {
+        let mut v = vec![e("b.example"), e(".a.example"), e("a@b.example")];
+        v.sort();
+        assert_eq!(
+            v.iter().map(Entry::as_str).collect::<Vec<_>>(),
+            [".a.example", "a@b.example", "b.example"]
+        );
+        assert_eq!(e("A@B.Example."), e("a@b.example"));
+    }
+
+    #[test]
+    fn bulk_splits_on_space_comma_semicolon_newline() {
+        let items: Vec<&str> = split_bulk(" a@x.example,b@x.example;\n\tc.example  ,, ").collect();
+        assert_eq!(items, ["a@x.example", "b@x.example", "c.example"]);
+    }
+
+    #[test]
+    fn display_raw_escapes_and_cuts() {
+        assert_eq!(display_raw("a\nb"), "a\\nb");
+        assert_eq!(display_raw(&"x".repeat(500)).chars().count(), 101);
+    }
+}

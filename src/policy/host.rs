@@ -88,3 +88,42 @@ impl fmt::Display for Host {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nexthop_forms() {
+        let h = Host::parse("Relay.Example.NET.").expect("name");
+        assert_eq!(h.nexthop(25, false), "[relay.example.net]");
+        assert_eq!(h.nexthop(587, false), "[relay.example.net]:587");
+        assert_eq!(h.nexthop(25, true), "relay.example.net");
+        assert_eq!(h.nexthop(2525, true), "relay.example.net:2525");
+        assert_eq!(
+            Host::parse("192.0.2.1").expect("v4").nexthop(25, true),
+            "[192.0.2.1]"
+        );
+        assert_eq!(
+            Host::parse("[2001:db8::1]")
+                .expect("v6")
+                .nexthop(465, false),
+            "[ipv6:2001:db8::1]:465"
+        );
+    }
+
+    #[test]
+    fn bad_hosts_say_why() {
+        for (raw, why) in [
+            ("", "empty"),
+            ("-gw", "'-'"),
+            ("gw.example:25", "port"),
+            ("999.1.1.1", "IPv4"),
+            ("gw example", "host name"),
+            ("cafe.babe:25", "port"),
+        ] {
+            let err = Host::parse(raw).expect_err(raw);
+            assert!(err.contains(why), "{raw}: {err}");
+        }
+    }
+}
