@@ -9,4 +9,5 @@
 pub mod api;
 pub mod cli;
 pub mod policy;
+pub mod probe;
 pub mod render;
