@@ -236,57 +236,6 @@ pub(crate) fn judge_host(
         warnings.push(format!("{msg} (TLS not required)"));
     }
     if needs_ca {
-                return Judgement::new(
-                    Outcome::ValidationFailure,
-                    format!("{msg}; its certificate could not be checked"),
-                    warnings,
-                );
-            }
-            warnings.push(msg);
-            return Judgement::new(
-                Outcome::Pass,
-                "TLS available (legacy version only)",
-                warnings,
-            );
-        }
-        Some(HostFailure::Handshake(m)) => {
-            return soft_fail(
-                Outcome::ValidationFailure,
-                format!("TLS handshake failed: {m}"),
-                warnings,
-            );
-        }
-        None => {}
-    }
-
-    let Some(tls) = h.tls.as_ref() else {
-        return soft_fail(
-            Outcome::StarttlsNotSupported,
-            "no TLS session was established".into(),
-            warnings,
-        );
-    };
-    let chain = &tls.chain;
-    if let Some(days) = chain.days_left
-        && (0..EXPIRY_WARNING_DAYS).contains(&days)
-    {
-        warnings.push(format!("certificate expires in {days} days"));
-    }
-    if let Some(v) = tls.negotiated()
-        && v < req.min_tls
-    {
-        {
-            let msg = format!(
-                "negotiated TLS {} but the policy requires at least TLS {}",
-                v, req.min_tls
-            );
-            if needs_tls {
-                return Judgement::new(Outcome::TlsVersionTooLow, msg, warnings);
-            }
-            warnings.push(format!("{msg} (TLS not required)"));
-        }
-    }
-    if needs_ca {
         if !chain.trusted_ignoring_expiry {
             let why = chain.trust_error.as_deref().unwrap_or("untrusted chain");
             return Judgement::new(
