@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -314,98 +315,29 @@ fn reply_failure(stage: &str, e: ReplyError) -> HostFailure {
 /// The SMTP dialogue; fills `h` as it goes so a total-time cut keeps what was seen.
 async fn smtp_session(inner: &Inner, h: &mut HostReport, addrs: &[IpAddr]) {
     let t = inner.config.timeouts;
-    let limits = inner.config.limits;
     let mut last_err = String::new();
-    let mut stream = None;
+    let mut connected = None;
     for ip in addrs.iter().take(MAX_ADDRESSES_TRIED) {
         let addr = SocketAddr::new(*ip, h.port);
-        match tokio::time::timeout(t.connect, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
+        match connect(addr, t.connect).await {
+            Ok(s) => {
                 h.connected = Some(addr.to_string());
-                stream = Some(s);
+                connected = Some((s, addr));
                 break;
             }
-            Ok(Err(e)) => last_err = format!("connect to {addr}: {e}"),
-            Err(_) => last_err = format!("connect to {addr}: no answer within {:?}", t.connect),
+            Err(e) => last_err = e,
         }
     }
-    let Some(stream) = stream else {
+    let Some((stream, addr)) = connected else {
         h.failure = Some(HostFailure::Connect(last_err));
         return;
     };
-    let _ = stream.set_nodelay(true);
-    let mut conn = SmtpConn::new(LimitedStream::new(stream, limits.max_session_bytes), limits);
-
-    let greeting = match conn.read_reply(t.step).await {
-        Ok(r) => r,
-        Err(e) => {
-            h.failure = Some(reply_failure("greeting", e));
-            return;
-        }
+    let Some(mut raw) = until_starttls(inner, h, stream).await else {
+        return;
     };
-    h.greeting = Some(greeting.summary());
-    if !greeting.is_positive() {
-        h.failure = Some(HostFailure::Smtp(format!(
-            "server refused the session: {}",
-            greeting.summary()
-        )));
-        let _ = conn.command("QUIT", t.step).await;
-        return;
-    }
-    let helo = inner.config.helo.as_str();
-    let ehlo = match conn.command(&format!("EHLO {helo}"), t.step).await {
-        Ok(r) => r,
-        Err(e) => {
-            h.failure = Some(reply_failure("EHLO", e));
-            return;
-        }
-    };
-    if !ehlo.is_positive() {
-        h.starttls_offered = Some(false);
-        h.failure = Some(HostFailure::NoStarttls(format!(
-            "EHLO rejected ({}), so STARTTLS is not available",
-            ehlo.summary()
-        )));
-        let _ = conn.command("QUIT", t.step).await;
-        return;
-    }
-    h.extensions = ehlo.ehlo_keywords();
-    let offered = h.extensions.iter().any(|k| k == "STARTTLS");
-    h.starttls_offered = Some(offered);
-    if !offered {
-        h.failure = Some(HostFailure::NoStarttls(
-            "STARTTLS not offered in the EHLO reply".into(),
-        ));
-        let _ = conn.command("QUIT", t.step).await;
-        return;
-    }
-    let reply = match conn.command("STARTTLS", t.step).await {
-        Ok(r) => r,
-        Err(e) => {
-            h.failure = Some(reply_failure("STARTTLS", e));
-            return;
-        }
-    };
-    if reply.code != 220 {
-        h.failure = Some(HostFailure::StarttlsRefused(format!(
-            "STARTTLS refused: {}",
-            reply.summary()
-        )));
-        let _ = conn.command("QUIT", t.step).await;
-        return;
-    }
-    if conn.pending() > 0 {
-        // Plaintext sent after the 220 would be read as if it came over TLS (CVE-2011-0411).
-        h.failure = Some(HostFailure::Smtp(
-            "server sent data after the STARTTLS reply, before the TLS handshake".into(),
-        ));
-        return;
-    }
-    let mut raw = conn.into_inner();
     raw.start_capture();
-    let name = server_name(&h.host);
     let connector = TlsConnector::from(inner.smtp_tls.clone());
-    let mut handshake = connector.connect(name, raw).into_fallible();
+    let mut handshake = connector.connect(server_name(&h.host), raw).into_fallible();
     let tls_stream = match tokio::time::timeout(t.step, &mut handshake).await {
         Err(_) => {
             h.failure = Some(HostFailure::Timeout(format!(
@@ -416,20 +348,143 @@ async fn smtp_session(inner: &Inner, h: &mut HostReport, addrs: &[IpAddr]) {
         }
         Ok(Ok(s)) => s,
         Ok(Err((e, raw))) => {
-            h.failure = Some(match tls::classify_handshake_error(&e, raw.captured()) {
-                HandshakeFailure::LegacyOnly(v) => {
-                    h.legacy_tls = Some(v.to_string());
-                    HostFailure::LegacyTls(v.to_string())
-                }
+            let failure = match tls::classify_handshake_error(&e, raw.captured()) {
+                HandshakeFailure::LegacyOnly(v) => HostFailure::LegacyTls(v.to_string()),
                 HandshakeFailure::ProtocolVersionAlert => {
-                    h.legacy_tls = Some("1.0/1.1".into());
-                    HostFailure::LegacyTls("1.0/1.1".into())
+                    drop(raw);
+                    // Ask again with a TLS 1.0/1.1-style ClientHello to learn which old
+                    // version the server speaks.
+                    match legacy_version_probe(inner, &h.host, addr).await {
+                        Ok(v) => HostFailure::LegacyTls(v.to_string()),
+                        Err(why) => HostFailure::Handshake(format!(
+                            "server rejected TLS 1.2 and 1.3 (protocol_version alert); {why}"
+                        )),
+                    }
                 }
                 HandshakeFailure::Other(m) => HostFailure::Handshake(m),
-            });
+            };
+            if let HostFailure::LegacyTls(v) = &failure {
+                h.legacy_tls = Some(v.clone());
+            }
+            h.failure = Some(failure);
             return;
         }
     };
+    record_tls(inner, h, &tls_stream);
+    let limits = inner.config.limits;
+    let helo = inner.config.helo.as_str();
+    let mut conn = SmtpConn::new(tls_stream, limits);
+    match conn.command(&format!("EHLO {helo}"), t.step).await {
+        Ok(r) if r.is_positive() => {
+            if let Some(tls) = h.tls.as_mut() {
+                tls.ehlo_after_tls = true;
+            }
+        }
+        Ok(r) => h
+            .warnings
+            .push(format!("EHLO after STARTTLS rejected: {}", r.summary())),
+        Err(e) => h.warnings.push(format!("EHLO after STARTTLS: {e}")),
+    }
+    // QUIT is a courtesy; its failure changes nothing.
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.command("QUIT", t.step)).await;
+}
+
+async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, String> {
+    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            // Small command writes: don't let Nagle delay them.
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
+        Err(_) => Err(format!("connect to {addr}: no answer within {limit:?}")),
+    }
+}
+
+/// Greeting, EHLO, STARTTLS. Returns the stream ready for the TLS handshake, or None
+/// with `h.failure` set.
+async fn until_starttls(
+    inner: &Inner,
+    h: &mut HostReport,
+    stream: TcpStream,
+) -> Option<LimitedStream<TcpStream>> {
+    let t = inner.config.timeouts;
+    let limits = inner.config.limits;
+    let mut conn = SmtpConn::new(LimitedStream::new(stream, limits.max_session_bytes), limits);
+    let greeting = match conn.read_reply(t.step).await {
+        Ok(r) => r,
+        Err(e) => {
+            h.failure = Some(reply_failure("greeting", e));
+            return None;
+        }
+    };
+    h.greeting = Some(greeting.summary());
+    if !greeting.is_positive() {
+        h.failure = Some(HostFailure::Smtp(format!(
+            "server refused the session: {}",
+            greeting.summary()
+        )));
+        let _ = conn.command("QUIT", t.step).await;
+        return None;
+    }
+    let helo = inner.config.helo.as_str();
+    let ehlo = match conn.command(&format!("EHLO {helo}"), t.step).await {
+        Ok(r) => r,
+        Err(e) => {
+            h.failure = Some(reply_failure("EHLO", e));
+            return None;
+        }
+    };
+    if !ehlo.is_positive() {
+        h.starttls_offered = Some(false);
+        h.failure = Some(HostFailure::NoStarttls(format!(
+            "EHLO rejected ({}), so STARTTLS is not available",
+            ehlo.summary()
+        )));
+        let _ = conn.command("QUIT", t.step).await;
+        return None;
+    }
+    h.extensions = ehlo.ehlo_keywords();
+    let offered = h.extensions.iter().any(|k| k == "STARTTLS");
+    h.starttls_offered = Some(offered);
+    if !offered {
+        h.failure = Some(HostFailure::NoStarttls(
+            "STARTTLS not offered in the EHLO reply".into(),
+        ));
+        let _ = conn.command("QUIT", t.step).await;
+        return None;
+    }
+    let reply = match conn.command("STARTTLS", t.step).await {
+        Ok(r) => r,
+        Err(e) => {
+            h.failure = Some(reply_failure("STARTTLS", e));
+            return None;
+        }
+    };
+    if reply.code != 220 {
+        h.failure = Some(HostFailure::StarttlsRefused(format!(
+            "STARTTLS refused: {}",
+            reply.summary()
+        )));
+        let _ = conn.command("QUIT", t.step).await;
+        return None;
+    }
+    if conn.pending() > 0 {
+        // Plaintext sent after the 220 would be read as if it came over TLS (CVE-2011-0411).
+        h.failure = Some(HostFailure::Smtp(
+            "server sent data after the STARTTLS reply, before the TLS handshake".into(),
+        ));
+        return None;
+    }
+    Some(conn.into_inner())
+}
+
+/// Record version, cipher and the judged chain of an established session.
+fn record_tls<S>(
+    inner: &Inner,
+    h: &mut HostReport,
+    tls_stream: &tokio_rustls::client::TlsStream<S>,
+) {
     let (_, session) = tls_stream.get_ref();
     let version = match session.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
@@ -459,20 +514,49 @@ async fn smtp_session(inner: &Inner, h: &mut HostReport, addrs: &[IpAddr]) {
         chain: report,
         ehlo_after_tls: false,
     });
-    let mut conn = SmtpConn::new(tls_stream, limits);
-    match conn.command(&format!("EHLO {helo}"), t.step).await {
-        Ok(r) if r.is_positive() => {
-            if let Some(tls) = h.tls.as_mut() {
-                tls.ehlo_after_tls = true;
+}
+
+/// A second session that offers only TLS 1.0/1.1 (hand-made ClientHello, no TLS 1.3
+/// supported_versions), to learn which legacy version a server that refused 1.2/1.3 speaks.
+async fn legacy_version_probe(
+    inner: &Inner,
+    host: &str,
+    addr: SocketAddr,
+) -> Result<&'static str, String> {
+    let t = inner.config.timeouts;
+    let stream = connect(addr, t.connect).await?;
+    let mut scratch = HostReport::new(host, addr.port(), None, None);
+    let Some(mut raw) = until_starttls(inner, &mut scratch, stream).await else {
+        return Err("the second session for a TLS 1.0/1.1 check failed".into());
+    };
+    let mut random = [0u8; 32];
+    tls::provider()
+        .secure_random
+        .fill(&mut random)
+        .map_err(|_| "no random source".to_string())?;
+    let hello = tls::legacy_client_hello(host, random);
+    let mut first = [0u8; 16];
+    let exchange = async {
+        raw.write_all(&hello).await?;
+        let mut got = 0;
+        while got < first.len() {
+            match raw.read(&mut first[got..]).await? {
+                0 => break,
+                n => got += n,
             }
         }
-        Ok(r) => h
-            .warnings
-            .push(format!("EHLO after STARTTLS rejected: {}", r.summary())),
-        Err(e) => h.warnings.push(format!("EHLO after STARTTLS: {e}")),
+        Ok::<usize, std::io::Error>(got)
+    };
+    let got = match tokio::time::timeout(t.step, exchange).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Err(format!("TLS 1.0/1.1 check: {e}")),
+        Err(_) => return Err("TLS 1.0/1.1 check timed out".into()),
+    };
+    match tls::sniff_server_hello_version(&first[..got]) {
+        Some(v) if v < 0x0303 => Ok(tls::legacy_name(v)),
+        Some(_) => Err("the server answered a TLS 1.1 hello with a newer version".into()),
+        None => Err("it also rejected TLS 1.0 and 1.1".into()),
     }
-    // QUIT is a courtesy; its failure changes nothing.
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.command("QUIT", t.step)).await;
 }
 
 fn server_name(host: &str) -> ServerName<'static> {

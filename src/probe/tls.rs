@@ -395,13 +395,63 @@ pub(crate) fn classify_handshake_error(err: &io::Error, first_bytes: &[u8]) -> H
     }
 }
 
-fn legacy_name(v: u16) -> &'static str {
+pub(crate) fn legacy_name(v: u16) -> &'static str {
     match v {
         0x0301 => "1.0",
         0x0302 => "1.1",
         0x0300 => "SSL 3.0",
         _ => "pre-1.2",
     }
+}
+
+/// A TLS 1.1 ClientHello in the pre-1.3 format (no supported_versions), offering the
+/// ECDHE/RSA CBC suites that TLS 1.0/1.1 servers have. Only used to read the ServerHello's
+/// version; the handshake is never completed.
+pub(crate) fn legacy_client_hello(host: &str, random: [u8; 32]) -> Vec<u8> {
+    const SUITES: [u16; 9] = [
+        0xc009, 0xc013, 0xc00a, 0xc014, 0x0033, 0x0039, 0x002f, 0x0035, 0x000a,
+    ];
+    let mut ext = Vec::new();
+    let push_ext = |ext: &mut Vec<u8>, typ: u16, body: &[u8]| {
+        ext.extend_from_slice(&typ.to_be_bytes());
+        ext.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        ext.extend_from_slice(body);
+    };
+    if host.parse::<std::net::IpAddr>().is_err() && host.len() < 256 {
+        let name = host.as_bytes();
+        let mut sni = Vec::new();
+        sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+        sni.push(0); // host_name
+        sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        sni.extend_from_slice(name);
+        push_ext(&mut ext, 0x0000, &sni);
+    }
+    // supported_groups: x25519, secp256r1, secp384r1; ec_point_formats: uncompressed.
+    push_ext(
+        &mut ext,
+        0x000a,
+        &[0x00, 0x06, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18],
+    );
+    push_ext(&mut ext, 0x000b, &[0x01, 0x00]);
+
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&random);
+    body.push(0); // no session id
+    body.extend_from_slice(&((SUITES.len() * 2) as u16).to_be_bytes());
+    for s in SUITES {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+
+    let mut hs = vec![0x01];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    record
 }
 
 /// The `server_version` of a ServerHello at the start of `b`, if that is what `b` holds.
