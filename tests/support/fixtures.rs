@@ -195,7 +195,9 @@ pub fn server_config(leaf: &Leaf, tls12_only: bool) -> Arc<ServerConfig> {
 
 /// A mutable zone served by [`spawn_dns`].
 #[derive(Clone, Default)]
-pub struct Zone(Arc<Mutex<HashMap<(String, RecordType), Vec<RData>>>>);
+pub struct Zone(Arc<Mutex<Records>>);
+
+type Records = HashMap<(String, RecordType), Vec<RData>>;
 
 fn key(name: &str) -> String {
     let n = name.trim_end_matches('.').to_ascii_lowercase();
@@ -481,8 +483,10 @@ async fn serve_smtp(mut stream: TcpStream, b: Smtp) -> std::io::Result<()> {
         }
         Smtp::CloseMidHandshake => {
             read_record(&mut stream).await?;
-            // Half a ServerHello, then close.
-            stream.write_all(&HELLO_TLS10[..20]).await?;
+            // Half a TLS 1.2 ServerHello, then close.
+            let mut half = HELLO_TLS10;
+            half[10] = 0x03;
+            stream.write_all(&half[..20]).await?;
         }
         Smtp::Proxy(to) => {
             let mut upstream = TcpStream::connect(to).await?;
