@@ -15,7 +15,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Test the TLS of mail domains or hosts, like a "Test TLS connection" button.
+    // about/long_about come from ProbeArgs' own #[command] attributes.
     Probe(probe::ProbeArgs),
     /// Print the CustomResourceDefinitions.
     Crds,

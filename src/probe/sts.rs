@@ -30,6 +30,7 @@ pub enum StsMode {
 
 /// A parsed policy file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StsPolicy {
     pub version: String,
     pub mode: StsMode,

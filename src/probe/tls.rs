@@ -113,6 +113,7 @@ pub(crate) fn root_store(extra: &[CertificateDer<'static>]) -> (RootCertStore, u
 
 /// One certificate of the peer chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CertInfo {
     pub subject: String,
     pub issuer: String,
@@ -168,6 +169,7 @@ fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
 
 /// What the recorded chain says, judged after the handshake.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ChainReport {
     /// Certificates the server sent.
     pub chain_length: usize,
