@@ -1,1 +1,434 @@
-fn main() {}
+//! Probe throughput: `cargo bench --bench probe`.
+//!
+//! Starts N STARTTLS servers on 127.x addresses (in a child process, so the memory numbers
+//! are the prober's alone) and measures destinations per second at concurrency 1, 16, 64 for
+//! - the mailtls probe engine on domains (MX, A/AAAA, TLSA, MTA-STS TXT via a loopback DNS
+//!   server, full SMTP dialogue, chain evaluation),
+//! - the engine on `[ip]:port` host targets (no DNS),
+//! - a raw loop: TCP connect, greeting, EHLO, STARTTLS, rustls handshake, close (the ceiling),
+//! - Postfix `posttls-finger` run once per destination (sequentially and 16 in parallel).
+//!
+//! Also the RSS growth per in-flight probe at concurrency 64.
+
+#[path = "../tests/support/fixtures.rs"]
+#[allow(dead_code)]
+mod fixtures;
+
+use std::io::{BufRead, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fixtures::*;
+use mailtls::api::TlsVersion;
+use mailtls::probe::{ProbeConfig, Prober, Requirement, Target, Timeouts};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const SERVERS: usize = 64;
+const SERVE_ENV: &str = "MAILTLS_BENCH_SERVE";
+
+fn main() {
+    if std::env::var_os(SERVE_ENV).is_some() {
+        serve();
+        return;
+    }
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run());
+}
+
+/// Child process: run the servers until stdin closes.
+fn serve() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        init();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("bench CA");
+        let zone = Zone::default();
+        let (listeners, port) = bind_group(SERVERS).await;
+        let mut ips = Vec::new();
+        for (i, (ip, l)) in listeners.into_iter().enumerate() {
+            let domain = format!("d{i}.bench");
+            let mx = format!("mx.{domain}");
+            zone.mx(&domain, 10, &mx);
+            zone.a(&mx, ip);
+            spawn_smtp(l, Smtp::Good(server_config(&ca.leaf(&[&mx]), false)));
+            ips.push(ip.to_string());
+        }
+        let dns = spawn_dns(zone).await;
+        let ca_path = ca.write_pem(dir.path());
+        println!("READY {dns} {port} {} {}", ca_path.display(), ips.join(","));
+        std::io::stdout().flush().expect("flush");
+        // Serve until the parent closes our stdin.
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            while std::io::stdin()
+                .read_line(&mut sink)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {}
+        })
+        .await;
+        drop(dir);
+    });
+}
+
+struct Env {
+    dns: SocketAddr,
+    port: u16,
+    ca_path: String,
+    ca: CertificateDer<'static>,
+    ips: Vec<IpAddr>,
+}
+
+const STRICT: Requirement = Requirement {
+    require_tls: true,
+    require_ca_signed: true,
+    validate_hostname: true,
+    min_tls: TlsVersion::V1_2,
+};
+
+async fn run() {
+    init();
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = std::process::Command::new(exe)
+        .env(SERVE_ENV, "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn server process");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("child stdout"))
+        .read_line(&mut line)
+        .expect("READY line");
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(parts.first(), Some(&"READY"), "server said {line:?}");
+    let env = Env {
+        dns: parts[1].parse().expect("dns addr"),
+        port: parts[2].parse().expect("port"),
+        ca_path: parts[3].to_string(),
+        ca: CertificateDer::from_pem_file(parts[3]).expect("CA PEM"),
+        ips: parts[4]
+            .split(',')
+            .map(|s| s.parse().expect("ip"))
+            .collect(),
+    };
+
+    println!(
+        "## Probe benchmark ({} STARTTLS servers on loopback)\n",
+        env.ips.len()
+    );
+    println!("| what | concurrency | destinations | seconds | destinations/s |");
+    println!("| --- | --- | --- | --- | --- |");
+    let mut rates = Vec::new();
+    let mut mem_line = String::new();
+    for c in [1usize, 16, 64] {
+        let n = (c * 8).max(64);
+        let prober = prober(&env, c);
+        // Warm up (resolver cache, lazy statics) with one pass over the servers.
+        let _ = probe_domains(&prober, &env, SERVERS).await;
+
+        let sampler = RssSampler::start();
+        let (secs, ok) = probe_domains(&prober, &env, n).await;
+        let (baseline, peak) = sampler.stop();
+        report("mailtls probe (domain: DNS+SMTP+TLS)", c, n, secs, ok);
+        let domain_rate = n as f64 / secs;
+        if c == 64 {
+            let per = peak.saturating_sub(baseline) as f64 / c as f64;
+            mem_line = format!(
+                "RSS before {baseline} KiB, peak {peak} KiB during concurrency 64: ≈ {per:.0} KiB per in-flight probe"
+            );
+        }
+        let (secs, ok) = probe_hosts(&prober, &env, n).await;
+        report("mailtls probe (host [ip]:port)", c, n, secs, ok);
+        let host_rate = n as f64 / secs;
+        let (secs, ok) = raw_loop(&env, c, n).await;
+        report("raw TCP+STARTTLS+rustls handshake", c, n, secs, ok);
+        let raw_rate = n as f64 / secs;
+        rates.push((c, domain_rate, host_rate, raw_rate));
+    }
+    let mut finger = Vec::new();
+    if std::path::Path::new("/usr/sbin/posttls-finger").exists() {
+        for (c, n) in [(1usize, 32usize), (16, 64)] {
+            let (secs, ok) = posttls_finger(&env, c, n).await;
+            report(
+                "posttls-finger, one process per destination",
+                c,
+                n,
+                secs,
+                ok,
+            );
+            finger.push(n as f64 / secs);
+        }
+    }
+    println!();
+    for (c, d, h, r) in &rates {
+        println!(
+            "concurrency {c}: domain probe {:.0}% and host probe {:.0}% of the raw rate",
+            d / r * 100.0,
+            h / r * 100.0
+        );
+    }
+    if let (Some(best_finger), Some((_, d, h, _))) =
+        (finger.iter().cloned().reduce(f64::max), rates.last())
+    {
+        println!(
+            "concurrency 64 vs best posttls-finger rate: domain probe {:.0}×, host probe {:.0}×",
+            d / best_finger,
+            h / best_finger
+        );
+    }
+    println!("{mem_line}");
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+fn report(what: &str, c: usize, n: usize, secs: f64, ok: usize) {
+    let note = if ok == n {
+        String::new()
+    } else {
+        format!(" ({ok} passed!)")
+    };
+    println!(
+        "| {what} | {c} | {n}{note} | {secs:.3} | {:.0} |",
+        n as f64 / secs
+    );
+}
+
+fn prober(env: &Env, concurrency: usize) -> Prober {
+    Prober::new(ProbeConfig {
+        resolver: Some(env.dns),
+        extra_roots: vec![env.ca.clone()],
+        helo: "bench.test".into(),
+        smtp_port: env.port,
+        timeouts: Timeouts::from_step(Duration::from_secs(10)),
+        concurrency,
+        ..ProbeConfig::default()
+    })
+    .expect("prober")
+}
+
+async fn probe_domains(prober: &Prober, env: &Env, n: usize) -> (f64, usize) {
+    let items = (0..n)
+        .map(|i| {
+            (
+                Target::Domain(format!("d{}.bench", i % env.ips.len())),
+                STRICT,
+            )
+        })
+        .collect();
+    timed(prober, items).await
+}
+
+async fn probe_hosts(prober: &Prober, env: &Env, n: usize) -> (f64, usize) {
+    let req = Requirement {
+        validate_hostname: false,
+        ..STRICT
+    };
+    let items = (0..n)
+        .map(|i| {
+            let host = env.ips[i % env.ips.len()].to_string();
+            (
+                Target::Host {
+                    host,
+                    port: env.port,
+                    mx_lookup: false,
+                },
+                req,
+            )
+        })
+        .collect();
+    timed(prober, items).await
+}
+
+async fn timed(prober: &Prober, items: Vec<(Target, Requirement)>) -> (f64, usize) {
+    let start = Instant::now();
+    let reports = prober.probe_many(items).await;
+    let secs = start.elapsed().as_secs_f64();
+    let ok = reports.iter().filter(|r| r.passed()).count();
+    if let Some(bad) = reports.iter().find(|r| !r.passed()) {
+        eprintln!(
+            "first failure: {} {} {}",
+            bad.destination,
+            bad.outcome(),
+            bad.message
+        );
+    }
+    (secs, ok)
+}
+
+/// The ceiling: the least an STARTTLS client must do, with a normal validating verifier.
+async fn raw_loop(env: &Env, c: usize, n: usize) -> (f64, usize) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(env.ca.clone()).expect("root");
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let next = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..c {
+        let (connector, next, ok) = (connector.clone(), next.clone(), ok.clone());
+        let ips = env.ips.clone();
+        let port = env.port;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    return;
+                }
+                let k = i % ips.len();
+                let name = ServerName::try_from(format!("mx.d{k}.bench")).expect("name");
+                if raw_once(&connector, SocketAddr::new(ips[k], port), name)
+                    .await
+                    .is_ok()
+                {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    (
+        start.elapsed().as_secs_f64(),
+        ok.load(Ordering::Relaxed) as usize,
+    )
+}
+
+async fn raw_once(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    name: ServerName<'static>,
+) -> std::io::Result<()> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut r = BufReader::new(tcp);
+    let mut line = String::new();
+    let read_reply =
+        async |r: &mut BufReader<TcpStream>, line: &mut String| -> std::io::Result<()> {
+            loop {
+                line.clear();
+                if r.read_line(line).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return Ok(());
+                }
+            }
+        };
+    read_reply(&mut r, &mut line).await?;
+    r.get_mut().write_all(b"EHLO bench.test\r\n").await?;
+    read_reply(&mut r, &mut line).await?;
+    r.get_mut().write_all(b"STARTTLS\r\n").await?;
+    read_reply(&mut r, &mut line).await?;
+    let mut tls = connector.connect(name, r.into_inner()).await?;
+    tls.shutdown().await?;
+    Ok(())
+}
+
+/// `posttls-finger -c -l secure -F ca.pem [ip]:port mx.dK.bench`, `c` processes at a time.
+async fn posttls_finger(env: &Env, c: usize, n: usize) -> (f64, usize) {
+    let next = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..c {
+        let (next, ok) = (next.clone(), ok.clone());
+        let ips = env.ips.clone();
+        let (port, ca) = (env.port, env.ca_path.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    return;
+                }
+                let k = i % ips.len();
+                let out = tokio::process::Command::new("/usr/sbin/posttls-finger")
+                    .args(["-c", "-l", "secure", "-F", &ca])
+                    .arg(format!("[{}]:{port}", ips[k]))
+                    .arg(format!("mx.d{k}.bench"))
+                    .output()
+                    .await;
+                if let Ok(out) = out {
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    if text.contains("Verified TLS connection established") {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else if i == 0 {
+                        eprintln!(
+                            "posttls-finger said: {text}{}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    (
+        start.elapsed().as_secs_f64(),
+        ok.load(Ordering::Relaxed) as usize,
+    )
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Samples VmRSS every 2 ms on a plain thread.
+struct RssSampler {
+    baseline: u64,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start() -> RssSampler {
+        let baseline = rss_kib();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kib());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        });
+        RssSampler {
+            baseline,
+            stop,
+            handle,
+        }
+    }
+
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let peak = self.handle.join().unwrap_or(0);
+        (self.baseline, peak.max(self.baseline))
+    }
+}
