@@ -2,6 +2,7 @@
 //! implicit-MX fallback, null MX (RFC 7505), addresses, TLSA and the MTA-STS TXT record.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -11,6 +12,7 @@ use hickory_resolver::config::{
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
+use tokio::sync::Semaphore;
 
 use super::{MxHost, TlsaRecord};
 
@@ -46,7 +48,12 @@ pub enum MxSet {
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioResolver,
+    /// Bounds queries in flight: thousands of destinations must not flood the server.
+    in_flight: Arc<Semaphore>,
 }
+
+/// Most DNS queries in flight at once per resolver.
+const MAX_QUERIES_IN_FLIGHT: usize = 64;
 
 /// Outcome of a lookup that may legitimately find nothing.
 enum Found<T> {
@@ -85,11 +92,16 @@ impl Dns {
         let resolver = builder
             .build()
             .map_err(|e| DnsError::Setup(e.to_string()))?;
-        Ok(Dns { resolver })
+        Ok(Dns {
+            resolver,
+            in_flight: Arc::new(Semaphore::new(MAX_QUERIES_IN_FLIGHT)),
+        })
     }
 
     async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Found<Vec<RData>>, DnsError> {
         let fqdn = fqdn(name);
+        // The semaphore is never closed, so acquire only fails if it were; then go ahead.
+        let _permit = self.in_flight.acquire().await.ok();
         match self.resolver.lookup(fqdn.as_str(), rtype).await {
             Ok(lookup) => {
                 let data: Vec<RData> = lookup

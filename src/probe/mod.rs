@@ -460,6 +460,22 @@ pub struct DestinationReport {
 }
 
 impl DestinationReport {
+    fn internal_error(target: &Target, req: &Requirement, why: &str) -> DestinationReport {
+        DestinationReport {
+            destination: target.display(),
+            requirement: *req,
+            outcome: Outcome::InternalError,
+            passed: false,
+            message: format!("probe failed internally: {why}"),
+            warnings: Vec::new(),
+            mx_kind: MxKind::Unknown,
+            mx: Vec::new(),
+            sts: None,
+            hosts: Vec::new(),
+            duration_ms: 0,
+        }
+    }
+
     /// Whether the destination met the requirement.
     pub fn passed(&self) -> bool {
         self.passed
@@ -608,7 +624,13 @@ impl Prober {
             let prober = self.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let report = prober.probe(&target, &req).await;
+                // A nested task turns a panic (a bug) into a report instead of a lost result.
+                let inner = prober.clone();
+                let (t, r) = (target.clone(), req);
+                let report = match tokio::spawn(async move { inner.probe(&t, &r).await }).await {
+                    Ok(report) => report,
+                    Err(e) => DestinationReport::internal_error(&target, &req, &e.to_string()),
+                };
                 // The receiver may be gone (caller lost interest); nothing to do then.
                 let _ = tx.send((i, report)).await;
             });

@@ -559,6 +559,8 @@ async fn legacy_version_probe(
     }
 }
 
+/// SNI name for a host. A name rustls rejects (odd characters from DNS) falls back to the
+/// unspecified address, which sends no SNI; the recording verifier does not use the name.
 fn server_name(host: &str) -> ServerName<'static> {
     match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),

@@ -33,6 +33,8 @@ pub enum Outcome {
     Timeout,
     /// The SMTP dialogue failed: error replies, malformed or over-long replies.
     SmtpError,
+    /// The probe itself failed (a bug); never a statement about the destination.
+    InternalError,
 }
 
 impl Outcome {
@@ -55,6 +57,7 @@ impl Outcome {
             Outcome::ConnectError => "connect-error",
             Outcome::Timeout => "timeout",
             Outcome::SmtpError => "smtp-error",
+            Outcome::InternalError => "internal-error",
         }
     }
 
