@@ -128,81 +128,106 @@ async fn run() {
         "## Probe benchmark ({} STARTTLS servers on loopback)\n",
         env.ips.len()
     );
-    println!("| what | concurrency | destinations | seconds | destinations/s |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("Median of {REPEATS} runs (min–max in brackets).\n");
+    println!("| what | concurrency | destinations per run | destinations/s |");
+    println!("| --- | --- | --- | --- |");
     let mut rates = Vec::new();
     let mut mem_line = String::new();
     for c in [1usize, 16, 64] {
-        let n = (c * 8).max(64);
+        let n = (c * 32).clamp(256, 2048);
         let prober = prober(&env, c);
         // Warm up (resolver cache, lazy statics) with one pass over the servers.
         let _ = probe_domains(&prober, &env, SERVERS).await;
 
         let sampler = RssSampler::start();
-        let (secs, ok) = probe_domains(&prober, &env, n).await;
+        let domain = measure(n, || probe_domains(&prober, &env, n)).await;
         let (baseline, peak) = sampler.stop();
-        report("mailtls probe (domain: DNS+SMTP+TLS)", c, n, secs, ok);
-        let domain_rate = n as f64 / secs;
+        report(
+            "mailtls probe, domains (DNS + SMTP + TLS + checks)",
+            c,
+            n,
+            domain,
+        );
         if c == 64 {
             let per = peak.saturating_sub(baseline) as f64 / c as f64;
             mem_line = format!(
-                "RSS before {baseline} KiB, peak {peak} KiB during concurrency 64: ≈ {per:.0} KiB per in-flight probe"
+                "RSS before {baseline} KiB, peak {peak} KiB while probing at concurrency 64: \
+                 ≈ {per:.0} KiB per in-flight probe"
             );
         }
-        let (secs, ok) = probe_hosts(&prober, &env, n).await;
-        report("mailtls probe (host [ip]:port)", c, n, secs, ok);
-        let host_rate = n as f64 / secs;
-        let (secs, ok) = raw_loop(&env, c, n).await;
-        report("raw TCP+STARTTLS+rustls handshake", c, n, secs, ok);
-        let raw_rate = n as f64 / secs;
-        rates.push((c, domain_rate, host_rate, raw_rate));
+        let host = measure(n, || probe_hosts(&prober, &env, n)).await;
+        report(
+            "mailtls probe, hosts `[ip]:port` (SMTP + TLS + checks)",
+            c,
+            n,
+            host,
+        );
+        let raw = measure(n, || raw_loop(&env, c, n)).await;
+        report("raw TCP + STARTTLS + rustls handshake", c, n, raw);
+        rates.push((c, domain.0, host.0, raw.0));
     }
     let mut finger = Vec::new();
     if std::path::Path::new("/usr/sbin/posttls-finger").exists() {
-        for (c, n) in [(1usize, 32usize), (16, 64)] {
-            let (secs, ok) = posttls_finger(&env, c, n).await;
-            report(
-                "posttls-finger, one process per destination",
-                c,
-                n,
-                secs,
-                ok,
-            );
-            finger.push(n as f64 / secs);
+        for c in [1usize, 16, 64] {
+            let n = (c * 4).max(48);
+            let r = measure(n, || posttls_finger(&env, c, n)).await;
+            report("posttls-finger, one process per destination", c, n, r);
+            finger.push((c, r.0));
         }
     }
     println!();
     for (c, d, h, r) in &rates {
+        let f = finger.iter().find(|(fc, _)| fc == c).map(|(_, f)| *f);
         println!(
-            "concurrency {c}: domain probe {:.0}% and host probe {:.0}% of the raw rate",
+            "- concurrency {c}: domain probe {:.0}% and host probe {:.0}% of the raw rate{}",
             d / r * 100.0,
-            h / r * 100.0
+            h / r * 100.0,
+            f.map(|f| format!(
+                "; {:.0}× / {:.0}× posttls-finger at the same concurrency",
+                d / f,
+                h / f
+            ))
+            .unwrap_or_default()
         );
     }
-    if let (Some(best_finger), Some((_, d, h, _))) =
-        (finger.iter().cloned().reduce(f64::max), rates.last())
-    {
+    let best = |v: &mut dyn Iterator<Item = f64>| v.fold(0.0_f64, f64::max);
+    let best_finger = best(&mut finger.iter().map(|(_, f)| *f));
+    if best_finger > 0.0 {
+        let best_domain = best(&mut rates.iter().map(|r| r.1));
+        let best_host = best(&mut rates.iter().map(|r| r.2));
         println!(
-            "concurrency 64 vs best posttls-finger rate: domain probe {:.0}×, host probe {:.0}×",
-            d / best_finger,
-            h / best_finger
+            "- best vs best: domain probe {:.0}×, host probe {:.0}× the best posttls-finger rate",
+            best_domain / best_finger,
+            best_host / best_finger
         );
     }
-    println!("{mem_line}");
+    println!("- {mem_line}");
     drop(child.stdin.take());
     let _ = child.wait();
 }
 
-fn report(what: &str, c: usize, n: usize, secs: f64, ok: usize) {
-    let note = if ok == n {
-        String::new()
-    } else {
-        format!(" ({ok} passed!)")
-    };
-    println!(
-        "| {what} | {c} | {n}{note} | {secs:.3} | {:.0} |",
-        n as f64 / secs
-    );
+const REPEATS: usize = 5;
+
+/// Run `f` REPEATS times; (median, min, max) destinations per second.
+async fn measure<F, Fut>(n: usize, mut f: F) -> (f64, f64, f64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (f64, usize)>,
+{
+    let mut rates = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        let (secs, ok) = f().await;
+        if ok != n {
+            eprintln!("warning: only {ok} of {n} passed");
+        }
+        rates.push(n as f64 / secs);
+    }
+    rates.sort_by(f64::total_cmp);
+    (rates[REPEATS / 2], rates[0], rates[REPEATS - 1])
+}
+
+fn report(what: &str, c: usize, n: usize, (median, min, max): (f64, f64, f64)) {
+    println!("| {what} | {c} | {n} | {median:.0} ({min:.0}–{max:.0}) |");
 }
 
 fn prober(env: &Env, concurrency: usize) -> Prober {

@@ -346,6 +346,8 @@ pub fn spawn_smtp(listener: TcpListener, behaviour: Smtp) {
                 return;
             };
             let b = behaviour.clone();
+            // Replies are single small writes; Nagle would hold them behind delayed ACKs.
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let _ = serve_smtp(stream, b).await;
             });
