@@ -620,21 +620,32 @@ impl Prober {
         items: Vec<(Target, Requirement)>,
     ) -> mpsc::Receiver<(usize, DestinationReport)> {
         let (tx, rx) = mpsc::channel(items.len().max(1));
-        for (i, (target, req)) in items.into_iter().enumerate() {
-            let prober = self.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                // A nested task turns a panic (a bug) into a report instead of a lost result.
-                let inner = prober.clone();
-                let (t, r) = (target.clone(), req);
-                let report = match tokio::spawn(async move { inner.probe(&t, &r).await }).await {
-                    Ok(report) => report,
-                    Err(e) => DestinationReport::internal_error(&target, &req, &e.to_string()),
+        // Destinations started but not finished: twice the session bound keeps every
+        // session slot busy (DNS of the next overlaps sessions of the current) without
+        // holding thousands of half-done probes in memory.
+        let window = Arc::new(Semaphore::new(self.inner.config.concurrency.max(1) * 2));
+        let prober = self.clone();
+        tokio::spawn(async move {
+            for (i, (target, req)) in items.into_iter().enumerate() {
+                let Ok(slot) = window.clone().acquire_owned().await else {
+                    return;
                 };
-                // The receiver may be gone (caller lost interest); nothing to do then.
-                let _ = tx.send((i, report)).await;
-            });
-        }
+                let prober = prober.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    // A nested task turns a panic (a bug) into a report, not a lost result.
+                    let (t, r) = (target.clone(), req);
+                    let report = match tokio::spawn(async move { prober.probe(&t, &r).await }).await
+                    {
+                        Ok(report) => report,
+                        Err(e) => DestinationReport::internal_error(&target, &req, &e.to_string()),
+                    };
+                    drop(slot);
+                    // The receiver may be gone (caller lost interest); nothing to do then.
+                    let _ = tx.send((i, report)).await;
+                });
+            }
+        });
         rx
     }
 

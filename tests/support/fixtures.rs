@@ -319,6 +319,8 @@ pub enum Smtp {
     StarttlsRefused,
     /// STARTTLS accepted, then garbage instead of a ServerHello.
     BrokenHandshake,
+    /// Data right behind the STARTTLS 220, before any handshake (CVE-2011-0411 style).
+    DataAfterStarttls,
     /// STARTTLS accepted, then a TLS 1.0 ServerHello (what a TLS 1.0-only server sends).
     LegacyHello,
     /// Like a TLS 1.1-only server: a protocol_version alert for a hello that lists TLS 1.3
@@ -423,7 +425,12 @@ async fn serve_smtp(mut stream: TcpStream, b: Smtp) -> std::io::Result<()> {
                     .await?;
                 continue;
             }
-            w.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+            if matches!(b, Smtp::DataAfterStarttls) {
+                w.write_all(b"220 2.0.0 Ready to start TLS\r\n250 injected\r\n")
+                    .await?;
+            } else {
+                w.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+            }
             break;
         } else if cmd == "QUIT" {
             w.write_all(b"221 2.0.0 Bye\r\n").await?;
@@ -459,6 +466,7 @@ async fn serve_smtp(mut stream: TcpStream, b: Smtp) -> std::io::Result<()> {
             }
         }
         Smtp::BrokenHandshake => {
+            read_record(&mut stream).await?;
             stream.write_all(b"this is not TLS at all\r\n").await?;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
