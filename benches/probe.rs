@@ -101,7 +101,23 @@ const STRICT: Requirement = Requirement {
 async fn run() {
     init();
     let exe = std::env::current_exe().expect("current exe");
-    let mut child = std::process::Command::new(exe)
+    // With taskset, the fixture servers get CPU 1 and everything measured (this process,
+    // posttls-finger) CPU 0, so server work does not count against the client under test.
+    let pinned = std::path::Path::new("/usr/bin/taskset").exists()
+        && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let mut command = if pinned {
+        let own = std::process::id().to_string();
+        let _ = std::process::Command::new("/usr/bin/taskset")
+            .args(["-a", "-p", "-c", "0", &own])
+            .stdout(std::process::Stdio::null())
+            .status();
+        let mut c = std::process::Command::new("/usr/bin/taskset");
+        c.args(["-c", "1"]).arg(&exe);
+        c
+    } else {
+        std::process::Command::new(&exe)
+    };
+    let mut child = command
         .env(SERVE_ENV, "1")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -128,7 +144,14 @@ async fn run() {
         "## Probe benchmark ({} STARTTLS servers on loopback)\n",
         env.ips.len()
     );
-    println!("Median of {REPEATS} runs (min–max in brackets).\n");
+    println!(
+        "Median of {REPEATS} runs (min–max in brackets). {}\n",
+        if pinned {
+            "Servers pinned to CPU 1, the measured client (and posttls-finger) to CPU 0."
+        } else {
+            "Servers and client share all CPUs."
+        }
+    );
     println!("| what | concurrency | destinations per run | destinations/s |");
     println!("| --- | --- | --- | --- |");
     let mut rates = Vec::new();

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, MX, TLSA, TXT};
+use hickory_proto::rr::rdata::{A, MX, SOA, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -293,6 +293,20 @@ pub async fn spawn_dns(zone: Zone) -> SocketAddr {
             if let Some(q) = query.queries.first() {
                 let (code, data) = zone.answer(&q.name().to_ascii(), q.query_type());
                 resp.metadata.response_code = code;
+                if data.is_empty() {
+                    // An SOA in the authority section makes the answer cacheable
+                    // (RFC 2308), as a real server's would be.
+                    let soa = SOA::new(
+                        name("ns.test"),
+                        name("hostmaster.test"),
+                        1,
+                        3600,
+                        600,
+                        86400,
+                        60,
+                    );
+                    resp.add_authority(Record::from_rdata(Name::root(), 60, RData::SOA(soa)));
+                }
                 for d in data {
                     resp.add_answer(Record::from_rdata(q.name().clone(), 60, d));
                 }
