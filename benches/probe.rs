@@ -324,26 +324,38 @@ async fn raw_loop(env: &Env, c: usize, n: usize) -> (f64, usize) {
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let (ips, port) = (env.ips.clone(), env.port);
+    pool(c, n, move |i| {
+        let (connector, k) = (connector.clone(), i % ips.len());
+        let addr = SocketAddr::new(ips[k], port);
+        async move {
+            let name = ServerName::try_from(format!("mx.d{k}.bench")).expect("name");
+            raw_once(&connector, addr, name).await.is_ok()
+        }
+    })
+    .await
+}
+
+/// `c` workers share `n` jobs; returns (seconds, jobs that returned true).
+async fn pool<F, Fut>(c: usize, n: usize, job: F) -> (f64, usize)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let job = Arc::new(job);
     let next = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..c {
-        let (connector, next, ok) = (connector.clone(), next.clone(), ok.clone());
-        let ips = env.ips.clone();
-        let port = env.port;
+        let (job, next, ok) = (job.clone(), next.clone(), ok.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 if i >= n {
                     return;
                 }
-                let k = i % ips.len();
-                let name = ServerName::try_from(format!("mx.d{k}.bench")).expect("name");
-                if raw_once(&connector, SocketAddr::new(ips[k], port), name)
-                    .await
-                    .is_ok()
-                {
+                if job(i).await {
                     ok.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -391,60 +403,29 @@ async fn raw_once(
 
 /// `posttls-finger -c -l secure -F ca.pem [ip]:port mx.dK.bench`, `c` processes at a time.
 async fn posttls_finger(env: &Env, c: usize, n: usize) -> (f64, usize) {
-    let next = Arc::new(AtomicU64::new(0));
-    let ok = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..c {
-        let (next, ok) = (next.clone(), ok.clone());
-        let ips = env.ips.clone();
-        let (port, ca) = (env.port, env.ca_path.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= n {
-                    return;
-                }
-                let k = i % ips.len();
-                let out = tokio::process::Command::new("/usr/sbin/posttls-finger")
-                    .args(["-c", "-l", "secure", "-F", &ca])
-                    .arg(format!("[{}]:{port}", ips[k]))
-                    .arg(format!("mx.d{k}.bench"))
-                    .output()
-                    .await;
-                if let Ok(out) = out {
-                    let text = String::from_utf8_lossy(&out.stdout);
-                    if text.contains("Verified TLS connection established") {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    } else if i == 0 {
-                        eprintln!(
-                            "posttls-finger said: {text}{}",
-                            String::from_utf8_lossy(&out.stderr)
-                        );
-                    }
-                }
+    let (ips, port, ca) = (env.ips.clone(), env.port, env.ca_path.clone());
+    pool(c, n, move |i| {
+        let k = i % ips.len();
+        let mut cmd = tokio::process::Command::new("/usr/sbin/posttls-finger");
+        cmd.args(["-c", "-l", "secure", "-F", &ca])
+            .arg(format!("[{}]:{port}", ips[k]))
+            .arg(format!("mx.d{k}.bench"));
+        async move {
+            let Ok(out) = cmd.output().await else {
+                return false;
+            };
+            let text = String::from_utf8_lossy(&out.stdout);
+            let verified = text.contains("Verified TLS connection established");
+            if !verified && i == 0 {
+                eprintln!(
+                    "posttls-finger said: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    (
-        start.elapsed().as_secs_f64(),
-        ok.load(Ordering::Relaxed) as usize,
-    )
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+            verified
+        }
+    })
+    .await
 }
 
 /// Samples VmRSS every 2 ms on a plain thread.

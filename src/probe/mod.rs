@@ -460,19 +460,29 @@ pub struct DestinationReport {
 }
 
 impl DestinationReport {
-    fn internal_error(target: &Target, req: &Requirement, why: &str) -> DestinationReport {
+    /// An empty passing report, filled in by the probe.
+    pub(crate) fn new(target: &Target, req: &Requirement) -> DestinationReport {
         DestinationReport {
             destination: target.display(),
             requirement: *req,
-            outcome: Outcome::InternalError,
-            passed: false,
-            message: format!("probe failed internally: {why}"),
+            outcome: Outcome::Pass,
+            passed: true,
+            message: String::new(),
             warnings: Vec::new(),
             mx_kind: MxKind::Unknown,
             mx: Vec::new(),
             sts: None,
             hosts: Vec::new(),
             duration_ms: 0,
+        }
+    }
+
+    fn internal_error(target: &Target, req: &Requirement, why: &str) -> DestinationReport {
+        DestinationReport {
+            outcome: Outcome::InternalError,
+            passed: false,
+            message: format!("probe failed internally: {why}"),
+            ..DestinationReport::new(target, req)
         }
     }
 

@@ -25,19 +25,7 @@ pub(crate) async fn probe_destination(
     req: &Requirement,
 ) -> DestinationReport {
     let started = Instant::now();
-    let mut report = DestinationReport {
-        destination: target.display(),
-        requirement: *req,
-        outcome: Outcome::Pass,
-        passed: true,
-        message: String::new(),
-        warnings: Vec::new(),
-        mx_kind: MxKind::Unknown,
-        mx: Vec::new(),
-        sts: None,
-        hosts: Vec::new(),
-        duration_ms: 0,
-    };
+    let mut report = DestinationReport::new(target, req);
     let (mx_domain, port, sts_domain) = match target {
         Target::Domain(d) => (Some(d.as_str()), inner.config.smtp_port, Some(d.as_str())),
         Target::Host {

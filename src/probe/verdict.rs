@@ -239,15 +239,8 @@ pub(crate) fn judge_host(
         warnings.push(format!("{msg} (TLS not required)"));
     }
     if needs_ca {
-        if !chain.trusted_ignoring_expiry {
-            let why = chain.trust_error.as_deref().unwrap_or("untrusted chain");
-            return Judgement::new(
-                Outcome::CertificateNotTrusted,
-                format!("certificate not signed by a trusted CA: {why}{sts_note}"),
-                warnings,
-            );
-        }
-        if chain.expired {
+        // Expired wins only when the chain is otherwise CA-signed.
+        if chain.expired && chain.trusted_ignoring_expiry {
             return Judgement::new(
                 Outcome::CertificateExpired,
                 format!(
@@ -265,7 +258,7 @@ pub(crate) fn judge_host(
             let why = chain.trust_error.as_deref().unwrap_or("untrusted chain");
             return Judgement::new(
                 Outcome::CertificateNotTrusted,
-                format!("certificate not trusted: {why}{sts_note}"),
+                format!("certificate not signed by a trusted CA: {why}{sts_note}"),
                 warnings,
             );
         }

@@ -24,6 +24,19 @@ pub fn init() {
     mailtls::probe::install_crypto_provider();
 }
 
+/// Resident set size of this process in KiB (0 when unknown).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 // ---------------------------------------------------------------- loopback addresses
 
 static NEXT_ADDR: AtomicU32 = AtomicU32::new(0);
