@@ -53,8 +53,10 @@ proptest! {
     }
 
     #[test]
-    fn well_formed_multiline_round_trips(code in 200u16..560, texts in proptest::collection::vec("[ -~]{0,40}", 1..10)) {
-        prop_assume!(code % 100 < 60 && code % 10 < 10 && (code / 10) % 10 <= 5);
+    fn well_formed_multiline_round_trips(
+        code in (2u16..=5, 0u16..=5, 0u16..=9).prop_map(|(a, b, c)| a * 100 + b * 10 + c),
+        texts in proptest::collection::vec("[ -~]{0,40}", 1..10),
+    ) {
         let mut input = String::new();
         for (i, t) in texts.iter().enumerate() {
             let sep = if i + 1 == texts.len() { ' ' } else { '-' };

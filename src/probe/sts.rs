@@ -212,7 +212,9 @@ async fn fetch_inner(
         .await
         .map_err(
             |e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                Some(rustls::Error::InvalidCertificate(c)) => FetchError::Webpki(c.to_string()),
+                Some(err @ rustls::Error::InvalidCertificate(_)) => {
+                    FetchError::Webpki(super::tls::describe_cert_error(err))
+                }
                 _ => fetch("TLS handshake", &e),
             },
         )?;

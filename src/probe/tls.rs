@@ -153,7 +153,8 @@ impl CertInfo {
             sans,
             not_before: super::rfc3339(not_before),
             not_after: super::rfc3339(not_after),
-            days_left: (not_after - now_unix).div_euclid(86_400),
+            // Truncating: expired yesterday is -1, expiring later today is 0.
+            days_left: (not_after - now_unix) / 86_400,
         };
         Some((info, not_before, not_after))
     }
@@ -297,7 +298,7 @@ fn name_matches(cert: &rustls::server::ParsedCertificate<'_>, name: &str) -> boo
     }
 }
 
-fn describe_cert_error(e: &rustls::Error) -> String {
+pub(crate) fn describe_cert_error(e: &rustls::Error) -> String {
     use rustls::CertificateError as C;
     match e {
         rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
