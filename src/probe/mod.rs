@@ -748,6 +748,28 @@ mod tests {
     }
 
     #[test]
+    fn requirements_from_resources() {
+        let tls = GatewayTls {
+            require: true,
+            require_ca_signed: true,
+            min_tls_version: TlsVersion::V1_3,
+            ..GatewayTls::default()
+        };
+        let req = Requirement::for_gateway(&tls);
+        assert!(req.require_tls && req.require_ca_signed && !req.validate_hostname);
+        assert_eq!(req.min_tls, TlsVersion::V1_3);
+        let mut spec: TlsComplianceSpec = serde_json::from_value(serde_json::json!({
+            "direction": "Outbound", "addressLists": [{"name": "partners"}]
+        }))
+        .expect("compliance spec");
+        spec.require_ca_signed = true;
+        spec.validate_hostname = true;
+        let req = Requirement::for_compliance(&spec);
+        assert!(req.require_tls && req.require_ca_signed && req.validate_hostname);
+        assert_eq!(req.min_tls, TlsVersion::V1_2);
+    }
+
+    #[test]
     fn formats_time() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
