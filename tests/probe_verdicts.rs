@@ -734,3 +734,49 @@ async fn cli_weaker_requirements_and_usage() {
         assert!(stdout.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_gateway_library_and_cli() {
+    init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("ipv6 test CA");
+    let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    };
+    let port = listener.local_addr().expect("addr").port();
+    spawn_smtp(
+        listener,
+        Smtp::Good(server_config(&ca.leaf(&["::1"]), false)),
+    );
+    let dest = format!("[::1]:{port}");
+
+    let prober = Prober::new(ProbeConfig {
+        extra_roots: vec![ca.der.clone()],
+        check_sts: false,
+        ..ProbeConfig::default()
+    })
+    .expect("prober");
+    let r = prober
+        .probe(&Target::parse(&dest, 25).expect("target"), &STRICT)
+        .await;
+    assert_eq!(r.outcome(), "pass", "{}", r.message);
+    assert_eq!(r.destination, dest);
+    let tls = r.hosts[0].tls.as_ref().expect("tls");
+    assert!(tls.chain.name_matches_host);
+    assert_eq!(r.hosts[0].connected.as_deref(), Some(dest.as_str()));
+
+    let ca_file = ca.write_pem(dir.path());
+    let (code, stdout, stderr) = cli(&[
+        "probe".into(),
+        "--ca-file".into(),
+        ca_file.display().to_string(),
+        "--validate-hostname".into(),
+        "--output".into(),
+        "json".into(),
+        dest.clone(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(json_outcomes(&stdout).1[&dest], "pass");
+}
