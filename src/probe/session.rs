@@ -91,9 +91,15 @@ pub(crate) async fn probe_destination(
         ));
     }
 
+    // Names are also checked against the mail domain (Postfix `secure` style).
     let domain_for_names = match target {
         Target::Domain(d) => Some(d.as_str()),
-        _ => None,
+        Target::Host {
+            host,
+            mx_lookup: true,
+            ..
+        } => Some(host.as_str()),
+        Target::Host { .. } => None,
     };
     let with_pref = report.mx_kind == MxKind::Mx;
     let host_futures = report.mx.iter().take(inner.config.max_mx_hosts).map(|mx| {
@@ -123,7 +129,7 @@ pub(crate) async fn probe_destination(
 
     let mut first_failure = None;
     for h in &mut report.hosts {
-        let j = verdict::judge_host(h, h.failure.as_ref(), req, report.sts.as_ref());
+        let j = verdict::judge_host(h, req, report.sts.as_ref());
         h.outcome = j.outcome;
         h.passed = j.outcome.is_pass();
         h.message = j.message;

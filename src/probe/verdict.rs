@@ -123,12 +123,7 @@ fn legacy_version(v: &str) -> Option<TlsVersion> {
 
 /// Judge one host against `req`, taking an MTA-STS policy in enforce mode into account
 /// (it makes TLS, a trusted certificate and an MX-name match mandatory).
-pub(crate) fn judge_host(
-    h: &HostReport,
-    failure: Option<&HostFailure>,
-    req: &Requirement,
-    sts: Option<&StsReport>,
-) -> Judgement {
+pub(crate) fn judge_host(h: &HostReport, req: &Requirement, sts: Option<&StsReport>) -> Judgement {
     let sts_mode = sts.and_then(|s| s.policy.as_ref()).map(|p| p.mode);
     let sts_enforce = sts_mode == Some(StsMode::Enforce);
     let needs_tls =
@@ -159,7 +154,7 @@ pub(crate) fn judge_host(
         }
     };
 
-    match failure {
+    match h.failure.as_ref() {
         Some(HostFailure::Dns(m)) => return Judgement::new(Outcome::DnsError, m.clone(), warnings),
         Some(HostFailure::Connect(m)) => {
             return Judgement::new(Outcome::ConnectError, m.clone(), warnings);
