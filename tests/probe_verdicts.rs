@@ -508,6 +508,20 @@ async fn library_weaker_requirements() {
         )
         .await;
     assert_eq!(r.outcome(), "certificate-not-trusted");
+
+    // A gateway with mxLookup: its MX hosts are probed, its own name also counts for the
+    // certificate, and MTA-STS is not consulted.
+    let gw = Target::Host {
+        host: "sts-mismatch.test".into(),
+        port: w.port,
+        mx_lookup: true,
+    };
+    let r = prober.probe(&gw, &STRICT).await;
+    assert_eq!(r.outcome(), "pass", "{}", r.message);
+    assert_eq!(r.destination, format!("sts-mismatch.test:{}", w.port));
+    assert_eq!(r.mx_kind, mailtls::probe::MxKind::Mx);
+    assert!(r.sts.is_none());
+    assert_eq!(r.hosts[0].host, "mx.sts-mismatch.test");
 }
 
 async fn cli(args: &[String]) -> (i32, String, String) {
