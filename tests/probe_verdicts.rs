@@ -69,6 +69,8 @@ async fn world() -> World {
             Smtp::Good(server_config(&ca.leaf(&["mx.tls12.test"]), true)),
         ),
         ("nostarttls.test", Smtp::NoStarttls),
+        ("rejecting.test", Smtp::RejectGreeting),
+        ("noehlo.test", Smtp::RejectEhlo),
         ("refused.test", Smtp::StarttlsRefused),
         ("broken.test", Smtp::BrokenHandshake),
         ("injected.test", Smtp::DataAfterStarttls),
@@ -247,6 +249,8 @@ const STRICT_CASES: &[(&str, &str)] = &[
     ("expiring.test", "pass"),
     ("tls12.test", "pass"),
     ("nostarttls.test", "starttls-not-supported"),
+    ("rejecting.test", "smtp-error"),
+    ("noehlo.test", "starttls-not-supported"),
     ("refused.test", "starttls-not-supported"),
     ("broken.test", "validation-failure"),
     ("injected.test", "smtp-error"),
@@ -326,6 +330,13 @@ async fn library_strict_verdicts() {
             .version,
         "1.2"
     );
+    assert!(
+        got["injected.test"]
+            .message
+            .contains("after the STARTTLS reply")
+    );
+    assert!(got["rejecting.test"].message.contains("554"));
+    assert!(got["noehlo.test"].message.contains("EHLO rejected"));
     let expiring = got["expiring.test"];
     assert!(
         expiring.warnings.iter().any(|w| w.contains("expires in")),

@@ -355,6 +355,10 @@ pub enum Smtp {
     Tls11Only,
     /// STARTTLS accepted, then the connection is piped to a TLS server (e.g. openssl -tls1).
     Proxy(SocketAddr),
+    /// Greets with 554 (no service).
+    RejectGreeting,
+    /// Answers EHLO with 502 (an SMTP-only server).
+    RejectEhlo,
     /// Accepts and never says anything.
     Silent,
     /// A greeting of endless `220-` lines.
@@ -429,7 +433,14 @@ async fn serve_smtp(mut stream: TcpStream, b: Smtp) -> std::io::Result<()> {
     }
     let starttls = !matches!(b, Smtp::NoStarttls);
     let mut reader = BufReader::new(stream);
-    reader.get_mut().write_all(b"220 fixture ESMTP\r\n").await?;
+    if matches!(b, Smtp::RejectGreeting) {
+        reader
+            .get_mut()
+            .write_all(b"554 5.3.2 no service here\r\n")
+            .await?;
+    } else {
+        reader.get_mut().write_all(b"220 fixture ESMTP\r\n").await?;
+    }
     let mut line = String::new();
     loop {
         line.clear();
@@ -438,7 +449,9 @@ async fn serve_smtp(mut stream: TcpStream, b: Smtp) -> std::io::Result<()> {
         }
         let cmd = line.trim().to_ascii_uppercase();
         let w = reader.get_mut();
-        if cmd.starts_with("EHLO") {
+        if cmd.starts_with("EHLO") && matches!(b, Smtp::RejectEhlo) {
+            w.write_all(b"502 5.5.2 EHLO not implemented\r\n").await?;
+        } else if cmd.starts_with("EHLO") {
             let ext = if starttls {
                 "250-SIZE 10240000\r\n250 STARTTLS\r\n"
             } else {
