@@ -297,6 +297,12 @@ async fn library_strict_verdicts() {
     let w = world().await;
     let prober = w.prober();
     let mut names: Vec<&str> = STRICT_CASES.iter().map(|(d, _)| *d).collect();
+    // Where openssl is installed, the real TLS 1.0-only server must be part of the run.
+    let has_openssl = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok();
+    assert_eq!(w.openssl, has_openssl, "openssl s_server -tls1 fixture");
     if w.openssl {
         names.push("openssl10.test");
     }
