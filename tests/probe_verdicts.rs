@@ -618,6 +618,25 @@ async fn cli_strict_verdicts() {
         good["hosts"][0]["tls"]["chain"][0]["sans"][0],
         "mx.good.test"
     );
+    // The documented schema (docs/probe-json.md), key by key where it matters to scripts.
+    assert_eq!(good["mxKind"], "mx");
+    assert!(good["hosts"][0]["tls"]["daysLeft"].as_i64().is_some());
+    assert_eq!(good["hosts"][0]["tls"]["trustedIgnoringExpiry"], true);
+    assert_eq!(
+        good["hosts"][0]["tls"]["chain"][0]["notAfter"]
+            .as_str()
+            .map(str::len),
+        Some(20)
+    );
+    assert_eq!(good["hosts"][0]["starttlsOffered"], true);
+    let sts = doc["destinations"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["destination"] == "sts-enforce.test"))
+        .expect("sts-enforce.test");
+    assert_eq!(sts["sts"]["policy"]["maxAge"], 86400);
+    assert_eq!(sts["sts"]["policy"]["mode"], "enforce");
+    assert_eq!(sts["sts"]["mxMatch"], true);
+    assert_eq!(doc["summary"]["byOutcome"]["pass"].as_u64(), Some(8));
 
     // All passing → exit 0, table output.
     let mut args = w.cli_base();
