@@ -122,20 +122,8 @@ async fn hostile_servers_library() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_servers_cli() {
     let w = hostile_world().await;
-    let mut args: Vec<String> = vec![
-        "probe".into(),
-        "--resolver".into(),
-        w.dns.to_string(),
-        "--port".into(),
-        w.port.to_string(),
-        "--ca-file".into(),
-        w.ca_file.display().to_string(),
-        "--timeout".into(),
-        "2s".into(),
-        "--validate-hostname".into(),
-        "--output".into(),
-        "json".into(),
-    ];
+    let mut args = probe_args(w.dns, w.port, &w.ca_file, "2s");
+    args.extend(["--validate-hostname", "--output", "json"].map(String::from));
     args.extend(CASES.iter().map(|(d, _, _)| d.to_string()));
     let out = tokio::time::timeout(
         Duration::from_secs(60),

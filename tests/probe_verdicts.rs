@@ -215,21 +215,10 @@ impl World {
     }
 
     fn cli_base(&self) -> Vec<String> {
-        vec![
-            "probe".into(),
-            "--resolver".into(),
-            self.dns.to_string(),
-            "--port".into(),
-            self.port.to_string(),
-            "--sts-port".into(),
-            self.sts_port.to_string(),
-            "--ca-file".into(),
-            self.ca_file.display().to_string(),
-            "--helo".into(),
-            "probe.test".into(),
-            "--timeout".into(),
-            "5s".into(),
-        ]
+        let mut args = probe_args(self.dns, self.port, &self.ca_file, "5s");
+        args.extend(["--sts-port".into(), self.sts_port.to_string()]);
+        args.extend(["--helo", "probe.test"].map(String::from));
+        args
     }
 }
 

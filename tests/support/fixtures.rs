@@ -37,6 +37,26 @@ pub fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// `mailtls probe` arguments pointing at the fixtures.
+pub fn probe_args(
+    dns: SocketAddr,
+    port: u16,
+    ca_file: &std::path::Path,
+    timeout: &str,
+) -> Vec<String> {
+    vec![
+        "probe".into(),
+        "--resolver".into(),
+        dns.to_string(),
+        "--port".into(),
+        port.to_string(),
+        "--ca-file".into(),
+        ca_file.display().to_string(),
+        "--timeout".into(),
+        timeout.into(),
+    ]
+}
+
 // ---------------------------------------------------------------- loopback addresses
 
 static NEXT_ADDR: AtomicU32 = AtomicU32::new(0);
