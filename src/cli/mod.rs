@@ -5,6 +5,7 @@ mod crds;
 mod explain;
 pub mod load;
 mod output;
+pub mod probe;
 mod render;
 mod standalone;
 
@@ -29,6 +30,8 @@ enum Command {
     Standalone(standalone::StandaloneArgs),
     /// Say which policies apply to an address, the effective settings, the next hop and why.
     Explain(explain::ExplainArgs),
+    // about/long_about come from ProbeArgs' own #[command] attributes.
+    Probe(probe::ProbeArgs),
     /// Print the CustomResourceDefinitions (or write them to a directory).
     Crds(crds::CrdsArgs),
 }
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
         Command::Render(args) => render::run(args),
         Command::Standalone(args) => standalone::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Probe(args) => probe::main(args),
         Command::Crds(args) => crds::run(args),
     }
 }
