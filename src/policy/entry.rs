@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn order_is_by_text_and_equality_ignores_nothing() {
-        let mut v = vec![e("b.example"), e(".a.example"), e("a@b.example")];
+        let mut v = [e("b.example"), e(".a.example"), e("a@b.example")];
         v.sort();
         assert_eq!(
             v.iter().map(Entry::as_str).collect::<Vec<_>>(),
