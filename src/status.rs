@@ -249,7 +249,21 @@ pub fn tls_compliance_status(
         observed,
         now,
     );
-    ensure_untested(&mut status.conditions, p.spec.test.enabled, observed, now);
+    if p.spec.direction.outbound() {
+        ensure_untested(&mut status.conditions, p.spec.test.enabled, observed, now);
+    } else {
+        for t in [TESTED, COMPLIANT] {
+            set_condition_raw(
+                &mut status.conditions,
+                t,
+                "Unknown".into(),
+                "InboundOnly",
+                "inbound TLS is enforced on incoming connections; there is nothing to connect to and test".into(),
+                observed,
+                now,
+            );
+        }
+    }
     status
 }
 

@@ -44,6 +44,12 @@ pub struct TestSummary {
     pub failed: u32,
     /// Destinations that passed with a warning (e.g. certificate expiring soon).
     pub warnings: u32,
+    /// The `mailtls.io/test-now` annotation value this test answered, if it was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// Destinations that could not be tested (`.example.com` wildcards name no host).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub untestable: u32,
     /// Count of results by outcome (`pass`, `starttls-not-supported`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_outcome: BTreeMap<String, u32>,
@@ -71,4 +77,8 @@ pub struct DestinationResult {
     /// Days until the leaf certificate expires, if one was seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_days_left: Option<i64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -8,6 +8,7 @@ mod output;
 pub mod probe;
 mod render;
 mod standalone;
+mod tests_loop;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -142,7 +142,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A usage error: message for stderr, exit 2.
-struct UsageError(String);
+pub(crate) struct UsageError(pub(crate) String);
 
 impl ProbeArgs {
     fn requirement(&self) -> Requirement {
@@ -208,7 +208,9 @@ impl ProbeArgs {
     }
 }
 
-fn read_pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, UsageError> {
+pub(crate) fn read_pem_certs(
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, UsageError> {
     let bad = |e: &dyn std::fmt::Display| UsageError(format!("--ca-file {}: {e}", path.display()));
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| bad(&e))?

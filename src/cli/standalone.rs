@@ -8,9 +8,11 @@
 use super::load::{LoadError, load};
 use super::output::{RenderFlags, write_files};
 use super::render::warn_conflicts;
+use super::tests_loop::{Running, TestFlags, due_plans, run_plans};
 use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::api::RelayConfigRef;
 use crate::policy::{Evaluation, Inputs, Kind, ResourceId, evaluate};
+use crate::probe::Prober;
 use crate::render::{MANIFEST, RenderOptions, render};
 use crate::status::{self, Reconciled};
 use clap::Args;
@@ -21,6 +23,7 @@ use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -34,9 +37,12 @@ pub struct StandaloneArgs {
     /// Directory for the rendered relay files and the resources with status.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Keep running and reconcile again whenever a file under --dir changes.
+    /// Keep running and reconcile again whenever a file under --dir changes (and every 30s,
+    /// to start the TLS tests that fall due).
     #[arg(long)]
     watch: bool,
+    #[command(flatten)]
+    tests: TestFlags,
     #[command(flatten)]
     flags: RenderFlags,
 }
@@ -50,14 +56,26 @@ pub fn run(args: StandaloneArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
-    if let Err(e) = reconcile_dir(&args.dir, &args.out, &opts) {
-        eprintln!("error: {e}");
-        return ExitCode::from(EXIT_INVALID);
-    }
-    if !args.watch {
-        return ExitCode::SUCCESS;
-    }
-    match watch(&args.dir, &args.out, &opts) {
+    let prober = match args.tests.prober() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = if args.watch {
+        runtime.block_on(watch(&args.dir, &args.out, &opts, prober))
+    } else {
+        runtime.block_on(once(&args.dir, &args.out, &opts, prober))
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -85,11 +103,38 @@ fn check_dirs(dir: &Path, out: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Re-run on every change under `dir`, with a short quiet period so an editor's several
-/// writes become one reconcile.
-fn watch(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<(), String> {
+/// One reconcile, then the tests due now (if on), waiting for them.
+async fn once(
+    dir: &Path,
+    out: &Path,
+    opts: &RenderOptions,
+    prober: Option<Prober>,
+) -> Result<(), String> {
+    let namespaces = reconcile_dir(dir, out, opts)?;
+    if let Some(prober) = prober {
+        let running = Running::default();
+        let plans = due_plans(&namespaces, &running);
+        let n: usize = plans.iter().map(|(_, p)| p.items.len()).sum();
+        eprintln!(
+            "testing TLS of {n} destinations for {} resources",
+            plans.len()
+        );
+        run_plans(prober, plans, out.to_path_buf(), Arc::default(), running).await;
+    }
+    Ok(())
+}
+
+/// Reconcile on every change under `dir` (a short quiet period turns an editor's several
+/// writes into one pass) and every 30 seconds; start the tests that fall due in the
+/// background, so a slow test never delays a reconcile.
+async fn watch(
+    dir: &Path,
+    out: &Path,
+    opts: &RenderOptions,
+    prober: Option<Prober>,
+) -> Result<(), String> {
     use notify::{RecursiveMode, Watcher};
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
     })
@@ -98,21 +143,48 @@ fn watch(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<(), String> {
         .watch(dir, RecursiveMode::Recursive)
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
     tracing::info!(dir = %dir.display(), "watching for changes");
-    while let Ok(first) = rx.recv() {
-        if let Err(e) = first {
-            tracing::warn!("watch error: {e}");
+    let lock: Arc<Mutex<()>> = Arc::default();
+    let running = Running::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.tick().await;
+    loop {
+        let namespaces = {
+            let _guard = lock.lock();
+            reconcile_dir(dir, out, opts)
+        };
+        match (namespaces, &prober) {
+            (Ok(namespaces), Some(prober)) => {
+                let plans = due_plans(&namespaces, &running);
+                if !plans.is_empty() {
+                    tokio::spawn(run_plans(
+                        prober.clone(),
+                        plans,
+                        out.to_path_buf(),
+                        lock.clone(),
+                        running.clone(),
+                    ));
+                }
+            }
+            (Ok(_), None) => {}
+            (Err(e), _) => tracing::error!("{e}"),
         }
-        while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
-        if let Err(e) = reconcile_dir(dir, out, opts) {
-            tracing::error!("{e}");
+        tokio::select! {
+            event = rx.recv() => {
+                match event {
+                    None => return Ok(()),
+                    Some(Err(e)) => tracing::warn!("watch error: {e}"),
+                    Some(Ok(_)) => {}
+                }
+                while tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_ok_and(|e| e.is_some()) {}
+            }
+            _ = tick.tick() => {}
         }
     }
-    Ok(())
 }
 
 /// One reconcile of every namespace found in `dir` (and of namespaces that were in `out`
 /// before but have no resources now: their configuration is emptied).
-pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<(), String> {
+pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<Vec<Inputs>, String> {
     let (loaded, errors) = load(&[dir.to_path_buf()], "default");
     for e in &errors {
         tracing::warn!("{e} (skipped)");
@@ -127,6 +199,7 @@ pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<(),
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut rows = Vec::new();
+    let mut reconciled = Vec::new();
     for ns in namespaces {
         let mut inputs = loaded
             .namespaces
@@ -155,6 +228,7 @@ pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<(),
             hash: config.hash.clone(),
             ..Default::default()
         };
+        reconciled.push(inputs.clone());
         rows.extend(write_statuses(
             &ns_out.join("resources"),
             &inputs,
@@ -164,11 +238,11 @@ pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<(),
         )?);
     }
     print_summary(&rows, &errors);
-    Ok(())
+    Ok(reconciled)
 }
 
 /// `kind-name.yaml` inside a namespace's resources directory.
-fn resource_file(dir: &Path, kind: Kind, name: &str) -> PathBuf {
+pub(super) fn resource_file(dir: &Path, kind: Kind, name: &str) -> PathBuf {
     dir.join(format!("{}-{name}.yaml", kind.to_string().to_lowercase()))
 }
 
@@ -295,7 +369,7 @@ fn row(namespace: &str, id: ResourceId, conditions: &[crate::api::Condition]) ->
 
 /// Write a resource with its status, unless the file already says the same (timestamps
 /// aside).
-fn write_resource<K: Serialize + kube::Resource>(
+pub(super) fn write_resource<K: Serialize + kube::Resource>(
     dir: &Path,
     id: &ResourceId,
     r: &K,

@@ -13,6 +13,7 @@
 //! The JSON form of [`DestinationReport`] is documented in `docs/probe-json.md`.
 
 pub mod dns;
+pub mod plan;
 mod session;
 pub mod smtp;
 pub mod sts;

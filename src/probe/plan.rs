@@ -1,0 +1,186 @@
+//! Periodic tests (pure): which resources are due, what to test for each, and how the
+//! results become status. The reconcile loops (standalone, controller) run the probes.
+
+use super::{DestinationReport, Requirement, Target, results_for_status, summarize};
+use crate::api::{
+    AddressList, Condition, OutboundGateway, TEST_NOW_ANNOTATION, TestSpec, TestSummary,
+    TlsCompliance,
+};
+use crate::policy::{Entry, Kind, ResourceId, list_entries, parse_interval};
+use crate::status::{COMPLIANT, TESTED, set_condition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use std::collections::BTreeSet;
+
+/// Per-destination results kept in a status.
+pub const RESULTS_CAP: usize = 50;
+
+/// What one resource's test consists of.
+#[derive(Clone, Debug)]
+pub struct TestPlan {
+    pub id: ResourceId,
+    pub items: Vec<(Target, Requirement)>,
+    /// Entries that name no host (subdomain wildcards).
+    pub untestable: u32,
+    /// The test-now annotation value being answered, if any.
+    pub trigger: Option<String>,
+}
+
+/// Why a test is due now, if it is.
+pub fn due(
+    test_now: Option<&str>,
+    test: &TestSpec,
+    last: Option<&TestSummary>,
+    now: Timestamp,
+) -> Option<Option<String>> {
+    if !test.enabled {
+        return None;
+    }
+    if let Some(value) = test_now
+        && last.and_then(|l| l.trigger.as_deref()) != Some(value)
+    {
+        return Some(Some(value.to_string()));
+    }
+    let interval = parse_interval(&test.interval).ok()?;
+    let Some(last) = last else { return Some(None) };
+    let last_time: Timestamp = last.time.parse().ok()?;
+    let next = last_time
+        .checked_add(SignedDuration::try_from(interval).ok()?)
+        .ok()?;
+    (next <= now).then_some(None)
+}
+
+/// When the next interval test of a resource falls due (`None`: never, or now).
+pub fn next_due(test: &TestSpec, last: Option<&TestSummary>) -> Option<Timestamp> {
+    let interval = SignedDuration::try_from(parse_interval(&test.interval).ok()?).ok()?;
+    let last: Timestamp = last?.time.parse().ok()?;
+    last.checked_add(interval).ok()
+}
+
+fn annotation<K: kube::Resource>(r: &K) -> Option<&str> {
+    r.meta()
+        .annotations
+        .as_ref()?
+        .get(TEST_NOW_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// The plan for a TlsCompliance, if a test is due: every outbound destination domain
+/// (an address's domain, a listed domain) tested against the policy's requirement.
+pub fn compliance_plan(
+    p: &TlsCompliance,
+    lists: &[AddressList],
+    now: Timestamp,
+) -> Option<TestPlan> {
+    if !p.spec.direction.outbound() {
+        return None;
+    }
+    let last = p.status.as_ref().and_then(|s| s.last_test.as_ref());
+    let trigger = due(annotation(p), &p.spec.test, last, now)?;
+    let mut domains = BTreeSet::new();
+    let mut untestable = 0;
+    for r in &p.spec.address_lists {
+        for list in lists.iter().filter(|l| l.name_any() == r.name) {
+            for entry in list_entries(list) {
+                match entry {
+                    Entry::Subdomains(_) => untestable += 1,
+                    other => {
+                        domains.insert(other.domain().to_string());
+                    }
+                }
+            }
+        }
+    }
+    let requirement = Requirement::for_compliance(&p.spec);
+    Some(TestPlan {
+        id: ResourceId::new(Kind::TlsCompliance, p.name_any()),
+        items: domains
+            .into_iter()
+            .map(|d| (Target::Domain(d), requirement))
+            .collect(),
+        untestable,
+        trigger,
+    })
+}
+
+/// The plan for an OutboundGateway, if a test is due: the gateway host as the relay uses it.
+pub fn gateway_plan(g: &OutboundGateway, now: Timestamp) -> Option<TestPlan> {
+    let last = g.status.as_ref().and_then(|s| s.last_test.as_ref());
+    let trigger = due(annotation(g), &g.spec.test, last, now)?;
+    let host = crate::policy::Host::parse(&g.spec.host).ok()?;
+    let target = Target::Host {
+        host: host.to_string(),
+        port: g.spec.port,
+        mx_lookup: g.spec.mx_lookup && !host.is_ip(),
+    };
+    Some(TestPlan {
+        id: ResourceId::new(Kind::OutboundGateway, g.name_any()),
+        items: vec![(target, Requirement::for_gateway(&g.spec.tls))],
+        untestable: 0,
+        trigger,
+    })
+}
+
+/// The test part of a status: summary, capped results (failures first), and the `Tested`
+/// and `Compliant` conditions. `monitor` words failures as what *would* fail.
+pub struct TestStatus {
+    pub summary: TestSummary,
+    pub results: Vec<crate::api::DestinationResult>,
+}
+
+/// Turn a finished plan's reports into status, updating `conditions` in place.
+pub fn test_status(
+    plan: &TestPlan,
+    reports: &[DestinationReport],
+    monitor: bool,
+    conditions: &mut Vec<Condition>,
+    generation: i64,
+    now: &Time,
+) -> TestStatus {
+    let mut summary = summarize(reports, &now.0.to_string());
+    summary.trigger = plan.trigger.clone();
+    summary.untestable = plan.untestable;
+    let results = results_for_status(reports, RESULTS_CAP);
+    let tested = format!(
+        "{} destinations tested{}",
+        summary.destinations,
+        if plan.untestable > 0 {
+            format!(
+                "; {} subdomain wildcards name no host and were not tested",
+                plan.untestable
+            )
+        } else {
+            String::new()
+        }
+    );
+    set_condition(conditions, TESTED, true, "Tested", tested, generation, now);
+    let (ok, reason, message) = match (summary.failed, monitor) {
+        (0, _) if summary.destinations == 0 => {
+            (true, "NothingToTest", "no destination to test".to_string())
+        }
+        (0, _) => (
+            true,
+            "AllPassed",
+            format!("all {} destinations meet the policy", summary.destinations),
+        ),
+        (n, m) => {
+            let first = results
+                .first()
+                .map(|r| format!(" (e.g. {}: {})", r.destination, r.outcome))
+                .unwrap_or_default();
+            let verb = if m {
+                "would fail once enforced"
+            } else {
+                "fail"
+            };
+            (
+                false,
+                if m { "WouldFail" } else { "NotCompliant" },
+                format!("{n} of {} destinations {verb}{first}", summary.destinations),
+            )
+        }
+    };
+    set_condition(conditions, COMPLIANT, ok, reason, message, generation, now);
+    TestStatus { summary, results }
+}
