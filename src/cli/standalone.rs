@@ -280,75 +280,56 @@ fn write_statuses(
     now: &Time,
 ) -> Result<Vec<Row>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let mut rows = Vec::new();
-    let mut keep = BTreeSet::new();
-    write_kind(
+    let mut w = StatusWriter {
         dir,
-        &inputs.address_lists,
         inputs,
         evaluation,
         relay,
         now,
-        &mut keep,
-        &mut rows,
-    )?;
-    write_kind(
-        dir,
-        &inputs.policies,
-        inputs,
-        evaluation,
-        relay,
-        now,
-        &mut keep,
-        &mut rows,
-    )?;
-    write_kind(
-        dir,
-        &inputs.gateways,
-        inputs,
-        evaluation,
-        relay,
-        now,
-        &mut keep,
-        &mut rows,
-    )?;
+        keep: BTreeSet::new(),
+        rows: Vec::new(),
+    };
+    w.write(&inputs.address_lists)?;
+    w.write(&inputs.policies)?;
+    w.write(&inputs.gateways)?;
     // Resources deleted from --dir lose their status file too.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
-            if !keep.contains(&entry.path())
+            if !w.keep.contains(&entry.path())
                 && entry.path().extension().is_some_and(|e| e == "yaml")
             {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
-    Ok(rows)
+    Ok(w.rows)
 }
 
-/// Compute and write the status of every resource of one kind.
-#[allow(clippy::too_many_arguments)]
-fn write_kind<K: Reconciled + Serialize>(
-    dir: &Path,
-    resources: &[K],
-    inputs: &Inputs,
-    evaluation: &Evaluation,
-    relay: &RelayConfigRef,
-    now: &Time,
-    keep: &mut BTreeSet<PathBuf>,
-    rows: &mut Vec<Row>,
-) -> Result<(), String> {
-    let empty = Default::default();
-    for r in resources {
-        let id = ResourceId::new(K::KIND, r.name_any());
-        let updated = r.with_status(
-            evaluation.findings.get(&id).unwrap_or(&empty),
-            Some(relay),
-            now,
-        );
-        write_resource(dir, &id, &updated, keep)?;
-        rows.push(row(&inputs.namespace, id, updated.conditions()));
+/// Writes the statuses of one namespace, remembering which files it wrote.
+struct StatusWriter<'a> {
+    dir: &'a Path,
+    inputs: &'a Inputs,
+    evaluation: &'a Evaluation,
+    relay: &'a RelayConfigRef,
+    now: &'a Time,
+    keep: BTreeSet<PathBuf>,
+    rows: Vec<Row>,
+}
+
+impl StatusWriter<'_> {
+    /// Compute and write the status of every resource of one kind.
+    fn write<K: Reconciled + Serialize>(&mut self, resources: &[K]) -> Result<(), String> {
+        let empty = Default::default();
+        for r in resources {
+            let id = ResourceId::new(K::KIND, r.name_any());
+            let findings = self.evaluation.findings.get(&id).unwrap_or(&empty);
+            let updated = r.with_status(findings, Some(self.relay), self.now);
+            write_resource(self.dir, &id, &updated, &mut self.keep)?;
+            self.rows
+                .push(row(&self.inputs.namespace, id, updated.conditions()));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn row(namespace: &str, id: ResourceId, conditions: &[crate::api::Condition]) -> Row {
