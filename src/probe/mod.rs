@@ -30,6 +30,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::api::{DestinationResult, GatewayTls, TestSummary, TlsComplianceSpec, TlsVersion};
 use dns::{Dns, DnsError, MxSet};
+use k8s_openapi::jiff::Timestamp;
 pub use smtp::SmtpLimits;
 pub use sts::{StsMode, StsPolicy};
 pub use tls::{CertInfo, ChainReport, install_crypto_provider};
@@ -682,26 +683,13 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 (UTC, seconds) for a Unix time.
+/// RFC 3339 (UTC, seconds) for a Unix time; out-of-range times (certificates can claim
+/// anything) are clamped to jiff's range.
 pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let secs = secs.clamp(Timestamp::MIN.as_second(), Timestamp::MAX.as_second());
+    Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 /// The current time in RFC 3339.
