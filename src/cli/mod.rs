@@ -5,6 +5,7 @@ mod crds;
 mod explain;
 pub mod load;
 mod output;
+mod relay_agent;
 mod render;
 mod standalone;
 
@@ -31,6 +32,9 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Print the CustomResourceDefinitions (or write them to a directory).
     Crds(crds::CrdsArgs),
+    /// Sidecar beside Postfix: apply the rendered configuration from a watched directory
+    /// (verify, stage, `postfix check`, swap, reload), keeping the last good one on failure.
+    RelayAgent(relay_agent::RelayAgentArgs),
 }
 
 /// Entry point of the binary.
@@ -42,6 +46,7 @@ pub fn main() -> ExitCode {
         Command::Standalone(args) => standalone::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Crds(args) => crds::run(args),
+        Command::RelayAgent(args) => relay_agent::run(args),
     }
 }
 
