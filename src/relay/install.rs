@@ -263,10 +263,7 @@ fn stage(
     if !ran.stderr.trim().is_empty() {
         return Err(format!("{}: {}", describe(&probe), ran.stderr.trim()));
     }
-    run_checked(
-        Command::new("postfix").arg("-c").arg(staging).arg("check"),
-        true,
-    )?;
+    postfix_check(staging)?;
     run_checked(
         Command::new("postconf").arg("-c").arg(staging).arg("-n"),
         false,
@@ -276,6 +273,48 @@ fn stage(
         false,
     )?;
     Ok(())
+}
+
+/// `postfix check`, whose warnings go to the mail log only (never to a pipe): run it with
+/// the staging copy logging into a file of its own, and fail on any warning there. The
+/// staged main.cf is restored afterwards.
+fn postfix_check(staging: &Path) -> Result<(), String> {
+    let main = staging.join(MAIN_CF);
+    let saved = std::fs::read_to_string(&main).map_err(|e| io("cannot read", &main, e))?;
+    let log = staging.join("mailtls-check.log");
+    run_checked(
+        Command::new("postconf")
+            .arg("-c")
+            .arg(staging)
+            .arg("-e")
+            .arg(format!("maillog_file={}", log.display()))
+            .arg(format!("maillog_file_prefixes={}", staging.display())),
+        true,
+    )?;
+    let result = run_checked(
+        Command::new("postfix").arg("-c").arg(staging).arg("check"),
+        true,
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    std::fs::write(&main, saved).map_err(|e| io("cannot write", &main, e))?;
+    let problems: Vec<&str> = logged
+        .lines()
+        .filter(|l| {
+            ["warning:", "fatal:", "error:", "panic:"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect();
+    match (result, problems.is_empty()) {
+        (Ok(_), true) => Ok(()),
+        (Ok(_), false) => Err(format!("postfix check: {}", problems.join("; "))),
+        (Err(e), _) => Err(if problems.is_empty() {
+            e
+        } else {
+            format!("postfix check: {}", problems.join("; "))
+        }),
+    }
 }
 
 /// Maps first (one symlink rename), then master.cf (so the services exist), then main.cf.
