@@ -947,6 +947,9 @@ fn inside() {
     assert_delivered(&store, "d-gateway-direct", DIRECT_GW.0, true);
 
     eprintln!("e2e scenarios took {:?}", started.elapsed());
+    if std::env::var_os("MAILTLS_E2E_LOG").is_some() {
+        eprintln!("relay log:\n{}", relay.log());
+    }
     let _ = std::io::stderr().flush();
 }
 
