@@ -9,6 +9,9 @@
 //! process it starts lives there; traffic never leaves that namespace. Needs root and the
 //! packages from scripts/install-test-deps.sh.
 
+mod common;
+
+use common::{gateway, list, policy};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -502,21 +505,7 @@ impl Relay {
                 .arg(&self.ca_file)
                 .args(["--postfix-version", "auto"]),
         );
-        let tmp = self.cm.join("..data_tmp");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(format!("..v{}", self.version), &tmp).expect("link");
-        std::fs::rename(&tmp, self.cm.join("..data")).expect("swap ..data");
-        for entry in std::fs::read_dir(&version_dir)
-            .expect("version dir")
-            .flatten()
-        {
-            let name = entry.file_name();
-            let link = self.cm.join(&name);
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(Path::new("..data").join(&name), &link)
-                    .expect("file link");
-            }
-        }
+        common::kubelet_swap(&self.cm, &format!("..v{}", self.version));
     }
 
     /// `mailtls relay-agent --once`: (applied?, output).
@@ -705,28 +694,6 @@ fn dnsmasq(records: &[(&str, &str)], mx: &[(&str, &str)]) -> Kill {
     child
 }
 
-fn list(name: &str, entries: &[&str]) -> String {
-    let items: Vec<String> = entries.iter().map(|e| format!("    - \"{e}\"")).collect();
-    format!(
-        "apiVersion: mailtls.io/v1alpha1\nkind: AddressList\nmetadata:\n  name: {name}\nspec:\n  entries:\n{}\n---\n",
-        items.join("\n")
-    )
-}
-
-fn policy(name: &str, direction: &str, lists: &[&str], extra: &str) -> String {
-    let refs: Vec<String> = lists.iter().map(|l| format!("    - name: {l}")).collect();
-    format!(
-        "apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata:\n  name: {name}\nspec:\n  direction: {direction}\n  addressLists:\n{}\n{extra}\n---\n",
-        refs.join("\n")
-    )
-}
-
-fn gateway(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: mailtls.io/v1alpha1\nkind: OutboundGateway\nmetadata:\n  name: {name}\nspec:\n{spec}\n---\n"
-    )
-}
-
 /// The first policy set: enforcement against the receivers, Monitor, a per-recipient
 /// route and the inbound sender check.
 fn policy_a() -> String {
@@ -740,21 +707,19 @@ fn policy_a() -> String {
         list("monitored", &["monitored.test"]),
         list("routed", &["routed.test"]),
         list("senders", &["secure-sender@partner-in.test"]),
-        policy("bounce", "Outbound", &["bounce"], "  onFailure: Bounce"),
-        policy("defer", "Outbound", &["defer"], "  onFailure: Defer"),
+        policy("bounce", &["bounce"], "  onFailure: Bounce"),
+        policy("defer", &["defer"], "  onFailure: Defer"),
         policy(
             "verified",
-            "Outbound",
             &["verified"],
             "  requireCASigned: true\n  validateHostname: true\n  onFailure: Bounce",
         ),
         policy(
             "monitor",
-            "Outbound",
             &["monitored"],
             "  requireCASigned: true\n  validateHostname: true\n  enforcement: Monitor",
         ),
-        policy("inbound", "Inbound", &["senders"], ""),
+        policy("inbound", &["senders"], "").replace("direction: Outbound", "direction: Inbound"),
         gateway(
             "route",
             "  host: gw-route.test\n  appliesTo: Recipients\n  addressLists:\n    - name: routed",
@@ -767,7 +732,7 @@ fn policy_a() -> String {
 fn policy_b() -> String {
     policy_a()
         + &list("edited", &["edit.test"])
-        + &policy("edited", "Outbound", &["edited"], "  onFailure: Defer")
+        + &policy("edited", &["edited"], "  onFailure: Defer")
         + &gateway(
             "secure",
             "  host: securegw.test\n  appliesTo: SecureTransportRequired\n  tls:\n    require: true\n    requireCASigned: true\n    validateHostname: true",

@@ -15,6 +15,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 
 /// Apply once and log the outcome.
 pub fn apply_and_log(agent: &Agent) -> bool {
+    let before = agent.status().last_refused;
     match agent.apply() {
         Ok(Outcome::Applied { hash, reloaded }) => {
             tracing::info!(%hash, reloaded, "configuration applied");
@@ -25,6 +26,13 @@ pub fn apply_and_log(agent: &Agent) -> bool {
             true
         }
         Err(refusal) => {
+            // The periodic re-check meets the same refusal again: say it once.
+            let repeated =
+                before.is_some_and(|b| b.hash == refusal.hash && b.reason == refusal.reason);
+            if repeated {
+                tracing::debug!(reason = %refusal.reason, "configuration still refused");
+                return false;
+            }
             tracing::error!(
                 hash = refusal.hash.as_deref().unwrap_or("-"),
                 reason = %refusal.reason,
