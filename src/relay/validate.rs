@@ -34,12 +34,12 @@ pub fn check(bundle: &Bundle, maps_dir: &str) -> Result<Checked, String> {
         ));
     }
     let map = |name: &str| format!("{}:{maps_dir}/{name}", bundle.map_type.as_str());
+    let services = master_cf(
+        bundle.file(MASTER_CF),
+        &format!("pcre:{maps_dir}/{BOUNCE_FILTER}"),
+    )?;
     let mut checked = Checked {
         main_cf: main_cf(bundle.file(MAIN_CF), &map)?,
-        services: master_cf(
-            bundle.file(MASTER_CF),
-            &format!("pcre:{maps_dir}/{BOUNCE_FILTER}"),
-        )?,
         ..Default::default()
     };
     table(bundle.file(TLS_POLICY), TLS_POLICY, tls_policy_value)?;
@@ -52,8 +52,13 @@ pub fn check(bundle: &Bundle, maps_dir: &str) -> Result<Checked, String> {
         let (service, nexthop) = v
             .split_once(':')
             .ok_or("expected service:nexthop".to_string())?;
-        if !is_service_name(service) {
-            return Err(format!("bad service name {service:?}"));
+        // Only the plain smtp client and this configuration's own services: Debian's
+        // master.cf has pipe services (maildrop, uucp, …) that would run commands.
+        if service != "smtp" && !services.iter().any(|s| s == service) {
+            return Err(format!(
+                "names service {service:?}, which this configuration's master.cf does not define \
+                 (only smtp and its own mailtls-* services may be used)"
+            ));
         }
         if !nexthop.is_empty() {
             check_nexthop(nexthop)?;
@@ -62,6 +67,7 @@ pub fn check(bundle: &Bundle, maps_dir: &str) -> Result<Checked, String> {
         Ok(())
     })?;
     pcre(bundle.file(BOUNCE_FILTER))?;
+    checked.services = services;
     Ok(checked)
 }
 
@@ -267,10 +273,7 @@ fn table(
 
 fn tls_policy_value(value: &str) -> Result<(), String> {
     let mut words = value.split(' ');
-    if !matches!(
-        words.next(),
-        Some("may" | "encrypt" | "verify" | "secure" | "none")
-    ) {
+    if !matches!(words.next(), Some("may" | "encrypt" | "verify" | "secure")) {
         return Err("unknown security level".into());
     }
     for word in words {
@@ -314,4 +317,137 @@ fn pcre(text: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{RenderOptions, render};
+
+    const MAPS: &str = "/etc/postfix/mailtls";
+
+    /// The examples rendered, as the agent would read them.
+    fn bundle() -> Bundle {
+        let yaml = ["address-lists", "gateways", "tls-compliance"]
+            .map(|f| {
+                std::fs::read_to_string(format!("{}/examples/{f}.yaml", env!("CARGO_MANIFEST_DIR")))
+                    .expect("example")
+            })
+            .join("\n---\n");
+        let (loaded, errors) = crate::cli::load::load_str("examples.yaml", &yaml, "default");
+        assert!(errors.is_empty());
+        let policy = crate::policy::evaluate(&loaded.namespaces["default"]).policy;
+        let opts = RenderOptions {
+            ca_file: Some("/etc/ssl/private-ca.pem".into()),
+            ..Default::default()
+        };
+        let config = render(&policy, &opts);
+        Bundle {
+            hash: config.hash,
+            map_type: opts.map_type,
+            config_dir: MAPS.into(),
+            files: config.files,
+        }
+    }
+
+    fn with(file: &str, change: impl FnOnce(&str) -> String) -> Result<Checked, String> {
+        let mut b = bundle();
+        let text = change(b.file(file));
+        b.files.insert(file.into(), text);
+        check(&b, MAPS)
+    }
+
+    #[test]
+    fn rendered_output_passes() {
+        let checked = check(&bundle(), MAPS).expect("rendered examples are valid");
+        assert!(checked.main_cf.iter().any(|l| l.starts_with("relayhost=")));
+        assert!(checked.services.iter().all(|s| s.starts_with("mailtls-")));
+        assert!(!checked.transport_services.is_empty());
+    }
+
+    #[test]
+    fn other_maps_dir_is_refused() {
+        let err = check(&bundle(), "/elsewhere").expect_err("mismatch");
+        assert!(err.contains("--config-dir"), "{err}");
+    }
+
+    type Change = Box<dyn FnOnce(&str) -> String>;
+
+    #[test]
+    fn data_never_becomes_configuration() {
+        let append = |extra: &'static str| move |t: &str| format!("{t}{extra}");
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                MAIN_CF,
+                Box::new(append("mailbox_command = /bin/sh -c id\n")),
+            ),
+            (MAIN_CF, Box::new(append("  continued = x\n"))),
+            (MAIN_CF, Box::new(append("plaintext_reject_code = 550\n"))),
+            (MAIN_CF, Box::new(append("relayhost = a b\n"))),
+            (
+                MAIN_CF,
+                Box::new(|t: &str| {
+                    t.replace("lmdb:/etc/postfix/mailtls/transport", "lmdb:/etc/passwd")
+                }),
+            ),
+            (
+                MAIN_CF,
+                Box::new(|t: &str| t.replace("/etc/ssl/private-ca.pem", "/etc/ssl/$x")),
+            ),
+            (
+                MASTER_CF,
+                Box::new(append("evil unix - n n - - pipe\n  flags=F argv=/bin/sh\n")),
+            ),
+            (MASTER_CF, Box::new(append("  -o content_filter=evil:\n"))),
+            (
+                MASTER_CF,
+                Box::new(append(
+                    "mailtls-x unix - - n - - smtp\nmailtls-x unix - - n - - smtp\n",
+                )),
+            ),
+            (
+                MASTER_CF,
+                Box::new(|t: &str| format!("  -o smtp_tls_policy_maps=\n{t}")),
+            ),
+            (TLS_POLICY, Box::new(append("weak.example none\n"))),
+            (
+                TLS_POLICY,
+                Box::new(append("a.example encrypt ciphers=null\n")),
+            ),
+            (TLS_POLICY, Box::new(append("a,b.example encrypt\n"))),
+            (TRANSPORT, Box::new(append("a.example smtp:[a b]\n"))),
+            (TRANSPORT, Box::new(append("a.example Pipe:\n"))),
+            (TRANSPORT, Box::new(append("a.example maildrop:\n"))),
+            (TRANSPORT, Box::new(append("a.example mailtls-nope:\n"))),
+            (TRANSPORT, Box::new(append(" a.example smtp:\n"))),
+            (SENDER_ACCESS, Box::new(append("a.example OK\n"))),
+            (BOUNCE_FILTER, Box::new(append("/x/ 5.7.1 ${evil}\n"))),
+            (BOUNCE_FILTER, Box::new(append("if /x/\n"))),
+        ];
+        for (file, change) in cases {
+            assert!(
+                with(file, change).is_err(),
+                "a change to {file} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn nexthops() {
+        for ok in [
+            "[a.example]",
+            "[a.example]:587",
+            "a.example",
+            "a.example:25",
+            "[192.0.2.1]",
+            "[ipv6:2001:db8::1]:25",
+        ] {
+            assert!(check_nexthop(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "[a", "[a]x", "a:0", "a:99999", "-a", "a b", "[a,b]", "a:",
+        ] {
+            assert!(check_nexthop(bad).is_err(), "{bad}");
+        }
+    }
 }
