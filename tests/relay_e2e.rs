@@ -706,9 +706,11 @@ fn policy_a() -> String {
         ),
         list("monitored", &["monitored.test"]),
         list("routed", &["routed.test"]),
+        list("one-address", &["alice@mixed.test"]),
         list("senders", &["secure-sender@partner-in.test"]),
         policy("bounce", &["bounce"], "  onFailure: Bounce"),
         policy("defer", &["defer"], "  onFailure: Defer"),
+        policy("one-address", &["one-address"], "  onFailure: Bounce"),
         policy(
             "verified",
             &["verified"],
@@ -767,6 +769,7 @@ fn inside() {
             ("monitored.test", "mx.plain.test"),
             ("direct.test", "mx.plain.test"),
             ("edit.test", "mx.plain.test"),
+            ("mixed.test", "mx.plain.test"),
             ("routed.test", "mx.plain.test"),
             ("selfsigned.test", "mx.selfsigned.test"),
             ("wrongname.test", "mx.wrongname.test"),
@@ -825,6 +828,13 @@ fn inside() {
         relay.queue()
     );
     assert!(received(&store, "a-defer").is_empty());
+
+    // One address of a domain: its own service bounces it; the rest of the domain is
+    // delivered as before.
+    send_ok("alice@mixed.test", "a-alice");
+    assert_bounced(&relay, &store, "alice@mixed.test", "a-alice");
+    send_ok("bob@mixed.test", "a-bob");
+    assert_delivered(&store, "a-bob", PLAIN.0, false);
 
     // CA-signed + host name: self-signed and wrong-name servers get nothing.
     for (rcpt, subject) in [
@@ -910,6 +920,14 @@ fn inside() {
     relay.apply(&(policy_a() + &gateway("all", "  host: gw-direct.test\n  appliesTo: AllMail")));
     send_ok("u@direct.test", "d-gateway-direct");
     assert_delivered(&store, "d-gateway-direct", DIRECT_GW.0, true);
+
+    // The deferred message is still queued and was never delivered in plaintext.
+    assert!(
+        relay.queue().contains("u@nostarttls-defer.test"),
+        "{}",
+        relay.queue()
+    );
+    assert!(received(&store, "a-defer").is_empty());
 
     eprintln!("e2e scenarios took {:?}", started.elapsed());
     if std::env::var_os("MAILTLS_E2E_LOG").is_some() {

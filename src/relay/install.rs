@@ -189,6 +189,11 @@ fn sibling(path: &Path, prefix: &str, hash: &str) -> Result<PathBuf, String> {
 
 /// Build, check and install. On error nothing live has changed (staging is removed).
 pub fn install(bundle: &Bundle, checked: &Checked, paths: &Paths) -> Result<(), String> {
+    // One apply at a time per config directory (a watching agent and a `--once` run share
+    // the staging directory); the lock goes with the file handle.
+    let lock_path = paths.postfix_dir.join(".mailtls-lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| io("cannot create", &lock_path, e))?;
+    lock.lock().map_err(|e| io("cannot lock", &lock_path, e))?;
     let staging = paths.postfix_dir.join(STAGING);
     let new_maps = sibling(&paths.maps_dir, MAPS_PREFIX, &bundle.hash)?;
     let result = stage(bundle, checked, paths, &staging, &new_maps)
