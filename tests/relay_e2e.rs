@@ -29,6 +29,7 @@ const PLAIN: (&str, &str) = ("plain", "127.0.0.10");
 const SELF_SIGNED: (&str, &str) = ("self-signed", "127.0.0.11");
 const WRONG_NAME: (&str, &str) = ("wrong-name", "127.0.0.12");
 const GOOD: (&str, &str) = ("good", "127.0.0.13");
+const TLS12_ONLY: (&str, &str) = ("tls12-only", "127.0.0.14");
 const ROUTE_GW: (&str, &str) = ("route-gw", "127.0.0.20");
 const SECURE_GW: (&str, &str) = ("secure-gw", "127.0.0.21");
 const SMARTHOST: (&str, &str) = ("smarthost", "127.0.0.22");
@@ -40,6 +41,7 @@ const ADDRESSES: &[&str] = &[
     SELF_SIGNED.1,
     WRONG_NAME.1,
     GOOD.1,
+    TLS12_ONLY.1,
     ROUTE_GW.1,
     SECURE_GW.1,
     SMARTHOST.1,
@@ -239,6 +241,13 @@ struct Msg {
 type Store = Arc<Mutex<Vec<Msg>>>;
 
 fn tls_config(pem: &Pem) -> Arc<rustls::ServerConfig> {
+    tls_config_with(pem, rustls::DEFAULT_VERSIONS)
+}
+
+fn tls_config_with(
+    pem: &Pem,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
@@ -248,7 +257,7 @@ fn tls_config(pem: &Pem) -> Arc<rustls::ServerConfig> {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .expect("protocol versions")
     .with_no_client_auth()
     .with_single_cert(certs, key)
@@ -707,10 +716,16 @@ fn policy_a() -> String {
         list("monitored", &["monitored.test"]),
         list("routed", &["routed.test"]),
         list("one-address", &["alice@mixed.test"]),
+        list("tls13", &["tls13.test"]),
         list("senders", &["secure-sender@partner-in.test"]),
         policy("bounce", &["bounce"], "  onFailure: Bounce"),
         policy("defer", &["defer"], "  onFailure: Defer"),
         policy("one-address", &["one-address"], "  onFailure: Bounce"),
+        policy(
+            "tls13",
+            &["tls13"],
+            "  minTlsVersion: \"1.3\"\n  onFailure: Bounce",
+        ),
         policy(
             "verified",
             &["verified"],
@@ -754,6 +769,7 @@ fn inside() {
             ("mx.selfsigned.test", SELF_SIGNED.1),
             ("mx.wrongname.test", WRONG_NAME.1),
             ("mx.good.test", GOOD.1),
+            ("mx.tls12.test", TLS12_ONLY.1),
             ("gw-route.test", ROUTE_GW.1),
             ("securegw.test", SECURE_GW.1),
             ("mx.smarthost.test", SMARTHOST.1),
@@ -774,6 +790,7 @@ fn inside() {
             ("selfsigned.test", "mx.selfsigned.test"),
             ("wrongname.test", "mx.wrongname.test"),
             ("good.test", "mx.good.test"),
+            ("tls13.test", "mx.tls12.test"),
             ("smarthost.test", "mx.smarthost.test"),
             // The direct gateway's MX is the plain receiver: mail there would prove an MX
             // lookup that should not have happened.
@@ -798,6 +815,15 @@ fn inside() {
     );
     start_sink(&rt, WRONG_NAME, ca_cfg("other-name.test"), &store);
     start_sink(&rt, GOOD, ca_cfg("mx.good.test"), &store);
+    start_sink(
+        &rt,
+        TLS12_ONLY,
+        Some(tls_config_with(
+            &certs.ca_signed("mx.tls12.test"),
+            &[&rustls::version::TLS12],
+        )),
+        &store,
+    );
     start_sink(&rt, ROUTE_GW, ca_cfg("gw-route.test"), &store);
     start_sink(&rt, SECURE_GW, ca_cfg("securegw.test"), &store);
     start_sink(&rt, SMARTHOST, ca_cfg("mx.smarthost.test"), &store);
@@ -835,6 +861,11 @@ fn inside() {
     assert_bounced(&relay, &store, "alice@mixed.test", "a-alice");
     send_ok("bob@mixed.test", "a-bob");
     assert_delivered(&store, "a-bob", PLAIN.0, false);
+
+    // TLS 1.3 required, the server speaks only 1.2: the handshake fails ("Cannot start
+    // TLS"), and that is bounced too.
+    send_ok("u@tls13.test", "a-tls13");
+    assert_bounced(&relay, &store, "u@tls13.test", "a-tls13");
 
     // CA-signed + host name: self-signed and wrong-name servers get nothing.
     for (rcpt, subject) in [
