@@ -212,12 +212,8 @@ fn master_cf(text: &str, filter: &str) -> Result<Vec<String>, String> {
                 .ok_or_else(|| bad("expected -o name=value"))?;
             let ok = match name {
                 "smtp_tls_security_level" => matches!(value, "encrypt" | "verify" | "secure"),
-                "smtp_tls_verify_cert_match" => value
-                    .split(',')
-                    .all(|m| matches!(m, "hostname" | "nexthop" | "dot-nexthop")),
-                "smtp_tls_mandatory_protocols" => value
-                    .strip_prefix(">=TLSv1")
-                    .is_some_and(|v| matches!(v, "" | ".1" | ".2" | ".3")),
+                "smtp_tls_verify_cert_match" => is_match_list(value, ','),
+                "smtp_tls_mandatory_protocols" => is_min_protocol(value),
                 "smtp_tls_policy_maps" => value.is_empty(),
                 "smtp_delivery_status_filter" => value == filter,
                 _ => false,
@@ -271,6 +267,20 @@ fn table(
     Ok(())
 }
 
+/// The certificate name checks mailtls renders (`,` in master.cf, `:` in the policy table).
+fn is_match_list(value: &str, sep: char) -> bool {
+    value
+        .split(sep)
+        .all(|m| matches!(m, "hostname" | "nexthop" | "dot-nexthop"))
+}
+
+/// `>=TLSv1.2` and its kin.
+fn is_min_protocol(value: &str) -> bool {
+    value
+        .strip_prefix(">=TLSv1")
+        .is_some_and(|v| matches!(v, "" | ".1" | ".2" | ".3"))
+}
+
 fn tls_policy_value(value: &str) -> Result<(), String> {
     let mut words = value.split(' ');
     if !matches!(words.next(), Some("may" | "encrypt" | "verify" | "secure")) {
@@ -281,12 +291,8 @@ fn tls_policy_value(value: &str) -> Result<(), String> {
             .split_once('=')
             .ok_or_else(|| format!("expected attribute=value, got {word:?}"))?;
         let ok = match attr {
-            "match" => v
-                .split(':')
-                .all(|m| matches!(m, "hostname" | "nexthop" | "dot-nexthop")),
-            "protocols" => v
-                .strip_prefix(">=TLSv1")
-                .is_some_and(|v| matches!(v, "" | ".1" | ".2" | ".3")),
+            "match" => is_match_list(v, ':'),
+            "protocols" => is_min_protocol(v),
             _ => false,
         };
         if !ok {
