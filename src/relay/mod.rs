@@ -12,6 +12,7 @@ pub mod validate;
 pub use install::{BASE_SUFFIX, Paths};
 
 use serde::Serialize;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// A configuration the agent would not apply.
@@ -66,6 +67,8 @@ pub struct Agent {
     pub watch_dir: std::path::PathBuf,
     pub paths: Paths,
     pub status: Arc<Mutex<Status>>,
+    /// Installed but the reload failed: retried on the next apply even when unchanged.
+    reload_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn now() -> String {
@@ -82,6 +85,7 @@ impl Agent {
             watch_dir,
             paths,
             status: Arc::new(Mutex::new(status)),
+            reload_pending: Arc::default(),
         }
     }
 
@@ -118,6 +122,13 @@ impl Agent {
         let bundle = bundle::read(&self.watch_dir)?;
         let refuse = |reason: String| Refusal::new(Some(bundle.hash.clone()), reason);
         if install::installed_hash(&self.paths).as_deref() == Some(bundle.hash.as_str()) {
+            if self.reload_pending.load(Ordering::SeqCst) {
+                let reloaded = self.reload(&bundle.hash)?;
+                return Ok(Outcome::Applied {
+                    hash: bundle.hash,
+                    reloaded,
+                });
+            }
             return Ok(Outcome::Unchanged { hash: bundle.hash });
         }
         let maps_dir = self.paths.maps_dir.to_str().ok_or_else(|| {
@@ -128,14 +139,24 @@ impl Agent {
         })?;
         let checked = validate::check(&bundle, maps_dir).map_err(refuse)?;
         install::install(&bundle, &checked, &self.paths).map_err(refuse)?;
-        let reloaded = install::reload(&self.paths).map_err(|e| {
-            refuse(format!(
-                "installed, but {e}; Postfix keeps running the previous configuration until it reloads"
-            ))
-        })?;
+        let reloaded = self.reload(&bundle.hash)?;
         Ok(Outcome::Applied {
             hash: bundle.hash,
             reloaded,
+        })
+    }
+
+    fn reload(&self, hash: &str) -> Result<bool, Refusal> {
+        let result = install::reload(&self.paths);
+        self.reload_pending.store(result.is_err(), Ordering::SeqCst);
+        result.map_err(|e| {
+            Refusal::new(
+                Some(hash.to_string()),
+                format!(
+                    "installed, but {e}; Postfix keeps running the previous configuration \
+                     until a reload succeeds (retried at the next check)"
+                ),
+            )
         })
     }
 }
