@@ -65,7 +65,7 @@ fn run_checked(cmd: &mut Command, quiet: bool) -> Result<String, String> {
             "{}: {}",
             describe(cmd),
             if noise.is_empty() {
-                "failed".into()
+                "failed with no output".into()
             } else {
                 noise
             }
@@ -359,28 +359,18 @@ fn swap(paths: &Paths, staging: &Path, new_maps: &Path) -> Result<(), String> {
 
 /// `postfix reload` when this Postfix runs; a stopped one reads the files when it starts.
 pub fn reload(paths: &Paths) -> Result<bool, String> {
-    let running = Command::new("postfix")
-        .arg("-c")
-        .arg(&paths.postfix_dir)
-        .arg("status")
-        .output()
-        .map_err(|e| format!("cannot run postfix status: {e}"))?
-        .status
-        .success();
-    if !running {
+    let postfix = |command: &str| {
+        let mut cmd = Command::new("postfix");
+        cmd.arg("-c").arg(&paths.postfix_dir).arg(command);
+        cmd
+    };
+    if !run(&mut postfix("status"))?.success {
         return Ok(false);
     }
-    let out = Command::new("postfix")
-        .arg("-c")
-        .arg(&paths.postfix_dir)
-        .arg("reload")
-        .output()
-        .map_err(|e| format!("cannot run postfix reload: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "postfix reload failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+    // Only the exit status counts: postfix-script may echo its log line on stderr.
+    let ran = run(&mut postfix("reload"))?;
+    if !ran.success {
+        return Err(format!("postfix reload failed: {}", ran.stderr.trim()));
     }
     Ok(true)
 }
