@@ -252,10 +252,12 @@ fn table(
         let (key, value) = line
             .split_once(' ')
             .ok_or_else(|| bad(&"expected 'key value'"))?;
+        // `#` only starts a comment at the beginning of a line (skipped above), so an
+        // address like `a#b@example.com` is a key like any other.
         let key_ok = !key.is_empty()
             && key
                 .bytes()
-                .all(|b| b.is_ascii_graphic() && !b",;={}\"<>()\\".contains(&b) && b != b'#');
+                .all(|b| b.is_ascii_graphic() && !b",;={}\"<>()\\".contains(&b));
         if !key_ok {
             return Err(bad(&"bad key"));
         }
