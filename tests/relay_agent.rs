@@ -20,13 +20,53 @@ impl Drop for Kill {
 }
 
 fn render(input: &str, work: &Path, cm: &Path, version: &str, maps: &Path) {
-    let file = work.join(format!("{version}.yaml"));
+    render_into(input, work, &cm.join(version), maps);
+}
+
+/// A private Postfix config directory (never /etc/postfix) under `work`.
+fn private_instance(work: &Path) -> PathBuf {
+    let etc = work.join("etc");
+    std::fs::create_dir_all(&etc).expect("etc");
+    for f in ["main.cf", "master.cf"] {
+        std::fs::copy(Path::new("/etc/postfix").join(f), etc.join(f))
+            .expect("Debian's Postfix config in /etc/postfix");
+    }
+    etc
+}
+
+fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .to_string()
+}
+
+fn start_agent(watch: &Path, etc: &Path, maps: &Path, addr: &str) -> Kill {
+    Kill(
+        Command::new(env!("CARGO_BIN_EXE_mailtls"))
+            .arg("relay-agent")
+            .arg("--watch-dir")
+            .arg(watch)
+            .arg("--postfix-dir")
+            .arg(etc)
+            .arg("--maps-dir")
+            .arg(maps)
+            .args(["--status-addr", addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start relay-agent"),
+    )
+}
+
+fn render_into(input: &str, work: &Path, out_dir: &Path, maps: &Path) {
+    let file = work.join("policy.yaml");
     std::fs::write(&file, input).expect("write policy");
     let out = Command::new(env!("CARGO_BIN_EXE_mailtls"))
         .arg("render")
         .arg(&file)
         .arg("--output")
-        .arg(cm.join(version))
+        .arg(out_dir)
         .arg("--config-dir")
         .arg(maps)
         .args(["--postfix-version", "3.7"])
@@ -94,12 +134,7 @@ fn postconf(etc: &Path, name: &str) -> String {
 fn agent_follows_configmap_swaps_and_refuses_broken_edits() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let work = tmp.path();
-    let etc: PathBuf = work.join("etc");
-    std::fs::create_dir_all(&etc).expect("etc");
-    for f in ["main.cf", "master.cf"] {
-        std::fs::copy(Path::new("/etc/postfix").join(f), etc.join(f))
-            .expect("Debian's Postfix config in /etc/postfix");
-    }
+    let etc = private_instance(work);
     let maps = etc.join("mailtls");
     let cm = work.join("configmap");
     std::fs::create_dir_all(&cm).expect("configmap");
@@ -108,25 +143,8 @@ fn agent_follows_configmap_swaps_and_refuses_broken_edits() {
     render(&v1, work, &cm, "..v1", &maps);
     common::kubelet_swap(&cm, "..v1");
 
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .to_string();
-    let _agent = Kill(
-        Command::new(env!("CARGO_BIN_EXE_mailtls"))
-            .arg("relay-agent")
-            .arg("--watch-dir")
-            .arg(&cm)
-            .arg("--postfix-dir")
-            .arg(&etc)
-            .arg("--maps-dir")
-            .arg(&maps)
-            .args(["--status-addr", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start relay-agent"),
-    );
+    let addr = free_addr();
+    let _agent = start_agent(&cm, &etc, &maps, &addr);
     let h1 = hash_of(&cm.join("..v1"));
     wait_status(&addr, "v1 applied", |s| s["appliedHash"] == h1.as_str());
     assert_eq!(postconf(&etc, "relayhost"), "");
@@ -159,4 +177,39 @@ fn agent_follows_configmap_swaps_and_refuses_broken_edits() {
     assert!(reason.contains("does not match the manifest"), "{reason}");
     assert_eq!(postconf(&etc, "relayhost"), "[smarthost.test]");
     assert_eq!(hash_of(&maps), h2);
+}
+
+/// Without kubelet: the watched directory holds plain files, rewritten in place by
+/// `mailtls render` (each file replaced by rename); the agent applies the new version.
+#[test]
+fn agent_follows_plain_directory_rewrites() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let work = tmp.path();
+    let etc = private_instance(work);
+    let maps = etc.join("mailtls");
+    let plain = work.join("plain");
+    let v1 = list("partners", &["partner.test"]) + &policy("p", &["partners"], "");
+    render_into(&v1, work, &plain, &maps);
+    let addr = free_addr();
+    let _agent = start_agent(&plain, &etc, &maps, &addr);
+    let h1 = hash_of(&plain);
+    wait_status(&addr, "v1 applied", |s| s["appliedHash"] == h1.as_str());
+
+    let v2 = v1 + &gateway("all", "  host: smarthost.test\n  appliesTo: AllMail");
+    render_into(&v2, work, &plain, &maps);
+    let h2 = hash_of(&plain);
+    assert_ne!(h1, h2);
+    wait_status(&addr, "v2 applied", |s| s["appliedHash"] == h2.as_str());
+    assert_eq!(postconf(&etc, "relayhost"), "[smarthost.test]");
+    // Only the installed version is kept beside the maps link.
+    let versions = std::fs::read_dir(&etc)
+        .expect("etc")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".mailtls-maps-")
+        })
+        .count();
+    assert_eq!(versions, 1);
 }

@@ -354,6 +354,18 @@ fn swap(paths: &Paths, staging: &Path, new_maps: &Path) -> Result<(), String> {
     {
         let _ = std::fs::remove_dir_all(old);
     }
+    // Versions left behind by an agent that died mid-apply.
+    if let Some(parent) = maps.parent()
+        && let Ok(entries) = std::fs::read_dir(parent)
+    {
+        for entry in entries.flatten() {
+            let stale = entry.file_name().to_string_lossy().starts_with(MAPS_PREFIX)
+                && entry.path() != new_maps;
+            if stale {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     Ok(())
 }
 
