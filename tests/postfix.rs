@@ -27,11 +27,7 @@ impl Instance {
     fn new(inputs: &[&Path], map_type: &str) -> Instance {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("etc");
-        std::fs::create_dir_all(&cfg).expect("config dir");
-        for f in ["main.cf", "master.cf"] {
-            std::fs::copy(Path::new("/etc/postfix").join(f), cfg.join(f))
-                .expect("Debian's Postfix config in /etc/postfix");
-        }
+        common::private_postfix_config(&cfg);
         let maps = cfg.join("mailtls");
         let rendered = dir.path().join("rendered");
         let mut render = Command::new(env!("CARGO_BIN_EXE_mailtls"));

@@ -23,15 +23,18 @@ fn render(input: &str, work: &Path, cm: &Path, version: &str, maps: &Path) {
     render_into(input, work, &cm.join(version), maps);
 }
 
-/// A private Postfix config directory (never /etc/postfix) under `work`.
-fn private_instance(work: &Path) -> PathBuf {
-    let etc = work.join("etc");
-    std::fs::create_dir_all(&etc).expect("etc");
-    for f in ["main.cf", "master.cf"] {
-        std::fs::copy(Path::new("/etc/postfix").join(f), etc.join(f))
-            .expect("Debian's Postfix config in /etc/postfix");
-    }
-    etc
+/// A temporary directory with a private Postfix config directory in it (never
+/// /etc/postfix): (temp dir, config dir, maps dir).
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let etc = tmp.path().join("etc");
+    common::private_postfix_config(&etc);
+    let maps = etc.join("mailtls");
+    (tmp, etc, maps)
+}
+
+fn first_policy() -> String {
+    list("partners", &["partner.test"]) + &policy("p", &["partners"], "")
 }
 
 fn free_addr() -> String {
@@ -132,14 +135,12 @@ fn postconf(etc: &Path, name: &str) -> String {
 
 #[test]
 fn agent_follows_configmap_swaps_and_refuses_broken_edits() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tmp, etc, maps) = setup();
     let work = tmp.path();
-    let etc = private_instance(work);
-    let maps = etc.join("mailtls");
     let cm = work.join("configmap");
     std::fs::create_dir_all(&cm).expect("configmap");
 
-    let v1 = list("partners", &["partner.test"]) + &policy("p", &["partners"], "");
+    let v1 = first_policy();
     render(&v1, work, &cm, "..v1", &maps);
     common::kubelet_swap(&cm, "..v1");
 
@@ -183,12 +184,10 @@ fn agent_follows_configmap_swaps_and_refuses_broken_edits() {
 /// `mailtls render` (each file replaced by rename); the agent applies the new version.
 #[test]
 fn agent_follows_plain_directory_rewrites() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tmp, etc, maps) = setup();
     let work = tmp.path();
-    let etc = private_instance(work);
-    let maps = etc.join("mailtls");
     let plain = work.join("plain");
-    let v1 = list("partners", &["partner.test"]) + &policy("p", &["partners"], "");
+    let v1 = first_policy();
     render_into(&v1, work, &plain, &maps);
     let addr = free_addr();
     let _agent = start_agent(&plain, &etc, &maps, &addr);

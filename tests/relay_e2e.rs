@@ -429,13 +429,8 @@ impl Relay {
         let etc = root.join("etc");
         // The queue directory must exist (root-owned); `postfix check` makes the rest,
         // including data_directory with the right owner.
-        for dir in [&etc, &root.join("spool")] {
-            std::fs::create_dir_all(dir).expect("relay directories");
-        }
-        for f in ["main.cf", "master.cf"] {
-            std::fs::copy(Path::new("/etc/postfix").join(f), etc.join(f))
-                .expect("Debian's Postfix config in /etc/postfix");
-        }
+        std::fs::create_dir_all(root.join("spool")).expect("queue directory");
+        common::private_postfix_config(&etc);
         let relay_cert = Certs::self_signed("relay.test");
         let ca_file = root.join("ca.pem");
         std::fs::write(&ca_file, &certs.ca).expect("ca file");

@@ -113,3 +113,13 @@ pub fn kubelet_swap(cm: &std::path::Path, version: &str) {
         }
     }
 }
+
+/// A private Postfix config directory at `dir` (never /etc/postfix): Debian's main.cf and
+/// master.cf copied in.
+pub fn private_postfix_config(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("config dir");
+    for f in ["main.cf", "master.cf"] {
+        std::fs::copy(std::path::Path::new("/etc/postfix").join(f), dir.join(f))
+            .expect("Debian's Postfix config in /etc/postfix (scripts/install-test-deps.sh)");
+    }
+}
