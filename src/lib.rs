@@ -10,5 +10,6 @@ pub mod api;
 pub mod cli;
 pub mod policy;
 pub mod probe;
+pub mod relay;
 pub mod render;
 pub mod status;

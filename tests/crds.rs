@@ -121,10 +121,18 @@ fn chart_and_deploy_carry_the_same_crds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut concatenated = String::new();
     for (file, text) in mailtls::api::crds_yaml().expect("serialise") {
-        let chart = std::fs::read_to_string(root.join("charts/mailtls/crds").join(&file)).expect("chart CRD");
-        assert!(chart == text, "charts/mailtls/crds/{file} differs from crds/{file}: copy it over");
+        let chart = std::fs::read_to_string(root.join("charts/mailtls/crds").join(&file))
+            .expect("chart CRD");
+        assert!(
+            chart == text,
+            "charts/mailtls/crds/{file} differs from crds/{file}: copy it over"
+        );
         concatenated.push_str(&text);
     }
-    let deploy = std::fs::read_to_string(root.join("deploy/00-crds.yaml")).expect("deploy/00-crds.yaml");
-    assert!(deploy.ends_with(&concatenated), "deploy/00-crds.yaml is out of date: run scripts/gen-deploy.sh");
+    let deploy =
+        std::fs::read_to_string(root.join("deploy/00-crds.yaml")).expect("deploy/00-crds.yaml");
+    assert!(
+        deploy.ends_with(&concatenated),
+        "deploy/00-crds.yaml is out of date: run scripts/gen-deploy.sh"
+    );
 }

@@ -4,7 +4,7 @@
 
 mod common;
 use std::fmt::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn run(cmd: &mut Command) -> (bool, String) {
@@ -16,8 +16,9 @@ fn run(cmd: &mut Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// A private Postfix instance with mailtls's output installed the way the relay agent does:
-/// main.cf lines through `postconf -e`, master.cf services appended, maps postmapped.
+/// A private Postfix instance with mailtls's output installed by the relay agent
+/// (`mailtls relay-agent --once`): main.cf lines through `postconf -e`, master.cf services
+/// appended, maps postmapped, `postfix check` in a staging copy, then swapped in.
 struct Instance {
     dir: tempfile::TempDir,
 }
@@ -25,51 +26,36 @@ struct Instance {
 impl Instance {
     fn new(inputs: &[&Path], map_type: &str) -> Instance {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path();
-        for f in ["main.cf", "master.cf"] {
-            std::fs::copy(Path::new("/etc/postfix").join(f), cfg.join(f))
-                .expect("Debian's Postfix config in /etc/postfix");
-        }
+        let cfg = dir.path().join("etc");
+        common::private_postfix_config(&cfg);
         let maps = cfg.join("mailtls");
+        let rendered = dir.path().join("rendered");
         let mut render = Command::new(env!("CARGO_BIN_EXE_mailtls"));
         render
             .arg("render")
             .args(inputs)
             .arg("--output")
-            .arg(&maps)
+            .arg(&rendered)
             .arg("--config-dir")
             .arg(&maps)
             .args(["--map-type", map_type, "--postfix-version", "auto"]);
         let (ok, out) = run(&mut render);
         assert!(ok, "render failed:\n{out}");
-        let main: Vec<String> = std::fs::read_to_string(maps.join("main.cf"))
-            .expect("main.cf")
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| l.replacen(" = ", "=", 1))
-            .collect();
-        let (ok, out) = run(Command::new("postconf")
-            .arg("-c")
-            .arg(cfg)
-            .arg("-e")
-            .args(&main));
-        assert!(ok && out.is_empty(), "postconf -e: {out}");
-        let master = std::fs::read_to_string(maps.join("master.cf")).expect("master.cf");
-        let mut base = std::fs::read_to_string(cfg.join("master.cf")).expect("base master.cf");
-        base.push_str(&master);
-        std::fs::write(cfg.join("master.cf"), base).expect("write master.cf");
-        for map in ["tls_policy", "transport", "sender_access"] {
-            let (ok, out) = run(Command::new("postmap")
-                .arg("-c")
-                .arg(cfg)
-                .arg(format!("{map_type}:{}", maps.join(map).display())));
-            assert!(ok && out.is_empty(), "postmap {map}: {out}");
-        }
+        let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_mailtls"))
+            .arg("relay-agent")
+            .arg("--watch-dir")
+            .arg(&rendered)
+            .arg("--postfix-dir")
+            .arg(&cfg)
+            .arg("--maps-dir")
+            .arg(&maps)
+            .arg("--once"));
+        assert!(ok, "relay-agent refused the configuration:\n{out}");
         Instance { dir }
     }
 
-    fn path(&self) -> &Path {
-        self.dir.path()
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("etc")
     }
 
     fn check_clean(&self) {

@@ -6,6 +6,7 @@ mod explain;
 pub mod load;
 mod output;
 pub mod probe;
+mod relay_agent;
 mod render;
 mod standalone;
 mod tests_loop;
@@ -35,6 +36,9 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Print the CustomResourceDefinitions (or write them to a directory).
     Crds(crds::CrdsArgs),
+    /// Sidecar beside Postfix: apply the rendered configuration from a watched directory
+    /// (verify, stage, `postfix check`, swap, reload), keeping the last good one on failure.
+    RelayAgent(relay_agent::RelayAgentArgs),
 }
 
 /// Entry point of the binary.
@@ -47,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Probe(args) => probe::main(args),
         Command::Crds(args) => crds::run(args),
+        Command::RelayAgent(args) => relay_agent::run(args),
     }
 }
 

@@ -5,7 +5,10 @@ mod options;
 mod postfix;
 
 pub use options::{MapType, PostfixVersion, RenderOptions};
-pub use postfix::render;
+pub use postfix::{
+    BOUNCE_FILTER, MAIN_CF, MASTER_CF, OWNED_PARAMS, REQUIRE_TLS_CLASS, SENDER_ACCESS,
+    SERVICE_PREFIX, TLS_POLICY, TRANSPORT, render,
+};
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

@@ -37,6 +37,22 @@ pub const MASTER_CF: &str = "master.cf";
 pub const REQUIRE_TLS_CLASS: &str = "mailtls_require_tls";
 /// The service used for direct `Bounce` domains whose level comes from `tls_policy`.
 const BOUNCE_SERVICE: &str = "mailtls-bounce";
+/// Every master.cf service mailtls renders is named with this prefix.
+pub const SERVICE_PREFIX: &str = "mailtls-";
+/// The main.cf parameters mailtls owns: the only ones a rendered main.cf may set (the relay
+/// agent refuses anything else, so a ConfigMap can never set arbitrary Postfix parameters).
+pub const OWNED_PARAMS: &[&str] = &[
+    "smtp_tls_policy_maps",
+    "transport_maps",
+    "relayhost",
+    "smtpd_restriction_classes",
+    REQUIRE_TLS_CLASS,
+    "smtpd_sender_restrictions",
+    "plaintext_reject_code",
+    "smtp_tls_loglevel",
+    "smtp_tls_CAfile",
+    "tls_required_enable",
+];
 
 /// Turns the SMTP client's own mandatory-TLS failures into permanent ones. Anchored on the
 /// text Postfix itself writes; a remote server's reply reads "host X said: …" and never

@@ -93,3 +93,33 @@ pub fn gateway(name: &str, spec: &str) -> String {
         "apiVersion: mailtls.io/v1alpha1\nkind: OutboundGateway\nmetadata:\n  name: {name}\nspec:\n{spec}\n---\n"
     )
 }
+
+/// Publish `..<version>` (already written inside `cm`) the way kubelet updates a ConfigMap
+/// volume: `..data` swapped by one rename, the visible names links through `..data`.
+pub fn kubelet_swap(cm: &std::path::Path, version: &str) {
+    let tmp = cm.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(version, &tmp).expect("link ..data_tmp");
+    std::fs::rename(&tmp, cm.join("..data")).expect("swap ..data");
+    for entry in std::fs::read_dir(cm.join(version))
+        .expect("version dir")
+        .flatten()
+    {
+        let name = entry.file_name();
+        let link = cm.join(&name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(std::path::Path::new("..data").join(&name), &link)
+                .expect("file link");
+        }
+    }
+}
+
+/// A private Postfix config directory at `dir` (never /etc/postfix): Debian's main.cf and
+/// master.cf copied in.
+pub fn private_postfix_config(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("config dir");
+    for f in ["main.cf", "master.cf"] {
+        std::fs::copy(std::path::Path::new("/etc/postfix").join(f), dir.join(f))
+            .expect("Debian's Postfix config in /etc/postfix (scripts/install-test-deps.sh)");
+    }
+}

@@ -1,0 +1,162 @@
+//! The relay agent (edge): takes the rendered configuration from a watched directory (the
+//! mounted ConfigMap), verifies it against its manifest, validates every line, builds and
+//! checks it in a staging copy of the Postfix config directory, swaps it in atomically and
+//! reloads Postfix. A configuration that fails anywhere is never applied: the last good one
+//! stays, and the refusal (hash and reason) is reported.
+
+pub mod bundle;
+mod install;
+pub mod serve;
+pub mod validate;
+
+pub use install::{BASE_SUFFIX, Paths};
+
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// A configuration the agent would not apply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("refused{}: {reason}", hash.as_deref().map(|h| format!(" {h}")).unwrap_or_default())]
+pub struct Refusal {
+    /// The manifest's hash, when the manifest could be read.
+    pub hash: Option<String>,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(hash: Option<String>, reason: String) -> Refusal {
+        Refusal { hash, reason }
+    }
+}
+
+/// What one apply did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Installed; `reloaded` says whether a running Postfix was reloaded.
+    Applied { hash: String, reloaded: bool },
+    /// The configuration is the one already installed.
+    Unchanged { hash: String },
+}
+
+/// What `/status` reports.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// Hash of the configuration in effect.
+    pub applied_hash: Option<String>,
+    pub applied_at: Option<String>,
+    pub last_refused: Option<RefusedInfo>,
+    /// Counters since the agent started.
+    pub applied_total: u64,
+    pub refused_total: u64,
+    pub last_check_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedInfo {
+    pub hash: Option<String>,
+    pub reason: String,
+    pub at: String,
+}
+
+/// The agent: paths plus the shared status.
+#[derive(Clone, Debug)]
+pub struct Agent {
+    pub watch_dir: std::path::PathBuf,
+    pub paths: Paths,
+    pub status: Arc<Mutex<Status>>,
+    /// Installed but the reload failed: retried on the next apply even when unchanged.
+    reload_pending: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+impl Agent {
+    pub fn new(watch_dir: std::path::PathBuf, paths: Paths) -> Agent {
+        let status = Status {
+            applied_hash: install::installed_hash(&paths),
+            ..Default::default()
+        };
+        Agent {
+            watch_dir,
+            paths,
+            status: Arc::new(Mutex::new(status)),
+            reload_pending: Arc::default(),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Read, verify, validate, stage, check, swap, reload; the status records the result.
+    pub fn apply(&self) -> Result<Outcome, Refusal> {
+        let result = self.try_apply();
+        if let Ok(mut status) = self.status.lock() {
+            status.last_check_at = Some(now());
+            match &result {
+                Ok(Outcome::Applied { hash, .. }) => {
+                    status.applied_hash = Some(hash.clone());
+                    status.applied_at = Some(now());
+                    status.applied_total += 1;
+                }
+                Ok(Outcome::Unchanged { .. }) => {}
+                Err(refusal) => {
+                    status.refused_total += 1;
+                    status.last_refused = Some(RefusedInfo {
+                        hash: refusal.hash.clone(),
+                        reason: refusal.reason.clone(),
+                        at: now(),
+                    });
+                }
+            }
+        }
+        result
+    }
+
+    fn try_apply(&self) -> Result<Outcome, Refusal> {
+        let bundle = bundle::read(&self.watch_dir)?;
+        let refuse = |reason: String| Refusal::new(Some(bundle.hash.clone()), reason);
+        if install::installed_hash(&self.paths).as_deref() == Some(bundle.hash.as_str()) {
+            if self.reload_pending.load(Ordering::SeqCst) {
+                let reloaded = self.reload(&bundle.hash)?;
+                return Ok(Outcome::Applied {
+                    hash: bundle.hash,
+                    reloaded,
+                });
+            }
+            return Ok(Outcome::Unchanged { hash: bundle.hash });
+        }
+        let maps_dir = self.paths.maps_dir.to_str().ok_or_else(|| {
+            refuse(format!(
+                "--maps-dir {} is not UTF-8",
+                self.paths.maps_dir.display()
+            ))
+        })?;
+        let checked = validate::check(&bundle, maps_dir).map_err(refuse)?;
+        install::install(&bundle, &checked, &self.paths).map_err(refuse)?;
+        let reloaded = self.reload(&bundle.hash)?;
+        Ok(Outcome::Applied {
+            hash: bundle.hash,
+            reloaded,
+        })
+    }
+
+    fn reload(&self, hash: &str) -> Result<bool, Refusal> {
+        let result = install::reload(&self.paths);
+        self.reload_pending.store(result.is_err(), Ordering::SeqCst);
+        result.map_err(|e| {
+            Refusal::new(
+                Some(hash.to_string()),
+                format!(
+                    "installed, but {e}; Postfix keeps running the previous configuration \
+                     until a reload succeeds (retried at the next check)"
+                ),
+            )
+        })
+    }
+}

@@ -1,0 +1,461 @@
+//! Line syntax of every rendered file, checked by the agent before anything reaches Postfix.
+//! The ConfigMap is data: whoever can write it must not be able to set arbitrary Postfix
+//! parameters, add a `pipe` service or hide a second setting in a continuation line. So
+//! main.cf may only set the parameters mailtls owns (with values of the shape mailtls
+//! renders), master.cf may only add `mailtls-*` smtp services with known `-o` options, and
+//! map rows are `key value` with values of the shape each table takes.
+
+use super::bundle::Bundle;
+use crate::render::{
+    BOUNCE_FILTER, MAIN_CF, MASTER_CF, OWNED_PARAMS, REQUIRE_TLS_CLASS, SENDER_ACCESS,
+    SERVICE_PREFIX, TLS_POLICY, TRANSPORT,
+};
+use std::collections::BTreeSet;
+
+/// What validation extracted for installation.
+#[derive(Clone, Debug, Default)]
+pub struct Checked {
+    /// `name=value` arguments for `postconf -e`, in file order.
+    pub main_cf: Vec<String>,
+    /// Names of the services master.cf adds.
+    pub services: Vec<String>,
+    /// The transport table's `service` names (for the cross-check against master.cf).
+    pub transport_services: BTreeSet<String>,
+}
+
+/// Check every file of `bundle`; `maps_dir` is where the agent installs the maps, which is
+/// the only place main.cf and master.cf may point at.
+pub fn check(bundle: &Bundle, maps_dir: &str) -> Result<Checked, String> {
+    if bundle.config_dir != maps_dir {
+        return Err(format!(
+            "rendered for maps in {} but this agent installs them in {maps_dir} \
+             (render --config-dir must equal relay-agent --maps-dir)",
+            bundle.config_dir
+        ));
+    }
+    let map = |name: &str| format!("{}:{maps_dir}/{name}", bundle.map_type.as_str());
+    let services = master_cf(
+        bundle.file(MASTER_CF),
+        &format!("pcre:{maps_dir}/{BOUNCE_FILTER}"),
+    )?;
+    let mut checked = Checked {
+        main_cf: main_cf(bundle.file(MAIN_CF), &map)?,
+        ..Default::default()
+    };
+    table(bundle.file(TLS_POLICY), TLS_POLICY, tls_policy_value)?;
+    table(bundle.file(SENDER_ACCESS), SENDER_ACCESS, |v| {
+        (v == REQUIRE_TLS_CLASS)
+            .then_some(())
+            .ok_or_else(|| format!("only {REQUIRE_TLS_CLASS} is allowed"))
+    })?;
+    table(bundle.file(TRANSPORT), TRANSPORT, |v| {
+        let (service, nexthop) = v
+            .split_once(':')
+            .ok_or("expected service:nexthop".to_string())?;
+        // Only the plain smtp client and this configuration's own services: Debian's
+        // master.cf has pipe services (maildrop, uucp, …) that would run commands.
+        if service != "smtp" && !services.iter().any(|s| s == service) {
+            return Err(format!(
+                "names service {service:?}, which this configuration's master.cf does not define \
+                 (only smtp and its own mailtls-* services may be used)"
+            ));
+        }
+        if !nexthop.is_empty() {
+            check_nexthop(nexthop)?;
+        }
+        checked.transport_services.insert(service.to_string());
+        Ok(())
+    })?;
+    pcre(bundle.file(BOUNCE_FILTER))?;
+    checked.services = services;
+    Ok(checked)
+}
+
+/// Lines that carry nothing: comments and blank lines.
+fn is_comment(line: &str) -> bool {
+    line.is_empty() || line.starts_with('#')
+}
+
+fn at(file: &str, n: usize, line: &str, why: impl std::fmt::Display) -> String {
+    let shown: String = line
+        .chars()
+        .take(120)
+        .flat_map(char::escape_debug)
+        .collect();
+    format!("{file} line {}: {why}: \"{shown}\"", n + 1)
+}
+
+fn main_cf(text: &str, map: &dyn Fn(&str) -> String) -> Result<Vec<String>, String> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if is_comment(line) {
+            continue;
+        }
+        let bad = |why: &str| at(MAIN_CF, n, line, why);
+        if line.starts_with(char::is_whitespace) {
+            return Err(bad("continuation lines are not allowed"));
+        }
+        let (name, value) = line
+            .split_once(" = ")
+            .ok_or_else(|| bad("expected 'name = value'"))?;
+        if !OWNED_PARAMS.contains(&name) {
+            return Err(bad("not a parameter mailtls owns"));
+        }
+        if !seen.insert(name) {
+            return Err(bad("parameter set twice"));
+        }
+        if value.chars().any(|c| c.is_control() || c == '$') {
+            return Err(bad("control characters or '$' in the value"));
+        }
+        let ok = match name {
+            "smtp_tls_policy_maps" => value == map(TLS_POLICY),
+            "transport_maps" => value == map(TRANSPORT),
+            "smtpd_sender_restrictions" => {
+                value == format!("check_sender_access {}", map(SENDER_ACCESS))
+            }
+            "relayhost" => value.is_empty() || check_nexthop(value).is_ok(),
+            "smtpd_restriction_classes" => value == REQUIRE_TLS_CLASS,
+            REQUIRE_TLS_CLASS => value == "reject_plaintext_session",
+            "plaintext_reject_code" => {
+                value.len() == 3
+                    && value.starts_with(['4', '5'])
+                    && value.bytes().all(|b| b.is_ascii_digit())
+            }
+            "smtp_tls_loglevel" => matches!(value, "0" | "1" | "2" | "3" | "4"),
+            "tls_required_enable" => matches!(value, "yes" | "no"),
+            "smtp_tls_CAfile" => is_safe_path(value),
+            _ => false,
+        };
+        if !ok {
+            return Err(bad("value not of the form mailtls renders"));
+        }
+        out.push(format!("{name}={value}"));
+    }
+    Ok(out)
+}
+
+fn is_safe_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.contains("/../")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
+}
+
+fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `[host]`, `[host]:port`, `host` or `host:port` (host a DNS name, `[IPv4]` or
+/// `[ipv6:…]`).
+fn check_nexthop(hop: &str) -> Result<(), String> {
+    let bad = || format!("bad next-hop {hop:?}");
+    let (host, port) = if let Some(rest) = hop.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(bad)?),
+        };
+        let inner = host.strip_prefix("ipv6:").unwrap_or(host);
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+        {
+            return Err(bad());
+        }
+        (None, port)
+    } else {
+        match hop.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(hop), None),
+        }
+    };
+    if let Some(host) = host
+        && (host.is_empty()
+            || host.starts_with(['-', '.'])
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)))
+    {
+        return Err(bad());
+    }
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// master.cf additions: only `NAME unix - - n - - smtp` services named `mailtls-…`, each
+/// followed by `-o` options mailtls renders.
+fn master_cf(text: &str, filter: &str) -> Result<Vec<String>, String> {
+    let mut services: Vec<String> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if is_comment(line) {
+            continue;
+        }
+        let bad = |why: &str| at(MASTER_CF, n, line, why);
+        if let Some(option) = line.strip_prefix("  -o ") {
+            if services.is_empty() {
+                return Err(bad("option before any service"));
+            }
+            let (name, value) = option
+                .split_once('=')
+                .ok_or_else(|| bad("expected -o name=value"))?;
+            let ok = match name {
+                "smtp_tls_security_level" => matches!(value, "encrypt" | "verify" | "secure"),
+                "smtp_tls_verify_cert_match" => is_match_list(value, ','),
+                "smtp_tls_mandatory_protocols" => is_min_protocol(value),
+                "smtp_tls_policy_maps" => value.is_empty(),
+                "smtp_delivery_status_filter" => value == filter,
+                _ => false,
+            };
+            if !ok {
+                return Err(bad("option not of the form mailtls renders"));
+            }
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [name, "unix", "-", "-", "n", "-", "-", "smtp"]
+                if name.starts_with(SERVICE_PREFIX) && is_service_name(name) =>
+            {
+                if services.iter().any(|s| s == name) {
+                    return Err(bad("service defined twice"));
+                }
+                services.push(name.to_string());
+            }
+            _ => return Err(bad("only mailtls-* smtp client services may be added")),
+        }
+    }
+    Ok(services)
+}
+
+fn table(
+    text: &str,
+    file: &str,
+    mut value_ok: impl FnMut(&str) -> Result<(), String>,
+) -> Result<(), String> {
+    for (n, line) in text.lines().enumerate() {
+        if is_comment(line) {
+            continue;
+        }
+        let bad = |why: &dyn std::fmt::Display| at(file, n, line, why);
+        let (key, value) = line
+            .split_once(' ')
+            .ok_or_else(|| bad(&"expected 'key value'"))?;
+        // `#` only starts a comment at the beginning of a line (skipped above), so an
+        // address like `a#b@example.com` is a key like any other.
+        let key_ok = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b",;={}\"<>()\\".contains(&b));
+        if !key_ok {
+            return Err(bad(&"bad key"));
+        }
+        if value.is_empty() || value.chars().any(|c| c.is_control()) {
+            return Err(bad(&"bad value"));
+        }
+        value_ok(value).map_err(|e| bad(&e))?;
+    }
+    Ok(())
+}
+
+/// The certificate name checks mailtls renders (`,` in master.cf, `:` in the policy table).
+fn is_match_list(value: &str, sep: char) -> bool {
+    value
+        .split(sep)
+        .all(|m| matches!(m, "hostname" | "nexthop" | "dot-nexthop"))
+}
+
+/// `>=TLSv1.2` and its kin.
+fn is_min_protocol(value: &str) -> bool {
+    value
+        .strip_prefix(">=TLSv1")
+        .is_some_and(|v| matches!(v, "" | ".1" | ".2" | ".3"))
+}
+
+fn tls_policy_value(value: &str) -> Result<(), String> {
+    let mut words = value.split(' ');
+    if !matches!(words.next(), Some("may" | "encrypt" | "verify" | "secure")) {
+        return Err("unknown security level".into());
+    }
+    for word in words {
+        let (attr, v) = word
+            .split_once('=')
+            .ok_or_else(|| format!("expected attribute=value, got {word:?}"))?;
+        let ok = match attr {
+            "match" => is_match_list(v, ':'),
+            "protocols" => is_min_protocol(v),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "attribute {word:?} not of the form mailtls renders"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The bounce filter: `/regex/ replacement` rows; Postfix itself compiles the patterns
+/// (the installer runs `postmap -q` on it and refuses on any warning).
+fn pcre(text: &str) -> Result<(), String> {
+    for (n, line) in text.lines().enumerate() {
+        if is_comment(line) {
+            continue;
+        }
+        let ok = line.starts_with('/')
+            && line.rsplit_once("/ ").is_some_and(|(_, r)| {
+                !r.is_empty()
+                    && r.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"$.{}".contains(&b))
+            })
+            && !line.chars().any(char::is_control);
+        if !ok {
+            return Err(at(BOUNCE_FILTER, n, line, "expected '/regex/ replacement'"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{RenderOptions, render};
+
+    const MAPS: &str = "/etc/postfix/mailtls";
+
+    /// The examples rendered, as the agent would read them.
+    fn bundle() -> Bundle {
+        let yaml = ["address-lists", "gateways", "tls-compliance"]
+            .map(|f| {
+                std::fs::read_to_string(format!("{}/examples/{f}.yaml", env!("CARGO_MANIFEST_DIR")))
+                    .expect("example")
+            })
+            .join("\n---\n");
+        let (loaded, errors) = crate::cli::load::load_str("examples.yaml", &yaml, "default");
+        assert!(errors.is_empty());
+        let policy = crate::policy::evaluate(&loaded.namespaces["default"]).policy;
+        let opts = RenderOptions {
+            ca_file: Some("/etc/ssl/private-ca.pem".into()),
+            ..Default::default()
+        };
+        let config = render(&policy, &opts);
+        Bundle {
+            hash: config.hash,
+            map_type: opts.map_type,
+            config_dir: MAPS.into(),
+            files: config.files,
+        }
+    }
+
+    fn with(file: &str, change: impl FnOnce(&str) -> String) -> Result<Checked, String> {
+        let mut b = bundle();
+        let text = change(b.file(file));
+        b.files.insert(file.into(), text);
+        check(&b, MAPS)
+    }
+
+    #[test]
+    fn rendered_output_passes() {
+        let checked = check(&bundle(), MAPS).expect("rendered examples are valid");
+        assert!(checked.main_cf.iter().any(|l| l.starts_with("relayhost=")));
+        assert!(checked.services.iter().all(|s| s.starts_with("mailtls-")));
+        assert!(!checked.transport_services.is_empty());
+    }
+
+    #[test]
+    fn other_maps_dir_is_refused() {
+        let err = check(&bundle(), "/elsewhere").expect_err("mismatch");
+        assert!(err.contains("--config-dir"), "{err}");
+    }
+
+    type Change = Box<dyn FnOnce(&str) -> String>;
+
+    #[test]
+    fn data_never_becomes_configuration() {
+        let append = |extra: &'static str| move |t: &str| format!("{t}{extra}");
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                MAIN_CF,
+                Box::new(append("mailbox_command = /bin/sh -c id\n")),
+            ),
+            (MAIN_CF, Box::new(append("  continued = x\n"))),
+            (MAIN_CF, Box::new(append("plaintext_reject_code = 550\n"))),
+            (MAIN_CF, Box::new(append("relayhost = a b\n"))),
+            (
+                MAIN_CF,
+                Box::new(|t: &str| {
+                    t.replace("lmdb:/etc/postfix/mailtls/transport", "lmdb:/etc/passwd")
+                }),
+            ),
+            (
+                MAIN_CF,
+                Box::new(|t: &str| t.replace("/etc/ssl/private-ca.pem", "/etc/ssl/$x")),
+            ),
+            (
+                MASTER_CF,
+                Box::new(append("evil unix - n n - - pipe\n  flags=F argv=/bin/sh\n")),
+            ),
+            (MASTER_CF, Box::new(append("  -o content_filter=evil:\n"))),
+            (
+                MASTER_CF,
+                Box::new(append(
+                    "mailtls-x unix - - n - - smtp\nmailtls-x unix - - n - - smtp\n",
+                )),
+            ),
+            (
+                MASTER_CF,
+                Box::new(|t: &str| format!("  -o smtp_tls_policy_maps=\n{t}")),
+            ),
+            (TLS_POLICY, Box::new(append("weak.example none\n"))),
+            (
+                TLS_POLICY,
+                Box::new(append("a.example encrypt ciphers=null\n")),
+            ),
+            (TLS_POLICY, Box::new(append("a,b.example encrypt\n"))),
+            (TRANSPORT, Box::new(append("a.example smtp:[a b]\n"))),
+            (TRANSPORT, Box::new(append("a.example Pipe:\n"))),
+            (TRANSPORT, Box::new(append("a.example maildrop:\n"))),
+            (TRANSPORT, Box::new(append("a.example mailtls-nope:\n"))),
+            (TRANSPORT, Box::new(append(" a.example smtp:\n"))),
+            (SENDER_ACCESS, Box::new(append("a.example OK\n"))),
+            (BOUNCE_FILTER, Box::new(append("/x/ 5.7.1 ${evil}\n"))),
+            (BOUNCE_FILTER, Box::new(append("if /x/\n"))),
+        ];
+        for (file, change) in cases {
+            assert!(
+                with(file, change).is_err(),
+                "a change to {file} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn nexthops() {
+        for ok in [
+            "[a.example]",
+            "[a.example]:587",
+            "a.example",
+            "a.example:25",
+            "[192.0.2.1]",
+            "[ipv6:2001:db8::1]:25",
+        ] {
+            assert!(check_nexthop(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "[a", "[a]x", "a:0", "a:99999", "-a", "a b", "[a,b]", "a:",
+        ] {
+            assert!(check_nexthop(bad).is_err(), "{bad}");
+        }
+    }
+}

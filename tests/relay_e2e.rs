@@ -1,0 +1,1045 @@
+//! End-to-end on real Postfix: in a private network namespace, a Postfix relay configured by
+//! `mailtls render` + `mailtls relay-agent --once`, a local DNS server (dnsmasq) with MX and A
+//! records for the test domains, and in-process SMTP receivers (tokio + rustls) on
+//! 127.0.0.x:25 with no STARTTLS, CA-signed, self-signed and wrong-name certificates. Mail is
+//! sent into the relay with swaks and the test asserts where each message ended up and
+//! whether it came over TLS.
+//!
+//! The test re-runs itself inside the namespace (`ip netns exec`), so every socket and every
+//! process it starts lives there; traffic never leaves that namespace. Needs root and the
+//! packages from scripts/install-test-deps.sh.
+
+mod common;
+
+use common::{gateway, list, policy};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const INSIDE: &str = "MAILTLS_E2E_NETNS";
+const TEST_NAME: &str = "relay_delivers_by_policy_on_real_postfix";
+const DNS: &str = "127.0.0.53";
+const RELAY: &str = "127.0.0.1";
+
+/// Receivers: (name, address, TLS).
+const PLAIN: (&str, &str) = ("plain", "127.0.0.10");
+const SELF_SIGNED: (&str, &str) = ("self-signed", "127.0.0.11");
+const WRONG_NAME: (&str, &str) = ("wrong-name", "127.0.0.12");
+const GOOD: (&str, &str) = ("good", "127.0.0.13");
+const TLS12_ONLY: (&str, &str) = ("tls12-only", "127.0.0.14");
+const ROUTE_GW: (&str, &str) = ("route-gw", "127.0.0.20");
+const SECURE_GW: (&str, &str) = ("secure-gw", "127.0.0.21");
+const SMARTHOST: (&str, &str) = ("smarthost", "127.0.0.22");
+const DIRECT_GW: (&str, &str) = ("direct-gw", "127.0.0.23");
+const ORIGIN: (&str, &str) = ("origin", "127.0.0.30");
+const ADDRESSES: &[&str] = &[
+    DNS,
+    PLAIN.1,
+    SELF_SIGNED.1,
+    WRONG_NAME.1,
+    GOOD.1,
+    TLS12_ONLY.1,
+    ROUTE_GW.1,
+    SECURE_GW.1,
+    SMARTHOST.1,
+    DIRECT_GW.1,
+    ORIGIN.1,
+];
+
+const SENDER: &str = "sender@origin.test";
+
+fn sh(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (scripts/install-test-deps.sh)"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn must(cmd: &mut Command) -> String {
+    let (ok, out) = sh(cmd);
+    assert!(ok, "{cmd:?} failed:\n{out}");
+    out
+}
+
+/// Poll `cond` until it returns `Some` or `secs` pass.
+fn wait_for<T>(secs: u64, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Outside: make the namespace, run this test inside it, always delete it.
+
+#[test]
+fn relay_delivers_by_policy_on_real_postfix() {
+    if std::env::var_os(INSIDE).is_some() {
+        inside();
+        return;
+    }
+    let uid = sh(Command::new("id").arg("-u")).1;
+    if uid.trim() != "0" {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the e2e test needs root (network namespaces, port 25)"
+        );
+        eprintln!("skipped: the relay e2e test needs root (network namespaces, port 25)");
+        return;
+    }
+    let ns = Netns::create(&format!("mailtls-e2e-{}", std::process::id()));
+    let exe = std::env::current_exe().expect("test binary path");
+    let started = Instant::now();
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(exe)
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INSIDE, &ns.name)
+        .status()
+        .expect("run the test inside the namespace");
+    eprintln!("e2e inside the namespace took {:?}", started.elapsed());
+    assert!(status.success(), "the e2e run inside {} failed", ns.name);
+}
+
+/// A network namespace with loopback up and the test addresses; deleted on drop, after
+/// ending whatever this test left running in it.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(name: &str) -> Netns {
+        must(Command::new("ip").args(["netns", "add", name]));
+        let ns = Netns { name: name.into() };
+        // `ip netns exec` bind-mounts this over /etc/resolv.conf: Postfix asks our DNS.
+        let etc = ns.etc();
+        std::fs::create_dir_all(&etc).expect("create /etc/netns dir");
+        std::fs::write(etc.join("resolv.conf"), format!("nameserver {DNS}\n"))
+            .expect("write resolv.conf");
+        must(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
+        for addr in ADDRESSES {
+            must(Command::new("ip").args([
+                "-n",
+                name,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "lo",
+            ]));
+        }
+        ns
+    }
+
+    fn etc(&self) -> PathBuf {
+        Path::new("/etc/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Only processes inside our own private namespace: the ones this test started.
+        let (_, pids) = sh(Command::new("ip").args(["netns", "pids", &self.name]));
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(self.etc());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Certificates.
+
+struct Pem {
+    cert: String,
+    key: String,
+}
+
+struct Certs {
+    ca: String,
+    ca_issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mailtls e2e test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = params.self_signed(&key).expect("CA cert").pem();
+        Certs {
+            ca,
+            ca_issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn leaf_params(name: &str) -> rcgen::CertificateParams {
+        let mut params =
+            rcgen::CertificateParams::new(vec![name.to_string()]).expect("leaf params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params
+    }
+
+    fn ca_signed(&self, name: &str) -> Pem {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = Self::leaf_params(name)
+            .signed_by(&key, &self.ca_issuer)
+            .expect("sign leaf");
+        Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn self_signed(name: &str) -> Pem {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = Self::leaf_params(name)
+            .self_signed(&key)
+            .expect("self-sign");
+        Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SMTP receivers: record every message and whether it came over TLS.
+
+#[derive(Clone, Debug)]
+struct Msg {
+    sink: &'static str,
+    from: String,
+    rcpts: Vec<String>,
+    tls: bool,
+    data: String,
+}
+
+type Store = Arc<Mutex<Vec<Msg>>>;
+
+fn tls_config(pem: &Pem) -> Arc<rustls::ServerConfig> {
+    tls_config_with(pem, rustls::DEFAULT_VERSIONS)
+}
+
+fn tls_config_with(
+    pem: &Pem,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("parse cert");
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).expect("parse key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    Arc::new(config)
+}
+
+enum End<S> {
+    Closed,
+    StartTls(S),
+}
+
+async fn smtp_session<S>(
+    io: S,
+    sink: &'static str,
+    store: &Store,
+    tls: bool,
+    offer_tls: bool,
+) -> std::io::Result<End<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut io = BufReader::new(io);
+    if !tls {
+        io.get_mut()
+            .write_all(format!("220 {sink}.sink.test ESMTP\r\n").as_bytes())
+            .await?;
+    }
+    let (mut from, mut rcpts) = (String::new(), Vec::new());
+    loop {
+        let mut line = String::new();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(End::Closed);
+        }
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        let arg = |l: &str| {
+            l.split_once(':')
+                .map(|(_, a)| a.trim().trim_start_matches('<'))
+                .and_then(|a| a.split('>').next())
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        };
+        let reply = match verb.as_str() {
+            "EHLO" => format!(
+                "250-{sink}.sink.test\r\n{}250 8BITMIME\r\n",
+                if offer_tls { "250-STARTTLS\r\n" } else { "" }
+            ),
+            "HELO" => format!("250 {sink}.sink.test\r\n"),
+            "STAR" if offer_tls => {
+                io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+                return Ok(End::StartTls(io.into_inner()));
+            }
+            "MAIL" => {
+                from = arg(&line);
+                rcpts.clear();
+                "250 2.1.0 ok\r\n".into()
+            }
+            "RCPT" => {
+                rcpts.push(arg(&line));
+                "250 2.1.5 ok\r\n".into()
+            }
+            "DATA" => {
+                io.get_mut().write_all(b"354 go ahead\r\n").await?;
+                let mut data = String::new();
+                loop {
+                    let mut l = String::new();
+                    if io.read_line(&mut l).await? == 0 {
+                        return Ok(End::Closed);
+                    }
+                    if l == ".\r\n" || l == ".\n" {
+                        break;
+                    }
+                    data.push_str(&l);
+                }
+                if let Ok(mut s) = store.lock() {
+                    s.push(Msg {
+                        sink,
+                        from: std::mem::take(&mut from),
+                        rcpts: std::mem::take(&mut rcpts),
+                        tls,
+                        data,
+                    });
+                }
+                "250 2.0.0 queued\r\n".into()
+            }
+            "RSET" => {
+                from.clear();
+                rcpts.clear();
+                "250 2.0.0 ok\r\n".into()
+            }
+            "NOOP" => "250 2.0.0 ok\r\n".into(),
+            "QUIT" => {
+                io.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
+                return Ok(End::Closed);
+            }
+            _ => "502 5.5.2 not implemented\r\n".into(),
+        };
+        io.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
+
+fn start_sink(
+    rt: &tokio::runtime::Runtime,
+    (sink, addr): (&'static str, &str),
+    tls: Option<Arc<rustls::ServerConfig>>,
+    store: &Store,
+) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind((addr, 25)))
+        .unwrap_or_else(|e| panic!("bind {addr}:25: {e}"));
+    let store = store.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let (store, tls) = (store.clone(), tls.clone());
+            tokio::spawn(async move {
+                let offer = tls.is_some();
+                if let Ok(End::StartTls(conn)) =
+                    smtp_session(conn, sink, &store, false, offer).await
+                    && let Some(config) = tls
+                    && let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(conn).await
+                {
+                    let _ = smtp_session(stream, sink, &store, true, false).await;
+                }
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Inside the namespace.
+
+/// A child process ended on drop (dnsmasq).
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The relay: a private Postfix instance (own config, queue and data directories).
+struct Relay {
+    root: PathBuf,
+    etc: PathBuf,
+    maps: PathBuf,
+    /// The mounted "ConfigMap": versions under `..<n>`, `..data` swapped like kubelet does.
+    cm: PathBuf,
+    ca_file: PathBuf,
+    version: u32,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("stop")
+            .output();
+    }
+}
+
+impl Relay {
+    fn new(root: &Path, certs: &Certs) -> Relay {
+        let etc = root.join("etc");
+        // The queue directory must exist (root-owned); `postfix check` makes the rest,
+        // including data_directory with the right owner.
+        std::fs::create_dir_all(root.join("spool")).expect("queue directory");
+        common::private_postfix_config(&etc);
+        let relay_cert = Certs::self_signed("relay.test");
+        let ca_file = root.join("ca.pem");
+        std::fs::write(&ca_file, &certs.ca).expect("ca file");
+        std::fs::write(etc.join("smtpd.pem"), &relay_cert.cert).expect("smtpd cert");
+        std::fs::write(etc.join("smtpd.key"), &relay_cert.key).expect("smtpd key");
+        let p = |s: &Path| s.display().to_string();
+        let settings = [
+            format!("queue_directory={}", p(&root.join("spool"))),
+            format!("data_directory={}", p(&root.join("data"))),
+            format!("maillog_file={}", p(&root.join("maillog"))),
+            format!("maillog_file_prefixes={}", p(root)),
+            "syslog_name=mailtls-e2e".into(),
+            "inet_interfaces=127.0.0.1".into(),
+            "inet_protocols=ipv4".into(),
+            "myhostname=relay.test".into(),
+            "myorigin=relay.test".into(),
+            "mydestination=".into(),
+            "relay_domains=".into(),
+            "mynetworks=127.0.0.0/8".into(),
+            "alias_maps=".into(),
+            "alias_database=".into(),
+            "smtp_host_lookup=dns".into(),
+            "disable_dns_lookups=no".into(),
+            "smtp_connect_timeout=5s".into(),
+            "smtp_tls_security_level=may".into(),
+            "smtpd_tls_security_level=may".into(),
+            format!("smtpd_tls_cert_file={}", p(&etc.join("smtpd.pem"))),
+            format!("smtpd_tls_key_file={}", p(&etc.join("smtpd.key"))),
+            "compatibility_level=3.6".into(),
+            "smtputf8_enable=no".into(),
+        ];
+        must(
+            Command::new("postconf")
+                .arg("-c")
+                .arg(&etc)
+                .arg("-e")
+                .args(&settings),
+        );
+        // Debian's master.cf chroots smtp/smtpd; without resolver files in the queue
+        // directory they cannot resolve. No chroot anywhere in the test relay.
+        must(
+            Command::new("postconf")
+                .arg("-c")
+                .arg(&etc)
+                .args(["-F", "*/*/chroot = n"]),
+        );
+        let cm = root.join("configmap");
+        std::fs::create_dir_all(&cm).expect("configmap dir");
+        Relay {
+            root: root.to_path_buf(),
+            maps: etc.join("mailtls"),
+            etc,
+            cm,
+            ca_file,
+            version: 0,
+        }
+    }
+
+    /// Render `yaml` and publish it in the watched directory the way kubelet updates a
+    /// ConfigMap volume: a new `..<version>` directory, `..data` swapped by rename, and the
+    /// visible names as links through `..data`.
+    fn publish(&mut self, yaml: &str) {
+        self.version += 1;
+        let input = self.root.join(format!("policy-{}.yaml", self.version));
+        std::fs::write(&input, yaml).expect("write policy");
+        let version_dir = self.cm.join(format!("..v{}", self.version));
+        must(
+            Command::new(env!("CARGO_BIN_EXE_mailtls"))
+                .arg("render")
+                .arg(&input)
+                .arg("--output")
+                .arg(&version_dir)
+                .arg("--config-dir")
+                .arg(&self.maps)
+                .arg("--ca-file")
+                .arg(&self.ca_file)
+                .args(["--postfix-version", "auto"]),
+        );
+        common::kubelet_swap(&self.cm, &format!("..v{}", self.version));
+    }
+
+    /// `mailtls relay-agent --once`: (applied?, output).
+    fn agent_once(&self) -> (bool, String) {
+        sh(Command::new(env!("CARGO_BIN_EXE_mailtls"))
+            .arg("relay-agent")
+            .arg("--watch-dir")
+            .arg(&self.cm)
+            .arg("--postfix-dir")
+            .arg(&self.etc)
+            .arg("--maps-dir")
+            .arg(&self.maps)
+            .arg("--once"))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("maillog")).unwrap_or_default()
+    }
+
+    /// Apply with the agent and wait until the running Postfix has reloaded.
+    fn apply(&mut self, yaml: &str) {
+        self.publish(yaml);
+        let reloads = self.log().matches(" reload ").count();
+        let (ok, out) = self.agent_once();
+        assert!(ok, "relay-agent refused a good configuration:\n{out}");
+        if self.running() {
+            wait_for(20, "postfix reload", || {
+                (self.log().matches(" reload ").count() > reloads).then_some(())
+            });
+        }
+    }
+
+    fn running(&self) -> bool {
+        sh(Command::new("postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("status"))
+        .0
+    }
+
+    fn start(&self) {
+        let (ok, out) = sh(Command::new("postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("start"));
+        assert!(ok, "postfix start failed:\n{out}\nlog:\n{}", self.log());
+        wait_for(20, "the relay to listen on 127.0.0.1:25", || {
+            std::net::TcpStream::connect((RELAY, 25)).ok()
+        });
+    }
+
+    fn installed_hash(&self) -> String {
+        let text = std::fs::read_to_string(self.maps.join("manifest.json")).expect("manifest");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("manifest json");
+        v["hash"].as_str().expect("hash").to_string()
+    }
+
+    fn queue(&self) -> String {
+        sh(Command::new("postqueue").arg("-c").arg(&self.etc).arg("-p")).1
+    }
+
+    /// The log lines about one recipient's delivery attempts.
+    fn attempts(&self, rcpt: &str) -> Vec<String> {
+        let needle = format!("to=<{rcpt}>");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&needle) && l.contains("status="))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Wait for the first final or deferred status line for `rcpt`.
+    fn wait_status(&self, rcpt: &str) -> String {
+        wait_for(30, &format!("a delivery status for {rcpt}"), || {
+            self.attempts(rcpt).into_iter().next()
+        })
+    }
+}
+
+/// Send one message into the relay; returns (accepted, swaks transcript).
+fn send(from: &str, to: &str, subject: &str, tls: bool) -> (bool, String) {
+    let mut cmd = Command::new("swaks");
+    cmd.args(["--server", RELAY, "--port", "25", "--helo", "client.test"])
+        .args(["--from", from, "--to", to])
+        .args(["--header", &format!("Subject: {subject}")])
+        .args(["--body", "mailtls e2e test message", "--timeout", "20"]);
+    if tls {
+        cmd.arg("--tls");
+    }
+    sh(&mut cmd)
+}
+
+fn send_ok(to: &str, subject: &str) {
+    let (ok, out) = send(SENDER, to, subject, false);
+    assert!(ok, "the relay did not accept mail to {to}:\n{out}");
+}
+
+/// Messages with `subject` (bounce notices, which quote it, are not counted).
+fn received(store: &Store, subject: &str) -> Vec<Msg> {
+    let needle = format!("Subject: {subject}");
+    store
+        .lock()
+        .map(|s| {
+            s.iter()
+                .filter(|m| !m.from.is_empty() && m.data.contains(&needle))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait until `subject` arrived somewhere; assert where and with what TLS.
+fn assert_delivered(store: &Store, subject: &str, sink: &str, tls: bool) {
+    let msgs = wait_for(30, &format!("{subject} to arrive"), || {
+        let m = received(store, subject);
+        (!m.is_empty()).then_some(m)
+    });
+    assert_eq!(msgs.len(), 1, "{subject} arrived more than once: {msgs:?}");
+    assert_eq!(
+        msgs[0].sink, sink,
+        "{subject} arrived at the wrong receiver"
+    );
+    assert_eq!(msgs[0].tls, tls, "{subject}: TLS was {} ", msgs[0].tls);
+    assert_eq!(msgs[0].from, SENDER);
+    assert_eq!(msgs[0].rcpts.len(), 1, "{:?}", msgs[0].rcpts);
+}
+
+/// The message bounced at its first attempt with 5.7.x, never reached a receiver, and the
+/// sender got the bounce.
+fn assert_bounced(relay: &Relay, store: &Store, rcpt: &str, subject: &str) {
+    let line = relay.wait_status(rcpt);
+    assert!(
+        line.contains("status=bounced") && line.contains("dsn=5.7."),
+        "{rcpt}: expected a 5.7.x bounce at the first attempt, got:\n{line}\n\nlog:\n{}",
+        relay.log()
+    );
+    assert_eq!(
+        relay.attempts(rcpt).len(),
+        1,
+        "more than one attempt for {rcpt}"
+    );
+    let notice = wait_for(30, &format!("the bounce notice for {rcpt}"), || {
+        store.lock().ok().and_then(|s| {
+            s.iter()
+                .find(|m| m.from.is_empty() && m.sink == ORIGIN.0 && m.data.contains(rcpt))
+                .cloned()
+        })
+    });
+    assert!(notice.data.contains("5.7."), "{}", notice.data);
+    assert!(
+        received(store, subject).is_empty(),
+        "{subject} was delivered"
+    );
+}
+
+fn dnsmasq(records: &[(&str, &str)], mx: &[(&str, &str)]) -> Kill {
+    let mut cmd = Command::new("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--pid-file=",
+        "--bind-interfaces",
+        "--port=53",
+        "--local=/test/",
+        "--user=root",
+    ])
+    .arg(format!("--listen-address={DNS}"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (name, ip) in records {
+        cmd.arg(format!("--host-record={name},{ip}"));
+    }
+    for (domain, host) in mx {
+        cmd.arg(format!("--mx-host={domain},{host},10"));
+    }
+    let child = Kill(
+        cmd.spawn()
+            .expect("start dnsmasq (scripts/install-test-deps.sh)"),
+    );
+    wait_for(10, "dnsmasq", || {
+        std::net::TcpStream::connect((DNS, 53)).ok()
+    });
+    child
+}
+
+/// The first policy set: enforcement against the receivers, Monitor, a per-recipient
+/// route and the inbound sender check.
+fn policy_a() -> String {
+    [
+        list("bounce", &["nostarttls-bounce.test"]),
+        list("defer", &["nostarttls-defer.test"]),
+        list(
+            "verified",
+            &["selfsigned.test", "wrongname.test", "good.test"],
+        ),
+        list("monitored", &["monitored.test"]),
+        list("routed", &["routed.test"]),
+        list("one-address", &["alice@mixed.test"]),
+        list("tls13", &["tls13.test"]),
+        list("senders", &["secure-sender@partner-in.test"]),
+        policy("bounce", &["bounce"], "  onFailure: Bounce"),
+        policy("defer", &["defer"], "  onFailure: Defer"),
+        policy("one-address", &["one-address"], "  onFailure: Bounce"),
+        policy(
+            "tls13",
+            &["tls13"],
+            "  minTlsVersion: \"1.3\"\n  onFailure: Bounce",
+        ),
+        policy(
+            "verified",
+            &["verified"],
+            "  requireCASigned: true\n  validateHostname: true\n  onFailure: Bounce",
+        ),
+        policy(
+            "monitor",
+            &["monitored"],
+            "  requireCASigned: true\n  validateHostname: true\n  enforcement: Monitor",
+        ),
+        policy("inbound", &["senders"], "").replace("direction: Outbound", "direction: Inbound"),
+        gateway(
+            "route",
+            "  host: gw-route.test\n  appliesTo: Recipients\n  addressLists:\n    - name: routed",
+        ),
+    ]
+    .concat()
+}
+
+/// The edit: `edit.test` becomes TLS-required, and an alternate secure route appears.
+fn policy_b() -> String {
+    policy_a()
+        + &list("edited", &["edit.test"])
+        + &policy("edited", &["edited"], "  onFailure: Defer")
+        + &gateway(
+            "secure",
+            "  host: securegw.test\n  appliesTo: SecureTransportRequired\n  tls:\n    require: true\n    requireCASigned: true\n    validateHostname: true",
+        )
+}
+
+fn inside() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    // Postfix's daemons run as the postfix user and must reach the queue inside.
+    must(Command::new("chmod").arg("755").arg(root));
+    let certs = Certs::new();
+
+    let _dns = dnsmasq(
+        &[
+            ("mx.plain.test", PLAIN.1),
+            ("mx.selfsigned.test", SELF_SIGNED.1),
+            ("mx.wrongname.test", WRONG_NAME.1),
+            ("mx.good.test", GOOD.1),
+            ("mx.tls12.test", TLS12_ONLY.1),
+            ("gw-route.test", ROUTE_GW.1),
+            ("securegw.test", SECURE_GW.1),
+            ("mx.smarthost.test", SMARTHOST.1),
+            // The smart host's own address is the plain receiver: mail there proves the MX
+            // was not used.
+            ("smarthost.test", PLAIN.1),
+            ("gw-direct.test", DIRECT_GW.1),
+            ("mx.origin.test", ORIGIN.1),
+        ],
+        &[
+            ("nostarttls-bounce.test", "mx.plain.test"),
+            ("nostarttls-defer.test", "mx.plain.test"),
+            ("monitored.test", "mx.plain.test"),
+            ("direct.test", "mx.plain.test"),
+            ("edit.test", "mx.plain.test"),
+            ("mixed.test", "mx.plain.test"),
+            ("routed.test", "mx.plain.test"),
+            ("selfsigned.test", "mx.selfsigned.test"),
+            ("wrongname.test", "mx.wrongname.test"),
+            ("good.test", "mx.good.test"),
+            ("tls13.test", "mx.tls12.test"),
+            ("smarthost.test", "mx.smarthost.test"),
+            // The direct gateway's MX is the plain receiver: mail there would prove an MX
+            // lookup that should not have happened.
+            ("gw-direct.test", "mx.plain.test"),
+            ("origin.test", "mx.origin.test"),
+        ],
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store: Store = Arc::default();
+    let ca_cfg = |name: &str| Some(tls_config(&certs.ca_signed(name)));
+    start_sink(&rt, PLAIN, None, &store);
+    start_sink(
+        &rt,
+        SELF_SIGNED,
+        Some(tls_config(&Certs::self_signed("mx.selfsigned.test"))),
+        &store,
+    );
+    start_sink(&rt, WRONG_NAME, ca_cfg("other-name.test"), &store);
+    start_sink(&rt, GOOD, ca_cfg("mx.good.test"), &store);
+    start_sink(
+        &rt,
+        TLS12_ONLY,
+        Some(tls_config_with(
+            &certs.ca_signed("mx.tls12.test"),
+            &[&rustls::version::TLS12],
+        )),
+        &store,
+    );
+    start_sink(&rt, ROUTE_GW, ca_cfg("gw-route.test"), &store);
+    start_sink(&rt, SECURE_GW, ca_cfg("securegw.test"), &store);
+    start_sink(&rt, SMARTHOST, ca_cfg("mx.smarthost.test"), &store);
+    start_sink(&rt, DIRECT_GW, ca_cfg("gw-direct.test"), &store);
+    start_sink(&rt, ORIGIN, None, &store);
+
+    let mut relay = Relay::new(&root.join("relay"), &certs);
+    let started = Instant::now();
+
+    // Phase A: configured by render + agent before Postfix starts.
+    relay.apply(&policy_a());
+    relay.start();
+    let hash_a = relay.installed_hash();
+
+    // TLS required, no STARTTLS: Bounce returns it after one attempt with 5.7.x.
+    send_ok("u@nostarttls-bounce.test", "a-bounce");
+    assert_bounced(&relay, &store, "u@nostarttls-bounce.test", "a-bounce");
+    // ... and Defer keeps it queued, never delivered in plaintext.
+    send_ok("u@nostarttls-defer.test", "a-defer");
+    let line = relay.wait_status("u@nostarttls-defer.test");
+    assert!(
+        line.contains("status=deferred") && line.contains("dsn=4.7."),
+        "{line}"
+    );
+    assert!(
+        relay.queue().contains("u@nostarttls-defer.test"),
+        "{}",
+        relay.queue()
+    );
+    assert!(received(&store, "a-defer").is_empty());
+
+    // One address of a domain: its own service bounces it; the rest of the domain is
+    // delivered as before.
+    send_ok("alice@mixed.test", "a-alice");
+    assert_bounced(&relay, &store, "alice@mixed.test", "a-alice");
+    send_ok("bob@mixed.test", "a-bob");
+    assert_delivered(&store, "a-bob", PLAIN.0, false);
+
+    // TLS 1.3 required, the server speaks only 1.2: the handshake fails ("Cannot start
+    // TLS"), and that is bounced too.
+    send_ok("u@tls13.test", "a-tls13");
+    assert_bounced(&relay, &store, "u@tls13.test", "a-tls13");
+
+    // CA-signed + host name: self-signed and wrong-name servers get nothing.
+    for (rcpt, subject) in [
+        ("u@selfsigned.test", "a-self-signed"),
+        ("u@wrongname.test", "a-wrong-name"),
+    ] {
+        send_ok(rcpt, subject);
+        assert_bounced(&relay, &store, rcpt, subject);
+    }
+    // ... and a correct certificate is delivered over TLS (verified).
+    send_ok("u@good.test", "a-good");
+    assert_delivered(&store, "a-good", GOOD.0, true);
+    assert!(
+        relay
+            .log()
+            .contains("Verified TLS connection established to mx.good.test"),
+        "{}",
+        relay.log()
+    );
+
+    // Monitor: nothing mandatory, delivered (in plaintext, the receiver offers no TLS).
+    send_ok("u@monitored.test", "a-monitor");
+    assert_delivered(&store, "a-monitor", PLAIN.0, false);
+
+    // Per-recipient change of route: the gateway gets it, not the domain's MX.
+    send_ok("u@routed.test", "a-routed");
+    assert_delivered(&store, "a-routed", ROUTE_GW.0, true);
+
+    // Unlisted mail goes directly.
+    send_ok("u@edit.test", "a-edit-before");
+    assert_delivered(&store, "a-edit-before", PLAIN.0, false);
+
+    // Inbound: a listed sender over plaintext is rejected with 550; over TLS accepted.
+    let (ok, out) = send(
+        "secure-sender@partner-in.test",
+        "u@direct.test",
+        "a-in-plain",
+        false,
+    );
+    assert!(
+        !ok && out.contains("<** 550"),
+        "plaintext sender not rejected with 550:\n{out}"
+    );
+    let (ok, out) = send(
+        "secure-sender@partner-in.test",
+        "u@direct.test",
+        "a-in-tls",
+        true,
+    );
+    assert!(ok, "TLS sender not accepted:\n{out}");
+    wait_for(30, "a-in-tls to arrive", || {
+        (!received(&store, "a-in-tls").is_empty()).then_some(())
+    });
+    assert!(received(&store, "a-in-plain").is_empty());
+
+    // Phase B: a policy edit, applied by the agent, takes effect for the next message:
+    // edit.test now requires TLS and goes by the alternate secure route, over TLS; other
+    // mail still goes directly.
+    relay.apply(&policy_b());
+    let hash_b = relay.installed_hash();
+    assert_ne!(hash_a, hash_b);
+    send_ok("u@edit.test", "b-edit-after");
+    assert_delivered(&store, "b-edit-after", SECURE_GW.0, true);
+    send_ok("u@direct.test", "b-direct");
+    assert_delivered(&store, "b-direct", PLAIN.0, false);
+
+    // Phase C: broken configurations are refused and mail keeps flowing with the last
+    // good one.
+    refused_configurations(&mut relay, &hash_b);
+    send_ok("u@edit.test", "c-edit-still");
+    assert_delivered(&store, "c-edit-still", SECURE_GW.0, true);
+
+    // Phase D: the organisation's outbound gateway, with and without MX lookup.
+    relay.apply(
+        &(policy_a()
+            + &gateway(
+                "all",
+                "  host: smarthost.test\n  mxLookup: true\n  appliesTo: AllMail",
+            )),
+    );
+    send_ok("u@direct.test", "d-smarthost-mx");
+    assert_delivered(&store, "d-smarthost-mx", SMARTHOST.0, true);
+    relay.apply(&(policy_a() + &gateway("all", "  host: gw-direct.test\n  appliesTo: AllMail")));
+    send_ok("u@direct.test", "d-gateway-direct");
+    assert_delivered(&store, "d-gateway-direct", DIRECT_GW.0, true);
+
+    // The deferred message is still queued and was never delivered in plaintext.
+    assert!(
+        relay.queue().contains("u@nostarttls-defer.test"),
+        "{}",
+        relay.queue()
+    );
+    assert!(received(&store, "a-defer").is_empty());
+
+    eprintln!("e2e scenarios took {:?}", started.elapsed());
+    if std::env::var_os("MAILTLS_E2E_LOG").is_some() {
+        eprintln!("relay log:\n{}", relay.log());
+    }
+    let _ = std::io::stderr().flush();
+}
+
+/// Configurations the agent must refuse, each leaving `good_hash` installed.
+fn refused_configurations(relay: &mut Relay, good_hash: &str) {
+    let data = relay.cm.join("..data");
+    let current = std::fs::canonicalize(&data).expect("..data target");
+    let read = |name: &str| std::fs::read_to_string(current.join(name)).expect("read file");
+    let originals: BTreeMap<&str, String> =
+        ["tls_policy", "master.cf", "transport", "manifest.json"]
+            .into_iter()
+            .map(|n| (n, read(n)))
+            .collect();
+    let restore = || {
+        for (name, text) in &originals {
+            std::fs::write(current.join(name), text).expect("restore");
+        }
+    };
+
+    // A hand-corrupted map: the manifest hash no longer matches.
+    std::fs::write(
+        current.join("tls_policy"),
+        originals["tls_policy"].clone() + "edit.test none\n",
+    )
+    .expect("corrupt");
+    let (ok, out) = relay.agent_once();
+    assert!(!ok && out.contains("does not match the manifest"), "{out}");
+    assert_eq!(relay.installed_hash(), good_hash);
+    restore();
+
+    // Data that would become configuration, with a manifest that matches it: refused by
+    // validation before Postfix ever sees it.
+    rehash(&current, "master.cf", |m| {
+        m + "evil unix - n n - - pipe\n  flags=F user=nobody argv=/bin/sh -c id\n"
+    });
+    let (ok, out) = relay.agent_once();
+    assert!(
+        !ok && out.contains("only mailtls-* smtp client services"),
+        "{out}"
+    );
+    assert_eq!(relay.installed_hash(), good_hash);
+    restore();
+
+    // Syntactically fine but inconsistent: a transport naming a service that does not
+    // exist (postfix check would not notice; mail would just fail).
+    rehash(&current, "transport", |t| t + "broken.test mailtls-nope:\n");
+    let (ok, out) = relay.agent_once();
+    assert!(!ok && out.contains("does not define"), "{out}");
+    assert_eq!(relay.installed_hash(), good_hash);
+    restore();
+
+    // Restored: the good configuration is recognised as already applied.
+    let (ok, out) = relay.agent_once();
+    assert!(ok, "{out}");
+    assert_eq!(relay.installed_hash(), good_hash);
+}
+
+/// Change one file and rewrite the manifest so its hashes match the change.
+fn rehash(dir: &Path, name: &str, change: impl FnOnce(String) -> String) {
+    let text = change(std::fs::read_to_string(dir.join(name)).expect("read"));
+    std::fs::write(dir.join(name), &text).expect("write");
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).expect("manifest"))
+            .expect("manifest json");
+    manifest["files"][name] =
+        serde_json::Value::String(format!("sha256:{}", mailtls::render::sha256_hex(&text)));
+    let digests: BTreeMap<String, String> = manifest["files"]
+        .as_object()
+        .expect("files")
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str()
+                    .unwrap_or_default()
+                    .trim_start_matches("sha256:")
+                    .to_string(),
+            )
+        })
+        .collect();
+    manifest["hash"] = serde_json::Value::String(mailtls::render::content_hash(&digests));
+    std::fs::write(&manifest_path, manifest.to_string()).expect("write manifest");
+}
