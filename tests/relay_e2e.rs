@@ -881,9 +881,11 @@ fn inside() {
         relay.log()
     );
 
-    // Monitor: nothing mandatory, delivered (in plaintext, the receiver offers no TLS).
+    // Monitor: nothing mandatory, delivered (in plaintext, the receiver offers no TLS)...
     send_ok("u@monitored.test", "a-monitor");
     assert_delivered(&store, "a-monitor", PLAIN.0, false);
+    // ...and the reconcile loop's TLS test says it would have failed.
+    monitor_status_says_it_would_fail(root);
 
     // Per-recipient change of route: the gateway gets it, not the domain's MX.
     send_ok("u@routed.test", "a-routed");
@@ -963,6 +965,49 @@ fn inside() {
 }
 
 /// Configurations the agent must refuse, each leaving `good_hash` installed.
+/// `mailtls standalone --tests` on the same policies, against the same DNS and receivers:
+/// the Monitor policy's status reports what enforcing it would do.
+fn monitor_status_says_it_would_fail(root: &Path) {
+    let input = root.join("standalone-in");
+    let out = root.join("standalone-out");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::write(input.join("policies.yaml"), policy_a()).expect("write");
+    let (ok, output) = sh(Command::new(env!("CARGO_BIN_EXE_mailtls"))
+        .args([
+            "standalone",
+            "--tests",
+            "--resolver",
+            "127.0.0.53:53",
+            "--test-timeout",
+            "5s",
+            "--postfix-version",
+            "auto",
+        ])
+        .arg("--dir")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out));
+    assert!(ok, "{output}");
+    let file = out.join("default/resources/tlscompliance-monitor.yaml");
+    let status: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&file).expect("status")).expect("yaml");
+    let compliant = status["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Compliant"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(compliant["status"], "False", "{}", status["status"]);
+    assert_eq!(compliant["reason"], "WouldFail", "{}", status["status"]);
+    assert_eq!(
+        status["status"]["results"][0]["destination"],
+        "monitored.test"
+    );
+    assert_eq!(
+        status["status"]["results"][0]["outcome"],
+        "starttls-not-supported"
+    );
+}
+
 fn refused_configurations(relay: &mut Relay, good_hash: &str) {
     let data = relay.cm.join("..data");
     let current = std::fs::canonicalize(&data).expect("..data target");
