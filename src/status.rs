@@ -6,8 +6,9 @@ use crate::api::{
     AddressList, AddressListStatus, Condition, Enforcement, InvalidEntry, MatchedCounts,
     OutboundGateway, OutboundGatewayStatus, RelayConfigRef, TlsCompliance, TlsComplianceStatus,
 };
-use crate::policy::{Conflict, ResourceFindings, ResourceId};
+use crate::policy::{Conflict, Evaluation, Inputs, Kind, ResourceFindings, ResourceId};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 
 pub const READY: &str = "Ready";
 pub const RENDERED: &str = "Rendered";
@@ -357,5 +358,66 @@ fn ensure_untested(conditions: &mut Vec<Condition>, enabled: bool, observed: i64
                 now,
             );
         }
+    }
+}
+
+/// Every resource of one namespace, each carrying its new status.
+#[derive(Clone, Debug, Default)]
+pub struct Updated {
+    pub address_lists: Vec<AddressList>,
+    pub policies: Vec<TlsCompliance>,
+    pub gateways: Vec<OutboundGateway>,
+}
+
+/// The new status of every resource in `inputs` (whose `status` is the previous one), from
+/// one evaluation. Shared by the controller and `mailtls standalone`.
+pub fn namespace_statuses(
+    inputs: &Inputs,
+    evaluation: &Evaluation,
+    relay: &RelayConfigRef,
+    now: &Time,
+) -> Updated {
+    let empty = ResourceFindings::default();
+    let findings = |kind, name: String| {
+        evaluation
+            .findings
+            .get(&ResourceId::new(kind, name))
+            .unwrap_or(&empty)
+    };
+    let address_lists = inputs
+        .address_lists
+        .iter()
+        .map(|list| {
+            let mut updated = list.clone();
+            let f = findings(Kind::AddressList, list.name_any());
+            updated.status = Some(address_list_status(list, f, now));
+            updated
+        })
+        .collect();
+    let policies = inputs
+        .policies
+        .iter()
+        .map(|p| {
+            let mut updated = p.clone();
+            let f = findings(Kind::TlsCompliance, p.name_any());
+            updated.status = Some(tls_compliance_status(p, f, Some(relay), now));
+            updated
+        })
+        .collect();
+    let gateways = inputs
+        .gateways
+        .iter()
+        .map(|gw| {
+            let mut updated = gw.clone();
+            let id = ResourceId::new(Kind::OutboundGateway, gw.name_any());
+            let f = findings(Kind::OutboundGateway, gw.name_any());
+            updated.status = Some(gateway_status(gw, &id, f, now));
+            updated
+        })
+        .collect();
+    Updated {
+        address_lists,
+        policies,
+        gateways,
     }
 }

@@ -6,6 +6,7 @@ mod explain;
 pub mod load;
 mod output;
 mod render;
+mod run;
 mod standalone;
 
 use clap::{Parser, Subcommand};
@@ -31,30 +32,40 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Print the CustomResourceDefinitions (or write them to a directory).
     Crds(crds::CrdsArgs),
+    /// Run the controller in a cluster: watch the resources, write the relay ConfigMap and
+    /// the statuses.
+    Run(run::RunArgs),
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let json = matches!(&cli.command, Command::Run(a) if a.log_format == run::LogFormat::Json);
+    init_logging(json);
     match cli.command {
         Command::Render(args) => render::run(args),
         Command::Standalone(args) => standalone::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Crds(args) => crds::run(args),
+        Command::Run(args) => run::run(args),
     }
 }
 
-/// Human logs on stderr; level from `RUST_LOG` (default `info`).
-fn init_logging() {
+/// Logs on stderr, human or JSON lines; level from `RUST_LOG` (default `info`).
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 /// Exit code for "the input (or the command line) is wrong".

@@ -209,58 +209,38 @@ fn write_statuses(
     now: &Time,
 ) -> Result<Vec<Row>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let updated = status::namespace_statuses(inputs, evaluation, relay, now);
     let mut rows = Vec::new();
     let mut keep = BTreeSet::new();
-    let empty = Default::default();
-    for list in &inputs.address_lists {
-        let id = ResourceId::new(Kind::AddressList, list.name_any());
-        let mut updated = list.clone();
-        updated.status = Some(status::address_list_status(
-            list,
-            evaluation.findings.get(&id).unwrap_or(&empty),
-            now,
-        ));
-        let conditions = updated
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        write_resource(dir, &id, &updated, &mut keep)?;
-        rows.push(row(&inputs.namespace, id, &conditions));
+    let mut write =
+        |id: ResourceId, conditions: &[crate::api::Condition], text: Result<String, String>| {
+            write_resource(dir, &id, text?, &mut keep)?;
+            rows.push(row(&inputs.namespace, id, conditions));
+            Ok::<(), String>(())
+        };
+    for r in &updated.address_lists {
+        let conditions = r.status.as_ref().map(|s| s.conditions.as_slice());
+        write(
+            ResourceId::new(Kind::AddressList, r.name_any()),
+            conditions.unwrap_or_default(),
+            yaml(r),
+        )?;
     }
-    for policy in &inputs.policies {
-        let id = ResourceId::new(Kind::TlsCompliance, policy.name_any());
-        let mut updated = policy.clone();
-        updated.status = Some(status::tls_compliance_status(
-            policy,
-            evaluation.findings.get(&id).unwrap_or(&empty),
-            Some(relay),
-            now,
-        ));
-        let conditions = updated
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        write_resource(dir, &id, &updated, &mut keep)?;
-        rows.push(row(&inputs.namespace, id, &conditions));
+    for r in &updated.policies {
+        let conditions = r.status.as_ref().map(|s| s.conditions.as_slice());
+        write(
+            ResourceId::new(Kind::TlsCompliance, r.name_any()),
+            conditions.unwrap_or_default(),
+            yaml(r),
+        )?;
     }
-    for gw in &inputs.gateways {
-        let id = ResourceId::new(Kind::OutboundGateway, gw.name_any());
-        let mut updated = gw.clone();
-        updated.status = Some(status::gateway_status(
-            gw,
-            &id,
-            evaluation.findings.get(&id).unwrap_or(&empty),
-            now,
-        ));
-        let conditions = updated
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        write_resource(dir, &id, &updated, &mut keep)?;
-        rows.push(row(&inputs.namespace, id, &conditions));
+    for r in &updated.gateways {
+        let conditions = r.status.as_ref().map(|s| s.conditions.as_slice());
+        write(
+            ResourceId::new(Kind::OutboundGateway, r.name_any()),
+            conditions.unwrap_or_default(),
+            yaml(r),
+        )?;
     }
     // Resources deleted from --dir lose their status file too.
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -273,6 +253,15 @@ fn write_statuses(
         }
     }
     Ok(rows)
+}
+
+fn yaml<K: Serialize + kube::Resource>(r: &K) -> Result<String, String> {
+    serde_norway::to_string(r).map_err(|e| {
+        format!(
+            "cannot serialise {}: {e}",
+            r.meta().name.as_deref().unwrap_or_default()
+        )
+    })
 }
 
 fn row(namespace: &str, id: ResourceId, conditions: &[crate::api::Condition]) -> Row {
@@ -293,15 +282,14 @@ fn row(namespace: &str, id: ResourceId, conditions: &[crate::api::Condition]) ->
 
 /// Write a resource with its status, unless the file already says the same (timestamps
 /// aside).
-fn write_resource<K: Serialize + DeserializeOwned + kube::Resource>(
+fn write_resource(
     dir: &Path,
     id: &ResourceId,
-    r: &K,
+    text: String,
     keep: &mut BTreeSet<PathBuf>,
 ) -> Result<(), String> {
     let path = resource_file(dir, id.kind, &id.name);
     keep.insert(path.clone());
-    let text = serde_norway::to_string(r).map_err(|e| format!("cannot serialise {id}: {e}"))?;
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     if old == text {
         return Ok(());
