@@ -45,7 +45,7 @@ pub async fn apply(
     let err = |source| Error::ConfigMap {
         namespace: namespace.to_string(),
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     };
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let current = api.get_metadata_opt(name).await.map_err(err)?;

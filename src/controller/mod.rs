@@ -17,6 +17,8 @@ mod metrics;
 mod queue;
 mod reconcile;
 mod status;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 pub use configmap::{HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGER};
@@ -36,14 +38,14 @@ pub enum Error {
     ConfigMap {
         namespace: String,
         name: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("status of {kind} {namespace}/{name}: {source}")]
     Status {
         kind: &'static str,
         namespace: String,
         name: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("serialising {what}: {source}")]
     Serialise {

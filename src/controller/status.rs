@@ -58,7 +58,7 @@ where
             kind: kind_name::<K>(),
             namespace: old.namespace().unwrap_or_default(),
             name: name.clone(),
-            source,
+            source: Box::new(source),
         })?;
     ctx.metrics.write("status");
     ctx.events

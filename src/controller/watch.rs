@@ -92,6 +92,60 @@ fn key<K: Resource>(o: &K) -> (String, String) {
     (id, ns)
 }
 
+/// The generation predicate: which namespaces a watch event makes dirty.
+#[derive(Default)]
+pub struct Tracker {
+    /// uid → (namespace, generation) as last seen.
+    seen: HashMap<String, (String, Option<i64>)>,
+    /// Objects of a relist in progress.
+    relist: Option<HashMap<String, (String, Option<i64>)>>,
+}
+
+impl Tracker {
+    /// The namespaces to reconcile after `event`.
+    pub fn dirty<K: Resource>(&mut self, event: &Event<K>) -> BTreeSet<String> {
+        let mut dirty = BTreeSet::new();
+        match event {
+            Event::Init => self.relist = Some(HashMap::new()),
+            Event::InitApply(o) => {
+                let (id, ns) = key(o);
+                self.relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(id, (ns, o.meta().generation));
+            }
+            Event::InitDone => {
+                let new = self.relist.take().unwrap_or_default();
+                // Anything that appeared, moved or vanished while not watching.
+                for (id, (ns, generation)) in &new {
+                    if self.seen.get(id).map(|(_, g)| g) != Some(generation) {
+                        dirty.insert(ns.clone());
+                    }
+                }
+                for (id, (ns, _)) in &self.seen {
+                    if !new.contains_key(id) {
+                        dirty.insert(ns.clone());
+                    }
+                }
+                self.seen = new;
+            }
+            Event::Apply(o) => {
+                let (id, ns) = key(o);
+                let generation = o.meta().generation;
+                let previous = self.seen.insert(id, (ns.clone(), generation));
+                if previous.map(|(_, g)| g) != Some(generation) {
+                    dirty.insert(ns);
+                }
+            }
+            Event::Delete(o) => {
+                let (id, ns) = key(o);
+                self.seen.remove(&id);
+                dirty.insert(ns);
+            }
+        }
+        dirty
+    }
+}
+
 async fn drive<K>(api: Api<K>, writer: Writer<K>, queue: Sender, synced: Arc<AtomicUsize>)
 where
     K: Resource<DynamicType = ()>
@@ -103,9 +157,7 @@ where
         + 'static,
 {
     let kind = K::kind(&()).to_string();
-    // uid → (namespace, generation) of what the last reconcile-triggering event saw.
-    let mut seen: HashMap<String, (String, Option<i64>)> = HashMap::new();
-    let mut relist: Option<HashMap<String, (String, Option<i64>)>> = None;
+    let mut tracker = Tracker::default();
     let mut first_sync = true;
     let stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
@@ -114,50 +166,54 @@ where
     while let Some(event) = stream.next().await {
         match event {
             Err(e) => tracing::warn!(%kind, "watch failed, retrying with backoff: {e}"),
-            Ok(Event::Init) => relist = Some(HashMap::new()),
-            Ok(Event::InitApply(o)) => {
-                let (id, ns) = key(&o);
-                relist
-                    .get_or_insert_with(HashMap::new)
-                    .insert(id, (ns, o.meta().generation));
-            }
-            Ok(Event::InitDone) => {
-                let new = relist.take().unwrap_or_default();
-                // Namespaces where anything appeared, moved or vanished while not watching.
-                let mut dirty = BTreeSet::new();
-                for (id, (ns, generation)) in &new {
-                    if seen.get(id).map(|(_, g)| g) != Some(generation) {
-                        dirty.insert(ns.clone());
-                    }
-                }
-                for (id, (ns, _)) in &seen {
-                    if !new.contains_key(id) {
-                        dirty.insert(ns.clone());
-                    }
-                }
-                seen = new;
-                if first_sync {
+            Ok(event) => {
+                if first_sync && matches!(event, Event::InitDone) {
                     first_sync = false;
                     synced.fetch_add(1, Ordering::AcqRel);
-                    tracing::debug!(%kind, objects = seen.len(), "cache synced");
+                    tracing::debug!(%kind, "cache synced");
                 }
-                for ns in dirty {
+                for ns in tracker.dirty(&event) {
                     queue.send(ns);
                 }
-            }
-            Ok(Event::Apply(o)) => {
-                let (id, ns) = key(&o);
-                let generation = o.meta().generation;
-                let previous = seen.insert(id, (ns.clone(), generation));
-                if previous.map(|(_, g)| g) != Some(generation) {
-                    queue.send(ns);
-                }
-            }
-            Ok(Event::Delete(o)) => {
-                let (id, ns) = key(&o);
-                seen.remove(&id);
-                queue.send(ns);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AddressListSpec;
+
+    fn list(ns: &str, uid: &str, generation: i64) -> AddressList {
+        let mut l = AddressList::new("l", AddressListSpec::default());
+        l.metadata.namespace = Some(ns.into());
+        l.metadata.uid = Some(uid.into());
+        l.metadata.generation = Some(generation);
+        l
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_spec_changes_and_deletions_mark_a_namespace() {
+        let mut t = Tracker::default();
+        assert_eq!(t.dirty(&Event::<AddressList>::Init), set(&[]));
+        assert_eq!(t.dirty(&Event::InitApply(list("a", "1", 1))), set(&[]));
+        assert_eq!(t.dirty(&Event::InitApply(list("b", "2", 1))), set(&[]));
+        assert_eq!(t.dirty(&Event::<AddressList>::InitDone), set(&["a", "b"]));
+        // A status write: same generation, nothing to do.
+        assert_eq!(t.dirty(&Event::Apply(list("a", "1", 1))), set(&[]));
+        // A spec edit re-renders exactly its namespace.
+        assert_eq!(t.dirty(&Event::Apply(list("a", "1", 2))), set(&["a"]));
+        assert_eq!(t.dirty(&Event::Apply(list("c", "3", 1))), set(&["c"]));
+        assert_eq!(t.dirty(&Event::Delete(list("b", "2", 1))), set(&["b"]));
+        // A relist after a watch gap: "c" vanished, "a" is unchanged, "d" is new.
+        t.dirty(&Event::<AddressList>::Init);
+        t.dirty(&Event::InitApply(list("a", "1", 2)));
+        t.dirty(&Event::InitApply(list("d", "4", 1)));
+        assert_eq!(t.dirty(&Event::<AddressList>::InitDone), set(&["c", "d"]));
     }
 }
