@@ -84,12 +84,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let (stores, watchers) = watch::start(client.clone(), &settings.namespaces);
-    let (leader_rx, lease_task) = match &settings.leader_election {
+    // Without leader election this instance always leads; the sender is kept so the
+    // channel stays open (a closed one means the lease loop died).
+    let (_always, leader_rx, lease_task) = match &settings.leader_election {
         Some(lease) => {
             let (rx, task) = leader::start(client.clone(), lease).await?;
-            (rx, Some(task))
+            (None, rx, Some(task))
         }
-        None => (signal::channel(true).1, None),
+        None => {
+            let (tx, rx) = signal::channel(true);
+            (Some(tx), rx, None)
+        }
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
