@@ -319,7 +319,7 @@ async fn editing_an_address_list_re_renders_with_a_new_hash() {
         let p = policy("partners", &["partners"]);
         apply(&lists, &partners).await;
         apply(&policies, &p).await;
-        let first = expected_hash(&ns, &[partners], &[p.clone()], &[]);
+        let first = expected_hash(&ns, &[partners], std::slice::from_ref(&p), &[]);
         wait_for_hash(&client, &ns, &first).await;
 
         let edited = list("partners", &["example.com", "new-partner.example"]);
@@ -571,7 +571,12 @@ async fn with_leader_election_only_the_leader_writes() {
         let p = policy("partners", &["partners"]);
         apply(&lists, &l).await;
         apply(&policies, &p).await;
-        wait_for_hash(&client, &ns, &expected_hash(&ns, &[l], &[p.clone()], &[])).await;
+        wait_for_hash(
+            &client,
+            &ns,
+            &expected_hash(&ns, &[l], std::slice::from_ref(&p), &[]),
+        )
+        .await;
         wait_condition::<TlsCompliance>(&client, &ns, "partners", "Ready", "True").await;
         let instances = |events: Vec<Event>| {
             events
