@@ -616,3 +616,74 @@ async fn with_leader_election_only_the_leader_writes() {
     })
     .await;
 }
+
+/// One plain HTTP/1.0 GET against the metrics server: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn metrics_health_and_readiness_are_served() {
+    in_namespace("ctl-metrics", |client, ns| async move {
+        // A free port: bind, read it, release it for the controller.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let l = list("partners", &["example.com"]);
+        apply(&lists, &l).await;
+        let settings = Settings {
+            namespaces: vec![ns.clone()],
+            config_map: CM.into(),
+            render: RenderOptions::default(),
+            metrics_addr: Some(addr),
+            leader_election: None,
+            instance: None,
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(mailtls::controller::run(client.clone(), settings, shutdown));
+        wait_condition::<AddressList>(&client, &ns, "partners", "Ready", "True").await;
+
+        assert_eq!(http_get(addr, "/healthz").await.expect("healthz").0, 200);
+        assert_eq!(http_get(addr, "/readyz").await.expect("readyz").0, 200);
+        let (code, metrics) = http_get(addr, "/metrics").await.expect("metrics");
+        assert_eq!(code, 200);
+        for wanted in [
+            format!("mailtls_reconciles_total{{namespace=\"{ns}\"}}"),
+            "mailtls_reconcile_duration_seconds_bucket".to_string(),
+            format!("mailtls_render_size_bytes{{namespace=\"{ns}\"}}"),
+            "mailtls_api_writes_total{object=\"configmap\"} 1".to_string(),
+        ] {
+            assert!(metrics.contains(&wanted), "no {wanted} in:\n{metrics}");
+        }
+
+        let _ = stop.send(true);
+        tokio::time::timeout(TIMEOUT, task)
+            .await
+            .expect("stopped in time")
+            .expect("task")
+            .expect("clean shutdown");
+        assert!(
+            http_get(addr, "/healthz").await.is_err(),
+            "the server is gone after shutdown"
+        );
+    })
+    .await;
+}
