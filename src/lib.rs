@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod policy;
 pub mod probe;
 pub mod relay;

@@ -6,8 +6,9 @@ use crate::api::{
     AddressList, AddressListStatus, Condition, Enforcement, InvalidEntry, MatchedCounts,
     OutboundGateway, OutboundGatewayStatus, RelayConfigRef, TlsCompliance, TlsComplianceStatus,
 };
-use crate::policy::{Conflict, Kind, ResourceFindings, ResourceId};
+use crate::policy::{Conflict, Evaluation, Inputs, Kind, ResourceFindings, ResourceId};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 
 pub const READY: &str = "Ready";
 pub const RENDERED: &str = "Rendered";
@@ -374,6 +375,47 @@ fn ensure_untested(conditions: &mut Vec<Condition>, enabled: bool, observed: i64
     }
 }
 
+/// Every resource of one namespace, each carrying its new status.
+#[derive(Clone, Debug, Default)]
+pub struct Updated {
+    pub address_lists: Vec<AddressList>,
+    pub policies: Vec<TlsCompliance>,
+    pub gateways: Vec<OutboundGateway>,
+}
+
+/// The new status of every resource in `inputs` (whose `status` is the previous one), from
+/// one evaluation. Shared by the controller and `mailtls standalone`.
+pub fn namespace_statuses(
+    inputs: &Inputs,
+    evaluation: &Evaluation,
+    relay: &RelayConfigRef,
+    now: &Time,
+) -> Updated {
+    fn each<K: Reconciled>(
+        items: &[K],
+        evaluation: &Evaluation,
+        relay: &RelayConfigRef,
+        now: &Time,
+    ) -> Vec<K> {
+        let empty = ResourceFindings::default();
+        items
+            .iter()
+            .map(|r| {
+                let f = evaluation
+                    .findings
+                    .get(&ResourceId::new(K::KIND, r.name_any()))
+                    .unwrap_or(&empty);
+                r.with_status(f, Some(relay), now)
+            })
+            .collect()
+    }
+    Updated {
+        address_lists: each(&inputs.address_lists, evaluation, relay, now),
+        policies: each(&inputs.policies, evaluation, relay, now),
+        gateways: each(&inputs.gateways, evaluation, relay, now),
+    }
+}
+
 /// A resource whose status the engine computes; lets the reconcile loops treat the three
 /// kinds alike.
 pub trait Reconciled: kube::Resource<DynamicType = ()> + Clone {
@@ -417,7 +459,7 @@ impl Reconciled for TlsCompliance {
 impl Reconciled for OutboundGateway {
     const KIND: Kind = Kind::OutboundGateway;
     fn with_status(&self, f: &ResourceFindings, _: Option<&RelayConfigRef>, now: &Time) -> Self {
-        let id = ResourceId::new(Kind::OutboundGateway, kube::ResourceExt::name_any(self));
+        let id = ResourceId::new(Kind::OutboundGateway, self.name_any());
         let mut r = self.clone();
         r.status = Some(gateway_status(self, &id, f, now));
         r

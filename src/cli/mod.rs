@@ -8,6 +8,7 @@ mod output;
 pub mod probe;
 mod relay_agent;
 mod render;
+mod run;
 mod standalone;
 mod tests_loop;
 
@@ -39,12 +40,16 @@ enum Command {
     /// Sidecar beside Postfix: apply the rendered configuration from a watched directory
     /// (verify, stage, `postfix check`, swap, reload), keeping the last good one on failure.
     RelayAgent(relay_agent::RelayAgentArgs),
+    /// Run the controller in a cluster: watch the resources, write the relay ConfigMap and
+    /// the statuses.
+    Run(run::RunArgs),
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let json = matches!(&cli.command, Command::Run(a) if a.log_format == run::LogFormat::Json);
+    init_logging(json);
     match cli.command {
         Command::Render(args) => render::run(args),
         Command::Standalone(args) => standalone::run(args),
@@ -52,19 +57,25 @@ pub fn main() -> ExitCode {
         Command::Probe(args) => probe::main(args),
         Command::Crds(args) => crds::run(args),
         Command::RelayAgent(args) => relay_agent::run(args),
+        Command::Run(args) => run::run(args),
     }
 }
 
-/// Human logs on stderr; level from `RUST_LOG` (default `info`).
-fn init_logging() {
+/// Logs on stderr, human or JSON lines; level from `RUST_LOG` (default `info`).
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 /// Exit code for "the input (or the command line) is wrong".

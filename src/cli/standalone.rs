@@ -356,9 +356,9 @@ pub(super) fn write_resource<K: Serialize + kube::Resource>(
     r: &K,
     keep: &mut BTreeSet<PathBuf>,
 ) -> Result<(), String> {
+    let text = serde_norway::to_string(r).map_err(|e| format!("cannot serialise {id}: {e}"))?;
     let path = resource_file(dir, id.kind, &id.name);
     keep.insert(path.clone());
-    let text = serde_norway::to_string(r).map_err(|e| format!("cannot serialise {id}: {e}"))?;
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     if old == text {
         return Ok(());

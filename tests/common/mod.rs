@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use mailtls::cli::load::load_str;
 use mailtls::policy::{Evaluation, Inputs, evaluate};
 use mailtls::render::{PostfixVersion, RelayConfig, RenderOptions, render};

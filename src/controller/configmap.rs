@@ -1,0 +1,74 @@
+//! The rendered files as a ConfigMap, server-side applied, written only when the hash moves.
+
+use super::Error;
+use super::reconcile::Context;
+use crate::render::RelayConfig;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+/// Field manager of every write the controller makes.
+pub const MANAGER: &str = "mailtls";
+/// Annotation carrying the content hash of the rendered files.
+pub const HASH_ANNOTATION: &str = "mailtls.io/config-hash";
+/// Label marking ConfigMaps the controller owns (there is no owner reference: the
+/// ConfigMap belongs to the namespace, not to any one policy).
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// The server-side-apply body: only the fields mailtls owns.
+pub fn desired(name: &str, namespace: &str, config: &RelayConfig) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {MANAGED_BY_LABEL: MANAGER},
+            "annotations": {HASH_ANNOTATION: config.hash},
+        },
+        "data": config.files,
+    })
+}
+
+/// Apply the configuration unless the ConfigMap already carries its hash. A namespace
+/// without mailtls resources gets no new ConfigMap; an existing one is rewritten with the
+/// empty policy's files (nothing mandatory, no routes), so a relay that mounts it drops the
+/// old policy instead of keeping stale files as it would after a delete.
+/// Returns the stored ConfigMap when it was written.
+pub async fn apply(
+    ctx: &Context,
+    namespace: &str,
+    config: &RelayConfig,
+    no_resources: bool,
+) -> Result<Option<ConfigMap>, Error> {
+    let name = ctx.config_map.as_str();
+    let err = |source| Error::ConfigMap {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        source: Box::new(source),
+    };
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let current = api.get_metadata_opt(name).await.map_err(err)?;
+    let current_hash = current
+        .as_ref()
+        .and_then(|m| m.metadata.annotations.as_ref())
+        .and_then(|a| a.get(HASH_ANNOTATION));
+    if current.is_none() && no_resources {
+        return Ok(None);
+    }
+    if current_hash == Some(&config.hash) {
+        return Ok(None);
+    }
+    ctx.ensure_leader()?;
+    let params = PatchParams::apply(MANAGER).force();
+    let stored = api
+        .patch(
+            name,
+            &params,
+            &Patch::Apply(desired(name, namespace, config)),
+        )
+        .await
+        .map_err(err)?;
+    ctx.metrics.write("configmap");
+    Ok(Some(stored))
+}

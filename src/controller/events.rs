@@ -1,0 +1,96 @@
+//! Kubernetes Events (events.k8s.io). Deduplicated by construction: they are only sent when
+//! the ConfigMap hash or a condition actually changes, never on a reconcile that writes
+//! nothing. Failing to send one is logged, never a reconcile error.
+
+use crate::api::Condition;
+use crate::policy::Inputs;
+use crate::status::{CONFLICT, READY};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+/// Name of the controller in Events.
+const CONTROLLER: &str = "mailtls-controller";
+
+pub struct Events {
+    recorder: Recorder,
+}
+
+impl Events {
+    pub fn new(client: kube::Client, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: CONTROLLER.into(),
+            instance,
+        };
+        Events {
+            recorder: Recorder::new(client, reporter),
+        }
+    }
+
+    async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        regarding: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            // The API server caps a note at 1 kB.
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &regarding.object_ref(&()))
+            .await
+        {
+            tracing::warn!(reason, "could not record an Event: {e}");
+        }
+    }
+
+    /// The relay configuration of a namespace changed.
+    pub async fn config_written(&self, cm: &ConfigMap, hash: &str, inputs: &Inputs) {
+        let note = format!(
+            "relay configuration {hash} rendered from {} TlsCompliance, {} OutboundGateway and {} AddressList resources",
+            inputs.policies.len(),
+            inputs.gateways.len(),
+            inputs.address_lists.len()
+        );
+        self.publish(cm, EventType::Normal, "Rendered", note).await;
+    }
+
+    /// A resource's conditions changed: warn about new conflicts and new reasons for not
+    /// being Ready (invalid entries or spec, missing references, a lost conflict).
+    pub async fn conditions_changed<K: Resource<DynamicType = ()>>(
+        &self,
+        regarding: &K,
+        old: Vec<Condition>,
+        new: Vec<Condition>,
+    ) {
+        let find = |list: &[Condition], t: &str| {
+            list.iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        };
+        let conflict = find(&new, CONFLICT);
+        if conflict != find(&old, CONFLICT)
+            && let Some((status, _, message)) = conflict
+            && status == "True"
+        {
+            self.publish(regarding, EventType::Warning, "Conflict", message)
+                .await;
+        }
+        let ready = find(&new, READY);
+        if ready != find(&old, READY)
+            && let Some((status, reason, message)) = ready
+            && status == "False"
+            && reason != "ConflictLost"
+        {
+            self.publish(regarding, EventType::Warning, &reason, message)
+                .await;
+        }
+    }
+}

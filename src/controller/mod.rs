@@ -1,0 +1,131 @@
+//! The cluster edge: `mailtls run`.
+//!
+//! The unit of work is a *namespace* (one namespace renders into one relay configuration),
+//! not an object, so this is not a `kube::runtime::Controller`: that machine is keyed on
+//! `ObjectRef<K>`, and a namespace holding only gateways or only lists has no natural object
+//! of one kind to key on. Instead reflectors keep stores of the three kinds ([`watch`]),
+//! every spec change (generation predicate) or deletion marks its namespace dirty, and a
+//! small [`queue`] reconciles dirty namespaces (never the same one twice at once) with
+//! jittered backoff on errors. A reconcile reads only the stores (no re-list), so any
+//! change re-renders exactly its own namespace. The same pure core as `mailtls standalone`
+//! does the work: `policy::evaluate` → `render` → `status::namespace_statuses`.
+
+mod configmap;
+mod events;
+mod leader;
+mod metrics;
+mod queue;
+mod reconcile;
+mod status;
+#[cfg(test)]
+mod tests;
+mod watch;
+
+pub use configmap::{HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGER};
+pub use metrics::Metrics;
+pub use reconcile::{Context, Stores, reconcile};
+
+use crate::render::RenderOptions;
+use kube::Client;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch as signal;
+
+/// Errors of one reconcile; every one is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying ConfigMap {namespace}/{name}: {source}")]
+    ConfigMap {
+        namespace: String,
+        name: String,
+        source: Box<kube::Error>,
+    },
+    #[error("status of {kind} {namespace}/{name}: {source}")]
+    Status {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        source: Box<kube::Error>,
+    },
+    #[error("serialising {what}: {source}")]
+    Serialise {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("no longer the leader")]
+    NotLeader,
+    #[error("reconcile task failed: {0}")]
+    Panicked(String),
+}
+
+/// Everything `mailtls run` is configured with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// Name of the ConfigMap written in each namespace.
+    pub config_map: String,
+    pub render: RenderOptions,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not at all.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Lease for leader election; `None`: this instance always writes.
+    pub leader_election: Option<leader::LeaseSettings>,
+    /// Reported as the Events' reporting instance (the pod name in a cluster).
+    pub instance: Option<String>,
+}
+
+pub use leader::LeaseSettings;
+
+/// Runs the controller until `shutdown` turns true (or its sender is dropped).
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    mut shutdown: signal::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let (stores, watchers) = watch::start(client.clone(), &settings.namespaces);
+    // Without leader election this instance always leads; the sender is kept so the
+    // channel stays open (a closed one means the lease loop died).
+    let (_always, leader_rx, lease_task) = match &settings.leader_election {
+        Some(lease) => {
+            let (rx, task) = leader::start(client.clone(), lease).await?;
+            (None, rx, Some(task))
+        }
+        None => {
+            let (tx, rx) = signal::channel(true);
+            (Some(tx), rx, None)
+        }
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores: stores.clone(),
+        render: settings.render.clone(),
+        config_map: settings.config_map.clone(),
+        namespaces: settings.namespaces.clone(),
+        metrics: metrics.clone(),
+        events: events::Events::new(client.clone(), settings.instance.clone()),
+        leader: leader_rx.clone(),
+    });
+    let server = match settings.metrics_addr {
+        Some(addr) => {
+            Some(metrics::serve(addr, metrics.clone(), stores.clone(), shutdown.clone()).await?)
+        }
+        None => None,
+    };
+    let queue = queue::Queue::new();
+    let feeder = tokio::spawn(watch::feed(watchers, queue.sender()));
+    tracing::info!(namespaces = ?settings.namespaces, config_map = %settings.config_map, "controller started");
+    tokio::select! {
+        () = queue::work(queue, ctx, leader_rx) => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    tracing::info!("shutting down");
+    feeder.abort();
+    if let Some(task) = lease_task {
+        task.stop().await;
+    }
+    if let Some(server) = server {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! One reconcile of one namespace: stores → evaluate → render → ConfigMap → statuses.
+
+use super::events::Events;
+use super::metrics::Metrics;
+use super::{Error, configmap, status};
+use crate::api::{AddressList, OutboundGateway, RelayConfigRef, TlsCompliance};
+use crate::policy::{Inputs, evaluate};
+use crate::render::{RenderOptions, render};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, ResourceExt};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::watch;
+
+/// Reflector stores of the three kinds: one per watched namespace, or one for all.
+#[derive(Clone)]
+pub struct Stores {
+    pub lists: Vec<Store<AddressList>>,
+    pub policies: Vec<Store<TlsCompliance>>,
+    pub gateways: Vec<Store<OutboundGateway>>,
+    /// Watchers that have completed their first list.
+    pub(super) synced: Arc<AtomicUsize>,
+}
+
+impl Stores {
+    /// Stores filled by the caller (tests, tools): counted as synced.
+    pub fn filled(
+        lists: Store<AddressList>,
+        policies: Store<TlsCompliance>,
+        gateways: Store<OutboundGateway>,
+    ) -> Self {
+        Stores {
+            lists: vec![lists],
+            policies: vec![policies],
+            gateways: vec![gateways],
+            synced: Arc::new(AtomicUsize::new(3)),
+        }
+    }
+
+    /// Whether every watcher has listed once; before that a namespace would look empty.
+    pub fn is_ready(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+            >= self.lists.len() + self.policies.len() + self.gateways.len()
+    }
+
+    /// The resources of one namespace, sorted by name.
+    pub fn inputs(&self, namespace: &str) -> Inputs {
+        fn of<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
+            stores: &[Store<K>],
+            ns: &str,
+        ) -> Vec<K> {
+            let mut items: Vec<K> = stores
+                .iter()
+                .flat_map(|s| s.state_filter(|o| o.meta().namespace.as_deref() == Some(ns)))
+                .map(|o| (*o).clone())
+                .collect();
+            items.sort_by_key(|o| o.meta().name.clone());
+            items
+        }
+        Inputs {
+            namespace: namespace.to_string(),
+            address_lists: of(&self.lists, namespace),
+            policies: of(&self.policies, namespace),
+            gateways: of(&self.gateways, namespace),
+        }
+    }
+
+    /// Every namespace holding at least one mailtls resource.
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        fn of<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
+            stores: &[Store<K>],
+            out: &mut BTreeSet<String>,
+        ) {
+            for s in stores {
+                out.extend(s.state().iter().filter_map(|o| o.namespace()));
+            }
+        }
+        let mut out = BTreeSet::new();
+        of(&self.lists, &mut out);
+        of(&self.policies, &mut out);
+        of(&self.gateways, &mut out);
+        out
+    }
+}
+
+/// What a reconcile needs; shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub render: RenderOptions,
+    /// Name of the ConfigMap in each namespace.
+    pub config_map: String,
+    /// Watched namespaces; empty means all.
+    pub namespaces: Vec<String>,
+    pub metrics: Arc<Metrics>,
+    pub events: Events,
+    /// Whether this instance may write (always true without leader election).
+    pub leader: watch::Receiver<bool>,
+}
+
+impl Context {
+    /// Checked before every write, so an instance that lost the lease stops at once.
+    pub(super) fn ensure_leader(&self) -> Result<(), Error> {
+        if *self.leader.borrow() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+}
+
+/// Reconcile one namespace. Every resource's status is attempted even when another fails;
+/// the first error is returned so the namespace is retried.
+pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(ctx, namespace).await;
+    ctx.metrics
+        .observe(namespace, started.elapsed(), result.is_ok());
+    result
+}
+
+async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
+    let inputs = ctx.stores.inputs(namespace);
+    let empty =
+        inputs.address_lists.is_empty() && inputs.policies.is_empty() && inputs.gateways.is_empty();
+    let evaluation = evaluate(&inputs);
+    let config = render(&evaluation.policy, &ctx.render);
+    let bytes: usize = config.files.values().map(String::len).sum();
+    ctx.metrics.render_size(namespace, bytes);
+
+    let written = configmap::apply(ctx, namespace, &config, empty).await?;
+    if let Some(cm) = &written {
+        tracing::info!(namespace, hash = %config.hash, bytes, "relay configuration written");
+        ctx.events.config_written(cm, &config.hash, &inputs).await;
+    }
+
+    let relay = RelayConfigRef {
+        name: ctx.config_map.clone(),
+        hash: config.hash.clone(),
+        ..Default::default()
+    };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let updated = crate::status::namespace_statuses(&inputs, &evaluation, &relay, &now);
+    let mut first_error = None;
+    let mut keep = |r: Result<(), Error>| {
+        if let Err(e) = r {
+            tracing::warn!(namespace, "{e}");
+            first_error.get_or_insert(e);
+        }
+    };
+    let lists: Api<AddressList> = Api::namespaced(ctx.client.clone(), namespace);
+    for (old, new) in inputs.address_lists.iter().zip(&updated.address_lists) {
+        keep(status::update(ctx, &lists, old, new).await);
+    }
+    let policies: Api<TlsCompliance> = Api::namespaced(ctx.client.clone(), namespace);
+    for (old, new) in inputs.policies.iter().zip(&updated.policies) {
+        keep(status::update(ctx, &policies, old, new).await);
+    }
+    let gateways: Api<OutboundGateway> = Api::namespaced(ctx.client.clone(), namespace);
+    for (old, new) in inputs.gateways.iter().zip(&updated.gateways) {
+        keep(status::update(ctx, &gateways, old, new).await);
+    }
+    first_error.map_or(Ok(()), Err)
+}

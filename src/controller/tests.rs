@@ -1,0 +1,665 @@
+//! The exact requests a reconcile sends, against a `tower-test` mock API server (in the
+//! style of kube-rs controller-rs `ApiServerVerifier`): every request is taken in order,
+//! checked, and answered; after the reconcile no request may be left over.
+
+use super::events::Events;
+use super::metrics::Metrics;
+use super::reconcile::{Context, Stores, reconcile};
+use super::{HASH_ANNOTATION, MANAGED_BY_LABEL};
+use crate::api::{
+    AddressList, AddressListSpec, AppliesTo, Direction, GatewayTls, LocalRef, OutboundGateway,
+    OutboundGatewaySpec, RelayConfigRef, TestSpec, TestSummary, TlsCompliance, TlsComplianceSpec,
+};
+use crate::policy::{Inputs, evaluate};
+use crate::render::{RenderOptions, render};
+use http::{Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::client::Body;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tower_test::mock;
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+const NS: &str = "team-a";
+const CM_PATH: &str = "/api/v1/namespaces/team-a/configmaps/mailtls-relay";
+
+fn meta<K: Resource>(r: &mut K, name: &str, generation: i64, created: &str) {
+    let m = r.meta_mut();
+    m.name = Some(name.into());
+    m.namespace = Some(NS.into());
+    m.uid = Some(format!("uid-{name}"));
+    m.generation = Some(generation);
+    m.resource_version = Some(format!("{generation}0"));
+    m.creation_timestamp = created.parse().ok().map(Time);
+}
+
+fn address_list(name: &str, entries: &[&str]) -> AddressList {
+    let mut l = AddressList::new(
+        name,
+        AddressListSpec {
+            entries: entries.iter().map(|e| e.to_string()).collect(),
+            bulk: None,
+        },
+    );
+    meta(&mut l, name, 1, "2026-01-01T00:00:00Z");
+    l
+}
+
+fn policy(name: &str, list: &str) -> TlsCompliance {
+    let mut p = TlsCompliance::new(
+        name,
+        TlsComplianceSpec {
+            direction: Direction::Outbound,
+            address_lists: vec![LocalRef { name: list.into() }],
+            require_ca_signed: true,
+            validate_hostname: true,
+            min_tls_version: Default::default(),
+            on_failure: Default::default(),
+            enforcement: Default::default(),
+            test: TestSpec::default(),
+        },
+    );
+    meta(&mut p, name, 1, "2026-01-01T00:00:00Z");
+    p
+}
+
+fn all_mail(name: &str, host: &str, created: &str) -> OutboundGateway {
+    let mut g = OutboundGateway::new(
+        name,
+        OutboundGatewaySpec {
+            host: host.into(),
+            port: 25,
+            mx_lookup: false,
+            tls: GatewayTls::default(),
+            applies_to: AppliesTo::AllMail,
+            address_lists: vec![],
+            test: TestSpec::default(),
+        },
+    );
+    meta(&mut g, name, 1, created);
+    g
+}
+
+fn inputs(
+    address_lists: Vec<AddressList>,
+    policies: Vec<TlsCompliance>,
+    gateways: Vec<OutboundGateway>,
+) -> Inputs {
+    Inputs {
+        namespace: NS.into(),
+        address_lists,
+        policies,
+        gateways,
+    }
+}
+
+fn writer<K>(items: &[K]) -> Writer<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut w = Writer::default();
+    for item in items {
+        w.apply_watcher_event(&watcher::Event::Apply(item.clone()));
+    }
+    w
+}
+
+/// A context over a mock client whose stores hold `inputs`; the writers are returned so the
+/// stores stay alive.
+fn context(inputs: &Inputs) -> (Arc<Context>, Handle, impl Sized) {
+    context_as(inputs, true)
+}
+
+fn context_as(inputs: &Inputs, leader: bool) -> (Arc<Context>, Handle, impl Sized) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (lists, policies, gateways) = (
+        writer(&inputs.address_lists),
+        writer(&inputs.policies),
+        writer(&inputs.gateways),
+    );
+    let stores = Stores::filled(
+        lists.as_reader(),
+        policies.as_reader(),
+        gateways.as_reader(),
+    );
+    let ctx = Context {
+        client: client.clone(),
+        stores,
+        render: RenderOptions::default(),
+        config_map: "mailtls-relay".into(),
+        namespaces: vec![],
+        metrics: Arc::new(Metrics::default()),
+        events: Events::new(client, Some("test".into())),
+        leader: tokio::sync::watch::channel(leader).1,
+    };
+    (Arc::new(ctx), handle, (lists, policies, gateways))
+}
+
+/// One request as the test sees it.
+struct Seen {
+    method: String,
+    path: String,
+    query: BTreeMap<String, String>,
+    content_type: String,
+    body: Value,
+    reply: mock::SendResponse<Response<Body>>,
+}
+
+impl Seen {
+    fn respond(self, status: StatusCode, body: &Value) {
+        let bytes = serde_json::to_vec(body).expect("json");
+        self.reply.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(bytes))
+                .expect("response"),
+        );
+    }
+}
+
+async fn next(handle: &mut Handle) -> Seen {
+    let (request, reply) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
+            .await
+            .expect("the controller sent no further request within 5s")
+            .expect("the client is gone");
+    let query = request
+        .uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bytes = request.into_body().collect_bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    };
+    Seen {
+        method,
+        path,
+        query,
+        content_type,
+        body,
+        reply,
+    }
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+/// The ConfigMap GET, answered with a ConfigMap carrying `hash` (or 404).
+async fn expect_config_map_get(handle: &mut Handle, hash: Option<&str>) {
+    let seen = next(handle).await;
+    assert_eq!((seen.method.as_str(), seen.path.as_str()), ("GET", CM_PATH));
+    match hash {
+        None => seen.respond(StatusCode::NOT_FOUND, &not_found()),
+        Some(hash) => seen.respond(
+            StatusCode::OK,
+            &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                    "metadata": {"name": "mailtls-relay", "namespace": NS,
+                                 "annotations": {HASH_ANNOTATION: hash}}}),
+        ),
+    }
+}
+
+/// A status merge patch of `object`; returns its body and answers with the patched object.
+async fn expect_status_patch<K: Resource<DynamicType = ()> + serde::Serialize>(
+    handle: &mut Handle,
+    object: &K,
+) -> Value {
+    let seen = next(handle).await;
+    let name = object.meta().name.clone().unwrap_or_default();
+    let plural = K::plural(&());
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        (
+            "PATCH",
+            format!("/apis/mailtls.io/v1alpha1/namespaces/{NS}/{plural}/{name}/status").as_str()
+        )
+    );
+    assert_eq!(seen.content_type, "application/merge-patch+json");
+    let body = seen.body.clone();
+    let mut stored = serde_json::to_value(object).expect("json");
+    merge(&mut stored["status"], &body["status"]);
+    seen.respond(StatusCode::OK, &stored);
+    body
+}
+
+/// What the server does with a merge patch (RFC 7386).
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+/// An events.k8s.io Event; returns its body.
+async fn expect_event(handle: &mut Handle) -> Value {
+    let seen = next(handle).await;
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events")
+    );
+    let body = seen.body.clone();
+    seen.respond(StatusCode::CREATED, &body);
+    body
+}
+
+/// After the reconcile: no request is left (the context and its clients are dropped first).
+async fn expect_no_more(handle: &mut Handle) {
+    assert!(
+        handle.next_request().await.is_none(),
+        "the controller sent a request it should not have"
+    );
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+fn expected_hash(inputs: &Inputs) -> String {
+    render(&evaluate(inputs).policy, &RenderOptions::default()).hash
+}
+
+#[tokio::test]
+async fn first_reconcile_applies_the_config_map_and_writes_every_status() {
+    let inputs = inputs(
+        vec![address_list(
+            "partners",
+            &[".partner.example", "alice@example.com"],
+        )],
+        vec![policy("partners", "partners")],
+        vec![],
+    );
+    let config = render(&evaluate(&inputs).policy, &RenderOptions::default());
+    let (ctx, mut handle, _writers) = context(&inputs);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reconcile(&ctx, NS).await }
+    });
+
+    expect_config_map_get(&mut handle, None).await;
+
+    let apply = next(&mut handle).await;
+    assert_eq!(
+        (apply.method.as_str(), apply.path.as_str()),
+        ("PATCH", CM_PATH)
+    );
+    assert_eq!(apply.content_type, "application/apply-patch+yaml");
+    assert_eq!(
+        apply.query,
+        BTreeMap::from([
+            ("fieldManager".to_string(), "mailtls".to_string()),
+            ("force".to_string(), "true".to_string()),
+        ])
+    );
+    let data: BTreeMap<String, String> = config.files.clone();
+    assert_eq!(
+        apply.body,
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "mailtls-relay",
+                "namespace": NS,
+                "labels": {MANAGED_BY_LABEL: "mailtls"},
+                "annotations": {HASH_ANNOTATION: config.hash},
+            },
+            "data": data,
+        })
+    );
+    assert!(data["tls_policy"].contains(".partner.example"));
+    let mut stored = apply.body.clone();
+    stored["metadata"]["uid"] = json!("uid-cm");
+    apply.respond(StatusCode::OK, &stored);
+
+    let event = expect_event(&mut handle).await;
+    assert_eq!(event["reason"], "Rendered");
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["regarding"]["kind"], "ConfigMap");
+    assert_eq!(event["regarding"]["name"], "mailtls-relay");
+
+    let body = expect_status_patch(&mut handle, &inputs.address_lists[0]).await;
+    assert_eq!(body["metadata"], json!({"resourceVersion": "10"}));
+    let status = &body["status"];
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(
+        (status["addresses"].clone(), status["domains"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(status["usedBy"], json!(["TlsCompliance/partners"]));
+    let ready = condition(status, "Ready");
+    assert_eq!(
+        (ready["status"].clone(), ready["reason"].clone()),
+        (json!("True"), json!("Valid"))
+    );
+    assert_eq!(ready["observedGeneration"], 1);
+
+    let body = expect_status_patch(&mut handle, &inputs.policies[0]).await;
+    let status = &body["status"];
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(
+        status["relayConfig"],
+        json!({"name": "mailtls-relay", "hash": config.hash})
+    );
+    let types: Vec<(&str, &str)> = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or(""),
+                c["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("Ready", "True"),
+            ("Rendered", "True"),
+            ("Tested", "Unknown"),
+            ("Compliant", "Unknown"),
+            ("Conflict", "False")
+        ]
+    );
+
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+/// The resources as a previous reconcile left them, with the ConfigMap holding their hash.
+fn reconciled(inputs: &Inputs) -> Inputs {
+    let relay = RelayConfigRef {
+        name: "mailtls-relay".into(),
+        hash: expected_hash(inputs),
+        ..Default::default()
+    };
+    let now = Time("2026-02-01T00:00:00Z".parse().expect("time"));
+    let u = crate::status::namespace_statuses(inputs, &evaluate(inputs), &relay, &now);
+    Inputs {
+        namespace: NS.into(),
+        address_lists: u.address_lists,
+        policies: u.policies,
+        gateways: u.gateways,
+    }
+}
+
+#[tokio::test]
+async fn a_reconciled_namespace_sends_no_write() {
+    let before = inputs(
+        vec![address_list("partners", &["example.com"])],
+        vec![policy("partners", "partners")],
+        vec![all_mail(
+            "smarthost",
+            "relay.example.net",
+            "2026-01-01T00:00:00Z",
+        )],
+    );
+    let after = reconciled(&before);
+    let (ctx, mut handle, _writers) = context(&after);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reconcile(&ctx, NS).await }
+    });
+    expect_config_map_get(&mut handle, Some(&expected_hash(&before))).await;
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+#[tokio::test]
+async fn a_spec_change_patches_only_what_changed_and_keeps_test_results() {
+    let before = inputs(
+        vec![address_list("partners", &["example.com"])],
+        vec![policy("partners", "partners")],
+        vec![],
+    );
+    let mut after = reconciled(&before);
+    // The test loop reported meanwhile; then the admin switched to Monitor (generation 2).
+    let p = &mut after.policies[0];
+    let status = p.status.as_mut().expect("status");
+    let now = Time("2026-02-02T00:00:00Z".parse().expect("time"));
+    crate::status::set_condition(
+        &mut status.conditions,
+        "Tested",
+        true,
+        "Tested",
+        "3 destinations",
+        1,
+        &now,
+    );
+    status.last_test = Some(TestSummary {
+        time: "2026-02-02T00:00:00Z".into(),
+        destinations: 3,
+        passed: 3,
+        ..Default::default()
+    });
+    p.spec.enforcement = crate::api::Enforcement::Monitor;
+    meta(p, "partners", 2, "2026-01-01T00:00:00Z");
+    let policy = p.clone();
+    let (ctx, mut handle, _writers) = context(&after);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reconcile(&ctx, NS).await }
+    });
+    // Monitor renders nothing mandatory: a new hash, so the ConfigMap is written.
+    expect_config_map_get(&mut handle, Some(&expected_hash(&before))).await;
+    let apply = next(&mut handle).await;
+    assert_eq!(apply.method, "PATCH");
+    let stored = apply.body.clone();
+    apply.respond(StatusCode::OK, &stored);
+    expect_event(&mut handle).await;
+    // The AddressList is unchanged: no patch. The policy's patch has only what moved.
+    let body = expect_status_patch(&mut handle, &policy).await;
+    let status = body["status"].as_object().expect("status");
+    let mut keys: Vec<&str> = status.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["conditions", "observedGeneration", "relayConfig"]);
+    assert_eq!(body["metadata"]["resourceVersion"], "20");
+    assert_eq!(status["observedGeneration"], 2);
+    let rendered = condition(&body["status"], "Rendered");
+    assert_eq!(rendered["reason"], "MonitorOnly");
+    // The test loop's condition is carried over untouched (conditions are one atomic list).
+    let tested = condition(&body["status"], "Tested");
+    assert_eq!(
+        (
+            tested["status"].clone(),
+            tested["observedGeneration"].clone()
+        ),
+        (json!("True"), json!(1))
+    );
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+#[tokio::test]
+async fn conflicting_gateways_get_a_conflict_condition_and_one_warning_each() {
+    let older = all_mail("gw-a", "a.example.net", "2026-01-01T00:00:00Z");
+    let newer = all_mail("gw-b", "b.example.net", "2026-01-02T00:00:00Z");
+    let inputs = inputs(vec![], vec![], vec![older.clone(), newer.clone()]);
+    let hash = expected_hash(&inputs);
+    let (ctx, mut handle, _writers) = context(&inputs);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reconcile(&ctx, NS).await }
+    });
+    expect_config_map_get(&mut handle, Some(&hash)).await;
+
+    let body = expect_status_patch(&mut handle, &older).await;
+    let conflict = condition(&body["status"], "Conflict");
+    assert_eq!(conflict["status"], "True");
+    assert!(
+        conflict["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("OutboundGateway/gw-b") && m.contains("wins")),
+        "{conflict}"
+    );
+    assert_eq!(condition(&body["status"], "Ready")["status"], "True");
+    let event = expect_event(&mut handle).await;
+    assert_eq!(
+        (event["type"].clone(), event["reason"].clone()),
+        (json!("Warning"), json!("Conflict"))
+    );
+    assert_eq!(event["regarding"]["name"], "gw-a");
+
+    let body = expect_status_patch(&mut handle, &newer).await;
+    assert_eq!(condition(&body["status"], "Conflict")["status"], "True");
+    let ready = condition(&body["status"], "Ready");
+    assert_eq!(
+        (ready["status"].clone(), ready["reason"].clone()),
+        (json!("False"), json!("ConflictLost"))
+    );
+    // Losing is the same news: one Conflict warning, not a second one for Ready.
+    let event = expect_event(&mut handle).await;
+    assert_eq!(event["reason"], "Conflict");
+    assert_eq!(event["regarding"]["name"], "gw-b");
+
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+#[tokio::test]
+async fn a_failing_status_write_does_not_stop_the_others() {
+    let inputs = inputs(
+        vec![
+            address_list("a", &["a.example"]),
+            address_list("b", &["b.example"]),
+        ],
+        vec![],
+        vec![],
+    );
+    let (ctx, mut handle, _writers) = context(&inputs);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reconcile(&ctx, NS).await }
+    });
+    expect_config_map_get(&mut handle, Some(&expected_hash(&inputs))).await;
+    let first = next(&mut handle).await;
+    assert!(
+        first.path.ends_with("/addresslists/a/status"),
+        "{}",
+        first.path
+    );
+    first.respond(
+        StatusCode::CONFLICT,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
+    );
+    expect_status_patch(&mut handle, &inputs.address_lists[1]).await;
+    let result = run.await.expect("task");
+    assert!(
+        matches!(result, Err(super::Error::Status { name, .. }) if name == "a"),
+        "the failure is reported so the namespace is retried"
+    );
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+#[tokio::test]
+async fn a_namespace_without_resources_gets_no_new_config_map_but_an_old_one_is_emptied() {
+    let empty = inputs(vec![], vec![], vec![]);
+    let (ctx, mut handle, _writers) = context(&empty);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reconcile(&ctx, NS).await }
+    });
+    expect_config_map_get(&mut handle, None).await;
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+
+    let (ctx, mut handle, _writers) = context(&empty);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reconcile(&ctx, NS).await }
+    });
+    expect_config_map_get(&mut handle, Some("sha256:old")).await;
+    let apply = next(&mut handle).await;
+    assert_eq!(apply.method, "PATCH");
+    assert_eq!(
+        apply.body["metadata"]["annotations"][HASH_ANNOTATION],
+        json!(expected_hash(&empty))
+    );
+    let tls_policy = apply.body["data"]["tls_policy"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        tls_policy
+            .lines()
+            .all(|l| l.starts_with('#') || l.is_empty()),
+        "{tls_policy}"
+    );
+    let stored = apply.body.clone();
+    apply.respond(StatusCode::OK, &stored);
+    expect_event(&mut handle).await;
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+#[tokio::test]
+async fn a_follower_writes_nothing() {
+    let inputs = inputs(vec![address_list("a", &["a.example"])], vec![], vec![]);
+    let (ctx, mut handle, _writers) = context_as(&inputs, false);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reconcile(&ctx, NS).await }
+    });
+    expect_config_map_get(&mut handle, None).await;
+    assert!(matches!(
+        run.await.expect("task"),
+        Err(super::Error::NotLeader)
+    ));
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+#[test]
+fn backoff_grows_is_capped_and_jittered() {
+    for n in 1..40 {
+        let d = super::queue::backoff(n);
+        let full = std::time::Duration::from_millis(500)
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(std::time::Duration::from_secs(300));
+        assert!(d >= full / 2 && d <= full, "{n}: {d:?} vs {full:?}");
+    }
+}

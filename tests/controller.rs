@@ -1,0 +1,689 @@
+//! The controller (`mailtls run`) in-process against a real API server.
+//!
+//! Run with `scripts/test-cluster.sh -- cargo test --test controller -- --ignored`; without
+//! `MAILTLS_TEST_KUBECONFIG` an ignored run fails. Each test has its own namespace and its
+//! controller watches only that namespace; every wait is on a watched condition with a
+//! timeout.
+
+mod common;
+
+use common::cluster::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::wait::await_condition;
+use kube::{Client, Resource, ResourceExt};
+use mailtls::api::{
+    AddressList, AddressListSpec, AppliesTo, Condition, Direction, GatewayTls, OutboundGateway,
+    OutboundGatewaySpec, TestSpec, TlsCompliance, TlsComplianceSpec,
+};
+use mailtls::controller::{HASH_ANNOTATION, LeaseSettings, Settings};
+use mailtls::policy::{Inputs, evaluate};
+use mailtls::render::{RenderOptions, render};
+use serde_json::json;
+use std::collections::BTreeMap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const CM: &str = "mailtls-relay";
+
+/// A controller running in this process.
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    fn start(client: &Client, ns: &str, lease_identity: Option<&str>) -> Running {
+        // The controller's logs, shown for failing tests (RUST_LOG picks the level).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
+        let settings = Settings {
+            namespaces: vec![ns.to_string()],
+            config_map: CM.into(),
+            render: RenderOptions::default(),
+            metrics_addr: None,
+            leader_election: lease_identity.map(|id| LeaseSettings {
+                name: "mailtls-controller".into(),
+                namespace: ns.into(),
+                identity: id.into(),
+                duration: 4,
+                grace: 1,
+            }),
+            instance: Some(lease_identity.unwrap_or("solo").to_string()),
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(mailtls::controller::run(client.clone(), settings, shutdown));
+        Running { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(TIMEOUT, self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("controller did not stop cleanly: {other:?}"),
+        }
+    }
+}
+
+/// Waits until `check` holds for the named object (or its absence), with the timeout.
+async fn wait_for<K, F>(api: &Api<K>, name: &str, what: &str, check: F) -> Option<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    F: Fn(Option<&K>) -> bool + Send,
+{
+    match tokio::time::timeout(TIMEOUT, await_condition(api.clone(), name, check)).await {
+        Ok(Ok(obj)) => obj,
+        Ok(Err(e)) => panic!("watching {name}: {e}"),
+        Err(_) => panic!(
+            "{name}: not {what} after {TIMEOUT:?}; now: {:#?}",
+            api.get_opt(name).await.ok().flatten()
+        ),
+    }
+}
+
+fn hash_of(cm: Option<&ConfigMap>) -> Option<String> {
+    cm?.metadata
+        .annotations
+        .as_ref()?
+        .get(HASH_ANNOTATION)
+        .cloned()
+}
+
+async fn wait_for_hash(client: &Client, ns: &str, want: &str) -> ConfigMap {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    wait_for(&api, CM, &format!("at hash {want}"), |cm| {
+        hash_of(cm).as_deref() == Some(want)
+    })
+    .await
+    .expect("the ConfigMap")
+}
+
+fn conditions_of<K: serde::Serialize>(r: &K) -> Vec<Condition> {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.get("status")?.get("conditions").cloned())
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or_default()
+}
+
+fn observed_generation<K: serde::Serialize>(r: &K) -> Option<i64> {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.get("status")?.get("observedGeneration")?.as_i64())
+}
+
+/// The condition `type_` of `r` says `status` for `r`'s current generation.
+fn has_condition<K: serde::Serialize + Resource>(r: Option<&K>, type_: &str, status: &str) -> bool {
+    let Some(r) = r else { return false };
+    let generation = r.meta().generation;
+    observed_generation(r) == generation
+        && conditions_of(r)
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == status && c.observed_generation == generation)
+}
+
+async fn wait_condition<K>(client: &Client, ns: &str, name: &str, type_: &str, status: &str) -> K
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    wait_for(&api, name, &format!("{type_}={status}"), |r| {
+        has_condition(r, type_, status)
+    })
+    .await
+    .expect("the resource")
+}
+
+/// What the controller must render for these resources.
+fn expected_hash(
+    ns: &str,
+    lists: &[AddressList],
+    policies: &[TlsCompliance],
+    gateways: &[OutboundGateway],
+) -> String {
+    let inputs = Inputs {
+        namespace: ns.into(),
+        address_lists: lists.to_vec(),
+        policies: policies.to_vec(),
+        gateways: gateways.to_vec(),
+    };
+    render(&evaluate(&inputs).policy, &RenderOptions::default()).hash
+}
+
+fn list(name: &str, entries: &[&str]) -> AddressList {
+    AddressList::new(
+        name,
+        AddressListSpec {
+            entries: entries.iter().map(|e| e.to_string()).collect(),
+            bulk: None,
+        },
+    )
+}
+
+fn policy(name: &str, lists: &[&str]) -> TlsCompliance {
+    TlsCompliance::new(
+        name,
+        TlsComplianceSpec {
+            direction: Direction::Outbound,
+            address_lists: refs(lists),
+            require_ca_signed: true,
+            validate_hostname: true,
+            min_tls_version: Default::default(),
+            on_failure: Default::default(),
+            enforcement: Default::default(),
+            test: TestSpec::default(),
+        },
+    )
+}
+
+fn all_mail(name: &str, host: &str) -> OutboundGateway {
+    OutboundGateway::new(
+        name,
+        OutboundGatewaySpec {
+            host: host.into(),
+            port: 25,
+            mx_lookup: false,
+            tls: GatewayTls::default(),
+            applies_to: AppliesTo::AllMail,
+            address_lists: vec![],
+            test: TestSpec::default(),
+        },
+    )
+}
+
+async fn events_in(client: &Client, ns: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("listing Events")
+        .items
+}
+
+// ---- tests -----------------------------------------------------------------------------------
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn examples_render_into_the_config_map_and_every_resource_becomes_ready() {
+    in_namespace("ctl-examples", |client, ns| async move {
+        let docs = yaml_documents("examples").expect("examples/");
+        let (loaded, errors) = mailtls::cli::load::load(
+            &[std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")],
+            "default",
+        );
+        assert!(errors.is_empty(), "examples/ load errors");
+        let mut inputs = loaded.namespaces.get("default").cloned().expect("examples");
+        inputs.namespace = ns.clone();
+        let config = render(&evaluate(&inputs).policy, &RenderOptions::default());
+
+        let controller = Running::start(&client, &ns, None);
+        let pp = PatchParams::apply(MANAGER).force();
+        let mut names = Vec::new();
+        for (file, mut doc) in docs {
+            doc["metadata"]["namespace"] = json!(ns);
+            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let api = match kind.as_str() {
+                "AddressList" => dynamic_api::<AddressList>(&client, &ns),
+                "TlsCompliance" => dynamic_api::<TlsCompliance>(&client, &ns),
+                "OutboundGateway" => dynamic_api::<OutboundGateway>(&client, &ns),
+                other => panic!("{file}: unexpected kind {other}"),
+            };
+            api.patch(&name, &pp, &Patch::Apply(&doc))
+                .await
+                .unwrap_or_else(|e| panic!("{file}: {kind}/{name}: {e}"));
+            names.push((kind, name));
+        }
+
+        let cm = wait_for_hash(&client, &ns, &config.hash).await;
+        let data = cm.data.clone().unwrap_or_default();
+        for (file, content) in &config.files {
+            if file != mailtls::render::MANIFEST {
+                assert_eq!(
+                    data.get(file),
+                    Some(content),
+                    "{file} differs from `mailtls render`"
+                );
+            }
+        }
+        assert_eq!(
+            cm.labels()
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("mailtls")
+        );
+        let managers: Vec<_> = cm
+            .managed_fields()
+            .iter()
+            .filter_map(|m| m.manager.clone())
+            .collect();
+        assert_eq!(managers, ["mailtls"]);
+
+        for (kind, name) in &names {
+            match kind.as_str() {
+                "AddressList" => {
+                    wait_condition::<AddressList>(&client, &ns, name, "Ready", "True").await;
+                }
+                "TlsCompliance" => {
+                    let p =
+                        wait_condition::<TlsCompliance>(&client, &ns, name, "Ready", "True").await;
+                    let relay = p.status.and_then(|s| s.relay_config).expect("relayConfig");
+                    assert_eq!(
+                        (relay.name.as_str(), relay.hash.as_str()),
+                        (CM, config.hash.as_str())
+                    );
+                }
+                _ => {
+                    wait_condition::<OutboundGateway>(&client, &ns, name, "Ready", "True").await;
+                }
+            }
+        }
+        let rendered: Vec<Event> = events_in(&client, &ns)
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Rendered"))
+            .collect();
+        assert_eq!(
+            rendered.len(),
+            1,
+            "one Rendered event per configuration change"
+        );
+        controller.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn editing_an_address_list_re_renders_with_a_new_hash() {
+    in_namespace("ctl-edit", |client, ns| async move {
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        let controller = Running::start(&client, &ns, None);
+        let partners = list("partners", &["example.com"]);
+        let p = policy("partners", &["partners"]);
+        apply(&lists, &partners).await;
+        apply(&policies, &p).await;
+        let first = expected_hash(&ns, &[partners], std::slice::from_ref(&p), &[]);
+        wait_for_hash(&client, &ns, &first).await;
+
+        let edited = list("partners", &["example.com", "new-partner.example"]);
+        apply(&lists, &edited).await;
+        let second = expected_hash(&ns, &[edited], &[p], &[]);
+        assert_ne!(first, second);
+        let cm = wait_for_hash(&client, &ns, &second).await;
+        let tls_policy = cm
+            .data
+            .unwrap_or_default()
+            .remove("tls_policy")
+            .unwrap_or_default();
+        assert!(tls_policy.contains("new-partner.example"), "{tls_policy}");
+        let l = wait_condition::<AddressList>(&client, &ns, "partners", "Ready", "True").await;
+        assert_eq!(l.status.map(|s| s.domains), Some(2));
+        let p = wait_for(
+            &policies,
+            "partners",
+            "pointing at the new hash",
+            |p: Option<&TlsCompliance>| {
+                p.and_then(|p| p.status.as_ref()?.relay_config.as_ref())
+                    .is_some_and(|r| r.hash == second)
+            },
+        )
+        .await
+        .expect("policy");
+        assert_eq!(observed_generation(&p), Some(1));
+        controller.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn two_all_mail_gateways_get_a_conflict_condition() {
+    in_namespace("ctl-conflict", |client, ns| async move {
+        let gateways: Api<OutboundGateway> = Api::namespaced(client.clone(), &ns);
+        apply(&gateways, &all_mail("gw-a", "a.example.net")).await;
+        apply(&gateways, &all_mail("gw-b", "b.example.net")).await;
+        let controller = Running::start(&client, &ns, None);
+
+        let a = wait_condition::<OutboundGateway>(&client, &ns, "gw-a", "Conflict", "True").await;
+        let b = wait_condition::<OutboundGateway>(&client, &ns, "gw-b", "Conflict", "True").await;
+        let message = |g: &OutboundGateway| {
+            conditions_of(g)
+                .into_iter()
+                .find(|c| c.type_ == "Conflict")
+                .map(|c| c.message)
+                .unwrap_or_default()
+        };
+        assert!(
+            message(&a).contains("OutboundGateway/gw-b"),
+            "{}",
+            message(&a)
+        );
+        assert!(
+            message(&b).contains("OutboundGateway/gw-a"),
+            "{}",
+            message(&b)
+        );
+        // Same creation second is possible: then the name decides, and gw-a wins either way.
+        assert!(has_condition(Some(&a), "Ready", "True"));
+        let b = wait_condition::<OutboundGateway>(&client, &ns, "gw-b", "Ready", "False").await;
+        let ready = conditions_of(&b).into_iter().find(|c| c.type_ == "Ready");
+        assert_eq!(ready.map(|c| c.reason).as_deref(), Some("ConflictLost"));
+
+        let cm = wait_for(
+            &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+            CM,
+            "rendered",
+            |cm| hash_of(cm).is_some(),
+        )
+        .await
+        .expect("ConfigMap");
+        let main_cf = cm
+            .data
+            .unwrap_or_default()
+            .remove("main.cf")
+            .unwrap_or_default();
+        assert!(main_cf.contains("relayhost = [a.example.net]"), "{main_cf}");
+        let warnings: BTreeMap<String, usize> = events_in(&client, &ns)
+            .await
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Conflict"))
+            .fold(BTreeMap::new(), |mut m, e| {
+                let name = e
+                    .regarding
+                    .as_ref()
+                    .and_then(|r| r.name.clone())
+                    .unwrap_or_default();
+                *m.entry(name).or_default() += 1;
+                m
+            });
+        assert_eq!(
+            warnings,
+            BTreeMap::from([("gw-a".to_string(), 1), ("gw-b".to_string(), 1)])
+        );
+        controller.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn deleting_everything_empties_the_config_map() {
+    in_namespace("ctl-delete", |client, ns| async move {
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        let controller = Running::start(&client, &ns, None);
+        let l = list("partners", &["example.com"]);
+        let p = policy("partners", &["partners"]);
+        apply(&lists, &l).await;
+        apply(&policies, &p).await;
+        wait_for_hash(&client, &ns, &expected_hash(&ns, &[l], &[p], &[])).await;
+
+        lists
+            .delete("partners", &DeleteParams::default())
+            .await
+            .expect("delete");
+        policies
+            .delete("partners", &DeleteParams::default())
+            .await
+            .expect("delete");
+        let cm = wait_for_hash(&client, &ns, &expected_hash(&ns, &[], &[], &[])).await;
+        let data = cm.data.unwrap_or_default();
+        for table in ["tls_policy", "transport", "sender_access"] {
+            let text = data.get(table).map(String::as_str).unwrap_or_default();
+            assert!(
+                text.lines().all(|l| l.is_empty() || l.starts_with('#')),
+                "{table} still has entries:\n{text}"
+            );
+        }
+        controller.stop().await;
+    })
+    .await;
+}
+
+/// resourceVersion of every object the controller writes.
+async fn versions(client: &Client, ns: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let lp = ListParams::default();
+    for l in Api::<AddressList>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("lists")
+    {
+        out.insert(
+            format!("al/{}", l.name_any()),
+            l.resource_version().unwrap_or_default(),
+        );
+    }
+    for p in Api::<TlsCompliance>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("policies")
+    {
+        out.insert(
+            format!("tlsc/{}", p.name_any()),
+            p.resource_version().unwrap_or_default(),
+        );
+    }
+    for g in Api::<OutboundGateway>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("gateways")
+    {
+        out.insert(
+            format!("ogw/{}", g.name_any()),
+            g.resource_version().unwrap_or_default(),
+        );
+    }
+    if let Some(cm) = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(CM)
+        .await
+        .expect("cm")
+    {
+        out.insert("cm".into(), cm.resource_version().unwrap_or_default());
+    }
+    out
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn status_survives_a_restart_without_rewriting_unchanged_objects() {
+    in_namespace("ctl-restart", |client, ns| async move {
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        let gateways: Api<OutboundGateway> = Api::namespaced(client.clone(), &ns);
+        apply(
+            &lists,
+            &list("partners", &["example.com", "alice@example.org"]),
+        )
+        .await;
+        apply(&policies, &policy("partners", &["partners"])).await;
+        apply(&gateways, &all_mail("smarthost", "relay.example.net")).await;
+        let first = Running::start(&client, &ns, None);
+        wait_condition::<AddressList>(&client, &ns, "partners", "Ready", "True").await;
+        let before_policy =
+            wait_condition::<TlsCompliance>(&client, &ns, "partners", "Ready", "True").await;
+        wait_condition::<OutboundGateway>(&client, &ns, "smarthost", "Ready", "True").await;
+        first.stop().await;
+        let before = versions(&client, &ns).await;
+
+        let second = Running::start(&client, &ns, None);
+        // A new, unreferenced list: once it is Ready the namespace was reconciled after the
+        // restart (the startup pass or this change), with every other object in view.
+        apply(&lists, &list("unused", &["unused.example"])).await;
+        wait_condition::<AddressList>(&client, &ns, "unused", "Ready", "True").await;
+        let mut after = versions(&client, &ns).await;
+        after.remove("al/unused");
+        assert_eq!(
+            before, after,
+            "unchanged objects were rewritten after a restart"
+        );
+        let after_policy = policies.get("partners").await.expect("policy");
+        assert_eq!(
+            conditions_of(&before_policy),
+            conditions_of(&after_policy),
+            "conditions (and their transition times) survive the restart"
+        );
+        second.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn with_leader_election_only_the_leader_writes() {
+    in_namespace("ctl-leader", |client, ns| async move {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let holder = |want: &'static str| {
+            move |l: Option<&Lease>| {
+                l.and_then(|l| l.spec.as_ref()?.holder_identity.as_deref()) == Some(want)
+            }
+        };
+        let a = Running::start(&client, &ns, Some("instance-a"));
+        wait_for(
+            &leases,
+            "mailtls-controller",
+            "held by instance-a",
+            holder("instance-a"),
+        )
+        .await;
+        let b = Running::start(&client, &ns, Some("instance-b"));
+
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        let l = list("partners", &["example.com"]);
+        let p = policy("partners", &["partners"]);
+        apply(&lists, &l).await;
+        apply(&policies, &p).await;
+        wait_for_hash(
+            &client,
+            &ns,
+            &expected_hash(&ns, &[l], std::slice::from_ref(&p), &[]),
+        )
+        .await;
+        wait_condition::<TlsCompliance>(&client, &ns, "partners", "Ready", "True").await;
+        let instances = |events: Vec<Event>| {
+            events
+                .into_iter()
+                .filter_map(|e| e.reporting_instance)
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(
+            instances(events_in(&client, &ns).await),
+            ["instance-a".to_string()].into()
+        );
+        let lease = leases.get("mailtls-controller").await.expect("lease");
+        assert_eq!(
+            lease.spec.and_then(|s| s.holder_identity).as_deref(),
+            Some("instance-a")
+        );
+
+        // The leader steps down (releasing the lease); the standby takes over and writes.
+        a.stop().await;
+        wait_for(
+            &leases,
+            "mailtls-controller",
+            "held by instance-b",
+            holder("instance-b"),
+        )
+        .await;
+        let edited = list("partners", &["example.com", "other.example"]);
+        apply(&lists, &edited).await;
+        wait_for_hash(&client, &ns, &expected_hash(&ns, &[edited], &[p], &[])).await;
+        let by_b = events_in(&client, &ns)
+            .await
+            .into_iter()
+            .filter(|e| e.reporting_instance.as_deref() == Some("instance-b"))
+            .count();
+        assert_eq!(by_b, 1, "the new leader recorded the re-render");
+        b.stop().await;
+    })
+    .await;
+}
+
+/// One plain HTTP/1.0 GET against the metrics server: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn metrics_health_and_readiness_are_served() {
+    in_namespace("ctl-metrics", |client, ns| async move {
+        // A free port: bind, read it, release it for the controller.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let l = list("partners", &["example.com"]);
+        apply(&lists, &l).await;
+        let settings = Settings {
+            namespaces: vec![ns.clone()],
+            config_map: CM.into(),
+            render: RenderOptions::default(),
+            metrics_addr: Some(addr),
+            leader_election: None,
+            instance: None,
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(mailtls::controller::run(client.clone(), settings, shutdown));
+        wait_condition::<AddressList>(&client, &ns, "partners", "Ready", "True").await;
+
+        assert_eq!(http_get(addr, "/healthz").await.expect("healthz").0, 200);
+        assert_eq!(http_get(addr, "/readyz").await.expect("readyz").0, 200);
+        let (code, metrics) = http_get(addr, "/metrics").await.expect("metrics");
+        assert_eq!(code, 200);
+        for wanted in [
+            format!("mailtls_reconciles_total{{namespace=\"{ns}\"}}"),
+            "mailtls_reconcile_duration_seconds_bucket".to_string(),
+            format!("mailtls_render_size_bytes{{namespace=\"{ns}\"}}"),
+            "mailtls_api_writes_total{object=\"configmap\"} 1".to_string(),
+        ] {
+            assert!(metrics.contains(&wanted), "no {wanted} in:\n{metrics}");
+        }
+
+        let _ = stop.send(true);
+        tokio::time::timeout(TIMEOUT, task)
+            .await
+            .expect("stopped in time")
+            .expect("task")
+            .expect("clean shutdown");
+        assert!(
+            http_get(addr, "/healthz").await.is_err(),
+            "the server is gone after shutdown"
+        );
+    })
+    .await;
+}
