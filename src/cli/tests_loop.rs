@@ -4,17 +4,13 @@
 //! holds back another resource's results.
 
 use super::probe::{parse_duration, read_pem_certs};
-use crate::api::{
-    Condition, DestinationResult, Enforcement, OutboundGateway, TestSummary, TlsCompliance,
-};
+use crate::api::{OutboundGateway, TlsCompliance};
 use crate::policy::{Inputs, Kind, ResourceId};
-use crate::probe::plan::{self, TestPlan};
+use crate::probe::plan::{self, TestPlan, Tested};
 use crate::probe::{DestinationReport, ProbeConfig, Prober, Timeouts};
 use clap::Args;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -165,62 +161,9 @@ fn finish(
     }
 }
 
-/// The test fields of a status, for both kinds that are tested.
-trait Tested: Serialize + DeserializeOwned + kube::Resource {
-    /// Whether failures are only what *would* fail (Monitor mode).
-    fn monitor(&self) -> bool;
-    fn test_fields(
-        &mut self,
-    ) -> (
-        &mut Vec<Condition>,
-        &mut Option<TestSummary>,
-        &mut Vec<DestinationResult>,
-    );
-
-    fn apply(&mut self, plan: &TestPlan, reports: &[DestinationReport], now: &Time) {
-        let (monitor, generation) = (self.monitor(), self.meta().generation.unwrap_or(1));
-        let (conditions, last_test, results) = self.test_fields();
-        let t = plan::test_status(plan, reports, monitor, conditions, generation, now);
-        *last_test = Some(t.summary);
-        *results = t.results;
-    }
-}
-
-impl Tested for TlsCompliance {
-    fn monitor(&self) -> bool {
-        self.spec.enforcement == Enforcement::Monitor
-    }
-    fn test_fields(
-        &mut self,
-    ) -> (
-        &mut Vec<Condition>,
-        &mut Option<TestSummary>,
-        &mut Vec<DestinationResult>,
-    ) {
-        let s = self.status.get_or_insert_with(Default::default);
-        (&mut s.conditions, &mut s.last_test, &mut s.results)
-    }
-}
-
-impl Tested for OutboundGateway {
-    fn monitor(&self) -> bool {
-        false
-    }
-    fn test_fields(
-        &mut self,
-    ) -> (
-        &mut Vec<Condition>,
-        &mut Option<TestSummary>,
-        &mut Vec<DestinationResult>,
-    ) {
-        let s = self.status.get_or_insert_with(Default::default);
-        (&mut s.conditions, &mut s.last_test, &mut s.results)
-    }
-}
-
 /// Read the resource as last written, add the results, write it back. A resource deleted
 /// meanwhile is left deleted.
-fn update<K: Tested>(
+fn update<K: Tested + serde::Serialize + serde::de::DeserializeOwned>(
     dir: &Path,
     plan: &TestPlan,
     reports: &[DestinationReport],

@@ -3,8 +3,8 @@
 
 use super::{DestinationReport, Requirement, Target, results_for_status, summarize};
 use crate::api::{
-    AddressList, Condition, OutboundGateway, TEST_NOW_ANNOTATION, TestSpec, TestSummary,
-    TlsCompliance,
+    AddressList, Condition, DestinationResult, Enforcement, OutboundGateway, TEST_NOW_ANNOTATION,
+    TestSpec, TestSummary, TlsCompliance,
 };
 use crate::policy::{Entry, Kind, ResourceId, list_entries, parse_interval};
 use crate::status::{COMPLIANT, TESTED, set_condition};
@@ -183,4 +183,58 @@ pub fn test_status(
     };
     set_condition(conditions, COMPLIANT, ok, reason, message, generation, now);
     TestStatus { summary, results }
+}
+
+/// The kinds that are tested: where their status keeps the test fields. Shared by the
+/// reconcile loops, so both record results the same way.
+pub trait Tested: kube::Resource {
+    /// Whether failures are only what *would* fail (Monitor mode).
+    fn monitor(&self) -> bool;
+    fn test_fields(
+        &mut self,
+    ) -> (
+        &mut Vec<Condition>,
+        &mut Option<TestSummary>,
+        &mut Vec<DestinationResult>,
+    );
+
+    fn apply(&mut self, plan: &TestPlan, reports: &[DestinationReport], now: &Time) {
+        let (monitor, generation) = (self.monitor(), self.meta().generation.unwrap_or(1));
+        let (conditions, last_test, results) = self.test_fields();
+        let t = test_status(plan, reports, monitor, conditions, generation, now);
+        *last_test = Some(t.summary);
+        *results = t.results;
+    }
+}
+
+impl Tested for TlsCompliance {
+    fn monitor(&self) -> bool {
+        self.spec.enforcement == Enforcement::Monitor
+    }
+    fn test_fields(
+        &mut self,
+    ) -> (
+        &mut Vec<Condition>,
+        &mut Option<TestSummary>,
+        &mut Vec<DestinationResult>,
+    ) {
+        let s = self.status.get_or_insert_with(Default::default);
+        (&mut s.conditions, &mut s.last_test, &mut s.results)
+    }
+}
+
+impl Tested for OutboundGateway {
+    fn monitor(&self) -> bool {
+        false
+    }
+    fn test_fields(
+        &mut self,
+    ) -> (
+        &mut Vec<Condition>,
+        &mut Option<TestSummary>,
+        &mut Vec<DestinationResult>,
+    ) {
+        let s = self.status.get_or_insert_with(Default::default);
+        (&mut s.conditions, &mut s.last_test, &mut s.results)
+    }
 }
