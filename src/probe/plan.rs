@@ -27,12 +27,15 @@ pub struct TestPlan {
     pub trigger: Option<String>,
 }
 
-/// Why a test is due now, if it is.
+/// Why a test is due now, if it is: `Some(Some(value))` for a new test-now annotation value,
+/// `Some(None)` when the interval (plus this resource's jitter) has passed or it was never
+/// tested, `None` when not due (or tests are off).
 pub fn due(
     test_now: Option<&str>,
     test: &TestSpec,
     last: Option<&TestSummary>,
     now: Timestamp,
+    key: &str,
 ) -> Option<Option<String>> {
     if !test.enabled {
         return None;
@@ -42,20 +45,35 @@ pub fn due(
     {
         return Some(Some(value.to_string()));
     }
-    let interval = parse_interval(&test.interval).ok()?;
-    let Some(last) = last else { return Some(None) };
-    let last_time: Timestamp = last.time.parse().ok()?;
-    let next = last_time
-        .checked_add(SignedDuration::try_from(interval).ok()?)
-        .ok()?;
-    (next <= now).then_some(None)
+    match next_due(test, last, key) {
+        None if last.is_none() => Some(None),
+        None => None,
+        Some(next) => (next <= now).then_some(None),
+    }
 }
 
-/// When the next interval test of a resource falls due (`None`: never, or now).
-pub fn next_due(test: &TestSpec, last: Option<&TestSummary>) -> Option<Timestamp> {
-    let interval = SignedDuration::try_from(parse_interval(&test.interval).ok()?).ok()?;
+/// When the next interval test of a resource falls due: the last test plus the interval plus
+/// a fixed per-resource jitter of up to a tenth of the interval, so resources created together
+/// do not all test at the same moment forever. `None` when never tested or unparsable.
+pub fn next_due(test: &TestSpec, last: Option<&TestSummary>, key: &str) -> Option<Timestamp> {
+    let interval = parse_interval(&test.interval).ok()?;
     let last: Timestamp = last?.time.parse().ok()?;
-    last.checked_add(interval).ok()
+    let span = SignedDuration::try_from(interval + jitter(interval, key)).ok()?;
+    last.checked_add(span).ok()
+}
+
+/// The fixed jitter of one resource: a stable hash of `key` spread over a tenth of `interval`.
+pub fn jitter(interval: std::time::Duration, key: &str) -> std::time::Duration {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let hash = BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(key);
+    let tenth = interval.as_millis() as u64 / 10;
+    std::time::Duration::from_millis(if tenth == 0 { 0 } else { hash % tenth })
+}
+
+/// What the jitter is keyed on: the uid in a cluster, else namespace/name.
+fn schedule_key<K: kube::Resource>(r: &K) -> String {
+    let m = r.meta();
+    m.uid.clone().unwrap_or_else(|| format!("{}/{}", m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default()))
 }
 
 fn annotation<K: kube::Resource>(r: &K) -> Option<&str> {
@@ -77,7 +95,7 @@ pub fn compliance_plan(
         return None;
     }
     let last = p.status.as_ref().and_then(|s| s.last_test.as_ref());
-    let trigger = due(annotation(p), &p.spec.test, last, now)?;
+    let trigger = due(annotation(p), &p.spec.test, last, now, &schedule_key(p))?;
     let mut domains = BTreeSet::new();
     let mut untestable = 0;
     for r in &p.spec.address_lists {
@@ -107,7 +125,7 @@ pub fn compliance_plan(
 /// The plan for an OutboundGateway, if a test is due: the gateway host as the relay uses it.
 pub fn gateway_plan(g: &OutboundGateway, now: Timestamp) -> Option<TestPlan> {
     let last = g.status.as_ref().and_then(|s| s.last_test.as_ref());
-    let trigger = due(annotation(g), &g.spec.test, last, now)?;
+    let trigger = due(annotation(g), &g.spec.test, last, now, &schedule_key(g))?;
     let host = crate::policy::Host::parse(&g.spec.host).ok()?;
     let target = Target::Host {
         host: host.to_string(),
@@ -236,5 +254,51 @@ impl Tested for OutboundGateway {
     ) {
         let s = self.status.get_or_insert_with(Default::default);
         (&mut s.conditions, &mut s.last_test, &mut s.results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(interval: &str) -> TestSpec {
+        TestSpec { enabled: true, interval: interval.into() }
+    }
+
+    fn last(time: &str, trigger: Option<&str>) -> TestSummary {
+        TestSummary { time: time.into(), trigger: trigger.map(String::from), ..Default::default() }
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn never_tested_is_due_at_once_and_disabled_never() {
+        assert_eq!(due(None, &spec("6h"), None, at("2026-01-01T00:00:00Z"), "k"), Some(None));
+        let off = TestSpec { enabled: false, interval: "6h".into() };
+        assert_eq!(due(Some("now"), &off, None, at("2026-01-01T00:00:00Z"), "k"), None);
+    }
+
+    #[test]
+    fn interval_plus_jitter_within_a_tenth() {
+        let l = last("2026-01-01T00:00:00Z", None);
+        for key in ["a", "b", "uid-1", "uid-2", "default/partners"] {
+            let j = jitter(std::time::Duration::from_secs(3600), key);
+            assert!(j < std::time::Duration::from_secs(360), "{key}: {j:?}");
+            let next = next_due(&spec("1h"), Some(&l), key).expect("next");
+            assert_eq!(next, at("2026-01-01T01:00:00Z").checked_add(SignedDuration::try_from(j).expect("span")).expect("add"));
+            assert_eq!(due(None, &spec("1h"), Some(&l), at("2026-01-01T00:59:59Z"), key), None);
+            assert_eq!(due(None, &spec("1h"), Some(&l), at("2026-01-01T01:06:00Z"), key), Some(None));
+        }
+        assert_ne!(jitter(std::time::Duration::from_secs(3600), "a"), jitter(std::time::Duration::from_secs(3600), "b"));
+    }
+
+    #[test]
+    fn a_new_test_now_value_triggers_once() {
+        let l = last("2026-01-01T00:00:00Z", Some("first"));
+        let now = at("2026-01-01T00:01:00Z");
+        assert_eq!(due(Some("second"), &spec("6h"), Some(&l), now, "k"), Some(Some("second".into())));
+        assert_eq!(due(Some("first"), &spec("6h"), Some(&l), now, "k"), None, "already answered");
     }
 }
