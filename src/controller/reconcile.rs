@@ -6,6 +6,7 @@ use super::{Error, configmap, status};
 use crate::api::{AddressList, OutboundGateway, RelayConfigRef, TlsCompliance};
 use crate::policy::{Inputs, evaluate};
 use crate::render::{RenderOptions, render};
+use crate::status::{READY, RENDERED, Updated, set_condition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
@@ -130,11 +131,18 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
     let bytes: usize = config.files.values().map(String::len).sum();
     ctx.metrics.render_size(namespace, bytes);
 
-    let written = configmap::apply(ctx, namespace, &config, empty).await?;
-    if let Some(cm) = &written {
-        tracing::info!(namespace, hash = %config.hash, bytes, "relay configuration written");
-        ctx.events.config_written(cm, &config.hash, &inputs).await;
-    }
+    // A ConfigMap the server refuses (e.g. over its 1 MiB limit) is reported in the
+    // statuses below and retried; the statuses are still written.
+    let config_error = match configmap::apply(ctx, namespace, &config, empty).await {
+        Ok(Some(cm)) => {
+            tracing::info!(namespace, hash = %config.hash, bytes, "relay configuration written");
+            ctx.events.config_written(&cm, &config.hash, &inputs).await;
+            None
+        }
+        Ok(None) => None,
+        Err(Error::NotLeader) => return Err(Error::NotLeader),
+        Err(e) => Some(e),
+    };
 
     let relay = RelayConfigRef {
         name: ctx.config_map.clone(),
@@ -142,7 +150,10 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
         ..Default::default()
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let updated = crate::status::namespace_statuses(&inputs, &evaluation, &relay, &now);
+    let mut updated = crate::status::namespace_statuses(&inputs, &evaluation, &relay, &now);
+    if let Some(e) = &config_error {
+        not_written(&mut updated, &inputs, &e.to_string(), &now);
+    }
     let mut first_error = None;
     let mut keep = |r: Result<(), Error>| {
         if let Err(e) = r {
@@ -162,5 +173,50 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
     for (old, new) in inputs.gateways.iter().zip(&updated.gateways) {
         keep(status::update(ctx, &gateways, old, new).await);
     }
-    first_error.map_or(Ok(()), Err)
+    match config_error.or(first_error) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
+
+/// The configuration could not be stored: nothing that renders into it is Ready, and each
+/// policy keeps pointing at the configuration actually in place.
+fn not_written(updated: &mut Updated, inputs: &Inputs, error: &str, now: &Time) {
+    let message = format!("the relay configuration could not be written: {error}");
+    for (new, old) in updated.policies.iter_mut().zip(&inputs.policies) {
+        let generation = new.metadata.generation.unwrap_or(1);
+        if let Some(s) = new.status.as_mut() {
+            s.relay_config = old.status.as_ref().and_then(|o| o.relay_config.clone());
+            for t in [READY, RENDERED] {
+                set_condition(
+                    &mut s.conditions,
+                    t,
+                    false,
+                    NOT_WRITTEN,
+                    message.clone(),
+                    generation,
+                    now,
+                );
+            }
+        }
+    }
+    for new in &mut updated.gateways {
+        let generation = new.metadata.generation.unwrap_or(1);
+        if let Some(s) = new.status.as_mut() {
+            for t in [READY, RENDERED] {
+                set_condition(
+                    &mut s.conditions,
+                    t,
+                    false,
+                    NOT_WRITTEN,
+                    message.clone(),
+                    generation,
+                    now,
+                );
+            }
+        }
+    }
+}
+
+/// Condition reason when the ConfigMap write failed.
+pub const NOT_WRITTEN: &str = "RelayConfigNotWritten";

@@ -663,3 +663,53 @@ fn backoff_grows_is_capped_and_jittered() {
         assert!(d >= full / 2 && d <= full, "{n}: {d:?} vs {full:?}");
     }
 }
+
+#[tokio::test]
+async fn a_refused_config_map_is_reported_in_the_statuses_and_retried() {
+    let inputs = inputs(
+        vec![address_list("partners", &["example.com"])],
+        vec![policy("partners", "partners")],
+        vec![],
+    );
+    let (ctx, mut handle, _writers) = context(&inputs);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reconcile(&ctx, NS).await }
+    });
+    expect_config_map_get(&mut handle, None).await;
+    let apply = next(&mut handle).await;
+    assert_eq!(apply.method, "PATCH");
+    apply.respond(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": "Invalid", "code": 422,
+                "message": "Too long: may not be more than 1048576 bytes"}),
+    );
+    // The list itself is fine.
+    let body = expect_status_patch(&mut handle, &inputs.address_lists[0]).await;
+    assert_eq!(condition(&body["status"], "Ready")["status"], "True");
+    let body = expect_status_patch(&mut handle, &inputs.policies[0]).await;
+    assert!(body["status"].get("relayConfig").is_none(), "{body}");
+    for t in ["Ready", "Rendered"] {
+        let c = condition(&body["status"], t);
+        assert_eq!(
+            (c["status"].clone(), c["reason"].clone()),
+            (json!("False"), json!(super::reconcile::NOT_WRITTEN))
+        );
+        assert!(
+            c["message"].as_str().is_some_and(|m| m.contains("1048576")),
+            "{c}"
+        );
+    }
+    let event = expect_event(&mut handle).await;
+    assert_eq!(
+        (event["type"].clone(), event["reason"].clone()),
+        (json!("Warning"), json!(super::reconcile::NOT_WRITTEN))
+    );
+    assert!(matches!(
+        run.await.expect("task"),
+        Err(super::Error::ConfigMap { .. })
+    ));
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
