@@ -7,7 +7,6 @@
 //! namespace.
 
 #[path = "../tests/common/cluster.rs"]
-#[allow(dead_code)]
 mod cluster;
 
 use cluster::{MANAGER, client, install_crds};
@@ -50,10 +49,12 @@ fn policy(p: usize) -> TlsCompliance {
     TlsCompliance::new(
         &format!("policy-{p}"),
         TlsComplianceSpec {
-            direction: [Direction::Outbound, Direction::Both][p % 2],
+            // Outbound only: with `Both` the 10k entries also fill sender_access and the
+            // configuration outgrows a ConfigMap's 1 MiB (see BENCHMARKS.md).
+            direction: Direction::Outbound,
             address_lists: vec![LocalRef { name: "big".into() }],
-            require_ca_signed: p % 2 == 0,
-            validate_hostname: p % 4 == 0,
+            require_ca_signed: p.is_multiple_of(2),
+            validate_hostname: p.is_multiple_of(4),
             min_tls_version: [TlsVersion::V1_2, TlsVersion::V1_3][p % 2],
             on_failure: [OnFailure::Bounce, OnFailure::Defer][p % 3 % 2],
             enforcement: Default::default(),
