@@ -3,7 +3,7 @@
 use super::events::Events;
 use super::metrics::Metrics;
 use super::{Error, configmap, status};
-use crate::api::{AddressList, OutboundGateway, RelayConfigRef, TlsCompliance};
+use crate::api::{AddressList, Condition, OutboundGateway, RelayConfigRef, TlsCompliance};
 use crate::policy::{Inputs, evaluate};
 use crate::render::{RenderOptions, render};
 use crate::status::{READY, RENDERED, Updated, set_condition};
@@ -183,37 +183,21 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
 /// policy keeps pointing at the configuration actually in place.
 fn not_written(updated: &mut Updated, inputs: &Inputs, error: &str, now: &Time) {
     let message = format!("the relay configuration could not be written: {error}");
+    let mark = |conditions: &mut Vec<Condition>, generation: Option<i64>| {
+        for t in [READY, RENDERED] {
+            let g = generation.unwrap_or(1);
+            set_condition(conditions, t, false, NOT_WRITTEN, message.clone(), g, now);
+        }
+    };
     for (new, old) in updated.policies.iter_mut().zip(&inputs.policies) {
-        let generation = new.metadata.generation.unwrap_or(1);
         if let Some(s) = new.status.as_mut() {
             s.relay_config = old.status.as_ref().and_then(|o| o.relay_config.clone());
-            for t in [READY, RENDERED] {
-                set_condition(
-                    &mut s.conditions,
-                    t,
-                    false,
-                    NOT_WRITTEN,
-                    message.clone(),
-                    generation,
-                    now,
-                );
-            }
+            mark(&mut s.conditions, new.metadata.generation);
         }
     }
     for new in &mut updated.gateways {
-        let generation = new.metadata.generation.unwrap_or(1);
         if let Some(s) = new.status.as_mut() {
-            for t in [READY, RENDERED] {
-                set_condition(
-                    &mut s.conditions,
-                    t,
-                    false,
-                    NOT_WRITTEN,
-                    message.clone(),
-                    generation,
-                    now,
-                );
-            }
+            mark(&mut s.conditions, new.metadata.generation);
         }
     }
 }
