@@ -237,7 +237,10 @@ async fn main() {
         idle, after
     );
     for line in metrics.lines().filter(|l| {
-        l.starts_with("mailtls_api_writes_total") || l.starts_with("mailtls_reconciles_total")
+        l.starts_with("mailtls_api_writes_total")
+            || l.starts_with("mailtls_reconciles_total")
+            || l.starts_with("mailtls_reconcile_duration_seconds_sum")
+            || l.starts_with("mailtls_reconcile_duration_seconds_count")
     }) {
         println!("{line}");
     }
