@@ -7,6 +7,8 @@ use crate::api::{AddressList, Condition, OutboundGateway, RelayConfigRef, TlsCom
 use crate::policy::{Inputs, evaluate};
 use crate::render::{RenderOptions, render};
 use crate::status::{READY, RENDERED, Updated, set_condition};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
@@ -14,6 +16,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::watch;
+
+/// Status writes of one namespace in flight at once.
+const STATUS_WRITES_IN_FLIGHT: usize = 8;
 
 /// Reflector stores of the three kinds: one per watched namespace, or one for all.
 #[derive(Clone)]
@@ -154,24 +159,29 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
     if let Some(e) = &config_error {
         not_written(&mut updated, &inputs, &e.to_string(), &now);
     }
-    let mut first_error = None;
-    let mut keep = |r: Result<(), Error>| {
-        if let Err(e) = r {
-            tracing::warn!(namespace, "{e}");
-            first_error.get_or_insert(e);
-        }
-    };
     let lists: Api<AddressList> = Api::namespaced(ctx.client.clone(), namespace);
-    for (old, new) in inputs.address_lists.iter().zip(&updated.address_lists) {
-        keep(status::update(ctx, &lists, old, new).await);
-    }
     let policies: Api<TlsCompliance> = Api::namespaced(ctx.client.clone(), namespace);
-    for (old, new) in inputs.policies.iter().zip(&updated.policies) {
-        keep(status::update(ctx, &policies, old, new).await);
-    }
     let gateways: Api<OutboundGateway> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut writes: Vec<BoxFuture<'_, Result<(), Error>>> = Vec::new();
+    for (old, new) in inputs.address_lists.iter().zip(&updated.address_lists) {
+        writes.push(status::update(ctx, &lists, old, new).boxed());
+    }
+    for (old, new) in inputs.policies.iter().zip(&updated.policies) {
+        writes.push(status::update(ctx, &policies, old, new).boxed());
+    }
     for (old, new) in inputs.gateways.iter().zip(&updated.gateways) {
-        keep(status::update(ctx, &gateways, old, new).await);
+        writes.push(status::update(ctx, &gateways, old, new).boxed());
+    }
+    // Independent objects, so a few at a time: after a hash change every policy's status
+    // moves, and one write after another would hold up the namespace's next reconcile.
+    let results: Vec<Result<(), Error>> = futures::stream::iter(writes)
+        .buffered(STATUS_WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut first_error = None;
+    for e in results.into_iter().filter_map(Result::err) {
+        tracing::warn!(namespace, "{e}");
+        first_error.get_or_insert(e);
     }
     match config_error.or(first_error) {
         Some(e) => Err(e),

@@ -517,6 +517,7 @@ async fn conflicting_gateways_get_a_conflict_condition_and_one_warning_each() {
     let run = spawn_reconcile(&ctx);
     expect_config_map_get(&mut handle, Some(&hash)).await;
 
+    // Status writes go out together; each one's Event follows its answer.
     let body = expect_status_patch(&mut handle, &older).await;
     let conflict = condition(&body["status"], "Conflict");
     assert_eq!(conflict["status"], "True");
@@ -527,13 +528,6 @@ async fn conflicting_gateways_get_a_conflict_condition_and_one_warning_each() {
         "{conflict}"
     );
     assert_eq!(condition(&body["status"], "Ready")["status"], "True");
-    let event = expect_event(&mut handle).await;
-    assert_eq!(
-        (event["type"].clone(), event["reason"].clone()),
-        (json!("Warning"), json!("Conflict"))
-    );
-    assert_eq!(event["regarding"]["name"], "gw-a");
-
     let body = expect_status_patch(&mut handle, &newer).await;
     assert_eq!(condition(&body["status"], "Conflict")["status"], "True");
     let ready = condition(&body["status"], "Ready");
@@ -541,6 +535,12 @@ async fn conflicting_gateways_get_a_conflict_condition_and_one_warning_each() {
         (ready["status"].clone(), ready["reason"].clone()),
         (json!("False"), json!("ConflictLost"))
     );
+    let event = expect_event(&mut handle).await;
+    assert_eq!(
+        (event["type"].clone(), event["reason"].clone()),
+        (json!("Warning"), json!("Conflict"))
+    );
+    assert_eq!(event["regarding"]["name"], "gw-a");
     // Losing is the same news: one Conflict warning, not a second one for Ready.
     let event = expect_event(&mut handle).await;
     assert_eq!(event["reason"], "Conflict");
