@@ -99,10 +99,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() {
     if std::env::var_os("MAILTLS_TEST_KUBECONFIG").is_none() {
+        // Skipped rather than failed, so a plain `cargo bench` still runs the other benches.
         eprintln!(
-            "controller bench: needs a real API server; run `scripts/test-cluster.sh -- cargo bench --bench controller`"
+            "controller bench skipped: it needs a real API server; run `scripts/test-cluster.sh -- cargo bench --bench controller`"
         );
-        std::process::exit(2);
+        return;
     }
     let client = client().await;
     install_crds(&client).await;
