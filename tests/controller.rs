@@ -457,40 +457,32 @@ async fn deleting_everything_empties_the_config_map() {
     .await;
 }
 
+/// `prefix/name` → resourceVersion of every object of one kind in `ns`.
+async fn versions_of<K>(client: &Client, ns: &str, prefix: &str, out: &mut BTreeMap<String, String>)
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let items = Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("listing {prefix}: {e}"));
+    for o in items {
+        out.insert(
+            format!("{prefix}/{}", o.name_any()),
+            o.resource_version().unwrap_or_default(),
+        );
+    }
+}
+
 /// resourceVersion of every object the controller writes.
 async fn versions(client: &Client, ns: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let lp = ListParams::default();
-    for l in Api::<AddressList>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .expect("lists")
-    {
-        out.insert(
-            format!("al/{}", l.name_any()),
-            l.resource_version().unwrap_or_default(),
-        );
-    }
-    for p in Api::<TlsCompliance>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .expect("policies")
-    {
-        out.insert(
-            format!("tlsc/{}", p.name_any()),
-            p.resource_version().unwrap_or_default(),
-        );
-    }
-    for g in Api::<OutboundGateway>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .expect("gateways")
-    {
-        out.insert(
-            format!("ogw/{}", g.name_any()),
-            g.resource_version().unwrap_or_default(),
-        );
-    }
+    versions_of::<AddressList>(client, ns, "al", &mut out).await;
+    versions_of::<TlsCompliance>(client, ns, "tlsc", &mut out).await;
+    versions_of::<OutboundGateway>(client, ns, "ogw", &mut out).await;
     if let Some(cm) = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get_opt(CM)
         .await

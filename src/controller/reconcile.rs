@@ -3,9 +3,12 @@
 use super::events::Events;
 use super::metrics::Metrics;
 use super::{Error, configmap, status};
-use crate::api::{AddressList, OutboundGateway, RelayConfigRef, TlsCompliance};
+use crate::api::{AddressList, Condition, OutboundGateway, RelayConfigRef, TlsCompliance};
 use crate::policy::{Inputs, evaluate};
 use crate::render::{RenderOptions, render};
+use crate::status::{READY, RENDERED, Updated, set_condition};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
@@ -13,6 +16,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::watch;
+
+/// Status writes of one namespace in flight at once.
+const STATUS_WRITES_IN_FLIGHT: usize = 8;
 
 /// Reflector stores of the three kinds: one per watched namespace, or one for all.
 #[derive(Clone)]
@@ -130,11 +136,18 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
     let bytes: usize = config.files.values().map(String::len).sum();
     ctx.metrics.render_size(namespace, bytes);
 
-    let written = configmap::apply(ctx, namespace, &config, empty).await?;
-    if let Some(cm) = &written {
-        tracing::info!(namespace, hash = %config.hash, bytes, "relay configuration written");
-        ctx.events.config_written(cm, &config.hash, &inputs).await;
-    }
+    // A ConfigMap the server refuses (e.g. over its 1 MiB limit) is reported in the
+    // statuses below and retried; the statuses are still written.
+    let config_error = match configmap::apply(ctx, namespace, &config, empty).await {
+        Ok(Some(cm)) => {
+            tracing::info!(namespace, hash = %config.hash, bytes, "relay configuration written");
+            ctx.events.config_written(&cm, &config.hash, &inputs).await;
+            None
+        }
+        Ok(None) => None,
+        Err(Error::NotLeader) => return Err(Error::NotLeader),
+        Err(e) => Some(e),
+    };
 
     let relay = RelayConfigRef {
         name: ctx.config_map.clone(),
@@ -142,25 +155,62 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
         ..Default::default()
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let updated = crate::status::namespace_statuses(&inputs, &evaluation, &relay, &now);
+    let mut updated = crate::status::namespace_statuses(&inputs, &evaluation, &relay, &now);
+    if let Some(e) = &config_error {
+        not_written(&mut updated, &inputs, &e.to_string(), &now);
+    }
+    let lists: Api<AddressList> = Api::namespaced(ctx.client.clone(), namespace);
+    let policies: Api<TlsCompliance> = Api::namespaced(ctx.client.clone(), namespace);
+    let gateways: Api<OutboundGateway> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut writes: Vec<BoxFuture<'_, Result<(), Error>>> = Vec::new();
+    for (old, new) in inputs.address_lists.iter().zip(&updated.address_lists) {
+        writes.push(status::update(ctx, &lists, old, new).boxed());
+    }
+    for (old, new) in inputs.policies.iter().zip(&updated.policies) {
+        writes.push(status::update(ctx, &policies, old, new).boxed());
+    }
+    for (old, new) in inputs.gateways.iter().zip(&updated.gateways) {
+        writes.push(status::update(ctx, &gateways, old, new).boxed());
+    }
+    // Independent objects, so a few at a time: after a hash change every policy's status
+    // moves, and one write after another would hold up the namespace's next reconcile.
+    let results: Vec<Result<(), Error>> = futures::stream::iter(writes)
+        .buffered(STATUS_WRITES_IN_FLIGHT)
+        .collect()
+        .await;
     let mut first_error = None;
-    let mut keep = |r: Result<(), Error>| {
-        if let Err(e) = r {
-            tracing::warn!(namespace, "{e}");
-            first_error.get_or_insert(e);
+    for e in results.into_iter().filter_map(Result::err) {
+        tracing::warn!(namespace, "{e}");
+        first_error.get_or_insert(e);
+    }
+    match config_error.or(first_error) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The configuration could not be stored: nothing that renders into it is Ready, and each
+/// policy keeps pointing at the configuration actually in place.
+fn not_written(updated: &mut Updated, inputs: &Inputs, error: &str, now: &Time) {
+    let message = format!("the relay configuration could not be written: {error}");
+    let mark = |conditions: &mut Vec<Condition>, generation: Option<i64>| {
+        for t in [READY, RENDERED] {
+            let g = generation.unwrap_or(1);
+            set_condition(conditions, t, false, NOT_WRITTEN, message.clone(), g, now);
         }
     };
-    let lists: Api<AddressList> = Api::namespaced(ctx.client.clone(), namespace);
-    for (old, new) in inputs.address_lists.iter().zip(&updated.address_lists) {
-        keep(status::update(ctx, &lists, old, new).await);
+    for (new, old) in updated.policies.iter_mut().zip(&inputs.policies) {
+        if let Some(s) = new.status.as_mut() {
+            s.relay_config = old.status.as_ref().and_then(|o| o.relay_config.clone());
+            mark(&mut s.conditions, new.metadata.generation);
+        }
     }
-    let policies: Api<TlsCompliance> = Api::namespaced(ctx.client.clone(), namespace);
-    for (old, new) in inputs.policies.iter().zip(&updated.policies) {
-        keep(status::update(ctx, &policies, old, new).await);
+    for new in &mut updated.gateways {
+        if let Some(s) = new.status.as_mut() {
+            mark(&mut s.conditions, new.metadata.generation);
+        }
     }
-    let gateways: Api<OutboundGateway> = Api::namespaced(ctx.client.clone(), namespace);
-    for (old, new) in inputs.gateways.iter().zip(&updated.gateways) {
-        keep(status::update(ctx, &gateways, old, new).await);
-    }
-    first_error.map_or(Ok(()), Err)
 }
+
+/// Condition reason when the ConfigMap write failed.
+pub const NOT_WRITTEN: &str = "RelayConfigNotWritten";

@@ -141,6 +141,12 @@ fn context_as(inputs: &Inputs, leader: bool) -> (Arc<Context>, Handle, impl Size
     (Arc::new(ctx), handle, (lists, policies, gateways))
 }
 
+/// Runs one reconcile of `NS` in the background.
+fn spawn_reconcile(ctx: &Arc<Context>) -> tokio::task::JoinHandle<Result<(), super::Error>> {
+    let ctx = ctx.clone();
+    tokio::spawn(async move { reconcile(&ctx, NS).await })
+}
+
 /// One request as the test sees it.
 struct Seen {
     method: String,
@@ -308,10 +314,7 @@ async fn first_reconcile_applies_the_config_map_and_writes_every_status() {
     );
     let config = render(&evaluate(&inputs).policy, &RenderOptions::default());
     let (ctx, mut handle, _writers) = context(&inputs);
-    let run = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, NS).await }
-    });
+    let run = spawn_reconcile(&ctx);
 
     expect_config_map_get(&mut handle, None).await;
 
@@ -434,10 +437,7 @@ async fn a_reconciled_namespace_sends_no_write() {
     );
     let after = reconciled(&before);
     let (ctx, mut handle, _writers) = context(&after);
-    let run = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, NS).await }
-    });
+    let run = spawn_reconcile(&ctx);
     expect_config_map_get(&mut handle, Some(&expected_hash(&before))).await;
     run.await.expect("task").expect("reconcile");
     drop(ctx);
@@ -475,10 +475,7 @@ async fn a_spec_change_patches_only_what_changed_and_keeps_test_results() {
     meta(p, "partners", 2, "2026-01-01T00:00:00Z");
     let policy = p.clone();
     let (ctx, mut handle, _writers) = context(&after);
-    let run = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, NS).await }
-    });
+    let run = spawn_reconcile(&ctx);
     // Monitor renders nothing mandatory: a new hash, so the ConfigMap is written.
     expect_config_map_get(&mut handle, Some(&expected_hash(&before))).await;
     let apply = next(&mut handle).await;
@@ -517,12 +514,10 @@ async fn conflicting_gateways_get_a_conflict_condition_and_one_warning_each() {
     let inputs = inputs(vec![], vec![], vec![older.clone(), newer.clone()]);
     let hash = expected_hash(&inputs);
     let (ctx, mut handle, _writers) = context(&inputs);
-    let run = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, NS).await }
-    });
+    let run = spawn_reconcile(&ctx);
     expect_config_map_get(&mut handle, Some(&hash)).await;
 
+    // Status writes go out together; each one's Event follows its answer.
     let body = expect_status_patch(&mut handle, &older).await;
     let conflict = condition(&body["status"], "Conflict");
     assert_eq!(conflict["status"], "True");
@@ -533,13 +528,6 @@ async fn conflicting_gateways_get_a_conflict_condition_and_one_warning_each() {
         "{conflict}"
     );
     assert_eq!(condition(&body["status"], "Ready")["status"], "True");
-    let event = expect_event(&mut handle).await;
-    assert_eq!(
-        (event["type"].clone(), event["reason"].clone()),
-        (json!("Warning"), json!("Conflict"))
-    );
-    assert_eq!(event["regarding"]["name"], "gw-a");
-
     let body = expect_status_patch(&mut handle, &newer).await;
     assert_eq!(condition(&body["status"], "Conflict")["status"], "True");
     let ready = condition(&body["status"], "Ready");
@@ -547,6 +535,12 @@ async fn conflicting_gateways_get_a_conflict_condition_and_one_warning_each() {
         (ready["status"].clone(), ready["reason"].clone()),
         (json!("False"), json!("ConflictLost"))
     );
+    let event = expect_event(&mut handle).await;
+    assert_eq!(
+        (event["type"].clone(), event["reason"].clone()),
+        (json!("Warning"), json!("Conflict"))
+    );
+    assert_eq!(event["regarding"]["name"], "gw-a");
     // Losing is the same news: one Conflict warning, not a second one for Ready.
     let event = expect_event(&mut handle).await;
     assert_eq!(event["reason"], "Conflict");
@@ -568,10 +562,7 @@ async fn a_failing_status_write_does_not_stop_the_others() {
         vec![],
     );
     let (ctx, mut handle, _writers) = context(&inputs);
-    let run = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, NS).await }
-    });
+    let run = spawn_reconcile(&ctx);
     expect_config_map_get(&mut handle, Some(&expected_hash(&inputs))).await;
     let first = next(&mut handle).await;
     assert!(
@@ -598,20 +589,14 @@ async fn a_failing_status_write_does_not_stop_the_others() {
 async fn a_namespace_without_resources_gets_no_new_config_map_but_an_old_one_is_emptied() {
     let empty = inputs(vec![], vec![], vec![]);
     let (ctx, mut handle, _writers) = context(&empty);
-    let run = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, NS).await }
-    });
+    let run = spawn_reconcile(&ctx);
     expect_config_map_get(&mut handle, None).await;
     run.await.expect("task").expect("reconcile");
     drop(ctx);
     expect_no_more(&mut handle).await;
 
     let (ctx, mut handle, _writers) = context(&empty);
-    let run = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, NS).await }
-    });
+    let run = spawn_reconcile(&ctx);
     expect_config_map_get(&mut handle, Some("sha256:old")).await;
     let apply = next(&mut handle).await;
     assert_eq!(apply.method, "PATCH");
@@ -640,10 +625,7 @@ async fn a_namespace_without_resources_gets_no_new_config_map_but_an_old_one_is_
 async fn a_follower_writes_nothing() {
     let inputs = inputs(vec![address_list("a", &["a.example"])], vec![], vec![]);
     let (ctx, mut handle, _writers) = context_as(&inputs, false);
-    let run = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, NS).await }
-    });
+    let run = spawn_reconcile(&ctx);
     expect_config_map_get(&mut handle, None).await;
     assert!(matches!(
         run.await.expect("task"),
@@ -662,4 +644,51 @@ fn backoff_grows_is_capped_and_jittered() {
             .min(std::time::Duration::from_secs(300));
         assert!(d >= full / 2 && d <= full, "{n}: {d:?} vs {full:?}");
     }
+}
+
+#[tokio::test]
+async fn a_refused_config_map_is_reported_in_the_statuses_and_retried() {
+    let inputs = inputs(
+        vec![address_list("partners", &["example.com"])],
+        vec![policy("partners", "partners")],
+        vec![],
+    );
+    let (ctx, mut handle, _writers) = context(&inputs);
+    let run = spawn_reconcile(&ctx);
+    expect_config_map_get(&mut handle, None).await;
+    let apply = next(&mut handle).await;
+    assert_eq!(apply.method, "PATCH");
+    apply.respond(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": "Invalid", "code": 422,
+                "message": "Too long: may not be more than 1048576 bytes"}),
+    );
+    // The list itself is fine.
+    let body = expect_status_patch(&mut handle, &inputs.address_lists[0]).await;
+    assert_eq!(condition(&body["status"], "Ready")["status"], "True");
+    let body = expect_status_patch(&mut handle, &inputs.policies[0]).await;
+    assert!(body["status"].get("relayConfig").is_none(), "{body}");
+    for t in ["Ready", "Rendered"] {
+        let c = condition(&body["status"], t);
+        assert_eq!(
+            (c["status"].clone(), c["reason"].clone()),
+            (json!("False"), json!(super::reconcile::NOT_WRITTEN))
+        );
+        assert!(
+            c["message"].as_str().is_some_and(|m| m.contains("1048576")),
+            "{c}"
+        );
+    }
+    let event = expect_event(&mut handle).await;
+    assert_eq!(
+        (event["type"].clone(), event["reason"].clone()),
+        (json!("Warning"), json!(super::reconcile::NOT_WRITTEN))
+    );
+    assert!(matches!(
+        run.await.expect("task"),
+        Err(super::Error::ConfigMap { .. })
+    ));
+    drop(ctx);
+    expect_no_more(&mut handle).await;
 }

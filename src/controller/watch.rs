@@ -16,6 +16,22 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// What a kind needs to be watched into a store.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A watcher not yet polled: it needs the queue to report to.
 pub type Watcher = Box<dyn FnOnce(Sender) -> BoxFuture<'static, ()> + Send>;
 
@@ -59,13 +75,7 @@ fn add<K>(
     watchers: &mut Vec<Watcher>,
 ) -> reflector::Store<K>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched<Scope = kube::core::NamespaceResourceScope>,
 {
     let api: Api<K> = match scope {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -146,16 +156,12 @@ impl Tracker {
     }
 }
 
-async fn drive<K>(api: Api<K>, writer: Writer<K>, queue: Sender, synced: Arc<AtomicUsize>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+async fn drive<K: Watched>(
+    api: Api<K>,
+    writer: Writer<K>,
+    queue: Sender,
+    synced: Arc<AtomicUsize>,
+) {
     let kind = K::kind(&()).to_string();
     let mut tracker = Tracker::default();
     let mut first_sync = true;
