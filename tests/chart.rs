@@ -260,6 +260,7 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
                 grace: 1,
             }),
             instance: Some("rbac-test".into()),
+            tests: None,
         };
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let controller = tokio::spawn(mailtls::controller::run(

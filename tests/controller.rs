@@ -57,6 +57,7 @@ impl Running {
                 grace: 1,
             }),
             instance: Some(lease_identity.unwrap_or("solo").to_string()),
+            tests: None,
         };
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(mailtls::controller::run(client.clone(), settings, shutdown));
@@ -648,6 +649,7 @@ async fn metrics_health_and_readiness_are_served() {
             metrics_addr: Some(addr),
             leader_election: None,
             instance: None,
+            tests: None,
         };
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(mailtls::controller::run(client.clone(), settings, shutdown));

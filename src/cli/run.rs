@@ -48,6 +48,12 @@ pub struct RunArgs {
     /// name and process id).
     #[arg(long, value_name = "ID", env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Do not run the periodic TLS tests (they run by default, on each resource's
+    /// spec.test.interval and whenever its mailtls.io/test-now annotation changes).
+    #[arg(long)]
+    pub no_tests: bool,
+    #[command(flatten)]
+    pub probe: super::tests_loop::ProbeFlags,
 }
 
 impl RunArgs {
@@ -76,6 +82,11 @@ impl RunArgs {
             metrics_addr: Some(self.metrics_addr),
             leader_election,
             instance: Some(identity),
+            tests: if self.no_tests {
+                None
+            } else {
+                Some(self.probe.prober()?)
+            },
         })
     }
 }

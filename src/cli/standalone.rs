@@ -8,7 +8,7 @@
 use super::load::{LoadError, load};
 use super::output::{RenderFlags, write_files};
 use super::render::warn_conflicts;
-use super::tests_loop::{Running, TestFlags, due_plans, run_plans};
+use super::tests_loop::{ProbeFlags, Running, due_plans, run_plans};
 use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::api::RelayConfigRef;
 use crate::policy::{Evaluation, Inputs, Kind, ResourceId, evaluate};
@@ -41,8 +41,12 @@ pub struct StandaloneArgs {
     /// to start the TLS tests that fall due).
     #[arg(long)]
     watch: bool,
+    /// Run the TLS tests: once for every resource due now, or with --watch on each
+    /// resource's spec.test.interval and whenever its mailtls.io/test-now annotation changes.
+    #[arg(long)]
+    tests: bool,
     #[command(flatten)]
-    tests: TestFlags,
+    probe: ProbeFlags,
     #[command(flatten)]
     flags: RenderFlags,
 }
@@ -56,7 +60,7 @@ pub fn run(args: StandaloneArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let prober = match args.tests.prober() {
+    let prober = match args.tests.then(|| args.probe.prober()).transpose() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");

@@ -17,13 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Options of the TLS tests run by `standalone --tests`.
+/// How the TLS tests connect (`standalone --tests`, `run`).
 #[derive(Args, Debug, Clone)]
-pub struct TestFlags {
-    /// Run the TLS tests: once for every resource due now, or with --watch on each
-    /// resource's spec.test.interval and whenever its mailtls.io/test-now annotation changes.
-    #[arg(long)]
-    pub tests: bool,
+pub struct ProbeFlags {
     /// DNS server for the tests instead of the system resolver.
     #[arg(long, value_name = "IP:PORT")]
     pub resolver: Option<SocketAddr>,
@@ -44,12 +40,9 @@ pub struct TestFlags {
     pub test_sts_port: u16,
 }
 
-impl TestFlags {
-    /// The prober, when tests are on.
-    pub fn prober(&self) -> Result<Option<Prober>, String> {
-        if !self.tests {
-            return Ok(None);
-        }
+impl ProbeFlags {
+    /// The prober for these settings.
+    pub fn prober(&self) -> Result<Prober, String> {
         let mut config = ProbeConfig {
             resolver: self.resolver,
             smtp_port: self.test_smtp_port,
@@ -61,9 +54,7 @@ impl TestFlags {
         if let Some(path) = &self.test_ca_file {
             config.extra_roots = read_pem_certs(path).map_err(|e| e.0)?;
         }
-        Prober::new(config)
-            .map(Some)
-            .map_err(|e| format!("cannot set up the TLS tests: {e}"))
+        Prober::new(config).map_err(|e| format!("cannot set up the TLS tests: {e}"))
     }
 }
 
@@ -78,15 +69,7 @@ pub fn due_plans(namespaces: &[Inputs], running: &Running) -> Vec<(String, TestP
         return plans;
     };
     for inputs in namespaces {
-        let compliance = inputs
-            .policies
-            .iter()
-            .filter_map(|p| plan::compliance_plan(p, &inputs.address_lists, now));
-        let gateways = inputs
-            .gateways
-            .iter()
-            .filter_map(|g| plan::gateway_plan(g, now));
-        for p in compliance.chain(gateways) {
+        for p in plan::namespace_plans(inputs, now) {
             if running.insert((inputs.namespace.clone(), p.id.clone())) {
                 plans.push((inputs.namespace.clone(), p));
             }

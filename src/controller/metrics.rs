@@ -25,6 +25,8 @@ pub struct Metrics {
     duration: Histogram,
     render_bytes: Family<Labels, Gauge>,
     writes: Family<Labels, Counter>,
+    tests: Family<Labels, Counter>,
+    cert_days: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -36,6 +38,18 @@ impl Default for Metrics {
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let render_bytes = Family::<Labels, Gauge>::default();
         let writes = Family::<Labels, Counter>::default();
+        let tests = Family::<Labels, Counter>::default();
+        let cert_days = Family::<Labels, Gauge>::default();
+        registry.register(
+            "tls_tests",
+            "Destinations tested, by outcome (pass or the RFC 8460 failure)",
+            tests.clone(),
+        );
+        registry.register(
+            "certificate_days_left",
+            "Days until the leaf certificate of a tested destination expires",
+            cert_days.clone(),
+        );
         registry.register(
             "reconciles",
             "Namespace reconciles, by namespace",
@@ -68,11 +82,27 @@ impl Default for Metrics {
             duration,
             render_bytes,
             writes,
+            tests,
+            cert_days,
         }
     }
 }
 
 impl Metrics {
+    /// Count a finished test's outcomes and record certificate expiry per destination.
+    pub fn tested(&self, reports: &[crate::probe::DestinationReport]) {
+        for r in reports {
+            self.tests
+                .get_or_create(&vec![("outcome", r.outcome().to_string())])
+                .inc();
+            if let Some(days) = r.to_result().cert_days_left {
+                self.cert_days
+                    .get_or_create(&vec![("destination", r.destination.clone())])
+                    .set(days);
+            }
+        }
+    }
+
     pub fn observe(&self, namespace: &str, took: Duration, ok: bool) {
         let labels = vec![("namespace", namespace.to_string())];
         self.reconciles.get_or_create(&labels).inc();

@@ -14,6 +14,7 @@ mod configmap;
 mod events;
 mod leader;
 mod metrics;
+pub mod periodic;
 mod queue;
 mod reconcile;
 mod status;
@@ -72,6 +73,8 @@ pub struct Settings {
     pub leader_election: Option<leader::LeaseSettings>,
     /// Reported as the Events' reporting instance (the pod name in a cluster).
     pub instance: Option<String>,
+    /// Periodic TLS tests; `None`: no tests.
+    pub tests: Option<crate::probe::Prober>,
 }
 
 pub use leader::LeaseSettings;
@@ -114,6 +117,10 @@ pub async fn run(
     };
     let queue = queue::Queue::new();
     let feeder = tokio::spawn(watch::feed(watchers, queue.sender()));
+    let tests = settings
+        .tests
+        .clone()
+        .map(|prober| tokio::spawn(periodic::run(ctx.clone(), prober, shutdown.clone())));
     tracing::info!(namespaces = ?settings.namespaces, config_map = %settings.config_map, "controller started");
     tokio::select! {
         () = queue::work(queue, ctx, leader_rx) => {}
@@ -121,6 +128,9 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     feeder.abort();
+    if let Some(tests) = tests {
+        tests.abort();
+    }
     if let Some(task) = lease_task {
         task.stop().await;
     }

@@ -583,6 +583,14 @@ pub struct Prober {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Prober {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Prober {
     /// Build from a configuration (reads the system resolver configuration unless
     /// [`ProbeConfig::resolver`] is set). Installs the crypto provider if none is.

@@ -73,7 +73,13 @@ pub fn jitter(interval: std::time::Duration, key: &str) -> std::time::Duration {
 /// What the jitter is keyed on: the uid in a cluster, else namespace/name.
 fn schedule_key<K: kube::Resource>(r: &K) -> String {
     let m = r.meta();
-    m.uid.clone().unwrap_or_else(|| format!("{}/{}", m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default()))
+    m.uid.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default()
+        )
+    })
 }
 
 fn annotation<K: kube::Resource>(r: &K) -> Option<&str> {
@@ -138,6 +144,16 @@ pub fn gateway_plan(g: &OutboundGateway, now: Timestamp) -> Option<TestPlan> {
         untestable: 0,
         trigger,
     })
+}
+
+/// Every plan due now in one namespace (TlsCompliance and OutboundGateway).
+pub fn namespace_plans(inputs: &crate::policy::Inputs, now: Timestamp) -> Vec<TestPlan> {
+    let compliance = inputs
+        .policies
+        .iter()
+        .filter_map(|p| compliance_plan(p, &inputs.address_lists, now));
+    let gateways = inputs.gateways.iter().filter_map(|g| gateway_plan(g, now));
+    compliance.chain(gateways).collect()
 }
 
 /// The test part of a status: summary, capped results (failures first), and the `Tested`
@@ -262,11 +278,18 @@ mod tests {
     use super::*;
 
     fn spec(interval: &str) -> TestSpec {
-        TestSpec { enabled: true, interval: interval.into() }
+        TestSpec {
+            enabled: true,
+            interval: interval.into(),
+        }
     }
 
     fn last(time: &str, trigger: Option<&str>) -> TestSummary {
-        TestSummary { time: time.into(), trigger: trigger.map(String::from), ..Default::default() }
+        TestSummary {
+            time: time.into(),
+            trigger: trigger.map(String::from),
+            ..Default::default()
+        }
     }
 
     fn at(s: &str) -> Timestamp {
@@ -275,9 +298,18 @@ mod tests {
 
     #[test]
     fn never_tested_is_due_at_once_and_disabled_never() {
-        assert_eq!(due(None, &spec("6h"), None, at("2026-01-01T00:00:00Z"), "k"), Some(None));
-        let off = TestSpec { enabled: false, interval: "6h".into() };
-        assert_eq!(due(Some("now"), &off, None, at("2026-01-01T00:00:00Z"), "k"), None);
+        assert_eq!(
+            due(None, &spec("6h"), None, at("2026-01-01T00:00:00Z"), "k"),
+            Some(None)
+        );
+        let off = TestSpec {
+            enabled: false,
+            interval: "6h".into(),
+        };
+        assert_eq!(
+            due(Some("now"), &off, None, at("2026-01-01T00:00:00Z"), "k"),
+            None
+        );
     }
 
     #[test]
@@ -287,18 +319,39 @@ mod tests {
             let j = jitter(std::time::Duration::from_secs(3600), key);
             assert!(j < std::time::Duration::from_secs(360), "{key}: {j:?}");
             let next = next_due(&spec("1h"), Some(&l), key).expect("next");
-            assert_eq!(next, at("2026-01-01T01:00:00Z").checked_add(SignedDuration::try_from(j).expect("span")).expect("add"));
-            assert_eq!(due(None, &spec("1h"), Some(&l), at("2026-01-01T00:59:59Z"), key), None);
-            assert_eq!(due(None, &spec("1h"), Some(&l), at("2026-01-01T01:06:00Z"), key), Some(None));
+            assert_eq!(
+                next,
+                at("2026-01-01T01:00:00Z")
+                    .checked_add(SignedDuration::try_from(j).expect("span"))
+                    .expect("add")
+            );
+            assert_eq!(
+                due(None, &spec("1h"), Some(&l), at("2026-01-01T00:59:59Z"), key),
+                None
+            );
+            assert_eq!(
+                due(None, &spec("1h"), Some(&l), at("2026-01-01T01:06:00Z"), key),
+                Some(None)
+            );
         }
-        assert_ne!(jitter(std::time::Duration::from_secs(3600), "a"), jitter(std::time::Duration::from_secs(3600), "b"));
+        assert_ne!(
+            jitter(std::time::Duration::from_secs(3600), "a"),
+            jitter(std::time::Duration::from_secs(3600), "b")
+        );
     }
 
     #[test]
     fn a_new_test_now_value_triggers_once() {
         let l = last("2026-01-01T00:00:00Z", Some("first"));
         let now = at("2026-01-01T00:01:00Z");
-        assert_eq!(due(Some("second"), &spec("6h"), Some(&l), now, "k"), Some(Some("second".into())));
-        assert_eq!(due(Some("first"), &spec("6h"), Some(&l), now, "k"), None, "already answered");
+        assert_eq!(
+            due(Some("second"), &spec("6h"), Some(&l), now, "k"),
+            Some(Some("second".into()))
+        );
+        assert_eq!(
+            due(Some("first"), &spec("6h"), Some(&l), now, "k"),
+            None,
+            "already answered"
+        );
     }
 }
