@@ -23,7 +23,7 @@ async fn world() -> World {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("mailtls standalone test CA");
     let zone = Zone::default();
-    let (listeners, port) = bind_group(5).await;
+    let (listeners, port) = bind_group(6).await;
     let mut listeners = listeners.into_iter();
     let servers = [
         (
@@ -35,6 +35,13 @@ async fn world() -> World {
         (
             "other.test",
             Smtp::Good(server_config(&ca.leaf(&["mx.other.test"]), false)),
+        ),
+        (
+            "expiring.test",
+            Smtp::Good(server_config(
+                &ca.leaf_between(&["mx.expiring.test"], -60, 10),
+                false,
+            )),
         ),
     ];
     for (domain, behaviour) in servers {
@@ -112,6 +119,20 @@ spec:
   direction: Outbound
   addressLists: [{{name: legacy}}]
   enforcement: Monitor
+---
+apiVersion: mailtls.io/v1alpha1
+kind: AddressList
+metadata: {{name: soon}}
+spec:
+  entries: [expiring.test]
+---
+apiVersion: mailtls.io/v1alpha1
+kind: TlsCompliance
+metadata: {{name: soon}}
+spec:
+  direction: Outbound
+  addressLists: [{{name: soon}}]
+  requireCASigned: true
 ---
 apiVersion: mailtls.io/v1alpha1
 kind: TlsCompliance
@@ -245,6 +266,17 @@ async fn tests_write_results_into_status_and_follow_interval_and_test_now() {
     let gw = w.resource("outboundgateway-gw.yaml");
     assert_eq!(gw["status"]["lastTest"]["passed"], 1, "{}", gw["status"]);
     assert_eq!(condition(&gw, "Compliant").0, "True");
+
+    let soon = w.resource("tlscompliance-soon.yaml");
+    let (status, reason, message) = condition(&soon, "Compliant");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "PassedWithWarnings"),
+        "{message} {}",
+        soon["status"]
+    );
+    assert!(message.contains("expiring.test ("), "{message}");
+    assert_eq!(soon["status"]["lastTest"]["warnings"], 1);
 
     let inbound = w.resource("tlscompliance-inbound.yaml");
     assert_eq!(condition(&inbound, "Tested").1, "InboundOnly");

@@ -4,7 +4,7 @@
 
 use crate::api::Condition;
 use crate::policy::Inputs;
-use crate::status::{CONFLICT, READY};
+use crate::status::{COMPLIANT, CONFLICT, READY};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -82,6 +82,29 @@ impl Events {
         {
             self.publish(regarding, EventType::Warning, "Conflict", message)
                 .await;
+        }
+        // A TLS test that fails (or, in Monitor mode, would fail), or certificates close
+        // to expiry: once, when that becomes the case.
+        let compliant = find(&new, COMPLIANT);
+        if compliant != find(&old, COMPLIANT)
+            && let Some((status, reason, message)) = compliant
+        {
+            match (status.as_str(), reason.as_str()) {
+                ("False", _) => {
+                    self.publish(regarding, EventType::Warning, "TLSTestFailed", message)
+                        .await
+                }
+                (_, "PassedWithWarnings") => {
+                    self.publish(
+                        regarding,
+                        EventType::Warning,
+                        "CertificateExpiringSoon",
+                        message,
+                    )
+                    .await
+                }
+                _ => {}
+            }
         }
         let ready = find(&new, READY);
         if ready != find(&old, READY)

@@ -193,6 +193,28 @@ pub fn test_status(
         (0, _) if summary.destinations == 0 => {
             (true, "NothingToTest", "no destination to test".to_string())
         }
+        (0, _) if summary.warnings > 0 => {
+            let expiring: Vec<String> = results
+                .iter()
+                .filter(|r| r.message.contains("warning:"))
+                .take(3)
+                .map(|r| {
+                    r.cert_days_left.map_or(r.destination.clone(), |d| {
+                        format!("{} ({d} days)", r.destination)
+                    })
+                })
+                .collect();
+            (
+                true,
+                "PassedWithWarnings",
+                format!(
+                    "all {} destinations meet the policy; {} with warnings such as a certificate expiring soon: {}",
+                    summary.destinations,
+                    summary.warnings,
+                    expiring.join(", ")
+                ),
+            )
+        }
         (0, _) => (
             true,
             "AllPassed",
