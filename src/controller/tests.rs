@@ -692,3 +692,118 @@ async fn a_refused_config_map_is_reported_in_the_statuses_and_retried() {
     drop(ctx);
     expect_no_more(&mut handle).await;
 }
+
+/// A tester that records when each plan ran (tokio time) and reports nothing.
+#[derive(Clone, Default)]
+struct Recorder(Arc<std::sync::Mutex<Vec<(tokio::time::Instant, String)>>>);
+
+impl super::periodic::Tester for Recorder {
+    fn test(
+        &self,
+        items: Vec<(crate::probe::Target, crate::probe::Requirement)>,
+    ) -> impl std::future::Future<Output = Vec<crate::probe::DestinationReport>> + Send {
+        let seen = self.0.clone();
+        async move {
+            if let Ok(mut s) = seen.lock() {
+                for (target, _) in &items {
+                    s.push((tokio::time::Instant::now(), target.display()));
+                }
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// Answer every request (the status patches, Events) with a plain 200.
+fn answer_everything(mut handle: Handle, body: Value) {
+    tokio::spawn(async move {
+        while let Some((_, reply)) = handle.next_request().await {
+            let bytes = serde_json::to_vec(&body).expect("json");
+            reply.send_response(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .body(Body::from(bytes))
+                    .expect("response"),
+            );
+        }
+    });
+}
+
+/// In paused tokio time: a resource last tested 30 minutes ago with a 1h interval is tested
+/// again after the rest of the interval plus its jitter (within one tick), not before; one
+/// with a new test-now value is tested at once.
+#[tokio::test(start_paused = true)]
+async fn periodic_tests_follow_interval_jitter_and_test_now() {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use std::time::Duration;
+    let last = |ago: i64, trigger: Option<&str>| {
+        Some(crate::api::TlsComplianceStatus {
+            last_test: Some(TestSummary {
+                time: Timestamp::now()
+                    .checked_sub(SignedDuration::from_mins(ago))
+                    .expect("time")
+                    .to_string(),
+                trigger: trigger.map(String::from),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    let mut interval = policy("interval", "l");
+    interval.spec.test.interval = "1h".into();
+    interval.status = last(30, None);
+    let mut asked = policy("asked", "m");
+    asked.status = last(1, Some("old"));
+    asked.meta_mut().annotations = Some(
+        [(
+            crate::api::TEST_NOW_ANNOTATION.to_string(),
+            "new".to_string(),
+        )]
+        .into(),
+    );
+    let inputs = inputs(
+        vec![
+            address_list("l", &["interval.example"]),
+            address_list("m", &["asked.example"]),
+        ],
+        vec![interval.clone(), asked],
+        vec![],
+    );
+    let (ctx, handle, _stores) = context(&inputs);
+    answer_everything(handle, serde_json::to_value(&interval).expect("json"));
+    let recorder = Recorder::default();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let start = tokio::time::Instant::now();
+    let task = tokio::spawn(super::periodic::run(ctx, recorder.clone(), shutdown));
+
+    let first = |dest: &str| {
+        recorder
+            .0
+            .lock()
+            .ok()
+            .and_then(|s| s.iter().find(|(_, d)| d == dest).map(|(t, _)| *t - start))
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        first("asked.example"),
+        Some(Duration::ZERO),
+        "a new test-now value is tested at the first tick"
+    );
+    let jitter = crate::probe::plan::jitter(Duration::from_secs(3600), "uid-interval");
+    assert!(jitter < Duration::from_secs(360));
+    let due = Duration::from_secs(30 * 60) + jitter;
+    tokio::time::sleep(due - Duration::from_secs(16)).await;
+    assert_eq!(
+        first("interval.example"),
+        None,
+        "not before the interval and jitter have passed"
+    );
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    let at = first("interval.example").expect("tested after the interval");
+    assert!(
+        at >= due && at <= due + super::periodic::TICK,
+        "tested at {at:?}, due {due:?}"
+    );
+    let _ = stop.send(true);
+    let _ = task.await;
+}
