@@ -78,6 +78,14 @@ fn init_logging(json: bool) {
     };
 }
 
+/// The async runtime for the subcommands that need one, or the exit code after saying why.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// Exit code for "the input (or the command line) is wrong".
 pub(crate) const EXIT_INVALID: u8 = 1;
 /// Exit code for usage errors (clap uses the same).
