@@ -213,6 +213,19 @@ async fn events_in(client: &Client, ns: &str) -> Vec<Event> {
         .items
 }
 
+/// Events are sent after the writes they describe: poll (bounded by TIMEOUT) until `enough`
+/// holds for them, then return them, so a test can also check that no more arrived.
+async fn events_when(client: &Client, ns: &str, enough: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let events = events_in(client, ns).await;
+        if enough(&events) || tokio::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 // ---- tests -----------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -294,7 +307,10 @@ async fn examples_render_into_the_config_map_and_every_resource_becomes_ready() 
                 }
             }
         }
-        let rendered: Vec<Event> = events_in(&client, &ns)
+        let has = |reason: &'static str| {
+            move |e: &[Event]| e.iter().any(|e| e.reason.as_deref() == Some(reason))
+        };
+        let rendered: Vec<Event> = events_when(&client, &ns, has("Rendered"))
             .await
             .into_iter()
             .filter(|e| e.reason.as_deref() == Some("Rendered"))
@@ -401,19 +417,24 @@ async fn two_all_mail_gateways_get_a_conflict_condition() {
             .remove("main.cf")
             .unwrap_or_default();
         assert!(main_cf.contains("relayhost = [a.example.net]"), "{main_cf}");
-        let warnings: BTreeMap<String, usize> = events_in(&client, &ns)
-            .await
-            .iter()
-            .filter(|e| e.reason.as_deref() == Some("Conflict"))
-            .fold(BTreeMap::new(), |mut m, e| {
-                let name = e
-                    .regarding
-                    .as_ref()
-                    .and_then(|r| r.name.clone())
-                    .unwrap_or_default();
-                *m.entry(name).or_default() += 1;
-                m
-            });
+        let warnings: BTreeMap<String, usize> = events_when(&client, &ns, |e| {
+            e.iter()
+                .filter(|e| e.reason.as_deref() == Some("Conflict"))
+                .count()
+                >= 2
+        })
+        .await
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Conflict"))
+        .fold(BTreeMap::new(), |mut m, e| {
+            let name = e
+                .regarding
+                .as_ref()
+                .and_then(|r| r.name.clone())
+                .unwrap_or_default();
+            *m.entry(name).or_default() += 1;
+            m
+        });
         assert_eq!(
             warnings,
             BTreeMap::from([("gw-a".to_string(), 1), ("gw-b".to_string(), 1)])
@@ -578,7 +599,7 @@ async fn with_leader_election_only_the_leader_writes() {
                 .collect::<std::collections::BTreeSet<_>>()
         };
         assert_eq!(
-            instances(events_in(&client, &ns).await),
+            instances(events_when(&client, &ns, |e| !e.is_empty()).await),
             ["instance-a".to_string()].into()
         );
         let lease = leases.get("mailtls-controller").await.expect("lease");
@@ -599,11 +620,14 @@ async fn with_leader_election_only_the_leader_writes() {
         let edited = list("partners", &["example.com", "other.example"]);
         apply(&lists, &edited).await;
         wait_for_hash(&client, &ns, &expected_hash(&ns, &[edited], &[p], &[])).await;
-        let by_b = events_in(&client, &ns)
-            .await
-            .into_iter()
-            .filter(|e| e.reporting_instance.as_deref() == Some("instance-b"))
-            .count();
+        let by_b = events_when(&client, &ns, |e| {
+            e.iter()
+                .any(|e| e.reporting_instance.as_deref() == Some("instance-b"))
+        })
+        .await
+        .into_iter()
+        .filter(|e| e.reporting_instance.as_deref() == Some("instance-b"))
+        .count();
         assert_eq!(by_b, 1, "the new leader recorded the re-render");
         b.stop().await;
     })
