@@ -80,20 +80,6 @@ fn condition_order(t: &str) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Whether two condition lists say the same thing, ignoring timestamps.
-pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
-    let key = |c: &Condition| {
-        (
-            c.type_.clone(),
-            c.status.clone(),
-            c.reason.clone(),
-            c.message.clone(),
-            c.observed_generation,
-        )
-    };
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
-}
-
 fn problems_message(f: &ResourceFindings) -> String {
     let mut parts: Vec<String> = f
         .errors

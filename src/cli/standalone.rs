@@ -37,8 +37,8 @@ pub struct StandaloneArgs {
     /// Directory for the rendered relay files and the resources with status.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Keep running and reconcile again whenever a file under --dir changes (and every 30s,
-    /// to start the TLS tests that fall due).
+    /// Keep running and reconcile again whenever a file under --dir changes (with --tests
+    /// also every 30s, to start the TLS tests that fall due).
     #[arg(long)]
     watch: bool,
     /// Run the TLS tests: once for every resource due now, or with --watch on each
@@ -126,8 +126,8 @@ async fn once(
 }
 
 /// Reconcile on every change under `dir` (a short quiet period turns an editor's several
-/// writes into one pass) and every 30 seconds; start the tests that fall due in the
-/// background, so a slow test never delays a reconcile.
+/// writes into one pass) and, with tests on, every 30 seconds to start the tests that fall
+/// due, in the background, so a slow test never delays a reconcile.
 async fn watch(
     dir: &Path,
     out: &Path,
@@ -178,7 +178,7 @@ async fn watch(
                 }
                 while tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_ok_and(|e| e.is_some()) {}
             }
-            _ = tick.tick() => {}
+            _ = tick.tick(), if prober.is_some() => {}
         }
     }
 }
@@ -229,7 +229,6 @@ pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<Vec
             hash: config.hash.clone(),
             ..Default::default()
         };
-        reconciled.push(inputs.clone());
         rows.extend(write_statuses(
             &ns_out.join("resources"),
             &inputs,
@@ -237,6 +236,7 @@ pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<Vec
             &relay,
             &now,
         )?);
+        reconciled.push(inputs);
     }
     print_summary(&rows, &errors);
     Ok(reconciled)
