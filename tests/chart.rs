@@ -261,6 +261,10 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
             }),
             instance: Some("rbac-test".into()),
             tests: None,
+            relays: Some(mailtls::controller::RelaySettings {
+                selector: mailtls::controller::DEFAULT_RELAY_SELECTOR.into(),
+                interval: std::time::Duration::from_secs(1),
+            }),
         };
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let controller = tokio::spawn(mailtls::controller::run(
@@ -313,8 +317,13 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
         let secrets: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(as_operator.clone(), &ns);
         let forbidden = secrets.list(&Default::default()).await;
-        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(as_operator, &ns);
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(as_operator.clone(), &ns);
         let delete = cms.delete("mailtls-relay", &Default::default()).await;
+        // Relay pods are read (to ask their agents what they applied), never changed.
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(as_operator, &ns);
+        let list_pods = pods.list(&Default::default()).await;
+        let delete_pod = pods.delete("relay", &Default::default()).await;
 
         let _ = stop.send(true);
         let _ = tokio::time::timeout(common::cluster::TIMEOUT, controller).await;
@@ -350,6 +359,11 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
         assert!(
             matches!(delete, Err(kube::Error::Api(ref e)) if e.code == 403),
             "deleting ConfigMaps is not granted: {delete:?}"
+        );
+        assert!(list_pods.is_ok(), "listing pods is granted: {list_pods:?}");
+        assert!(
+            matches!(delete_pod, Err(kube::Error::Api(ref e)) if e.code == 403),
+            "deleting pods is not granted: {delete_pod:?}"
         );
     })
     .await;

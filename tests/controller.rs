@@ -36,14 +36,6 @@ struct Running {
 
 impl Running {
     fn start(client: &Client, ns: &str, lease_identity: Option<&str>) -> Running {
-        // The controller's logs, shown for failing tests (RUST_LOG picks the level).
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .with_test_writer()
-            .try_init();
         let settings = Settings {
             namespaces: vec![ns.to_string()],
             config_map: CM.into(),
@@ -58,7 +50,20 @@ impl Running {
             }),
             instance: Some(lease_identity.unwrap_or("solo").to_string()),
             tests: None,
+            relays: None,
         };
+        Running::start_with(client, settings)
+    }
+
+    fn start_with(client: &Client, settings: Settings) -> Running {
+        // The controller's logs, shown for failing tests (RUST_LOG picks the level).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(mailtls::controller::run(client.clone(), settings, shutdown));
         Running { stop, task }
@@ -674,6 +679,7 @@ async fn metrics_health_and_readiness_are_served() {
             leader_election: None,
             instance: None,
             tests: None,
+            relays: None,
         };
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(mailtls::controller::run(client.clone(), settings, shutdown));
@@ -702,6 +708,176 @@ async fn metrics_health_and_readiness_are_served() {
             http_get(addr, "/healthz").await.is_err(),
             "the server is gone after shutdown"
         );
+    })
+    .await;
+}
+
+/// A relay agent process (real Postfix tools, a private config directory).
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The ConfigMap's keys written into `cm/<version>` and published as kubelet does.
+fn mount(cm: &ConfigMap, dir: &std::path::Path, version: &str) {
+    let target = dir.join(version);
+    std::fs::create_dir_all(&target).expect("version dir");
+    for (name, text) in cm.data.iter().flatten() {
+        std::fs::write(target.join(name), text).expect("data key");
+    }
+    for (name, bytes) in cm.binary_data.iter().flatten() {
+        std::fs::write(target.join(name), &bytes.0).expect("binaryData key");
+    }
+    common::kubelet_swap(dir, version);
+}
+
+/// A relay pod object (no kubelet runs it): its agent port and, once "running", its IP.
+fn relay_pod(name: &str, port: u16) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "relay-under-test"}},
+        "spec": {"containers": [
+            {"name": "postfix", "image": "mailtls/relay", "ports": [{"name": "smtp", "containerPort": 25}]},
+            {"name": "agent", "image": "mailtls/relay", "ports": [{"name": "status", "containerPort": port}]},
+        ]},
+    }))
+    .expect("pod")
+}
+
+/// A policy large enough that its maps go into the ConfigMap compressed; the controller's
+/// ConfigMap, mounted as kubelet would, is applied by a real relay agent, and the policy's
+/// status counts the relay pods at its hash (one agent answers, one pod has none).
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn a_compressed_configuration_reaches_the_relay_agent_and_its_pod_is_counted() {
+    in_namespace("ctl-relays", |client, ns| async move {
+        use k8s_openapi::api::core::v1::Pod;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let etc = tmp.path().join("etc");
+        common::private_postfix_config(&etc);
+        let maps = etc.join("mailtls");
+        let cm_dir = tmp.path().join("configmap");
+        std::fs::create_dir_all(&cm_dir).expect("configmap dir");
+
+        // The pods: relay-a's agent runs below, relay-b's port has nobody behind it.
+        let (port_a, port_b) = (free_port(), free_port());
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        for (name, port) in [("relay-a", port_a), ("relay-b", port_b)] {
+            apply(&pods, &relay_pod(name, port)).await;
+            pods.patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "127.0.0.1"}})),
+            )
+            .await
+            .expect("pod status");
+        }
+        let mut agent = Agent(
+            std::process::Command::new(env!("CARGO_BIN_EXE_mailtls"))
+                .arg("relay-agent")
+                .arg("--watch-dir")
+                .arg(&cm_dir)
+                .arg("--postfix-dir")
+                .arg(&etc)
+                .arg("--maps-dir")
+                .arg(&maps)
+                .args(["--status-addr", &format!("127.0.0.1:{port_a}")])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("start relay-agent"),
+        );
+
+        let entries: Vec<String> = (0..3000).map(|i| format!("partner{i}.test")).collect();
+        let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+        let partners = list("partners", &refs);
+        let p = policy("partners", &["partners"]);
+        let render_options = RenderOptions {
+            config_dir: maps.to_string_lossy().into_owned(),
+            // Debian's Postfix here (scripts/install-test-deps.sh).
+            postfix_version: "3.7".parse().expect("version"),
+            ..Default::default()
+        };
+        let settings = Settings {
+            namespaces: vec![ns.clone()],
+            config_map: CM.into(),
+            render: render_options.clone(),
+            metrics_addr: None,
+            leader_election: None,
+            instance: Some("relays".into()),
+            tests: None,
+            relays: Some(mailtls::controller::RelaySettings {
+                selector: "app=relay-under-test".into(),
+                interval: std::time::Duration::from_millis(300),
+            }),
+        };
+        let controller = Running::start_with(&client, settings);
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        apply(&lists, &partners).await;
+        apply(&policies, &p).await;
+        let inputs = Inputs {
+            namespace: ns.clone(),
+            address_lists: vec![partners],
+            policies: vec![p],
+            gateways: vec![],
+        };
+        let expected = render(&evaluate(&inputs).policy, &render_options);
+        let cm = wait_for_hash(&client, &ns, &expected.hash).await;
+
+        // Large maps in binaryData, compressed; small files readable in data.
+        let data = cm.data.clone().unwrap_or_default();
+        let binary = cm.binary_data.clone().unwrap_or_default();
+        assert!(binary.contains_key("tls_policy.gz"), "{:?}", binary.keys());
+        assert!(!data.contains_key("tls_policy"));
+        assert!(data.contains_key("main.cf") && data.contains_key("manifest.json"));
+        let stored: usize = binary.values().map(|b| b.0.len()).sum();
+        assert!(
+            stored * 5 < expected.files["tls_policy"].len(),
+            "{stored} bytes compressed"
+        );
+
+        // Not yet mounted: both pods known, none at the hash.
+        let counted = |applied: u32, total: u32| {
+            let hash = expected.hash.clone();
+            move |p: Option<&TlsCompliance>| {
+                p.and_then(|p| p.status.as_ref()?.relay_config.as_ref())
+                    .is_some_and(|r| {
+                        r.hash == hash
+                            && r.applied_pods == Some(applied)
+                            && r.total_pods == Some(total)
+                    })
+            }
+        };
+        wait_for(&policies, "partners", "0 of 2 pods", counted(0, 2)).await;
+
+        // kubelet publishes the ConfigMap; the agent applies it, the controller sees it.
+        mount(&cm, &cm_dir, "..v1");
+        wait_for(&policies, "partners", "1 of 2 pods", counted(1, 2)).await;
+        let installed = std::fs::read_to_string(maps.join("tls_policy")).expect("installed map");
+        assert_eq!(installed, expected.files["tls_policy"]);
+
+        // A relay pod goes away: counted out.
+        pods.delete("relay-b", &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete pod");
+        wait_for(&policies, "partners", "1 of 1 pods", counted(1, 1)).await;
+        // Its agent stops answering: still a relay pod, no longer at the hash.
+        let _ = agent.0.kill();
+        let _ = agent.0.wait();
+        wait_for(&policies, "partners", "0 of 1 pods", counted(0, 1)).await;
+        controller.stop().await;
     })
     .await;
 }

@@ -78,6 +78,7 @@ async fn periodic_tests_write_results_into_status() {
             leader_election: None,
             instance: Some("tests".into()),
             tests: Some(prober),
+            relays: None,
         };
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let controller = tokio::spawn(mailtls::controller::run(client.clone(), settings, shutdown));

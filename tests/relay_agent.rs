@@ -212,3 +212,77 @@ fn agent_follows_plain_directory_rewrites() {
         .count();
     assert_eq!(versions, 1);
 }
+
+/// The layout the controller writes when files are large: `tls_policy.gz` and friends in
+/// the ConfigMap's binaryData. The agent inflates them, checks them against the manifest
+/// and installs plain maps; a corrupt or ambiguous one is refused and the last good stays.
+#[test]
+fn agent_applies_compressed_files_and_refuses_bad_ones() {
+    let (tmp, etc, maps) = setup();
+    let work = tmp.path();
+    let entries: Vec<String> = (0..3000).map(|i| format!("partner{i}.test")).collect();
+    let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+    let input = list("partners", &refs) + &policy("p", &["partners"], "");
+    let rendered = work.join("rendered");
+    render_into(&input, work, &rendered, &maps);
+    let files: std::collections::BTreeMap<String, String> = std::fs::read_dir(&rendered)
+        .expect("rendered")
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(e.path()).expect("read"))
+        })
+        .collect();
+    let cm = work.join("configmap");
+    common::write_packed(&cm.join("..v1"), &files);
+    assert!(cm.join("..v1/tls_policy.gz").exists());
+    assert!(!cm.join("..v1/tls_policy").exists());
+    common::kubelet_swap(&cm, "..v1");
+
+    let addr = free_addr();
+    let _agent = start_agent(&cm, &etc, &maps, &addr);
+    let h1 = hash_of(&rendered);
+    wait_status(&addr, "the compressed configuration applied", |s| {
+        s["appliedHash"] == h1.as_str()
+    });
+    let installed = std::fs::read_to_string(maps.join("tls_policy")).expect("installed map");
+    assert_eq!(installed, files["tls_policy"]);
+    let out = Command::new("postmap")
+        .arg("-q")
+        .arg("partner2999.test")
+        .arg(format!("lmdb:{}", maps.join("tls_policy").display()))
+        .output()
+        .expect("postmap");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("encrypt"),
+        "{out:?}"
+    );
+
+    // A truncated compressed file: refused, the last good configuration stays.
+    common::write_packed(&cm.join("..v2"), &files);
+    let gz = cm.join("..v2/tls_policy.gz");
+    let bytes = std::fs::read(&gz).expect("gz");
+    std::fs::write(&gz, &bytes[..bytes.len() / 2]).expect("truncate");
+    common::kubelet_swap(&cm, "..v2");
+    let s = wait_status(&addr, "the truncated file refused", |s| {
+        s["refusedTotal"].as_u64() >= Some(1)
+    });
+    let reason = s["lastRefused"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("tls_policy.gz"), "{reason}");
+    assert_eq!(s["appliedHash"], h1.as_str());
+
+    // Both a text and a compressed copy of one file: which is meant is unclear, refused.
+    common::write_packed(&cm.join("..v3"), &files);
+    std::fs::write(cm.join("..v3/tls_policy"), &files["tls_policy"]).expect("plain copy");
+    common::kubelet_swap(&cm, "..v3");
+    let s = wait_status(&addr, "the ambiguous file refused", |s| {
+        s["refusedTotal"].as_u64() >= Some(2)
+    });
+    let reason = s["lastRefused"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("both tls_policy and tls_policy.gz"),
+        "{reason}"
+    );
+    assert_eq!(s["appliedHash"], h1.as_str());
+    assert_eq!(hash_of(&maps), h1);
+}

@@ -2,7 +2,7 @@
 
 use super::output::RenderFlags;
 use super::{EXIT_INVALID, EXIT_USAGE};
-use crate::controller::{LeaseSettings, Settings};
+use crate::controller::{DEFAULT_RELAY_SELECTOR, LeaseSettings, RelaySettings, Settings};
 use clap::Args;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -54,6 +54,17 @@ pub struct RunArgs {
     pub no_tests: bool,
     #[command(flatten)]
     pub probe: super::tests_loop::ProbeFlags,
+    /// Label selector of the relay pods. Each one's relay agent is asked for the hash it
+    /// applied (GET /status on the pod's container port named "status"), and every policy's
+    /// status.relayConfig counts the pods at its hash (appliedPods of totalPods).
+    #[arg(long, value_name = "LABELS", default_value = DEFAULT_RELAY_SELECTOR)]
+    pub relay_selector: String,
+    /// How often the relay pods are asked.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::probe::parse_duration)]
+    pub relay_poll_interval: std::time::Duration,
+    /// Do not ask relay pods what they applied (appliedPods and totalPods stay unset).
+    #[arg(long)]
+    pub no_relay_status: bool,
 }
 
 impl RunArgs {
@@ -87,6 +98,12 @@ impl RunArgs {
             } else {
                 Some(self.probe.prober()?)
             },
+            relays: (!self.no_relay_status).then(|| RelaySettings {
+                selector: self.relay_selector.clone(),
+                interval: self
+                    .relay_poll_interval
+                    .max(std::time::Duration::from_millis(100)),
+            }),
         })
     }
 }

@@ -3,6 +3,8 @@
 use super::Error;
 use super::reconcile::Context;
 use crate::render::RelayConfig;
+use crate::render::pack::{Packed, pack};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -15,19 +17,32 @@ pub const HASH_ANNOTATION: &str = "mailtls.io/config-hash";
 /// ConfigMap belongs to the namespace, not to any one policy).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
-/// The server-side-apply body: only the fields mailtls owns.
-pub fn desired(name: &str, namespace: &str, config: &RelayConfig) -> Value {
-    json!({
+/// Most bytes of `data` and `binaryData` the API server stores in one ConfigMap.
+pub const CONFIGMAP_LIMIT: usize = 1024 * 1024;
+
+/// The server-side-apply body: only the fields mailtls owns. Large files go compressed into
+/// `binaryData` (see [`crate::render::pack`]); a key this leaves out is removed by the apply.
+pub fn desired(name: &str, namespace: &str, hash: &str, packed: &Packed) -> Value {
+    let mut body = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
             "name": name,
             "namespace": namespace,
             "labels": {MANAGED_BY_LABEL: MANAGER},
-            "annotations": {HASH_ANNOTATION: config.hash},
+            "annotations": {HASH_ANNOTATION: hash},
         },
-        "data": config.files,
-    })
+        "data": packed.text,
+    });
+    if !packed.gzip.is_empty() {
+        let binary: serde_json::Map<String, Value> = packed
+            .gzip
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(ByteString(v.clone()))))
+            .collect();
+        body["binaryData"] = Value::Object(binary);
+    }
+    body
 }
 
 /// Apply the configuration unless the ConfigMap already carries its hash. A namespace
@@ -60,13 +75,18 @@ pub async fn apply(
         return Ok(None);
     }
     ctx.ensure_leader()?;
+    let packed = pack(&config.files);
+    if packed.size() > CONFIGMAP_LIMIT {
+        return Err(Error::TooLarge {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            bytes: packed.size(),
+        });
+    }
     let params = PatchParams::apply(MANAGER).force();
+    let body = desired(name, namespace, &config.hash, &packed);
     let stored = api
-        .patch(
-            name,
-            &params,
-            &Patch::Apply(desired(name, namespace, config)),
-        )
+        .patch(name, &params, &Patch::Apply(body))
         .await
         .map_err(err)?;
     ctx.metrics.write("configmap");

@@ -17,6 +17,7 @@ mod metrics;
 pub mod periodic;
 mod queue;
 mod reconcile;
+mod relays;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ mod watch;
 pub use configmap::{HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGER};
 pub use metrics::Metrics;
 pub use reconcile::{Context, Stores, reconcile};
+pub use relays::{DEFAULT_SELECTOR as DEFAULT_RELAY_SELECTOR, RelayPods, RelaySettings};
 
 use crate::render::RenderOptions;
 use kube::Client;
@@ -40,6 +42,17 @@ pub enum Error {
         namespace: String,
         name: String,
         source: Box<kube::Error>,
+    },
+    #[error(
+        "ConfigMap {namespace}/{name} would hold {bytes} bytes even with its large files \
+         compressed, over the {} bytes a ConfigMap may hold; split the policies over \
+         namespaces or shorten the lists",
+        configmap::CONFIGMAP_LIMIT
+    )]
+    TooLarge {
+        namespace: String,
+        name: String,
+        bytes: usize,
     },
     #[error("status of {kind} {namespace}/{name}: {source}")]
     Status {
@@ -59,6 +72,16 @@ pub enum Error {
     Panicked(String),
 }
 
+impl Error {
+    /// A status write lost a race (409): the store had not yet seen a newer version, most
+    /// often this controller's own last write. Not a failure: re-reconciling on the
+    /// caught-up store fixes it.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Status { source, .. }
+            if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 409))
+    }
+}
+
 /// Everything `mailtls run` is configured with.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -75,6 +98,8 @@ pub struct Settings {
     pub instance: Option<String>,
     /// Periodic TLS tests; `None`: no tests.
     pub tests: Option<crate::probe::Prober>,
+    /// Relay pods to ask for their applied hash; `None`: not asked (the counts stay unset).
+    pub relays: Option<RelaySettings>,
 }
 
 pub use leader::LeaseSettings;
@@ -87,6 +112,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let (stores, watchers) = watch::start(client.clone(), &settings.namespaces);
+    let (relay_pods, pod_watchers) = match &settings.relays {
+        Some(r) => {
+            let (pods, watchers) = RelayPods::start(&client, &settings.namespaces, &r.selector);
+            (Some(pods), watchers)
+        }
+        None => (None, Vec::new()),
+    };
     // Without leader election this instance always leads; the sender is kept so the
     // channel stays open (a closed one means the lease loop died).
     let (_always, leader_rx, lease_task) = match &settings.leader_election {
@@ -108,6 +140,7 @@ pub async fn run(
         metrics: metrics.clone(),
         events: events::Events::new(client.clone(), settings.instance.clone()),
         leader: leader_rx.clone(),
+        relays: relay_pods.clone(),
     });
     let server = match settings.metrics_addr {
         Some(addr) => {
@@ -117,6 +150,19 @@ pub async fn run(
     };
     let queue = queue::Queue::new();
     let feeder = tokio::spawn(watch::feed(watchers, queue.sender()));
+    let relay_tasks: Vec<_> = match (&relay_pods, &settings.relays) {
+        (Some(pods), Some(r)) => pod_watchers
+            .into_iter()
+            .map(tokio::spawn)
+            .chain([tokio::spawn(relays::poll(
+                pods.clone(),
+                r.interval,
+                queue.sender(),
+                leader_rx.clone(),
+            ))])
+            .collect(),
+        _ => Vec::new(),
+    };
     let tests = settings
         .tests
         .clone()
@@ -128,6 +174,9 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     feeder.abort();
+    for task in relay_tasks {
+        task.abort();
+    }
     if let Some(tests) = tests {
         tests.abort();
     }

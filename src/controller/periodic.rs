@@ -18,7 +18,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,9 @@ use tokio::sync::watch;
 
 /// How often due tests are looked for.
 pub const TICK: Duration = Duration::from_secs(15);
+/// Resources tested at the same time. Each holds its destinations' reports until its last
+/// destination is done, so this bounds memory; the rest stay due for the next tick.
+pub const RESOURCES_AT_ONCE: usize = 8;
 
 /// Runs the destinations of a plan: the prober in production, a recorder in the scheduler
 /// tests.
@@ -68,7 +71,14 @@ impl Clock {
     }
 }
 
-type Running = Arc<Mutex<BTreeSet<(String, ResourceId)>>>;
+/// Resources under test, and when each was last started.
+#[derive(Default)]
+struct Under {
+    active: BTreeSet<(String, ResourceId)>,
+    started: BTreeMap<(String, ResourceId), Timestamp>,
+}
+
+type Running = Arc<Mutex<Under>>;
 
 /// The test loop; returns when `shutdown` says stop. Only the leader tests.
 pub async fn run<T: Tester>(ctx: Arc<Context>, tester: T, mut shutdown: watch::Receiver<bool>) {
@@ -83,32 +93,55 @@ pub async fn run<T: Tester>(ctx: Arc<Context>, tester: T, mut shutdown: watch::R
         if !ctx.stores.is_ready() || !*ctx.leader.borrow() {
             continue;
         }
-        for (namespace, test) in due(&ctx, clock.now(), &running) {
+        for (namespace, test) in due(&ctx, clock.now(), &running, RESOURCES_AT_ONCE) {
             let (ctx, tester, running) = (ctx.clone(), tester.clone(), running.clone());
             tokio::spawn(async move {
                 let reports = tester.test(test.items.clone()).await;
                 record(&ctx, &namespace, &test, &reports, &Time(clock.now())).await;
                 if let Ok(mut r) = running.lock() {
-                    r.remove(&(namespace, test.id));
+                    r.active.remove(&(namespace, test.id));
                 }
             });
         }
     }
 }
 
-/// Plans due now that are not already under way (and marks them under way).
-fn due(ctx: &Context, now: Timestamp, running: &Running) -> Vec<(String, TestPlan)> {
-    let mut out = Vec::new();
+/// Plans due now that are not already under way, while fewer than `at_once` are (and marks
+/// them under way). Those started longest ago (or never) go first, so resources that stay
+/// due (their result could not be written) cannot starve the others.
+fn due(
+    ctx: &Context,
+    now: Timestamp,
+    running: &Running,
+    at_once: usize,
+) -> Vec<(String, TestPlan)> {
     let Ok(mut running) = running.lock() else {
-        return out;
+        return Vec::new();
     };
+    let mut candidates: Vec<(Option<Timestamp>, String, TestPlan)> = Vec::new();
     for namespace in ctx.stores.namespaces() {
         let inputs = ctx.stores.inputs(&namespace);
         for test in plan::namespace_plans(&inputs, now) {
-            if running.insert((namespace.clone(), test.id.clone())) {
-                out.push((namespace.clone(), test));
+            let key = (namespace.clone(), test.id.clone());
+            if !running.active.contains(&key) {
+                candidates.push((running.started.get(&key).copied(), namespace.clone(), test));
             }
         }
+    }
+    candidates.sort_by_key(|(started, _, _)| *started);
+    // Forget starts over a day old (deleted resources among them); forgotten sorts first,
+    // which is where a start that old would sort anyway.
+    let day_ago = now
+        .checked_sub(SignedDuration::from_hours(24))
+        .unwrap_or(now);
+    running.started.retain(|_, t| *t > day_ago);
+    let free = at_once.saturating_sub(running.active.len());
+    let mut out = Vec::new();
+    for (_, namespace, test) in candidates.into_iter().take(free) {
+        let key = (namespace.clone(), test.id.clone());
+        running.started.insert(key.clone(), now);
+        running.active.insert(key);
+        out.push((namespace, test));
     }
     out
 }

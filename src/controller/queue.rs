@@ -19,6 +19,12 @@ const PARALLEL: usize = 4;
 /// First retry delay and the cap.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Retry delay after a status write conflict: just long enough for the watch to deliver
+/// the newer version.
+const CONFLICT_RETRY: Duration = Duration::from_millis(100);
+/// Conflicts in a row retried that quickly; after that the usual backoff (someone else
+/// keeps writing).
+const CONFLICT_RETRIES: u32 = 5;
 
 /// Marks namespaces dirty.
 #[derive(Clone)]
@@ -125,8 +131,15 @@ pub async fn work(mut queue: Queue, ctx: Arc<Context>, mut leader: watch::Receiv
                     Err(e) => {
                         let n = failures.entry(ns.clone()).or_insert(0);
                         *n += 1;
-                        let delay = backoff(*n);
-                        tracing::warn!(namespace = %ns, retry_in = ?delay, "reconcile failed: {e}");
+                        let delay = if e.is_conflict() && *n <= CONFLICT_RETRIES {
+                            let delay = CONFLICT_RETRY.mul_f64(rand::random_range(0.5..=1.5));
+                            tracing::debug!(namespace = %ns, retry_in = ?delay, "{e}");
+                            delay
+                        } else {
+                            let delay = backoff(*n);
+                            tracing::warn!(namespace = %ns, retry_in = ?delay, "reconcile failed: {e}");
+                            delay
+                        };
                         let retry = retry.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(delay).await;

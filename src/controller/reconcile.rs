@@ -104,6 +104,8 @@ pub struct Context {
     pub events: Events,
     /// Whether this instance may write (always true without leader election).
     pub leader: watch::Receiver<bool>,
+    /// Relay pods and the hashes they applied; `None`: not tracked.
+    pub relays: Option<Arc<super::RelayPods>>,
 }
 
 impl Context {
@@ -128,6 +130,8 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<(), Error> {
 }
 
 async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    tracing::debug!(namespace, "reconciling");
     let inputs = ctx.stores.inputs(namespace);
     let empty =
         inputs.address_lists.is_empty() && inputs.policies.is_empty() && inputs.gateways.is_empty();
@@ -138,6 +142,7 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
 
     // A ConfigMap the server refuses (e.g. over its 1 MiB limit) is reported in the
     // statuses below and retried; the statuses are still written.
+    let rendered = started.elapsed();
     let config_error = match configmap::apply(ctx, namespace, &config, empty).await {
         Ok(Some(cm)) => {
             tracing::info!(namespace, hash = %config.hash, bytes, "relay configuration written");
@@ -149,10 +154,18 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
         Err(e) => Some(e),
     };
 
+    let applied = started.elapsed();
+
+    let pods = ctx
+        .relays
+        .as_ref()
+        .and_then(|r| r.counts(namespace))
+        .map(|c| c.of(&config.hash));
     let relay = RelayConfigRef {
         name: ctx.config_map.clone(),
         hash: config.hash.clone(),
-        ..Default::default()
+        applied_pods: pods.map(|(applied, _)| applied),
+        total_pods: pods.map(|(_, total)| total),
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut updated = crate::status::namespace_statuses(&inputs, &evaluation, &relay, &now);
@@ -178,9 +191,20 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
         .buffered(STATUS_WRITES_IN_FLIGHT)
         .collect()
         .await;
+    tracing::debug!(
+        namespace,
+        render_ms = rendered.as_millis() as u64,
+        configmap_ms = (applied - rendered).as_millis() as u64,
+        status_ms = (started.elapsed() - applied).as_millis() as u64,
+        "reconciled"
+    );
     let mut first_error = None;
     for e in results.into_iter().filter_map(Result::err) {
-        tracing::warn!(namespace, "{e}");
+        if e.is_conflict() {
+            tracing::debug!(namespace, "{e}");
+        } else {
+            tracing::warn!(namespace, "{e}");
+        }
         first_error.get_or_insert(e);
     }
     match config_error.or(first_error) {

@@ -137,6 +137,7 @@ fn context_as(inputs: &Inputs, leader: bool) -> (Arc<Context>, Handle, impl Size
         metrics: Arc::new(Metrics::default()),
         events: Events::new(client, Some("test".into())),
         leader: tokio::sync::watch::channel(leader).1,
+        relays: None,
     };
     (Arc::new(ctx), handle, (lists, policies, gateways))
 }
@@ -693,22 +694,27 @@ async fn a_refused_config_map_is_reported_in_the_statuses_and_retried() {
     expect_no_more(&mut handle).await;
 }
 
-/// A tester that records when each plan ran (tokio time) and reports nothing.
+/// A tester that records when each plan started (tokio time), takes `.1` to finish and
+/// reports nothing.
 #[derive(Clone, Default)]
-struct Recorder(Arc<std::sync::Mutex<Vec<(tokio::time::Instant, String)>>>);
+struct Recorder(
+    Arc<std::sync::Mutex<Vec<(tokio::time::Instant, String)>>>,
+    std::time::Duration,
+);
 
 impl super::periodic::Tester for Recorder {
     fn test(
         &self,
         items: Vec<(crate::probe::Target, crate::probe::Requirement)>,
     ) -> impl std::future::Future<Output = Vec<crate::probe::DestinationReport>> + Send {
-        let seen = self.0.clone();
+        let (seen, takes) = (self.0.clone(), self.1);
         async move {
             if let Ok(mut s) = seen.lock() {
                 for (target, _) in &items {
                     s.push((tokio::time::Instant::now(), target.display()));
                 }
             }
+            tokio::time::sleep(takes).await;
             Vec::new()
         }
     }
@@ -806,4 +812,164 @@ async fn periodic_tests_follow_interval_jitter_and_test_now() {
     );
     let _ = stop.send(true);
     let _ = task.await;
+}
+
+/// At most `RESOURCES_AT_ONCE` resources are tested at a time (each holds its reports until
+/// done); the others start at the first tick after a slot frees up.
+#[tokio::test(start_paused = true)]
+async fn periodic_tests_run_a_bounded_number_of_resources_at_once() {
+    use super::periodic::{RESOURCES_AT_ONCE, TICK};
+    use std::time::Duration;
+    let n = RESOURCES_AT_ONCE + 4;
+    let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    let lists = names
+        .iter()
+        .map(|p| address_list(p, &[&format!("{p}.example")]))
+        .collect();
+    let policies = names.iter().map(|p| policy(p, p)).collect();
+    let inputs = inputs(lists, policies, vec![]);
+    let (ctx, handle, _stores) = context(&inputs);
+    answer_everything(handle, json!({}));
+    let takes = Duration::from_secs(60);
+    let recorder = Recorder(Default::default(), takes);
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let start = tokio::time::Instant::now();
+    let task = tokio::spawn(super::periodic::run(ctx, recorder.clone(), shutdown));
+    // Distinct resources started by then (the mock API server keeps no status, so a
+    // finished resource is due again and may be started twice).
+    let started = |by: Duration| {
+        recorder
+            .0
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .filter(|(t, _)| *t - start <= by)
+                    .map(|(_, d)| d.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+            })
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(started(Duration::from_secs(1)), RESOURCES_AT_ONCE);
+    tokio::time::sleep(takes + TICK).await;
+    assert_eq!(started(takes + TICK + Duration::from_secs(1)), n);
+    let _ = stop.send(true);
+    let _ = task.await;
+}
+
+/// Entries whose maps are large (and, with `random`, compress badly).
+fn many_entries(n: usize, random: bool) -> Vec<String> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|i| {
+            if random {
+                // xorshift: enough entropy that deflate cannot shrink it much.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{x:016x}{i}.example")
+            } else {
+                format!("partner{i}.example")
+            }
+        })
+        .collect()
+}
+
+/// Files over the threshold go into `binaryData` as `<name>.gz`, gzip of the exact text;
+/// the small ones stay in `data`.
+#[tokio::test]
+async fn a_large_configuration_is_applied_with_its_maps_compressed() {
+    use crate::render::pack::{COMPRESS_OVER, UNPACKED_LIMIT, gunzip};
+    let entries = many_entries(3000, false);
+    let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+    let inputs = inputs(
+        vec![address_list("partners", &refs)],
+        vec![policy("partners", "partners")],
+        vec![],
+    );
+    let config = render(&evaluate(&inputs).policy, &RenderOptions::default());
+    assert!(config.files["tls_policy"].len() > COMPRESS_OVER);
+    let (ctx, mut handle, _writers) = context(&inputs);
+    let run = spawn_reconcile(&ctx);
+    expect_config_map_get(&mut handle, None).await;
+    let apply = next(&mut handle).await;
+    assert_eq!(
+        (apply.method.as_str(), apply.path.as_str()),
+        ("PATCH", CM_PATH)
+    );
+    let small: BTreeMap<String, String> = config
+        .files
+        .iter()
+        .filter(|(_, text)| text.len() <= COMPRESS_OVER)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(small.contains_key("main.cf") && !small.contains_key("tls_policy"));
+    assert_eq!(apply.body["data"], json!(small));
+    let binary = apply.body["binaryData"]
+        .as_object()
+        .expect("binaryData")
+        .clone();
+    let large: Vec<String> = config
+        .files
+        .keys()
+        .filter(|name| !small.contains_key(*name))
+        .map(|name| format!("{name}.gz"))
+        .collect();
+    assert_eq!(binary.keys().cloned().collect::<Vec<_>>(), large);
+    for (key, value) in &binary {
+        let bytes: k8s_openapi::ByteString = serde_json::from_value(value.clone()).expect("base64");
+        let name = key.trim_end_matches(".gz");
+        assert_eq!(
+            gunzip(&bytes.0, UNPACKED_LIMIT).expect("gzip"),
+            config.files[name]
+        );
+    }
+    assert_eq!(
+        apply.body["metadata"]["annotations"][HASH_ANNOTATION],
+        json!(config.hash)
+    );
+    let stored = apply.body.clone();
+    apply.respond(StatusCode::OK, &stored);
+    assert_eq!(expect_event(&mut handle).await["reason"], "Rendered");
+    expect_status_patch(&mut handle, &inputs.address_lists[0]).await;
+    expect_status_patch(&mut handle, &inputs.policies[0]).await;
+    run.await.expect("task").expect("reconcile");
+}
+
+/// A configuration that would not fit a ConfigMap even compressed is never sent; every
+/// policy says why, and the reconcile fails (so it is retried with backoff).
+#[tokio::test]
+async fn a_configuration_over_the_limit_is_not_sent() {
+    let entries = many_entries(60_000, true);
+    let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+    let mut p = policy("partners", "partners");
+    p.spec.direction = Direction::Both;
+    let inputs = inputs(vec![address_list("partners", &refs)], vec![p], vec![]);
+    let config = render(&evaluate(&inputs).policy, &RenderOptions::default());
+    let packed = crate::render::pack::pack(&config.files);
+    assert!(
+        packed.size() > super::configmap::CONFIGMAP_LIMIT,
+        "{}",
+        packed.size()
+    );
+    let (ctx, mut handle, _writers) = context(&inputs);
+    let run = spawn_reconcile(&ctx);
+    expect_config_map_get(&mut handle, None).await;
+    // No apply: the next request is the list's status.
+    let body = expect_status_patch(&mut handle, &inputs.address_lists[0]).await;
+    assert_eq!(condition(&body["status"], "Ready")["status"], "True");
+    let body = expect_status_patch(&mut handle, &inputs.policies[0]).await;
+    let ready = condition(&body["status"], "Ready");
+    assert_eq!(ready["reason"], json!(super::reconcile::NOT_WRITTEN));
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&packed.size().to_string()) && message.contains("1048576"),
+        "{message}"
+    );
+    answer_everything(handle, json!({}));
+    assert!(matches!(
+        run.await.expect("task"),
+        Err(super::Error::TooLarge { .. })
+    ));
 }

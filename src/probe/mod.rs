@@ -574,6 +574,11 @@ pub(crate) struct Inner {
     pub(crate) roots: rustls::RootCertStore,
     pub(crate) algs: rustls::crypto::WebPkiSupportedAlgorithms,
     pub(crate) permits: Arc<Semaphore>,
+    /// Destinations started but not finished, across every caller: twice the session bound
+    /// keeps every session slot busy (DNS of the next overlaps sessions of the current)
+    /// without holding thousands of half-done probes in memory, however many resources are
+    /// tested at once. Waiters are served in turn, so large plans do not starve small ones.
+    pub(crate) window: Arc<Semaphore>,
 }
 
 /// The probe engine. Cheap to clone; clones share the resolver, TLS configurations and the
@@ -613,6 +618,7 @@ impl Prober {
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Ok(Prober {
             inner: Arc::new(Inner {
+                window: Arc::new(Semaphore::new(config.concurrency.max(1) * 2)),
                 algs: provider.signature_verification_algorithms,
                 config,
                 dns,
@@ -640,10 +646,7 @@ impl Prober {
         items: Vec<(Target, Requirement)>,
     ) -> mpsc::Receiver<(usize, DestinationReport)> {
         let (tx, rx) = mpsc::channel(items.len().max(1));
-        // Destinations started but not finished: twice the session bound keeps every
-        // session slot busy (DNS of the next overlaps sessions of the current) without
-        // holding thousands of half-done probes in memory.
-        let window = Arc::new(Semaphore::new(self.inner.config.concurrency.max(1) * 2));
+        let window = self.inner.window.clone();
         let prober = self.clone();
         tokio::spawn(async move {
             for (i, (target, req)) in items.into_iter().enumerate() {

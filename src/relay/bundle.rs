@@ -3,6 +3,7 @@
 //! applied.
 
 use super::Refusal;
+use crate::render::pack::{GZ_SUFFIX, UNPACKED_LIMIT, gunzip};
 use crate::render::{
     BOUNCE_FILTER, MAIN_CF, MANIFEST, MASTER_CF, MapType, SENDER_ACCESS, TLS_POLICY, TRANSPORT,
     content_hash, sha256_hex,
@@ -52,17 +53,30 @@ pub fn snapshot_dir(watch_dir: &Path) -> PathBuf {
     }
 }
 
+/// One file of the configuration: `name` as text, or `name.gz` compressed (how the
+/// controller stores large files in the ConfigMap, see [`crate::render::pack`]).
+fn read_file(dir: &Path, name: &str) -> Result<String, String> {
+    let plain = dir.join(name);
+    let packed = dir.join(format!("{name}{GZ_SUFFIX}"));
+    if !packed.exists() {
+        return std::fs::read_to_string(&plain)
+            .map_err(|e| format!("cannot read {}: {e}", plain.display()));
+    }
+    if plain.exists() {
+        return Err(format!(
+            "both {name} and {name}{GZ_SUFFIX} are present: which one is meant is unclear"
+        ));
+    }
+    let bytes =
+        std::fs::read(&packed).map_err(|e| format!("cannot read {}: {e}", packed.display()))?;
+    gunzip(&bytes, UNPACKED_LIMIT).map_err(|e| format!("{}: {e}", packed.display()))
+}
+
 /// Read and verify the configuration in `watch_dir`. Errors carry the manifest's hash
 /// when it could be read, so the refusal can name what it refused.
 pub fn read(watch_dir: &Path) -> Result<Bundle, Refusal> {
     let dir = snapshot_dir(watch_dir);
-    let manifest_path = dir.join(MANIFEST);
-    let manifest_text = std::fs::read_to_string(&manifest_path).map_err(|e| {
-        Refusal::new(
-            None,
-            format!("cannot read {}: {e}", manifest_path.display()),
-        )
-    })?;
+    let manifest_text = read_file(&dir, MANIFEST).map_err(|e| Refusal::new(None, e))?;
     let manifest: serde_json::Value = serde_json::from_str(&manifest_text)
         .map_err(|e| Refusal::new(None, format!("{MANIFEST} is not valid JSON: {e}")))?;
     let hash = manifest
@@ -100,9 +114,7 @@ pub fn read(watch_dir: &Path) -> Result<Bundle, Refusal> {
             .as_str()
             .and_then(|w| w.strip_prefix("sha256:"))
             .ok_or_else(|| refuse(format!("{MANIFEST}: files.{name} is not \"sha256:…\"")))?;
-        let path = dir.join(name);
-        let content = std::fs::read_to_string(&path)
-            .map_err(|e| refuse(format!("cannot read {}: {e}", path.display())))?;
+        let content = read_file(&dir, name).map_err(refuse)?;
         let got = sha256_hex(&content);
         if got != want {
             return Err(refuse(format!(

@@ -2,6 +2,7 @@
 //! a Postfix relay configuration, byte-identical for identical input.
 
 mod options;
+pub mod pack;
 mod postfix;
 
 pub use options::{MapType, PostfixVersion, RenderOptions};

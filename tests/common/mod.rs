@@ -103,6 +103,14 @@ pub fn kubelet_swap(cm: &std::path::Path, version: &str) {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(version, &tmp).expect("link ..data_tmp");
     std::fs::rename(&tmp, cm.join("..data")).expect("swap ..data");
+    // Like kubelet: links of keys the new version no longer has go.
+    for entry in std::fs::read_dir(cm).expect("configmap dir").flatten() {
+        let path = entry.path();
+        let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        if is_link && !entry.file_name().to_string_lossy().starts_with("..") && !path.exists() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
     for entry in std::fs::read_dir(cm.join(version))
         .expect("version dir")
         .flatten()
@@ -113,6 +121,19 @@ pub fn kubelet_swap(cm: &std::path::Path, version: &str) {
             std::os::unix::fs::symlink(std::path::Path::new("..data").join(&name), &link)
                 .expect("file link");
         }
+    }
+}
+
+/// Write the keys of a ConfigMap holding `files` as the controller stores them (large files
+/// compressed, see `mailtls::render::pack`) into `dir`, as kubelet would.
+pub fn write_packed(dir: &std::path::Path, files: &std::collections::BTreeMap<String, String>) {
+    let packed = mailtls::render::pack::pack(files);
+    std::fs::create_dir_all(dir).expect("version dir");
+    for (name, text) in &packed.text {
+        std::fs::write(dir.join(name), text).expect("write key");
+    }
+    for (name, bytes) in &packed.gzip {
+        std::fs::write(dir.join(name), bytes).expect("write key");
     }
 }
 

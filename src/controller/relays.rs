@@ -1,0 +1,265 @@
+//! How far each namespace's relay configuration has got. Relay pods (found by label) report
+//! the hash they applied on their agent's `/status` (the container port named `status`); the
+//! controller polls them and counts, per namespace, the relay pods and those at each hash.
+//! The counts land in every policy's `status.relayConfig` (`appliedPods` of `totalPods`).
+//!
+//! Pull, not push: the relay faces the internet on port 25 and holds no API credentials;
+//! the controller only needs to read pods.
+
+use super::queue::Sender;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Name of the agent's container port on a relay pod.
+pub const STATUS_PORT_NAME: &str = "status";
+/// Default label selector of relay pods: the chart's relay Deployment.
+pub const DEFAULT_SELECTOR: &str =
+    "app.kubernetes.io/name=mailtls,app.kubernetes.io/component=relay";
+/// How long one `/status` request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest `/status` body read.
+const BODY_LIMIT: usize = 64 * 1024;
+/// Pods asked at the same time.
+const PARALLEL: usize = 16;
+
+/// Where relay pods are and how often they are asked.
+#[derive(Clone, Debug)]
+pub struct RelaySettings {
+    /// Label selector of relay pods.
+    pub selector: String,
+    pub interval: Duration,
+}
+
+/// Relay pods of one namespace: how many there are and how many report each hash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub total: u32,
+    pub applied: BTreeMap<String, u32>,
+}
+
+impl Counts {
+    /// (pods at `hash`, pods in all).
+    pub fn of(&self, hash: &str) -> (u32, u32) {
+        (self.applied.get(hash).copied().unwrap_or(0), self.total)
+    }
+}
+
+/// The pods' store and the latest counts; shared by the poller and every reconcile.
+pub struct RelayPods {
+    stores: Vec<Store<Pod>>,
+    counts: Mutex<HashMap<String, Counts>>,
+}
+
+/// A pod watcher not yet polled.
+pub type PodWatcher = futures::future::BoxFuture<'static, ()>;
+
+impl RelayPods {
+    /// Stores of relay pods (per watched namespace, or cluster-wide) and their watchers.
+    pub fn start(
+        client: &Client,
+        namespaces: &[String],
+        selector: &str,
+    ) -> (Arc<RelayPods>, Vec<PodWatcher>) {
+        let apis: Vec<Api<Pod>> = if namespaces.is_empty() {
+            vec![Api::all(client.clone())]
+        } else {
+            namespaces
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect()
+        };
+        let config = watcher::Config::default().labels(selector);
+        let mut stores = Vec::new();
+        let mut watchers: Vec<PodWatcher> = Vec::new();
+        for api in apis {
+            let writer = Writer::default();
+            stores.push(writer.as_reader());
+            let stream = reflector::reflector(writer, watcher(api, config.clone()))
+                .default_backoff()
+                .touched_objects();
+            watchers.push(Box::pin(async move {
+                futures::pin_mut!(stream);
+                while let Some(event) = futures::StreamExt::next(&mut stream).await {
+                    if let Err(e) = event {
+                        tracing::warn!("watching relay pods: {e}");
+                    }
+                }
+            }));
+        }
+        let pods = RelayPods {
+            stores,
+            counts: Mutex::new(HashMap::new()),
+        };
+        (Arc::new(pods), watchers)
+    }
+
+    /// The latest counts of a namespace; `None` when it has no relay pods (or before the
+    /// first poll).
+    pub fn counts(&self, namespace: &str) -> Option<Counts> {
+        self.counts.lock().ok()?.get(namespace).cloned()
+    }
+
+    /// Relay pods that are (or will be) serving, with the agent's address once known.
+    fn pods(&self) -> Vec<(String, Option<SocketAddr>)> {
+        self.stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+            })
+            .map(|p| (p.namespace().unwrap_or_default(), status_addr(&p)))
+            .collect()
+    }
+}
+
+/// The agent's `/status` address of a pod: its IP and the container port named `status`.
+pub fn status_addr(pod: &Pod) -> Option<SocketAddr> {
+    let ip: IpAddr = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+    let port = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(STATUS_PORT_NAME))?
+        .container_port;
+    Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+}
+
+/// Ask every relay pod for its applied hash every `interval`; namespaces whose counts
+/// changed are queued, so their statuses are rewritten. Only the leader polls.
+pub async fn poll(
+    pods: Arc<RelayPods>,
+    interval: Duration,
+    queue: Sender,
+    leader: watch::Receiver<bool>,
+) {
+    let http: HttpClient<HttpConnector, Empty<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !*leader.borrow() {
+            continue;
+        }
+        let asked = futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(
+            futures::stream::iter(pods.pods().into_iter().map(|(ns, addr)| {
+                let http = http.clone();
+                async move {
+                    let hash = match addr {
+                        Some(addr) => applied_hash(&http, addr).await,
+                        None => None,
+                    };
+                    (ns, hash)
+                }
+            })),
+            PARALLEL,
+        ))
+        .await;
+        let mut fresh: HashMap<String, Counts> = HashMap::new();
+        for (ns, hash) in asked {
+            let counts = fresh.entry(ns).or_default();
+            counts.total += 1;
+            if let Some(hash) = hash {
+                *counts.applied.entry(hash).or_default() += 1;
+            }
+        }
+        // Namespaces whose counts moved, including those whose last relay pod went away.
+        let changed: BTreeSet<String> = match pods.counts.lock() {
+            Ok(mut counts) => {
+                let changed: BTreeSet<String> = fresh
+                    .keys()
+                    .chain(counts.keys())
+                    .filter(|ns| fresh.get(*ns) != counts.get(*ns))
+                    .cloned()
+                    .collect();
+                *counts = fresh;
+                changed
+            }
+            Err(_) => BTreeSet::new(),
+        };
+        for ns in changed {
+            tracing::debug!(namespace = %ns, "relay pods moved");
+            queue.send(ns);
+        }
+    }
+}
+
+/// The hash an agent reports as applied; `None` when it cannot be asked or has applied
+/// nothing yet.
+async fn applied_hash(
+    http: &HttpClient<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+) -> Option<String> {
+    let uri: http::Uri = format!("http://{addr}/status").parse().ok()?;
+    let ask = async {
+        let response = http.get(uri).await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = Limited::new(response.into_body(), BODY_LIMIT)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        status.get("appliedHash")?.as_str().map(str::to_string)
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, ask).await {
+        Ok(hash) => hash,
+        Err(_) => {
+            tracing::debug!(%addr, "relay agent did not answer /status in time");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_address_is_the_pod_ip_and_the_port_named_status() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "relay-0", "namespace": "mail"},
+            "spec": {"containers": [
+                {"name": "postfix", "ports": [{"name": "smtp", "containerPort": 25}]},
+                {"name": "agent", "ports": [{"name": "status", "containerPort": 8089}]},
+            ]},
+            "status": {"podIP": "fd00::7"},
+        }))
+        .expect("pod");
+        assert_eq!(
+            status_addr(&pod),
+            Some("[fd00::7]:8089".parse().expect("addr"))
+        );
+        let mut pending = pod.clone();
+        pending.status = None;
+        assert_eq!(status_addr(&pending), None);
+    }
+
+    #[test]
+    fn counts_of_a_hash() {
+        let c = Counts {
+            total: 3,
+            applied: BTreeMap::from([("sha256:a".to_string(), 2)]),
+        };
+        assert_eq!(c.of("sha256:a"), (2, 3));
+        assert_eq!(c.of("sha256:b"), (0, 3));
+    }
+}
