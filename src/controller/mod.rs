@@ -45,8 +45,8 @@ pub enum Error {
     },
     #[error(
         "ConfigMap {namespace}/{name} would hold {bytes} bytes even with its large files \
-         compressed, over the {} bytes a ConfigMap may hold; split the policies over \
-         namespaces or shorten the lists",
+         compressed, over the {} bytes a ConfigMap may hold: shorten the lists, or split \
+         them over namespaces (each with its own relay)",
         configmap::CONFIGMAP_LIMIT
     )]
     TooLarge {
