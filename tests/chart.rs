@@ -320,10 +320,12 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
         let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
             Api::namespaced(as_operator.clone(), &ns);
         let delete = cms.delete("mailtls-relay", &Default::default()).await;
-        // Relay pods are read (to ask their agents what they applied), never changed.
+        // Relay EndpointSlices are read (to ask the agents what they applied); pods are not.
+        let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+            Api::namespaced(as_operator.clone(), &ns);
+        let list_slices = slices.list(&Default::default()).await;
         let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(as_operator, &ns);
         let list_pods = pods.list(&Default::default()).await;
-        let delete_pod = pods.delete("relay", &Default::default()).await;
 
         let _ = stop.send(true);
         let _ = tokio::time::timeout(common::cluster::TIMEOUT, controller).await;
@@ -360,10 +362,13 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
             matches!(delete, Err(kube::Error::Api(ref e)) if e.code == 403),
             "deleting ConfigMaps is not granted: {delete:?}"
         );
-        assert!(list_pods.is_ok(), "listing pods is granted: {list_pods:?}");
         assert!(
-            matches!(delete_pod, Err(kube::Error::Api(ref e)) if e.code == 403),
-            "deleting pods is not granted: {delete_pod:?}"
+            list_slices.is_ok(),
+            "listing EndpointSlices is granted: {list_slices:?}"
+        );
+        assert!(
+            matches!(list_pods, Err(kube::Error::Api(ref e)) if e.code == 403),
+            "pods are not readable: {list_pods:?}"
         );
     })
     .await;

@@ -54,15 +54,16 @@ pub struct RunArgs {
     pub no_tests: bool,
     #[command(flatten)]
     pub probe: super::tests_loop::ProbeFlags,
-    /// Label selector of the relay pods. Each one's relay agent is asked for the hash it
-    /// applied (GET /status on the pod's container port named "status"), and every policy's
-    /// status.relayConfig counts the pods at its hash (appliedPods of totalPods).
+    /// Label selector of the EndpointSlices of the relay pods' agent port (the port named
+    /// "status"; the chart's headless <release>-relay-status Service). Each relay agent is
+    /// asked for the hash it applied (GET /status), and every policy's status.relayConfig
+    /// counts the pods at its hash (appliedPods of totalPods).
     #[arg(long, value_name = "LABELS", default_value = DEFAULT_RELAY_SELECTOR)]
     pub relay_selector: String,
-    /// How often the relay pods are asked.
+    /// How often the relay agents are asked.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::probe::parse_duration)]
     pub relay_poll_interval: std::time::Duration,
-    /// Do not ask relay pods what they applied (appliedPods and totalPods stay unset).
+    /// Do not ask the relay agents what they applied (appliedPods and totalPods stay unset).
     #[arg(long)]
     pub no_relay_status: bool,
 }

@@ -1,10 +1,12 @@
-//! How far each namespace's relay configuration has got. Relay pods (found by label) report
-//! the hash they applied on their agent's `/status` (the container port named `status`); the
-//! controller polls them and counts, per namespace, the relay pods and those at each hash.
-//! The counts land in every policy's `status.relayConfig` (`appliedPods` of `totalPods`).
+//! How far each namespace's relay configuration has got. Relay pods report the hash they
+//! applied on their agent's `/status`; the controller finds them through the EndpointSlices
+//! of a Service over the agents' port (found by label, port named `status`), polls them and
+//! counts, per namespace, the relay pods and those at each hash. The counts land in every
+//! policy's `status.relayConfig` (`appliedPods` of `totalPods`).
 //!
-//! Pull, not push: the relay faces the internet on port 25 and holds no API credentials;
-//! the controller only needs to read pods.
+//! Pull, not push: the relay faces the internet on port 25 and holds no API credentials.
+//! EndpointSlices, not pods: they carry only addresses and ports, where reading pods
+//! cluster-wide would also expose every workload's spec (environment values included).
 
 use super::queue::Sender;
 use bytes::Bytes;
@@ -12,7 +14,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -37,7 +39,7 @@ const PARALLEL: usize = 16;
 /// Where relay pods are and how often they are asked.
 #[derive(Clone, Debug)]
 pub struct RelaySettings {
-    /// Label selector of relay pods.
+    /// Label selector of the EndpointSlices of relay pods.
     pub selector: String,
     pub interval: Duration,
 }
@@ -56,23 +58,25 @@ impl Counts {
     }
 }
 
-/// The pods' store and the latest counts; shared by the poller and every reconcile.
+/// The EndpointSlices' store and the latest counts; shared by the poller and every
+/// reconcile.
 pub struct RelayPods {
-    stores: Vec<Store<Pod>>,
+    stores: Vec<Store<EndpointSlice>>,
     counts: Mutex<HashMap<String, Counts>>,
 }
 
-/// A pod watcher not yet polled.
-pub type PodWatcher = futures::future::BoxFuture<'static, ()>;
+/// A watcher not yet polled.
+pub type SliceWatcher = futures::future::BoxFuture<'static, ()>;
 
 impl RelayPods {
-    /// Stores of relay pods (per watched namespace, or cluster-wide) and their watchers.
+    /// Stores of relay EndpointSlices (per watched namespace, or cluster-wide) and their
+    /// watchers.
     pub fn start(
         client: &Client,
         namespaces: &[String],
         selector: &str,
-    ) -> (Arc<RelayPods>, Vec<PodWatcher>) {
-        let apis: Vec<Api<Pod>> = if namespaces.is_empty() {
+    ) -> (Arc<RelayPods>, Vec<SliceWatcher>) {
+        let apis: Vec<Api<EndpointSlice>> = if namespaces.is_empty() {
             vec![Api::all(client.clone())]
         } else {
             namespaces
@@ -82,7 +86,7 @@ impl RelayPods {
         };
         let config = watcher::Config::default().labels(selector);
         let mut stores = Vec::new();
-        let mut watchers: Vec<PodWatcher> = Vec::new();
+        let mut watchers: Vec<SliceWatcher> = Vec::new();
         for api in apis {
             let writer = Writer::default();
             stores.push(writer.as_reader());
@@ -93,7 +97,7 @@ impl RelayPods {
                 futures::pin_mut!(stream);
                 while let Some(event) = futures::StreamExt::next(&mut stream).await {
                     if let Err(e) = event {
-                        tracing::warn!("watching relay pods: {e}");
+                        tracing::warn!("watching relay EndpointSlices: {e}");
                     }
                 }
             }));
@@ -111,33 +115,50 @@ impl RelayPods {
         self.counts.lock().ok()?.get(namespace).cloned()
     }
 
-    /// Relay pods that are (or will be) serving, with the agent's address once known.
+    /// Relay pods that are not terminating: (namespace, the agent's address), each pod once
+    /// (a dual-stack pod is in an IPv4 and an IPv6 slice).
     fn pods(&self) -> Vec<(String, Option<SocketAddr>)> {
-        self.stores
-            .iter()
-            .flat_map(|s| s.state())
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| {
-                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                !matches!(phase, Some("Succeeded" | "Failed"))
-            })
-            .map(|p| (p.namespace().unwrap_or_default(), status_addr(&p)))
-            .collect()
+        let mut seen: BTreeMap<(String, String), Option<SocketAddr>> = BTreeMap::new();
+        for slice in self.stores.iter().flat_map(|s| s.state()) {
+            let ns = slice.namespace().unwrap_or_default();
+            for (pod, addr) in endpoints(&slice) {
+                let entry = seen.entry((ns.clone(), pod)).or_insert(None);
+                // Prefer an address that parses over none.
+                if entry.is_none() {
+                    *entry = addr;
+                }
+            }
+        }
+        seen.into_iter().map(|((ns, _), addr)| (ns, addr)).collect()
     }
 }
 
-/// The agent's `/status` address of a pod: its IP and the container port named `status`.
-pub fn status_addr(pod: &Pod) -> Option<SocketAddr> {
-    let ip: IpAddr = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
-    let port = pod
-        .spec
-        .as_ref()?
-        .containers
+/// The endpoints of one slice that are not terminating: (pod name, or the address when the
+/// endpoint names no pod; the agent's address when there is a `status` port).
+pub fn endpoints(slice: &EndpointSlice) -> Vec<(String, Option<SocketAddr>)> {
+    let port = slice
+        .ports
         .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some(STATUS_PORT_NAME))?
-        .container_port;
-    Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(STATUS_PORT_NAME))
+        .and_then(|p| u16::try_from(p.port?).ok());
+    slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.terminating) != Some(true))
+        .filter_map(|e| {
+            let first = e.addresses.first()?;
+            let pod = e
+                .target_ref
+                .as_ref()
+                .and_then(|r| r.name.clone())
+                .unwrap_or_else(|| first.clone());
+            let addr =
+                port.and_then(|port| Some(SocketAddr::new(first.parse::<IpAddr>().ok()?, port)));
+            Some((pod, addr))
+        })
+        .collect()
 }
 
 /// Ask every relay pod for its applied hash every `interval`; namespaces whose counts
@@ -234,23 +255,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_status_address_is_the_pod_ip_and_the_port_named_status() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "relay-0", "namespace": "mail"},
-            "spec": {"containers": [
-                {"name": "postfix", "ports": [{"name": "smtp", "containerPort": 25}]},
-                {"name": "agent", "ports": [{"name": "status", "containerPort": 8089}]},
-            ]},
-            "status": {"podIP": "fd00::7"},
+    fn endpoints_are_pods_with_the_status_port_and_not_terminating() {
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "relay-status-v6", "namespace": "mail"},
+            "addressType": "IPv6",
+            "ports": [{"name": "smtp", "port": 25}, {"name": "status", "port": 8089}],
+            "endpoints": [
+                {"addresses": ["fd00::7"], "targetRef": {"kind": "Pod", "name": "relay-0"}},
+                {"addresses": ["fd00::8"], "conditions": {"ready": false},
+                 "targetRef": {"kind": "Pod", "name": "relay-1"}},
+                {"addresses": ["fd00::9"], "conditions": {"terminating": true},
+                 "targetRef": {"kind": "Pod", "name": "relay-2"}},
+                {"addresses": ["fd00::a"]},
+            ],
         }))
-        .expect("pod");
+        .expect("slice");
+        let addr = |a: &str| Some(a.parse::<SocketAddr>().expect("addr"));
         assert_eq!(
-            status_addr(&pod),
-            Some("[fd00::7]:8089".parse().expect("addr"))
+            endpoints(&slice),
+            vec![
+                ("relay-0".to_string(), addr("[fd00::7]:8089")),
+                ("relay-1".to_string(), addr("[fd00::8]:8089")),
+                ("fd00::a".to_string(), addr("[fd00::a]:8089")),
+            ]
         );
-        let mut pending = pod.clone();
-        pending.status = None;
-        assert_eq!(status_addr(&pending), None);
+        let mut no_port = slice.clone();
+        no_port.ports = None;
+        assert!(endpoints(&no_port).iter().all(|(_, a)| a.is_none()));
     }
 
     #[test]
