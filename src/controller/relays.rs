@@ -10,6 +10,7 @@
 
 use super::queue::Sender;
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -95,7 +96,7 @@ impl RelayPods {
                 .touched_objects();
             watchers.push(Box::pin(async move {
                 futures::pin_mut!(stream);
-                while let Some(event) = futures::StreamExt::next(&mut stream).await {
+                while let Some(event) = stream.next().await {
                     if let Err(e) = event {
                         tracing::warn!("watching relay EndpointSlices: {e}");
                     }
@@ -178,8 +179,8 @@ pub async fn poll(
         if !*leader.borrow() {
             continue;
         }
-        let asked = futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(pods.pods().into_iter().map(|(ns, addr)| {
+        let asked: Vec<(String, Option<String>)> = futures::stream::iter(pods.pods())
+            .map(|(ns, addr)| {
                 let http = http.clone();
                 async move {
                     let hash = match addr {
@@ -188,10 +189,10 @@ pub async fn poll(
                     };
                     (ns, hash)
                 }
-            })),
-            PARALLEL,
-        ))
-        .await;
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
         let mut fresh: HashMap<String, Counts> = HashMap::new();
         for (ns, hash) in asked {
             let counts = fresh.entry(ns).or_default();
@@ -215,7 +216,7 @@ pub async fn poll(
             Err(_) => BTreeSet::new(),
         };
         for ns in changed {
-            tracing::debug!(namespace = %ns, "relay pods moved");
+            tracing::debug!(namespace = %ns, "relay pod counts changed");
             queue.send(ns);
         }
     }
