@@ -163,6 +163,61 @@ async fn chart_objects_are_accepted_by_the_api_server() {
     .await;
 }
 
+/// The controller's default `--relay-selector` finds the chart's relay agents: the
+/// headless relay-status Service carries those labels (its EndpointSlices copy them), selects
+/// the relay pods and names its port `status`, as the agent's container port is named.
+#[test]
+#[ignore = "needs helm: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
+fn the_relay_status_service_matches_the_controllers_default_selector() {
+    let docs = documents(&template("mail", &["relay.enabled=true"]));
+    let service = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Service"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-relay-status"))
+        })
+        .expect("the relay-status Service");
+    for pair in mailtls::controller::DEFAULT_RELAY_SELECTOR.split(',') {
+        let (key, value) = pair.split_once('=').expect("key=value");
+        assert_eq!(
+            service["metadata"]["labels"][key].as_str(),
+            Some(value),
+            "label {key} of {service:#?}"
+        );
+    }
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    let port = &service["spec"]["ports"][0];
+    assert_eq!(
+        (port["name"].as_str(), port["targetPort"].as_str()),
+        (Some("status"), Some("status"))
+    );
+    let relay = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Deployment"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] == "relay"
+        })
+        .expect("the relay Deployment");
+    let pod_labels = &relay["spec"]["template"]["metadata"]["labels"];
+    let selector = service["spec"]["selector"].as_object().expect("selector");
+    assert!(!selector.is_empty());
+    for (key, value) in selector {
+        assert_eq!(
+            &pod_labels[key], value,
+            "the Service selects the relay pods: {key}"
+        );
+    }
+    let named_status = relay["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+        .any(|p| p["name"] == "status");
+    assert!(named_status, "the agent's container port is named status");
+}
+
 #[tokio::test]
 #[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
 async fn deploy_manifests_match_the_chart_and_are_accepted() {

@@ -25,11 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Name of the agent's container port on a relay pod.
+/// Name of the agents' port in the Service (and so in its EndpointSlices).
 pub const STATUS_PORT_NAME: &str = "status";
-/// Default label selector of relay pods: the chart's relay Deployment.
+/// Default label selector of the EndpointSlices: those of the chart's relay-status Service
+/// (EndpointSlices carry their Service's labels).
 pub const DEFAULT_SELECTOR: &str =
-    "app.kubernetes.io/name=mailtls,app.kubernetes.io/component=relay";
+    "app.kubernetes.io/name=mailtls,app.kubernetes.io/component=relay-status";
 /// How long one `/status` request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest `/status` body read.
