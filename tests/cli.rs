@@ -363,3 +363,26 @@ fn help_explains_every_subcommand() {
         text(&o)
     );
 }
+
+/// `mailtls run` refuses bad settings before it talks to any cluster, with exit code 2.
+#[test]
+fn run_refuses_bad_settings_with_a_clear_message() {
+    for (args, says) in [
+        (
+            vec!["run", "--relay-poll-interval", "50ms"],
+            "--relay-poll-interval must be at least 100ms",
+        ),
+        (
+            vec!["run", "--leader-election"],
+            "--leader-election needs --lease-namespace",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_mailtls"))
+            .args(&args)
+            .env_remove("POD_NAMESPACE")
+            .output()
+            .expect("run mailtls");
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
+    }
+}

@@ -71,6 +71,9 @@ pub struct RunArgs {
 impl RunArgs {
     fn settings(&self) -> Result<Settings, String> {
         let render = self.flags.options()?;
+        if self.relay_poll_interval < std::time::Duration::from_millis(100) {
+            return Err("--relay-poll-interval must be at least 100ms".into());
+        }
         let identity = self.identity.clone().unwrap_or_else(default_identity);
         let leader_election = if self.leader_election {
             let namespace = self.lease_namespace.clone().ok_or(
@@ -101,9 +104,7 @@ impl RunArgs {
             },
             relays: (!self.no_relay_status).then(|| RelaySettings {
                 selector: self.relay_selector.clone(),
-                interval: self
-                    .relay_poll_interval
-                    .max(std::time::Duration::from_millis(100)),
+                interval: self.relay_poll_interval,
             }),
         })
     }

@@ -8,7 +8,9 @@
 //! small [`queue`] reconciles dirty namespaces (never the same one twice at once) with
 //! jittered backoff on errors. A reconcile reads only the stores (no re-list), so any
 //! change re-renders exactly its own namespace. The same pure core as `mailtls standalone`
-//! does the work: `policy::evaluate` → `render` → `status::namespace_statuses`.
+//! does the work: `policy::evaluate` → `render` → `status::namespace_statuses`. Beside the
+//! queue, [`periodic`] runs the TLS tests and `relays` asks the relay agents which
+//! configuration they applied; both feed statuses, neither blocks a reconcile.
 
 mod configmap;
 mod events;
