@@ -403,6 +403,16 @@ stop_pid() {
     return 1
 }
 
+# running PID: the process exists and has not exited (a zombie has). Used while waiting for
+# a daemon just started: its name is not checked, because under load the child may not
+# have exec'd the binary yet (pid_alive would call that dead).
+running() {
+    local pid=$1 state
+    kill -0 "$pid" 2>/dev/null || return 1
+    state=$(sed -n 's/^.*) \(.\).*$/\1/p' "/proc/$pid/stat" 2>/dev/null) || return 1
+    [[ "$state" != Z ]]
+}
+
 # start_daemon STATE NAME LOGFILE CMD...: start CMD in its own session, record its PID
 start_daemon() {
     local state=$1 name=$2 logfile=$3
@@ -424,7 +434,7 @@ wait_until() {
     deadline=$((SECONDS + timeout))
     while ((SECONDS < deadline)); do
         if "$@" >/dev/null 2>&1; then return 0; fi
-        if ! pid_alive "$pid" "$name"; then
+        if ! running "$pid"; then
             WAIT_DIED=1
             return 1
         fi
