@@ -140,9 +140,10 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
     let bytes: usize = config.files.values().map(String::len).sum();
     ctx.metrics.render_size(namespace, bytes);
 
+    let rendered = started.elapsed();
+
     // A ConfigMap the server refuses (e.g. over its 1 MiB limit) is reported in the
     // statuses below and retried; the statuses are still written.
-    let rendered = started.elapsed();
     let config_error = match configmap::apply(ctx, namespace, &config, empty).await {
         Ok(Some(cm)) => {
             tracing::info!(namespace, hash = %config.hash, bytes, "relay configuration written");
@@ -155,7 +156,6 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
     };
 
     let applied = started.elapsed();
-
     let pods = ctx
         .relays
         .as_ref()
