@@ -6,7 +6,7 @@ use crate::api::{
     AddressList, AddressListStatus, Condition, Enforcement, InvalidEntry, MatchedCounts,
     OutboundGateway, OutboundGatewayStatus, RelayConfigRef, TlsCompliance, TlsComplianceStatus,
 };
-use crate::policy::{Conflict, Evaluation, Inputs, Kind, ResourceFindings, ResourceId};
+use crate::policy::{Conflict, Evaluation, InForce, Inputs, Kind, ResourceFindings, ResourceId};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
@@ -93,6 +93,27 @@ fn problems_message(f: &ResourceFindings) -> String {
     parts.join("; ")
 }
 
+/// What is enforced instead of a current generation that cannot be used (fail-closed
+/// evaluation only).
+fn in_force_note(f: &ResourceFindings) -> Option<String> {
+    match f.in_force? {
+        InForce::Current(_) => None,
+        InForce::Earlier(g) => Some(format!("generation {g} is still enforced")),
+        InForce::Nothing => {
+            Some("no earlier generation was valid: this resource enforces nothing".to_string())
+        }
+    }
+}
+
+/// `message`, followed by what is enforced instead when the current generation is unused.
+fn with_note(message: String, f: &ResourceFindings) -> String {
+    match in_force_note(f) {
+        Some(note) if message.is_empty() => note,
+        Some(note) => format!("{message}; {note}"),
+        None => message,
+    }
+}
+
 fn conflict_message(me: &ResourceId, conflicts: &[Conflict]) -> String {
     conflicts
         .iter()
@@ -142,16 +163,16 @@ pub fn address_list_status(
         })
         .collect();
     status.used_by = f.used_by.iter().map(ToString::to_string).collect();
+    status.enforced_generation = f.in_force.and_then(InForce::generation);
     let (ok, reason, message) = if !f.errors.is_empty() {
-        (false, "InvalidSpec", problems_message(f))
+        (false, "InvalidSpec", with_note(problems_message(f), f))
     } else if invalid_count > 0 {
-        (
-            false,
-            "InvalidEntries",
-            format!(
-                "{invalid_count} entries rejected (see status.invalid); the valid ones are in use"
-            ),
-        )
+        let rejected = format!("{invalid_count} entries rejected (see status.invalid)");
+        let message = match in_force_note(f) {
+            Some(note) => format!("{rejected}; {note}"),
+            None => format!("{rejected}; the valid ones are in use"),
+        };
+        (false, "InvalidEntries", message)
     } else {
         (
             true,
@@ -188,13 +209,17 @@ pub fn tls_compliance_status(
     let (addresses, domains) = f.matched.unwrap_or_default();
     status.matched = MatchedCounts { addresses, domains };
     status.relay_config = relay.filter(|_| f.rendered).cloned();
+    status.enforced_generation = f.in_force.and_then(InForce::generation);
     let monitor = p.spec.enforcement == Enforcement::Monitor;
     let (rendered, reason, message) = match (f.rendered, monitor) {
-        (false, _) => (false, "InvalidSpec", problems_message(f)),
+        (false, _) => (false, "InvalidSpec", with_note(problems_message(f), f)),
         (true, false) => (
             true,
             "Rendered",
-            format!("mandatory TLS for {addresses} addresses and {domains} domains"),
+            with_note(
+                format!("mandatory TLS for {addresses} addresses and {domains} domains"),
+                f,
+            ),
         ),
         (true, true) => (
             true,
@@ -211,12 +236,17 @@ pub fn tls_compliance_status(
         observed,
         now,
     );
+    // Only missing lists (`spec.addressLists[i].name`): the rest of the spec is valid.
+    let missing_only = f
+        .errors
+        .iter()
+        .all(|p| p.field.starts_with("spec.addressLists["));
     let (ready, reason, message) = if f.errors.is_empty() {
         (true, "Rendered", "this generation is rendered".to_string())
-    } else if f.rendered {
-        (false, "MissingReference", problems_message(f))
+    } else if missing_only {
+        (false, "MissingReference", with_note(problems_message(f), f))
     } else {
-        (false, "InvalidSpec", problems_message(f))
+        (false, "InvalidSpec", with_note(problems_message(f), f))
     };
     set_condition(
         &mut status.conditions,
@@ -265,16 +295,21 @@ pub fn gateway_status(
     let mut status = gw.status.clone().unwrap_or_default();
     status.observed_generation = Some(observed);
     status.used_by = f.used_by.iter().map(ToString::to_string).collect();
+    status.enforced_generation = f.in_force.and_then(InForce::generation);
     let lost: Vec<&Conflict> = f.conflicts.iter().filter(|c| &c.winner != id).collect();
-    let (rendered, reason, message) = if !f.errors.is_empty() {
-        (false, "InvalidSpec", problems_message(f))
+    let (rendered, reason, message) = if !f.errors.is_empty() && !f.rendered {
+        (false, "InvalidSpec", with_note(problems_message(f), f))
     } else if !lost.is_empty() && !f.rendered {
-        (false, "ConflictLost", conflict_message(id, &f.conflicts))
+        (
+            false,
+            "ConflictLost",
+            with_note(conflict_message(id, &f.conflicts), f),
+        )
     } else if f.rendered {
         (
             true,
             "Rendered",
-            "the route is in the relay configuration".to_string(),
+            with_note("the route is in the relay configuration".to_string(), f),
         )
     } else {
         (
@@ -295,8 +330,11 @@ pub fn gateway_status(
     );
     let ready = f.errors.is_empty() && lost.is_empty();
     let (reason, message) = match (f.errors.is_empty(), lost.is_empty()) {
-        (false, _) => ("InvalidSpec", problems_message(f)),
-        (true, false) => ("ConflictLost", conflict_message(id, &f.conflicts)),
+        (false, _) => ("InvalidSpec", with_note(problems_message(f), f)),
+        (true, false) => (
+            "ConflictLost",
+            with_note(conflict_message(id, &f.conflicts), f),
+        ),
         (true, true) => ("Rendered", "this generation is rendered".to_string()),
     };
     set_condition(

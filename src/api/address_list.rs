@@ -72,6 +72,10 @@ pub struct AddressListStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The generation whose spec is in force: this one, an earlier valid one when this one
+    /// cannot be used, or unset when none was ever valid (the resource enforces nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_generation: Option<i64>,
     /// `Ready`: the list was read and its valid entries are usable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

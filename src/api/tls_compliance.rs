@@ -150,6 +150,10 @@ pub struct TlsComplianceStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The generation whose spec is in force: this one, an earlier valid one when this one
+    /// cannot be used, or unset when none was ever valid (the resource enforces nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_generation: Option<i64>,
     /// `Ready`, `Rendered`, `Tested`, `Compliant`, `Conflict`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

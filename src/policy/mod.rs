@@ -8,6 +8,7 @@
 mod checks;
 pub mod entry;
 pub mod host;
+pub mod last_valid;
 mod lists;
 mod merge;
 mod model;
@@ -15,6 +16,7 @@ mod model;
 pub use checks::parse_interval;
 pub use entry::{Entry, parse_entry};
 pub use host::Host;
+pub use last_valid::{LastValid, evaluate_fail_closed};
 pub use lists::list_entries;
 pub use model::*;
 

@@ -287,6 +287,29 @@ pub struct ResourceFindings {
     pub matched: Option<(u64, u64)>,
     /// Whether anything of this resource made it into the rendered configuration.
     pub rendered: bool,
+    /// Which generation is in force (set only by the fail-closed evaluation).
+    pub in_force: Option<InForce>,
+}
+
+/// What a resource contributes when evaluated fail-closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InForce {
+    /// Its current generation (the one given).
+    Current(i64),
+    /// The current generation cannot be used; this earlier one is still enforced.
+    Earlier(i64),
+    /// The current generation cannot be used and no earlier one was valid.
+    Nothing,
+}
+
+impl InForce {
+    /// The generation in force, if any.
+    pub fn generation(self) -> Option<i64> {
+        match self {
+            InForce::Current(g) | InForce::Earlier(g) => Some(g),
+            InForce::Nothing => None,
+        }
+    }
 }
 
 /// Findings for every resource of the namespace.
