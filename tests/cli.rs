@@ -128,11 +128,15 @@ fn standalone_is_stable_reports_problems_and_empties_deleted_namespaces() {
             .expect("msg")
             .contains("'ghost' does not exist")
     );
-    assert_eq!(
-        condition(&p, "Rendered")["status"],
-        "True",
-        "the resolvable part is rendered"
-    );
+    // Never valid (missing list, invalid entry): fail closed, nothing is enforced.
+    assert_eq!(condition(&p, "Rendered")["status"], "False");
+    for (r, kind) in [(&p, "policy"), (&l, "list")] {
+        let message = condition(r, "Ready")["message"].as_str().expect("msg");
+        assert!(
+            message.ends_with("no earlier generation was valid: this resource enforces nothing"),
+            "{kind}: {message}"
+        );
+    }
 
     // A second run with the same input rewrites nothing and keeps transition times.
     let stamp = |f: &Path| {
@@ -154,7 +158,8 @@ fn standalone_is_stable_reports_problems_and_empties_deleted_namespaces() {
         )
     );
 
-    // Fixing the reference flips Ready and moves only that condition's transition time.
+    // Fixing both flips Ready and Rendered (a new generation) and moves only their
+    // transition times.
     std::fs::write(
         &file,
         list("l", &["partner.example"]) + &policy("p", &["l"], ""),
@@ -163,9 +168,12 @@ fn standalone_is_stable_reports_problems_and_empties_deleted_namespaces() {
     assert!(mailtls(&args).status.success());
     let fixed = yaml_value(&res.join("tlscompliance-p.yaml"));
     assert_eq!(condition(&fixed, "Ready")["status"], "True");
+    assert_eq!(condition(&fixed, "Rendered")["status"], "True");
+    assert_eq!(fixed["status"]["observedGeneration"], 2);
+    assert_eq!(fixed["status"]["enforcedGeneration"], 2);
     assert_eq!(
-        condition(&fixed, "Rendered")["lastTransitionTime"],
-        condition(&p, "Rendered")["lastTransitionTime"]
+        condition(&fixed, "Conflict")["lastTransitionTime"],
+        condition(&p, "Conflict")["lastTransitionTime"]
     );
 
     // Deleting everything empties the configuration and the statuses.
@@ -385,4 +393,116 @@ fn run_refuses_bad_settings_with_a_clear_message() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
         assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
     }
+}
+
+/// Every file of a directory by name.
+fn files_of(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(e.path()).expect("read"))
+        })
+        .collect()
+}
+
+#[test]
+fn standalone_keeps_the_last_valid_generation_across_runs() {
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    for f in ["address-lists.yaml", "gateways.yaml", "tls-compliance.yaml"] {
+        std::fs::copy(Path::new(EXAMPLES).join(f), input.path().join(f)).expect("copy");
+    }
+    let args = [
+        "standalone",
+        "--dir",
+        input.path().to_str().expect("utf-8"),
+        "--out",
+        out.path().to_str().expect("utf-8"),
+        "--postfix-version",
+        "3.7",
+    ];
+    let o = mailtls(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let relay = out.path().join("default/relay");
+    let res = out.path().join("default/resources");
+    let snapshot = out.path().join("default/last-valid.json");
+    let before = files_of(&relay);
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&snapshot).expect("snapshot")).expect("json");
+    assert_eq!(kept["version"], 1);
+    assert_eq!(kept["policies"]["partners"]["generation"], 1);
+
+    // The edit the engine refuses (under 1m), on a policy and on the AllMail gateway.
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = input.path().join(file);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
+    };
+    edit("tls-compliance.yaml", "interval: 6h", "interval: 30s");
+    edit(
+        "gateways.yaml",
+        "appliesTo: AllMail\n",
+        "appliesTo: AllMail\n  test:\n    interval: 30s\n",
+    );
+    // Two new processes: the second starts from what the first left on disk.
+    for run in 0..2 {
+        let o = mailtls(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(files_of(&relay), before, "run {run}");
+        let partners = yaml_value(&res.join("tlscompliance-partners.yaml"));
+        let ready = condition(&partners, "Ready");
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&"False".into(), &"InvalidSpec".into())
+        );
+        let message = ready["message"].as_str().expect("message");
+        assert!(message.starts_with("spec.test.interval: "), "{message}");
+        assert!(
+            message.ends_with("; generation 1 is still enforced"),
+            "{message}"
+        );
+        assert_eq!(partners["status"]["observedGeneration"], 2);
+        assert_eq!(partners["status"]["enforcedGeneration"], 1);
+        assert_eq!(partners["status"]["matched"]["addresses"], 4);
+        let gw = yaml_value(&res.join("outboundgateway-smarthost.yaml"));
+        let ready = condition(&gw, "Ready")["message"]
+            .as_str()
+            .expect("message");
+        assert!(ready.ends_with("generation 1 is still enforced"), "{ready}");
+        assert_eq!(gw["status"]["enforcedGeneration"], 1);
+        assert!(text(&o).contains("generation 1 is still enforced"));
+    }
+    let transport = &before["transport"];
+    assert_eq!(transport.matches("mailtls-verify-tls12-bounce").count(), 8);
+    assert!(before["main.cf"].contains("relayhost = smarthost.example.net"));
+
+    // A snapshot that cannot be read stops the run with the reason; nothing is rewritten.
+    std::fs::write(&snapshot, "{\"version\": 1, \"policies\": [").expect("write");
+    let o = mailtls(&args);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("last-valid.json: not valid JSON"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(files_of(&relay), before);
+    std::fs::write(&snapshot, serde_json::to_string(&kept).expect("json")).expect("write");
+
+    // Fixing the edit makes the new generation the one in force.
+    edit("tls-compliance.yaml", "interval: 30s", "interval: 2h");
+    let o = mailtls(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let partners = yaml_value(&res.join("tlscompliance-partners.yaml"));
+    assert_eq!(condition(&partners, "Ready")["status"], "True");
+    assert_eq!(partners["status"]["observedGeneration"], 3);
+    assert_eq!(partners["status"]["enforcedGeneration"], 3);
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&snapshot).expect("snapshot")).expect("json");
+    assert_eq!(
+        kept["policies"]["partners"]["spec"]["test"]["interval"],
+        "2h"
+    );
 }

@@ -3,7 +3,10 @@
 //! Layout of `--out`: `<namespace>/relay/` holds the rendered files (rewritten only when the
 //! content hash changes) and `<namespace>/resources/<kind>-<name>.yaml` each resource with
 //! its status. A previous status there is read back, so condition transition times survive
-//! and only real changes rewrite a file.
+//! and only real changes rewrite a file; a changed spec counts as a new generation.
+//! `<namespace>/last-valid.json` holds the last valid generation of each resource
+//! ([`LastValid`]): a resource whose current file cannot be used keeps what that
+//! generation contributed, across runs.
 
 use super::load::{LoadError, load};
 use super::output::{RenderFlags, write_files};
@@ -11,7 +14,7 @@ use super::render::warn_conflicts;
 use super::tests_loop::{ProbeFlags, Running, due_plans, run_plans};
 use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::api::RelayConfigRef;
-use crate::policy::{Evaluation, Inputs, Kind, ResourceId, evaluate};
+use crate::policy::{Evaluation, Inputs, Kind, LastValid, ResourceId, evaluate_fail_closed};
 use crate::probe::Prober;
 use crate::render::{MANIFEST, RenderOptions, render};
 use crate::status::{self, Reconciled};
@@ -201,6 +204,8 @@ pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<Vec
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut rows = Vec::new();
     let mut reconciled = Vec::new();
+    // Namespaces left untouched because their snapshot cannot be read.
+    let mut failed = Vec::new();
     for ns in namespaces {
         let mut inputs = loaded
             .namespaces
@@ -212,7 +217,17 @@ pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<Vec
             });
         let ns_out = out.join(&ns);
         read_previous_status(&ns_out, &mut inputs);
-        let evaluation = evaluate(&inputs);
+        let last = match read_last_valid(&ns_out) {
+            Ok(last) => last,
+            Err(e) => {
+                failed.push(e);
+                continue;
+            }
+        };
+        let (evaluation, next) = evaluate_fail_closed(&inputs, &last);
+        if next != last {
+            write_last_valid(&ns_out, &next)?;
+        }
         warn_conflicts(&loaded, &evaluation);
         let relay_dir = ns_out.join("relay");
         let config = render(&evaluation.policy, opts);
@@ -239,7 +254,11 @@ pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<Vec
         reconciled.push(inputs);
     }
     print_summary(&rows, &errors);
-    Ok(reconciled)
+    if failed.is_empty() {
+        Ok(reconciled)
+    } else {
+        Err(failed.join("\n"))
+    }
 }
 
 /// `kind-name.yaml` inside a namespace's resources directory.
@@ -247,23 +266,65 @@ pub(super) fn resource_file(dir: &Path, kind: Kind, name: &str) -> PathBuf {
     dir.join(format!("{}-{name}.yaml", kind.to_string().to_lowercase()))
 }
 
-/// Bring back the status written last time, so transition times and test results persist.
+/// File name of a namespace's snapshot of last valid generations.
+pub const LAST_VALID_FILE: &str = "last-valid.json";
+
+/// The snapshot of a namespace; none yet is an empty one. A file that cannot be read is an
+/// error, never taken as empty: that would drop every generation it keeps in force.
+fn read_last_valid(ns_out: &Path) -> Result<LastValid, String> {
+    let path = ns_out.join(LAST_VALID_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LastValid::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    LastValid::from_json(&text).map_err(|e| {
+        format!(
+            "{}: {e}; nothing was written for this namespace. Restore the file, or delete it \
+             to start over (resources that are invalid now then enforce nothing)",
+            path.display()
+        )
+    })
+}
+
+/// Replace the snapshot atomically, so a crash leaves the old one or the new one.
+fn write_last_valid(ns_out: &Path, last: &LastValid) -> Result<(), String> {
+    let path = ns_out.join(LAST_VALID_FILE);
+    let text = last
+        .to_json()
+        .map_err(|e| format!("cannot serialise {}: {e}", path.display()))?;
+    std::fs::create_dir_all(ns_out)
+        .map_err(|e| format!("cannot create {}: {e}", ns_out.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+}
+
+/// Bring back the status written last time, so transition times and test results persist,
+/// and number generations as the API server would: a changed spec is the next one.
 fn read_previous_status(ns_out: &Path, inputs: &mut Inputs) {
     fn previous<K: kube::Resource + DeserializeOwned>(dir: &Path, kind: Kind, r: &K) -> Option<K> {
         let text =
             std::fs::read_to_string(resource_file(dir, kind, &r.meta().name.clone()?)).ok()?;
         serde_norway::from_str(&text).ok()
     }
-    let dir = ns_out.join("resources");
-    for r in &mut inputs.address_lists {
-        r.status = previous(&dir, Kind::AddressList, r).and_then(|p| p.status);
+    macro_rules! each {
+        ($items:expr, $kind:expr) => {
+            for r in &mut $items {
+                let prev = previous(&ns_out.join("resources"), $kind, r);
+                if r.metadata.generation.is_none() {
+                    r.metadata.generation = Some(prev.as_ref().map_or(1, |p| {
+                        p.metadata.generation.unwrap_or(1) + i64::from(p.spec != r.spec)
+                    }));
+                }
+                r.status = prev.and_then(|p| p.status);
+            }
+        };
     }
-    for r in &mut inputs.policies {
-        r.status = previous(&dir, Kind::TlsCompliance, r).and_then(|p| p.status);
-    }
-    for r in &mut inputs.gateways {
-        r.status = previous(&dir, Kind::OutboundGateway, r).and_then(|p| p.status);
-    }
+    each!(inputs.address_lists, Kind::AddressList);
+    each!(inputs.policies, Kind::TlsCompliance);
+    each!(inputs.gateways, Kind::OutboundGateway);
 }
 
 struct Row {
