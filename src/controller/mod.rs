@@ -8,7 +8,7 @@
 //! small [`queue`] reconciles dirty namespaces (never the same one twice at once) with
 //! jittered backoff on errors. A reconcile reads only the stores (no re-list), so any
 //! change re-renders exactly its own namespace. The same pure core as `mailtls standalone`
-//! does the work: `policy::evaluate` → `render` → `status::namespace_statuses`. Beside the
+//! does the work: `policy::evaluate_fail_closed` → `render` → `status::namespace_statuses`. Beside the
 //! queue, [`periodic`] runs the TLS tests and `relays` asks the relay agents which
 //! configuration they applied; both feed statuses, neither blocks a reconcile.
 
@@ -20,6 +20,7 @@ pub mod periodic;
 mod queue;
 mod reconcile;
 mod relays;
+mod state;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ pub use configmap::{HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGER};
 pub use metrics::Metrics;
 pub use reconcile::{Context, Stores, reconcile};
 pub use relays::{DEFAULT_SELECTOR as DEFAULT_RELAY_SELECTOR, RelayPods, RelaySettings};
+pub use state::{STATE_KEY, name as state_config_map};
 
 use crate::render::RenderOptions;
 use kube::Client;
@@ -67,6 +69,16 @@ pub enum Error {
     Serialise {
         what: String,
         source: serde_json::Error,
+    },
+    #[error(
+        "ConfigMap {namespace}/{name} (the last valid generations) cannot be read: {message}; \
+         nothing is written to this namespace until it is repaired (deleting it forgets which \
+         earlier generations to keep in force)"
+    )]
+    State {
+        namespace: String,
+        name: String,
+        message: String,
     },
     #[error("no longer the leader")]
     NotLeader,
@@ -143,6 +155,7 @@ pub async fn run(
         events: events::Events::new(client.clone(), settings.instance.clone()),
         leader: leader_rx.clone(),
         relays: relay_pods.clone(),
+        states: Default::default(),
     });
     let server = match settings.metrics_addr {
         Some(addr) => {

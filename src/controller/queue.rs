@@ -76,6 +76,8 @@ pub async fn work(mut queue: Queue, ctx: Arc<Context>, mut leader: watch::Receiv
         let now_leading = !lease_gone && *leader.borrow_and_update();
         if now_leading && !leading {
             tracing::info!("leading: reconciling every namespace");
+            // Another instance may have kept other generations meanwhile.
+            ctx.states.clear();
             dirty.extend(ctx.stores.namespaces());
             dirty.extend(managed_namespaces(&ctx).await);
         } else if !now_leading && leading {

@@ -2,9 +2,9 @@
 
 use super::events::Events;
 use super::metrics::Metrics;
-use super::{Error, configmap, status};
+use super::{Error, configmap, state, status};
 use crate::api::{AddressList, Condition, OutboundGateway, RelayConfigRef, TlsCompliance};
-use crate::policy::{Inputs, evaluate};
+use crate::policy::{Inputs, evaluate_fail_closed};
 use crate::render::{RenderOptions, render};
 use crate::status::{READY, RENDERED, Updated, set_condition};
 use futures::future::BoxFuture;
@@ -106,6 +106,8 @@ pub struct Context {
     pub leader: watch::Receiver<bool>,
     /// Relay pods and the hashes they applied; `None`: not tracked.
     pub relays: Option<Arc<super::RelayPods>>,
+    /// The last valid generations of each namespace.
+    pub states: state::States,
 }
 
 impl Context {
@@ -135,8 +137,10 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
     let inputs = ctx.stores.inputs(namespace);
     let empty =
         inputs.address_lists.is_empty() && inputs.policies.is_empty() && inputs.gateways.is_empty();
-    let evaluation = evaluate(&inputs);
+    let last = state::load(ctx, namespace).await?;
+    let (evaluation, next) = evaluate_fail_closed(&inputs, &last);
     let config = render(&evaluation.policy, &ctx.render);
+
     let bytes: usize = config.files.values().map(String::len).sum();
     ctx.metrics.render_size(namespace, bytes);
 
@@ -144,7 +148,12 @@ async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
 
     // A ConfigMap the server refuses (e.g. over its 1 MiB limit) is reported in the
     // statuses below and retried; the statuses are still written.
-    let config_error = match configmap::apply(ctx, namespace, &config, empty).await {
+    // The snapshot first: a relay configuration is never ahead of the generations kept.
+    let stored = match state::store(ctx, namespace, &next).await {
+        Ok(()) => configmap::apply(ctx, namespace, &config, empty).await,
+        Err(e) => Err(e),
+    };
+    let config_error = match stored {
         Ok(Some(cm)) => {
             tracing::info!(namespace, hash = %config.hash, bytes, "relay configuration written");
             ctx.events.config_written(&cm, &config.hash, &inputs).await;

@@ -10,7 +10,7 @@ use crate::api::{
     AddressList, AddressListSpec, AppliesTo, Direction, GatewayTls, LocalRef, OutboundGateway,
     OutboundGatewaySpec, RelayConfigRef, TestSpec, TestSummary, TlsCompliance, TlsComplianceSpec,
 };
-use crate::policy::{Inputs, evaluate};
+use crate::policy::{Inputs, LastValid, evaluate, evaluate_fail_closed};
 use crate::render::{RenderOptions, render};
 use http::{Request, Response, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -27,6 +27,7 @@ type Handle = mock::Handle<Request<Body>, Response<Body>>;
 
 const NS: &str = "team-a";
 const CM_PATH: &str = "/api/v1/namespaces/team-a/configmaps/mailtls-relay";
+const STATE_PATH: &str = "/api/v1/namespaces/team-a/configmaps/mailtls-relay-state";
 
 fn meta<K: Resource>(r: &mut K, name: &str, generation: i64, created: &str) {
     let m = r.meta_mut();
@@ -138,6 +139,7 @@ fn context_as(inputs: &Inputs, leader: bool) -> (Arc<Context>, Handle, impl Size
         events: Events::new(client, Some("test".into())),
         leader: tokio::sync::watch::channel(leader).1,
         relays: None,
+        states: Default::default(),
     };
     (Arc::new(ctx), handle, (lists, policies, gateways))
 }
@@ -233,6 +235,66 @@ async fn expect_config_map_get(handle: &mut Handle, hash: Option<&str>) {
     }
 }
 
+/// The state ConfigMap GET (first reconcile of the namespace), answered with `state` in
+/// `data` (or 404).
+async fn expect_state_get(handle: &mut Handle, state: Option<&LastValid>) {
+    let seen = next(handle).await;
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("GET", STATE_PATH)
+    );
+    match state {
+        None => seen.respond(StatusCode::NOT_FOUND, &not_found()),
+        Some(state) => seen.respond(StatusCode::OK, &state_config_map(state)),
+    }
+}
+
+fn state_config_map(state: &LastValid) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "mailtls-relay-state", "namespace": NS},
+           "data": {"last-valid.json": serde_json::to_string(state).expect("json")}})
+}
+
+/// The server-side apply of the state ConfigMap; returns the snapshot it carries (as text
+/// or compressed) and answers with the body.
+async fn expect_state_apply(handle: &mut Handle) -> LastValid {
+    use crate::render::pack::{UNPACKED_LIMIT, gunzip};
+    let seen = next(handle).await;
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("PATCH", STATE_PATH)
+    );
+    assert_eq!(seen.content_type, "application/apply-patch+yaml");
+    assert_eq!(
+        seen.query,
+        BTreeMap::from([
+            ("fieldManager".to_string(), "mailtls".to_string()),
+            ("force".to_string(), "true".to_string()),
+        ])
+    );
+    let body = seen.body.clone();
+    assert_eq!(
+        body["metadata"],
+        json!({"name": "mailtls-relay-state", "namespace": NS,
+               "labels": {MANAGED_BY_LABEL: "mailtls"}})
+    );
+    let text = match body["data"]["last-valid.json"].as_str() {
+        Some(text) => text.to_string(),
+        None => {
+            let gz = body["binaryData"]["last-valid.json.gz"].clone();
+            let bytes: k8s_openapi::ByteString = serde_json::from_value(gz).expect("base64");
+            gunzip(&bytes.0, UNPACKED_LIMIT).expect("gzip")
+        }
+    };
+    seen.respond(StatusCode::OK, &body);
+    LastValid::from_json(&text).expect("snapshot")
+}
+
+/// The snapshot a reconcile of `inputs` from nothing keeps.
+fn snapshot(inputs: &Inputs) -> LastValid {
+    evaluate_fail_closed(inputs, &LastValid::default()).1
+}
+
 /// A status merge patch of `object`; returns its body and answers with the patched object.
 async fn expect_status_patch<K: Resource<DynamicType = ()> + serde::Serialize>(
     handle: &mut Handle,
@@ -300,7 +362,8 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 }
 
 fn expected_hash(inputs: &Inputs) -> String {
-    render(&evaluate(inputs).policy, &RenderOptions::default()).hash
+    let (evaluation, _) = evaluate_fail_closed(inputs, &LastValid::default());
+    render(&evaluation.policy, &RenderOptions::default()).hash
 }
 
 #[tokio::test]
@@ -317,6 +380,16 @@ async fn first_reconcile_applies_the_config_map_and_writes_every_status() {
     let (ctx, mut handle, _writers) = context(&inputs);
     let run = spawn_reconcile(&ctx);
 
+    // A namespace seen for the first time: no state yet, so its first valid generations
+    // are kept before the relay configuration is written.
+    expect_state_get(&mut handle, None).await;
+    let kept = expect_state_apply(&mut handle).await;
+    assert_eq!(kept, snapshot(&inputs));
+    assert_eq!(kept.policies["partners"].generation, 1);
+    assert_eq!(
+        kept.address_lists["partners"].spec,
+        inputs.address_lists[0].spec
+    );
     expect_config_map_get(&mut handle, None).await;
 
     let apply = next(&mut handle).await;
@@ -416,7 +489,8 @@ fn reconciled(inputs: &Inputs) -> Inputs {
         ..Default::default()
     };
     let now = Time("2026-02-01T00:00:00Z".parse().expect("time"));
-    let u = crate::status::namespace_statuses(inputs, &evaluate(inputs), &relay, &now);
+    let (evaluation, _) = evaluate_fail_closed(inputs, &LastValid::default());
+    let u = crate::status::namespace_statuses(inputs, &evaluation, &relay, &now);
     Inputs {
         namespace: NS.into(),
         address_lists: u.address_lists,
@@ -439,6 +513,7 @@ async fn a_reconciled_namespace_sends_no_write() {
     let after = reconciled(&before);
     let (ctx, mut handle, _writers) = context(&after);
     let run = spawn_reconcile(&ctx);
+    expect_state_get(&mut handle, Some(&snapshot(&before))).await;
     expect_config_map_get(&mut handle, Some(&expected_hash(&before))).await;
     run.await.expect("task").expect("reconcile");
     drop(ctx);
@@ -477,7 +552,11 @@ async fn a_spec_change_patches_only_what_changed_and_keeps_test_results() {
     let policy = p.clone();
     let (ctx, mut handle, _writers) = context(&after);
     let run = spawn_reconcile(&ctx);
-    // Monitor renders nothing mandatory: a new hash, so the ConfigMap is written.
+    // A valid new generation: kept, and as Monitor renders nothing mandatory, a new hash.
+    expect_state_get(&mut handle, Some(&snapshot(&before))).await;
+    let kept = expect_state_apply(&mut handle).await;
+    assert_eq!(kept.policies["partners"].generation, 2);
+    assert_eq!(kept.policies["partners"].spec, policy.spec);
     expect_config_map_get(&mut handle, Some(&expected_hash(&before))).await;
     let apply = next(&mut handle).await;
     assert_eq!(apply.method, "PATCH");
@@ -489,7 +568,16 @@ async fn a_spec_change_patches_only_what_changed_and_keeps_test_results() {
     let status = body["status"].as_object().expect("status");
     let mut keys: Vec<&str> = status.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["conditions", "observedGeneration", "relayConfig"]);
+    assert_eq!(
+        keys,
+        [
+            "conditions",
+            "enforcedGeneration",
+            "observedGeneration",
+            "relayConfig"
+        ]
+    );
+    assert_eq!(status["enforcedGeneration"], 2);
     assert_eq!(body["metadata"]["resourceVersion"], "20");
     assert_eq!(status["observedGeneration"], 2);
     let rendered = condition(&body["status"], "Rendered");
@@ -516,6 +604,10 @@ async fn conflicting_gateways_get_a_conflict_condition_and_one_warning_each() {
     let hash = expected_hash(&inputs);
     let (ctx, mut handle, _writers) = context(&inputs);
     let run = spawn_reconcile(&ctx);
+    // The loser was never valid: the state keeps only the winner, already stored.
+    let kept = snapshot(&inputs);
+    assert_eq!(kept.gateways.keys().collect::<Vec<_>>(), ["gw-a"]);
+    expect_state_get(&mut handle, Some(&kept)).await;
     expect_config_map_get(&mut handle, Some(&hash)).await;
 
     // Status writes go out together; each one's Event follows its answer.
@@ -536,6 +628,13 @@ async fn conflicting_gateways_get_a_conflict_condition_and_one_warning_each() {
         (ready["status"].clone(), ready["reason"].clone()),
         (json!("False"), json!("ConflictLost"))
     );
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("this resource enforces nothing")),
+        "{ready}"
+    );
+    assert!(body["status"].get("enforcedGeneration").is_none(), "{body}");
     let event = expect_event(&mut handle).await;
     assert_eq!(
         (event["type"].clone(), event["reason"].clone()),
@@ -564,6 +663,7 @@ async fn a_failing_status_write_does_not_stop_the_others() {
     );
     let (ctx, mut handle, _writers) = context(&inputs);
     let run = spawn_reconcile(&ctx);
+    expect_state_get(&mut handle, Some(&snapshot(&inputs))).await;
     expect_config_map_get(&mut handle, Some(&expected_hash(&inputs))).await;
     let first = next(&mut handle).await;
     assert!(
@@ -591,13 +691,18 @@ async fn a_namespace_without_resources_gets_no_new_config_map_but_an_old_one_is_
     let empty = inputs(vec![], vec![], vec![]);
     let (ctx, mut handle, _writers) = context(&empty);
     let run = spawn_reconcile(&ctx);
+    expect_state_get(&mut handle, None).await;
     expect_config_map_get(&mut handle, None).await;
     run.await.expect("task").expect("reconcile");
     drop(ctx);
     expect_no_more(&mut handle).await;
 
+    // Everything was deleted: deleting may weaken, so the state forgets it all.
     let (ctx, mut handle, _writers) = context(&empty);
     let run = spawn_reconcile(&ctx);
+    let old = inputs(vec![address_list("a", &["a.example"])], vec![], vec![]);
+    expect_state_get(&mut handle, Some(&snapshot(&old))).await;
+    assert_eq!(expect_state_apply(&mut handle).await, LastValid::default());
     expect_config_map_get(&mut handle, Some("sha256:old")).await;
     let apply = next(&mut handle).await;
     assert_eq!(apply.method, "PATCH");
@@ -627,7 +732,8 @@ async fn a_follower_writes_nothing() {
     let inputs = inputs(vec![address_list("a", &["a.example"])], vec![], vec![]);
     let (ctx, mut handle, _writers) = context_as(&inputs, false);
     let run = spawn_reconcile(&ctx);
-    expect_config_map_get(&mut handle, None).await;
+    // Reading is allowed; the first write (the state) is not.
+    expect_state_get(&mut handle, None).await;
     assert!(matches!(
         run.await.expect("task"),
         Err(super::Error::NotLeader)
@@ -656,6 +762,8 @@ async fn a_refused_config_map_is_reported_in_the_statuses_and_retried() {
     );
     let (ctx, mut handle, _writers) = context(&inputs);
     let run = spawn_reconcile(&ctx);
+    expect_state_get(&mut handle, None).await;
+    expect_state_apply(&mut handle).await;
     expect_config_map_get(&mut handle, None).await;
     let apply = next(&mut handle).await;
     assert_eq!(apply.method, "PATCH");
@@ -892,6 +1000,9 @@ async fn a_large_configuration_is_applied_with_its_maps_compressed() {
     assert!(config.files["tls_policy"].len() > COMPRESS_OVER);
     let (ctx, mut handle, _writers) = context(&inputs);
     let run = spawn_reconcile(&ctx);
+    expect_state_get(&mut handle, None).await;
+    // The state is as large as the list, so it is compressed too.
+    assert_eq!(expect_state_apply(&mut handle).await, snapshot(&inputs));
     expect_config_map_get(&mut handle, None).await;
     let apply = next(&mut handle).await;
     assert_eq!(
@@ -955,6 +1066,8 @@ async fn a_configuration_over_the_limit_is_not_sent() {
     );
     let (ctx, mut handle, _writers) = context(&inputs);
     let run = spawn_reconcile(&ctx);
+    expect_state_get(&mut handle, None).await;
+    expect_state_apply(&mut handle).await;
     expect_config_map_get(&mut handle, None).await;
     // No apply: the next request is the list's status.
     let body = expect_status_patch(&mut handle, &inputs.address_lists[0]).await;
@@ -972,4 +1085,106 @@ async fn a_configuration_over_the_limit_is_not_sent() {
         run.await.expect("task"),
         Err(super::Error::TooLarge { .. })
     ));
+}
+
+/// After a restart, a policy whose current generation is invalid: the state read back keeps
+/// generation 1 in force, so neither the state nor the relay ConfigMap is written, and the
+/// status names the field and the generation still enforced.
+#[tokio::test]
+async fn a_restart_after_a_bad_edit_keeps_the_last_valid_generation() {
+    let before = inputs(
+        vec![address_list("partners", &["example.com"])],
+        vec![policy("partners", "partners")],
+        vec![],
+    );
+    let mut after = reconciled(&before);
+    let p = &mut after.policies[0];
+    p.spec.test.interval = "30s".into();
+    meta(p, "partners", 2, "2026-01-01T00:00:00Z");
+    let policy = p.clone();
+    // What the engine alone would make of it: the policy's TLS gone from the relay.
+    assert_ne!(
+        render(&evaluate(&after).policy, &RenderOptions::default()).hash,
+        expected_hash(&before)
+    );
+    let (ctx, mut handle, _writers) = context(&after);
+    let run = spawn_reconcile(&ctx);
+    expect_state_get(&mut handle, Some(&snapshot(&before))).await;
+    expect_config_map_get(&mut handle, Some(&expected_hash(&before))).await;
+    let body = expect_status_patch(&mut handle, &policy).await;
+    let status = &body["status"];
+    assert_eq!(status["observedGeneration"], 2);
+    // Unchanged (so not in the patch): generation 1 was and is in force.
+    let enforced = policy.status.as_ref().and_then(|s| s.enforced_generation);
+    assert_eq!(enforced, Some(1));
+    assert!(status.get("enforcedGeneration").is_none(), "{status}");
+    let ready = condition(status, "Ready");
+    assert_eq!(
+        (ready["status"].clone(), ready["reason"].clone()),
+        (json!("False"), json!("InvalidSpec"))
+    );
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("spec.test.interval: ")
+            && message.ends_with("; generation 1 is still enforced"),
+        "{message}"
+    );
+    assert_eq!(condition(status, "Rendered")["status"], "True");
+    let event = expect_event(&mut handle).await;
+    assert_eq!(event["type"], "Warning");
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+/// A state ConfigMap that cannot be read stops the namespace before any write: taking it
+/// as empty would drop every generation it keeps in force.
+#[tokio::test]
+async fn an_unreadable_state_writes_nothing() {
+    let inputs = inputs(vec![address_list("a", &["a.example"])], vec![], vec![]);
+    for data in [
+        json!({"last-valid.json": "{\"version\": 1, \"policies\": ["}),
+        json!({}),
+    ] {
+        let (ctx, mut handle, _writers) = context(&inputs);
+        let run = spawn_reconcile(&ctx);
+        let seen = next(&mut handle).await;
+        assert_eq!(
+            (seen.method.as_str(), seen.path.as_str()),
+            ("GET", STATE_PATH)
+        );
+        seen.respond(
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "mailtls-relay-state", "namespace": NS},
+                    "data": data}),
+        );
+        let err = run.await.expect("task").expect_err("an unreadable state");
+        assert!(matches!(err, super::Error::State { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("team-a/mailtls-relay-state"), "{message}");
+        drop(ctx);
+        expect_no_more(&mut handle).await;
+    }
+}
+
+/// The state is read once per namespace; later reconciles use the cached copy and write it
+/// only when it changes.
+#[tokio::test]
+async fn the_state_is_read_once_and_written_only_when_it_changes() {
+    let inputs = inputs(vec![address_list("a", &["a.example"])], vec![], vec![]);
+    let (ctx, mut handle, _writers) = context(&inputs);
+    let run = spawn_reconcile(&ctx);
+    expect_state_get(&mut handle, None).await;
+    expect_state_apply(&mut handle).await;
+    expect_config_map_get(&mut handle, Some(&expected_hash(&inputs))).await;
+    expect_status_patch(&mut handle, &inputs.address_lists[0]).await;
+    run.await.expect("task").expect("reconcile");
+    // Second reconcile: no state GET, no state write.
+    let run = spawn_reconcile(&ctx);
+    expect_config_map_get(&mut handle, Some(&expected_hash(&inputs))).await;
+    expect_status_patch(&mut handle, &inputs.address_lists[0]).await;
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
 }

@@ -306,10 +306,24 @@ fn combine(
     for (id, state) in in_force {
         let rendered = second.resources.remove(&id).unwrap_or_default();
         let f = match state {
-            InForce::Current(_) => ResourceFindings {
-                in_force: Some(state),
-                ..rendered
-            },
+            InForce::Current(_) => {
+                // Conflicts are about the current specs: a winner hears of a loser that
+                // the second pass left out.
+                let mut conflicts = first
+                    .get(&id)
+                    .map(|f| f.conflicts.clone())
+                    .unwrap_or_default();
+                for c in rendered.conflicts {
+                    if !conflicts.contains(&c) {
+                        conflicts.push(c);
+                    }
+                }
+                ResourceFindings {
+                    conflicts,
+                    in_force: Some(state),
+                    ..rendered
+                }
+            }
             InForce::Earlier(_) | InForce::Nothing => {
                 let current = first.get(&id).cloned().unwrap_or_default();
                 // A kept gateway that loses again contributes nothing after all.

@@ -293,12 +293,14 @@ fn a_gateway_edit_that_loses_a_conflict_keeps_its_earlier_routes() {
     assert_eq!(f.in_force, Some(InForce::Earlier(1)));
     assert_eq!(f.conflicts[0].winner.name, "smarthost");
     assert_eq!(next.gateways["board-archive"].generation, 1);
-    // The winner no longer shows a conflict: nothing contests it in what is rendered.
-    assert!(
-        findings(&e, Kind::OutboundGateway, "smarthost")
-            .conflicts
-            .is_empty()
+    // The winner hears of the contest its current spec is in.
+    let f = findings(&e, Kind::OutboundGateway, "smarthost");
+    let one_shot = evaluate(&inputs);
+    assert_eq!(
+        f.conflicts,
+        findings(&one_shot, Kind::OutboundGateway, "smarthost").conflicts
     );
+    assert_eq!(f.conflicts.len(), 1);
 }
 
 #[test]
