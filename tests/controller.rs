@@ -964,3 +964,121 @@ async fn a_compressed_configuration_reaches_the_relay_agent_and_its_pod_is_count
     })
     .await;
 }
+
+/// The Ready condition of `r` (any generation).
+fn ready_of<K: serde::Serialize>(r: &K) -> Option<Condition> {
+    conditions_of(r).into_iter().find(|c| c.type_ == "Ready")
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn a_bad_edit_keeps_the_last_valid_generation_across_a_restart() {
+    in_namespace("ctl-last-valid", |client, ns| async move {
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let partners = list("partners", &["partner.example", "alice@example.org"]);
+        let p = policy("partners", &["partners"]);
+        apply(&lists, &partners).await;
+        apply(&policies, &p).await;
+        let first = Running::start(&client, &ns, None);
+        let good = expected_hash(&ns, &[partners], std::slice::from_ref(&p), &[]);
+        let before = wait_for_hash(&client, &ns, &good).await;
+        wait_condition::<TlsCompliance>(&client, &ns, "partners", "Ready", "True").await;
+        let state = cms
+            .get("mailtls-relay-state")
+            .await
+            .expect("state ConfigMap");
+        assert_eq!(
+            state
+                .labels()
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("mailtls")
+        );
+        let text = state
+            .data
+            .as_ref()
+            .and_then(|d| d.get("last-valid.json"))
+            .expect("data[last-valid.json]");
+        let kept = mailtls::policy::LastValid::from_json(text).expect("snapshot");
+        assert_eq!(kept.address_lists["partners"].generation, 1);
+        assert!(kept.policies["partners"].uid.is_some(), "the uid is kept");
+
+        // A bad edit the API server accepts: the list's entries replaced by a typo.
+        apply(&lists, &list("partners", &["a@@b.example"])).await;
+        let l = wait_for(&lists, "partners", "refused at generation 2", |l| {
+            l.and_then(|l| l.status.as_ref())
+                .is_some_and(|s| s.observed_generation == Some(2))
+        })
+        .await
+        .expect("list");
+        let ready = ready_of(&l).expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidEntries")
+        );
+        assert!(
+            ready.message.ends_with("generation 1 is still enforced"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(
+            l.status.as_ref().and_then(|s| s.enforced_generation),
+            Some(1)
+        );
+        let now = cms.get(CM).await.expect("relay ConfigMap");
+        assert_eq!(
+            (hash_of(Some(&now)), now.data),
+            (hash_of(Some(&before)), before.data.clone())
+        );
+        first.stop().await;
+
+        // While no controller runs, the list is deleted: after the restart the policy's
+        // reference is missing, and the kept copy of the list still applies.
+        lists
+            .delete("partners", &DeleteParams::default())
+            .await
+            .expect("delete list");
+        let second = Running::start(&client, &ns, None);
+        let p = wait_for(&policies, "partners", "reported with a missing list", |p| {
+            p.and_then(ready_of)
+                .is_some_and(|c| c.reason == "MissingReference")
+        })
+        .await
+        .expect("policy");
+        let ready = ready_of(&p).expect("Ready");
+        assert_eq!(ready.status, "False");
+        assert!(
+            ready.message.contains("'partners' does not exist")
+                && ready.message.ends_with("generation 1 is still enforced"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(
+            p.status.as_ref().and_then(|s| s.enforced_generation),
+            Some(1)
+        );
+        let now = cms.get(CM).await.expect("relay ConfigMap");
+        assert_eq!(
+            (hash_of(Some(&now)), now.data),
+            (hash_of(Some(&before)), before.data)
+        );
+
+        // Deleting the policy is what lets its TLS go.
+        policies
+            .delete("partners", &DeleteParams::default())
+            .await
+            .expect("delete policy");
+        wait_for_hash(&client, &ns, &expected_hash(&ns, &[], &[], &[])).await;
+        let state = wait_for(&cms, "mailtls-relay-state", "emptied", |cm| {
+            cm.and_then(|cm| cm.data.as_ref()?.get("last-valid.json").cloned())
+                .and_then(|t| mailtls::policy::LastValid::from_json(&t).ok())
+                .is_some_and(|l| l.is_empty())
+        })
+        .await;
+        assert!(state.is_some());
+        second.stop().await;
+    })
+    .await;
+}
