@@ -694,6 +694,7 @@ async fn metrics_health_and_readiness_are_served() {
             "mailtls_reconcile_duration_seconds_bucket".to_string(),
             format!("mailtls_render_size_bytes{{namespace=\"{ns}\"}}"),
             "mailtls_api_writes_total{object=\"configmap\"} 1".to_string(),
+            "mailtls_api_writes_total{object=\"state\"} 1".to_string(),
         ] {
             assert!(metrics.contains(&wanted), "no {wanted} in:\n{metrics}");
         }

@@ -153,7 +153,7 @@ pub async fn store(ctx: &Context, namespace: &str, last: &LastValid) -> Result<(
         name: name.clone(),
         source: Box::new(e),
     })?;
-    ctx.metrics.write("configmap");
+    ctx.metrics.write("state");
     ctx.states.put(namespace, Arc::new(last.clone()));
     Ok(())
 }
