@@ -123,7 +123,10 @@ async fn periodic_tests_write_results_into_status() {
 }
 
 /// A listener that counts the connections it accepts and greets each with `banner`.
-fn spawn_counting(listener: tokio::net::TcpListener, banner: &'static str) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+fn spawn_counting(
+    listener: tokio::net::TcpListener,
+    banner: &'static str,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
     use tokio::io::AsyncWriteExt;
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = accepted.clone();
@@ -161,7 +164,10 @@ async fn controller_tests_refuse_internal_addresses_and_never_echo_a_banner() {
         resolver: Some(dns),
         timeouts: Timeouts::from_step(Duration::from_secs(3)),
         // The default policy, plus the one address of the SSH fixture.
-        addresses: AddressPolicy::public_only(vec![ssh_ip.to_string().parse().expect("cidr")], vec![]),
+        addresses: AddressPolicy::public_only(
+            vec![ssh_ip.to_string().parse().expect("cidr")],
+            vec![],
+        ),
         ..ProbeConfig::default()
     })
     .expect("prober");
@@ -214,13 +220,21 @@ async fn wait_gateway(
 ) -> serde_json::Value {
     let done = tokio::time::timeout(
         Duration::from_secs(90),
-        kube::runtime::wait::await_condition(api.clone(), name, move |g: Option<&OutboundGateway>| {
-            g.and_then(|g| serde_json::to_value(g).ok()).is_some_and(|v| check(&v["status"]))
-        }),
+        kube::runtime::wait::await_condition(
+            api.clone(),
+            name,
+            move |g: Option<&OutboundGateway>| {
+                g.and_then(|g| serde_json::to_value(g).ok())
+                    .is_some_and(|v| check(&v["status"]))
+            },
+        ),
     )
     .await;
     match done {
         Ok(Ok(Some(g))) => serde_json::to_value(g).expect("json")["status"].clone(),
-        other => panic!("{name}: status not reached: {other:?}; now {:?}", api.get_opt(name).await),
+        other => panic!(
+            "{name}: status not reached: {other:?}; now {:?}",
+            api.get_opt(name).await
+        ),
     }
 }

@@ -106,6 +106,8 @@ pub struct Context {
     pub leader: watch::Receiver<bool>,
     /// Relay pods and the hashes they applied; `None`: not tracked.
     pub relays: Option<Arc<super::RelayPods>>,
+    /// Our ConfigMap writes and deletions seen by the drift watch.
+    pub drift: Arc<super::drift::Seen>,
 }
 
 impl Context {
