@@ -153,7 +153,7 @@ pub fn extra_keys(current: &ConfigMap, desired: &Value) -> Option<Value> {
             patch.insert(field.into(), Value::Object(extra));
         }
     }
-    (!patch.is_empty()).then(|| Value::Object(patch))
+    (!patch.is_empty()).then_some(Value::Object(patch))
 }
 
 /// Field managers other than mailtls that own files, the hash or the label: whoever
