@@ -255,6 +255,7 @@ fn report(what: &str, c: usize, n: usize, (median, min, max): (f64, f64, f64)) {
 
 fn prober(env: &Env, concurrency: usize) -> Prober {
     Prober::new(ProbeConfig {
+        addresses: mailtls::probe::AddressPolicy::any(),
         resolver: Some(env.dns),
         extra_roots: vec![env.ca.clone()],
         helo: "bench.test".into(),

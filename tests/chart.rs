@@ -127,6 +127,7 @@ fn values_schema_and_chart_rules_reject_bad_values() {
         ("metrics.port=70000", "port"),
         ("relay.service.type=Ingress", "type"),
         ("unknownKey=1", "unknownKey"),
+        ("tests.allowCidrs={internal.example}", "allowCidrs"),
         ("replicas=2", "leaderElection.enabled"),
     ] {
         let (ok, _, err) = run_helm(&["template", "mailtls", "charts/mailtls", "--set", set]);
@@ -147,7 +148,9 @@ async fn chart_objects_are_accepted_by_the_api_server() {
 
         let custom = template(&ns, &[
             "replicas=2,leaderElection.enabled=true,relay.enabled=true,relay.service.type=LoadBalancer",
-            "watchNamespaces={a,b},metrics.serviceMonitor.enabled=true,render.caFile=/etc/ssl/ca.pem",
+            // Namespaces the API server makes itself: the Roles land there.
+            "watchNamespaces={default,kube-public},metrics.serviceMonitor.enabled=true,render.caFile=/etc/ssl/ca.pem",
+            "tests.allowCidrs={10.20.0.0/16},tests.denyCidrs={34.118.224.0/20}",
             "logFormat=text,extraEnv[0].name=RUST_LOG,extraEnv[0].value=debug",
         ]);
         let (applied, unserved) = dry_run(&client, &custom, &ns).await;
@@ -156,7 +159,8 @@ async fn chart_objects_are_accepted_by_the_api_server() {
             assert!(applied.iter().any(|k| k == kind), "{kind} missing from {applied:?}");
         }
         assert_eq!(unserved, ["ServiceMonitor"], "only the Prometheus Operator's kind is not served here");
-        for arg in ["--leader-election", "--namespace=a", "--namespace=b", "--ca-file=/etc/ssl/ca.pem", "--log-format=text"] {
+        assert!(!applied.iter().any(|k| k == "ClusterRole"), "with watchNamespaces nothing cluster-wide: {applied:?}");
+        for arg in ["--leader-election", "--namespace=default", "--namespace=kube-public", "--ca-file=/etc/ssl/ca.pem", "--log-format=text", "--test-allow-cidr=10.20.0.0/16", "--test-deny-cidr=34.118.224.0/20"] {
             assert!(custom.contains(arg), "{arg}");
         }
     })
@@ -250,9 +254,145 @@ async fn deploy_manifests_match_the_chart_and_are_accepted() {
     assert_eq!(applied.iter().filter(|k| *k == "Deployment").count(), 2);
 }
 
+/// The chart's RBAC objects (ServiceAccount and roles) for `sets`, renamed for `release`,
+/// applied for real; returns them and a client acting as the ServiceAccount.
+async fn install_rbac(admin: &Client, ns: &str, release: &str, sets: &str) -> (String, Client) {
+    let rendered = template(ns, &[sets]).replace("name: mailtls", &format!("name: {release}"));
+    let rbac: String = documents(&rendered)
+        .into_iter()
+        .filter(|d| {
+            [
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+            ]
+            .contains(&d["kind"].as_str().unwrap_or_default())
+        })
+        .map(|d| format!("---\n{}", serde_norway::to_string(&d).expect("yaml")))
+        .collect();
+    apply_for_real(admin, &rbac, ns).await;
+    let account = documents(&rbac)
+        .into_iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .expect("ServiceAccount");
+    let account = account["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    let mut config = common::cluster::config().await;
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{account}"));
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".into(),
+    ]);
+    (rbac, Client::try_from(config).expect("client"))
+}
+
+/// Deletes the cluster-scoped objects of `rbac` (namespaced ones go with their namespace).
+async fn remove_cluster_objects(admin: &Client, rbac: &str) {
+    for d in documents(rbac)
+        .into_iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
+    {
+        let kind = d["kind"].as_str().unwrap_or_default().to_string();
+        let name = d["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let gvk = GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", &kind);
+        if let Ok((ar, _)) = pinned_kind(admin, &gvk).await {
+            let _ = Api::<DynamicObject>::all_with(admin.clone(), &ar)
+                .delete(&name, &Default::default())
+                .await;
+        }
+    }
+}
+
+type ConfigMaps = Api<k8s_openapi::api::core::v1::ConfigMap>;
+
+fn config_map(name: &str) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                       "data": {"key": "value"}})
+}
+
+/// A namespace beside the test's own (the caller deletes it).
+async fn extra_namespace(admin: &Client, name: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("ns");
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&ns),
+    )
+    .await
+    .expect("namespace");
+}
+
+async fn drop_namespace(admin: &Client, name: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    let _ = api.delete(name, &Default::default()).await;
+}
+
+/// What one real request as the operator's ServiceAccount got: Ok, or the HTTP code.
+fn code<T>(r: Result<T, kube::Error>) -> u16 {
+    match r {
+        Ok(_) => 200,
+        Err(kube::Error::Api(e)) => e.code,
+        Err(e) => panic!("not an API answer: {e}"),
+    }
+}
+
+/// Real requests as the operator, each with the code expected: `(what, got, want)`.
+async fn config_map_access(op: &Client, ns: &str, name: &str) -> Vec<(String, u16)> {
+    let api: ConfigMaps = Api::namespaced(op.clone(), ns);
+    let merge = Patch::Merge(serde_json::json!({"data": {"key": "changed"}}));
+    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+    vec![
+        (format!("get {ns}/{name}"), code(api.get(name).await)),
+        (
+            format!("merge-patch {ns}/{name}"),
+            code(api.patch(name, &PatchParams::default(), &merge).await),
+        ),
+        (
+            format!("apply {ns}/{name}"),
+            code(
+                api.patch(
+                    name,
+                    &PatchParams::apply("mailtls").force(),
+                    &Patch::Apply(config_map(name)),
+                )
+                .await,
+            ),
+        ),
+        (
+            format!("list {ns} by name {name}"),
+            code(api.list(&by_name).await),
+        ),
+        (
+            format!("list {ns}"),
+            code(api.list(&Default::default()).await),
+        ),
+        (
+            format!("create {ns}/{name}-new"),
+            code(
+                api.create(
+                    &Default::default(),
+                    &serde_json::from_value(config_map(&format!("{name}-new"))).expect("cm"),
+                )
+                .await,
+            ),
+        ),
+    ]
+}
+
 /// The chart's RBAC is enough for the controller and no more: the controller, running as the
 /// chart's ServiceAccount (impersonated) with exactly the chart's roles, renders the examples
-/// and reports Ready, while anything else is forbidden.
+/// and reports Ready, while anything else is forbidden: with watchNamespaces, any other
+/// ConfigMap of the watched namespace and every ConfigMap of an unwatched one (real requests).
 #[tokio::test]
 #[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
 async fn the_controller_works_with_exactly_the_charts_rbac() {
@@ -262,45 +402,29 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
         .try_init();
     in_namespace("rbac", |admin, ns| async move {
         let release = format!("r{}", &ns[ns.len() - 6..]);
-        let rendered = template(
+        let (rbac, as_operator) = install_rbac(
+            &admin,
             &ns,
-            &[&format!(
-                "leaderElection.enabled=true,watchNamespaces={{{ns}}}"
-            )],
+            &release,
+            &format!("leaderElection.enabled=true,watchNamespaces={{{ns}}}"),
         )
-        .replace("name: mailtls", &format!("name: {release}"));
-        let rbac: String = documents(&rendered)
-            .into_iter()
-            .filter(|d| {
-                [
-                    "ServiceAccount",
-                    "ClusterRole",
-                    "ClusterRoleBinding",
-                    "Role",
-                    "RoleBinding",
-                ]
-                .contains(&d["kind"].as_str().unwrap_or_default())
-            })
-            .map(|d| format!("---\n{}", serde_norway::to_string(&d).expect("yaml")))
-            .collect();
-        apply_for_real(&admin, &rbac, &ns).await;
-        let account = documents(&rbac)
-            .into_iter()
-            .find(|d| d["kind"] == "ServiceAccount")
-            .expect("ServiceAccount");
-        let account = account["metadata"]["name"]
-            .as_str()
-            .expect("name")
-            .to_string();
-
-        let mut config = common::cluster::config().await;
-        config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{account}"));
-        config.auth_info.impersonate_groups = Some(vec![
-            "system:serviceaccounts".into(),
-            format!("system:serviceaccounts:{ns}"),
-            "system:authenticated".into(),
-        ]);
-        let as_operator = Client::try_from(config).expect("client");
+        .await;
+        let unwatched = format!("{ns}-unwatched");
+        extra_namespace(&admin, &unwatched).await;
+        for (namespace, name) in [
+            (&ns, "other"),
+            (&unwatched, "other"),
+            (&unwatched, "mailtls-relay"),
+        ] {
+            let api: ConfigMaps = Api::namespaced(admin.clone(), namespace);
+            api.patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(config_map(name)),
+            )
+            .await
+            .expect("a ConfigMap not the operator's");
+        }
 
         let settings = mailtls::controller::Settings {
             namespaces: vec![ns.clone()],
@@ -338,12 +462,11 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
             .collect();
         apply_for_real(&admin, &examples, &ns).await;
 
-        let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-            Api::namespaced(admin.clone(), &ns);
+        let configmaps: ConfigMaps = Api::namespaced(admin.clone(), &ns);
         let written = tokio::time::timeout(
             common::cluster::TIMEOUT,
             kube::runtime::wait::await_condition(
-                configmaps,
+                configmaps.clone(),
                 "mailtls-relay",
                 |cm: Option<&k8s_openapi::api::core::v1::ConfigMap>| {
                     cm.and_then(|c| c.metadata.annotations.as_ref())
@@ -368,39 +491,46 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
             ),
         )
         .await;
+        // Drift repair works under these roles too: a deleted ConfigMap comes back.
+        let deleted = configmaps
+            .delete("mailtls-relay", &Default::default())
+            .await;
+        let recreated = tokio::time::timeout(
+            common::cluster::TIMEOUT,
+            kube::runtime::wait::await_condition(
+                configmaps.clone(),
+                "mailtls-relay",
+                |cm: Option<&k8s_openapi::api::core::v1::ConfigMap>| cm.is_some(),
+            ),
+        )
+        .await;
         // What the roles do not grant stays forbidden.
         let secrets: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(as_operator.clone(), &ns);
         let forbidden = secrets.list(&Default::default()).await;
-        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
-            Api::namespaced(as_operator.clone(), &ns);
+        let cms: ConfigMaps = Api::namespaced(as_operator.clone(), &ns);
         let delete = cms.delete("mailtls-relay", &Default::default()).await;
         // Relay EndpointSlices are read (to ask the agents what they applied); pods are not.
         let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
             Api::namespaced(as_operator.clone(), &ns);
         let list_slices = slices.list(&Default::default()).await;
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(as_operator, &ns);
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(as_operator.clone(), &ns);
         let list_pods = pods.list(&Default::default()).await;
+        let mut access = config_map_access(&as_operator, &ns, "mailtls-relay").await;
+        access.extend(config_map_access(&as_operator, &ns, "other").await);
+        access.extend(config_map_access(&as_operator, &unwatched, "mailtls-relay").await);
+        access.extend(config_map_access(&as_operator, &unwatched, "other").await);
+        access.extend(config_map_access(&as_operator, "kube-system", "mailtls-relay").await);
+        let untouched =
+            Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(admin.clone(), &ns)
+                .get("other")
+                .await
+                .map(|c| c.data);
 
         let _ = stop.send(true);
         let _ = tokio::time::timeout(common::cluster::TIMEOUT, controller).await;
-        // Cluster-scoped leftovers of this test.
-        for d in documents(&rbac)
-            .into_iter()
-            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
-        {
-            let kind = d["kind"].as_str().unwrap_or_default().to_string();
-            let name = d["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let gvk = GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", &kind);
-            if let Ok((ar, _)) = pinned_kind(&admin, &gvk).await {
-                let _ = Api::<DynamicObject>::all_with(admin.clone(), &ar)
-                    .delete(&name, &Default::default())
-                    .await;
-            }
-        }
+        remove_cluster_objects(&admin, &rbac).await;
+        drop_namespace(&admin, &unwatched).await;
         assert!(
             matches!(written, Ok(Ok(_))),
             "the ConfigMap was not written with the chart's RBAC: {written:?}"
@@ -408,6 +538,10 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
         assert!(
             matches!(ready, Ok(Ok(_))),
             "TlsCompliance/partners did not become Ready with the chart's RBAC: {ready:?}"
+        );
+        assert!(
+            deleted.is_ok() && matches!(recreated, Ok(Ok(_))),
+            "{deleted:?} {recreated:?}"
         );
         assert!(
             matches!(forbidden, Err(kube::Error::Api(ref e)) if e.code == 403),
@@ -425,6 +559,87 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
             matches!(list_pods, Err(kube::Error::Api(ref e)) if e.code == 403),
             "pods are not readable: {list_pods:?}"
         );
+        let own = |what: &str| {
+            what.ends_with(&format!("{ns}/mailtls-relay"))
+                || what.ends_with(&format!("{ns} by name mailtls-relay"))
+        };
+        for (what, got) in &access {
+            let want = if own(what) { 200 } else { 403 };
+            assert_eq!(*got, want, "{what}: {access:#?}");
+        }
+        assert_eq!(
+            untouched
+                .ok()
+                .flatten()
+                .and_then(|d| d.get("key").cloned())
+                .as_deref(),
+            Some("value")
+        );
+    })
+    .await;
+}
+
+/// Without watchNamespaces the roles are cluster-wide, and ConfigMaps are still reachable
+/// by name only: the relay ConfigMap (and its state) in any namespace, nothing else. The
+/// controller runs cluster-wide as the ServiceAccount and repairs a deleted ConfigMap.
+#[tokio::test]
+#[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
+async fn cluster_wide_rbac_reaches_the_relay_config_maps_by_name_only() {
+    in_namespace("rbac-all", |admin, ns| async move {
+        let release = format!("c{}", &ns[ns.len() - 6..]);
+        let (rbac, as_operator) = install_rbac(&admin, &ns, &release, "leaderElection.enabled=false").await;
+        let cms: ConfigMaps = Api::namespaced(admin.clone(), &ns);
+        cms.patch("other", &PatchParams::apply(MANAGER).force(), &Patch::Apply(config_map("other")))
+            .await
+            .expect("other");
+        let settings = mailtls::controller::Settings {
+            namespaces: vec![],
+            config_map: "mailtls-relay".into(),
+            render: mailtls::render::RenderOptions::default(),
+            metrics_addr: None,
+            leader_election: None,
+            instance: Some("rbac-all".into()),
+            tests: None,
+            relays: None,
+        };
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let controller = tokio::spawn(mailtls::controller::run(as_operator.clone(), settings, shutdown));
+        let list = serde_json::json!({"apiVersion": "mailtls.io/v1alpha1", "kind": "AddressList",
+            "metadata": {"name": "partners"}, "spec": {"entries": ["partner.example"]}});
+        let policy = serde_json::json!({"apiVersion": "mailtls.io/v1alpha1", "kind": "TlsCompliance",
+            "metadata": {"name": "partners"}, "spec": {"direction": "Outbound", "addressLists": [{"name": "partners"}]}});
+        apply_for_real(&admin, &format!("---\n{}\n---\n{}\n", serde_norway::to_string(&list).expect("yaml"), serde_norway::to_string(&policy).expect("yaml")), &ns).await;
+        let exists = |cm: Option<&k8s_openapi::api::core::v1::ConfigMap>| cm.is_some();
+        let written = tokio::time::timeout(
+            common::cluster::TIMEOUT,
+            kube::runtime::wait::await_condition(cms.clone(), "mailtls-relay", exists),
+        )
+        .await;
+        let deleted = cms.delete("mailtls-relay", &Default::default()).await;
+        let recreated = tokio::time::timeout(
+            common::cluster::TIMEOUT,
+            kube::runtime::wait::await_condition(cms.clone(), "mailtls-relay", exists),
+        )
+        .await;
+        let mut access = config_map_access(&as_operator, &ns, "other").await;
+        access.extend(config_map_access(&as_operator, "kube-system", "extension-apiserver-authentication").await);
+        let all: ConfigMaps = Api::all(as_operator.clone());
+        let list_all = code(all.list(&Default::default()).await);
+        let list_by_name = code(all.list(&kube::api::ListParams::default().fields("metadata.name=mailtls-relay")).await);
+        let state = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(as_operator.clone(), &ns)
+            .patch("mailtls-relay-state", &PatchParams::apply("mailtls").force(), &Patch::Apply(config_map("mailtls-relay-state")))
+            .await;
+
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(common::cluster::TIMEOUT, controller).await;
+        remove_cluster_objects(&admin, &rbac).await;
+        assert!(matches!(written, Ok(Ok(_))), "{written:?}");
+        assert!(deleted.is_ok() && matches!(recreated, Ok(Ok(_))), "{deleted:?} {recreated:?}");
+        for (what, got) in &access {
+            assert_eq!(*got, 403, "{what}: {access:#?}");
+        }
+        assert_eq!((list_all, list_by_name), (403, 200), "listing every ConfigMap vs by name");
+        assert!(state.is_ok(), "the state ConfigMap is written by apply: {state:?}");
     })
     .await;
 }

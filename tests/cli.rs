@@ -384,6 +384,14 @@ fn run_refuses_bad_settings_with_a_clear_message() {
             vec!["run", "--leader-election"],
             "--leader-election needs --lease-namespace",
         ),
+        (
+            vec!["run", "--test-allow-cidr", "10.1.2.3/8"],
+            "did you mean 10.0.0.0/8",
+        ),
+        (
+            vec!["run", "--test-deny-cidr", "internal.example"],
+            "is not an address range",
+        ),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_mailtls"))
             .args(&args)

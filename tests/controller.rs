@@ -971,6 +971,34 @@ fn ready_of<K: serde::Serialize>(r: &K) -> Option<Condition> {
     conditions_of(r).into_iter().find(|c| c.type_ == "Ready")
 }
 
+/// A hand edit of the relay ConfigMap as `kubectl edit` makes it: its own field manager, a
+/// weakened `tls_policy` row, an extra key, and the hash annotation recomputed to match.
+async fn edit_by_hand(cms: &Api<ConfigMap>, forge_hash: bool) {
+    let mut patch = json!({"data": {
+        "tls_policy": "partner.example may\n",
+        "extra.cf": "smtp_tls_security_level = none\n",
+    }});
+    if forge_hash {
+        patch["metadata"] = json!({"annotations": {HASH_ANNOTATION: "sha256:0000000000000000000000000000000000000000000000000000000000000000"}});
+    }
+    let params = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..PatchParams::default()
+    };
+    cms.patch(CM, &params, &Patch::Merge(&patch))
+        .await
+        .expect("hand edit");
+}
+
+fn repairs(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("RelayConfigRepaired"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("ConfigMap"))
+        .map(|e| e.note.clone().unwrap_or_default())
+        .collect()
+}
+
 #[tokio::test]
 #[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
 async fn a_bad_edit_keeps_the_last_valid_generation_across_a_restart() {
@@ -1080,6 +1108,66 @@ async fn a_bad_edit_keeps_the_last_valid_generation_across_a_restart() {
         .await;
         assert!(state.is_some());
         second.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn a_hand_edited_or_deleted_config_map_is_restored_with_an_event() {
+    in_namespace("ctl-drift", |client, ns| async move {
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        apply(&lists, &list("partners", &["partner.example"])).await;
+        apply(&policies, &policy("partners", &["partners"])).await;
+        let running = Running::start(&client, &ns, None);
+        wait_condition::<TlsCompliance>(&client, &ns, "partners", "Ready", "True").await;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let original = cms.get(CM).await.expect("the ConfigMap");
+        let hash = hash_of(Some(&original)).expect("hash");
+        let restored = |cm: Option<&ConfigMap>| {
+            cm.is_some_and(|c| {
+                c.data == original.data && hash_of(Some(c)).as_deref() == Some(hash.as_str())
+            })
+        };
+
+        // A hand edit with the hash recomputed: restored, extra key gone, and an Event.
+        edit_by_hand(&cms, true).await;
+        wait_for(&cms, CM, "restored after a hand edit", restored).await;
+        let events = events_when(&client, &ns, |e| !repairs(e).is_empty()).await;
+        let notes = repairs(&events);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("kubectl-edit"), "{notes:?}");
+
+        // The controller's own write came back on the watch without another write: after a
+        // later reconcile (a new, unrelated list became Ready) the ConfigMap is unchanged.
+        let version = cms.get(CM).await.expect("cm").resource_version();
+        apply(&lists, &list("unused", &["unused.example"])).await;
+        wait_condition::<AddressList>(&client, &ns, "unused", "Ready", "True").await;
+        assert_eq!(
+            cms.get(CM).await.expect("cm").resource_version(),
+            version,
+            "no write loop"
+        );
+
+        // Deleted: recreated, and said so.
+        cms.delete(CM, &DeleteParams::default())
+            .await
+            .expect("delete");
+        wait_for(&cms, CM, "recreated after a deletion", restored).await;
+        let events = events_when(&client, &ns, |e| repairs(e).len() >= 2).await;
+        let notes = repairs(&events);
+        assert!(notes.iter().any(|n| n.contains("deleted")), "{notes:?}");
+        running.stop().await;
+
+        // Edited while no controller runs (hash kept this time): repaired after a restart.
+        edit_by_hand(&cms, false).await;
+        assert!(!restored(cms.get_opt(CM).await.expect("cm").as_ref()));
+        let again = Running::start(&client, &ns, None);
+        wait_for(&cms, CM, "restored after a restart", restored).await;
+        let events = events_when(&client, &ns, |e| repairs(e).len() >= 3).await;
+        assert_eq!(repairs(&events).len(), 3, "{:?}", repairs(&events));
+        again.stop().await;
     })
     .await;
 }

@@ -8,8 +8,8 @@ mod support;
 
 use common::cluster::*;
 use kube::api::{Api, Patch, PatchParams};
-use mailtls::api::TlsCompliance;
-use mailtls::probe::{ProbeConfig, Prober, Timeouts};
+use mailtls::api::{OutboundGateway, TlsCompliance};
+use mailtls::probe::{AddressPolicy, ProbeConfig, Prober, Timeouts};
 use serde_json::json;
 use std::time::Duration;
 use support::fixtures::*;
@@ -65,6 +65,8 @@ async fn periodic_tests_write_results_into_status() {
         extra_roots: vec![ca.der.clone()],
         smtp_port: port,
         timeouts: Timeouts::from_step(Duration::from_secs(3)),
+        // The fixtures listen on loopback, which controller-run tests refuse by default.
+        addresses: AddressPolicy::public_only(vec!["127.0.0.0/8".parse().expect("cidr")], vec![]),
         ..ProbeConfig::default()
     })
     .expect("prober");
@@ -118,4 +120,121 @@ async fn periodic_tests_write_results_into_status() {
         let _ = tokio::time::timeout(TIMEOUT, controller).await;
     })
     .await;
+}
+
+/// A listener that counts the connections it accepts and greets each with `banner`.
+fn spawn_counting(
+    listener: tokio::net::TcpListener,
+    banner: &'static str,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use tokio::io::AsyncWriteExt;
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = stream.write_all(banner.as_bytes()).await;
+                // Hold the line open like a server waiting for the client's banner.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    accepted
+}
+
+/// Controller-run tests do not connect to internal addresses unless allowed: a loopback
+/// gateway, by literal or by a name that resolves to loopback, is refused
+/// (`address-not-allowed`) and its listener never sees a connection; an allowed address
+/// that answers with an SSH banner is reported as not an SMTP server, without its text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller_tests -- --ignored"]
+async fn controller_tests_refuse_internal_addresses_and_never_echo_a_banner() {
+    init();
+    let (listeners, port) = bind_group(2).await;
+    let mut listeners = listeners.into_iter();
+    let (internal_ip, internal) = listeners.next().expect("listener");
+    let (ssh_ip, ssh) = listeners.next().expect("listener");
+    let internal_hits = spawn_counting(internal, "220 internal.test ESMTP\r\n");
+    let ssh_hits = spawn_counting(ssh, "SSH-2.0-OpenSSH_9.6\r\n");
+    let zone = Zone::default();
+    zone.a("rebind.test", internal_ip);
+    let dns = spawn_dns(zone).await;
+    let prober = Prober::new(ProbeConfig {
+        resolver: Some(dns),
+        timeouts: Timeouts::from_step(Duration::from_secs(3)),
+        // The default policy, plus the one address of the SSH fixture.
+        addresses: AddressPolicy::public_only(
+            vec![ssh_ip.to_string().parse().expect("cidr")],
+            vec![],
+        ),
+        ..ProbeConfig::default()
+    })
+    .expect("prober");
+
+    in_namespace("tests", move |client, ns| async move {
+        let settings = mailtls::controller::Settings {
+            namespaces: vec![ns.clone()],
+            config_map: "mailtls-relay".into(),
+            render: mailtls::render::RenderOptions::default(),
+            metrics_addr: None,
+            leader_election: None,
+            instance: Some("tests".into()),
+            tests: Some(prober),
+            relays: None,
+        };
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let controller = tokio::spawn(mailtls::controller::run(client.clone(), settings, shutdown));
+        let gateways: Api<OutboundGateway> = Api::namespaced(client.clone(), &ns);
+        for (name, host) in [("literal", internal_ip.to_string()), ("rebind", "rebind.test".into()), ("ssh", ssh_ip.to_string())] {
+            let gw = json!({"apiVersion": "mailtls.io/v1alpha1", "kind": "OutboundGateway", "metadata": {"name": name},
+                "spec": {"host": host, "port": port, "appliesTo": "Recipients", "addressLists": [{"name": "none"}], "tls": {"require": true}}});
+            gateways.patch(name, &PatchParams::apply(MANAGER), &Patch::Apply(&gw)).await.expect("gateway");
+        }
+        let mut results = Vec::new();
+        for name in ["literal", "rebind", "ssh"] {
+            let status = wait_gateway(&gateways, name, |s| !s["lastTest"].is_null()).await;
+            results.push(status["results"][0].clone());
+        }
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(TIMEOUT, controller).await;
+
+        for r in &results[..2] {
+            assert_eq!(r["outcome"], "address-not-allowed", "{r}");
+            assert!(r["message"].as_str().unwrap_or_default().contains("loopback"), "{r}");
+        }
+        assert_eq!(internal_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "no connection to a refused address");
+        assert_eq!(results[2]["outcome"], "smtp-error", "{}", results[2]);
+        let message = results[2]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("not an SMTP server"), "{message}");
+        assert!(!message.contains("SSH") && !message.contains("OpenSSH"), "the banner is not echoed: {message}");
+        assert!(ssh_hits.load(std::sync::atomic::Ordering::SeqCst) > 0, "the allowed address was tested");
+    })
+    .await;
+}
+
+async fn wait_gateway(
+    api: &Api<OutboundGateway>,
+    name: &str,
+    check: impl Fn(&serde_json::Value) -> bool + Send + 'static,
+) -> serde_json::Value {
+    let done = tokio::time::timeout(
+        Duration::from_secs(90),
+        kube::runtime::wait::await_condition(
+            api.clone(),
+            name,
+            move |g: Option<&OutboundGateway>| {
+                g.and_then(|g| serde_json::to_value(g).ok())
+                    .is_some_and(|v| check(&v["status"]))
+            },
+        ),
+    )
+    .await;
+    match done {
+        Ok(Ok(Some(g))) => serde_json::to_value(g).expect("json")["status"].clone(),
+        other => panic!(
+            "{name}: status not reached: {other:?}; now {:?}",
+            api.get_opt(name).await
+        ),
+    }
 }

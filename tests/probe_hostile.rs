@@ -74,6 +74,7 @@ async fn hostile_world() -> Hostile {
 async fn hostile_servers_library() {
     let w = hostile_world().await;
     let prober = Prober::new(ProbeConfig {
+        addresses: mailtls::probe::AddressPolicy::any(),
         resolver: Some(w.dns),
         extra_roots: vec![w.ca_der.clone()],
         smtp_port: w.port,

@@ -203,6 +203,7 @@ async fn world() -> World {
 impl World {
     fn prober(&self) -> Prober {
         Prober::new(ProbeConfig {
+            addresses: mailtls::probe::AddressPolicy::any(),
             resolver: Some(self.dns),
             extra_roots: vec![self.ca_der.clone()],
             helo: "probe.test".into(),
@@ -791,6 +792,7 @@ async fn ipv6_gateway_library_and_cli() {
     let dest = format!("[::1]:{port}");
 
     let prober = Prober::new(ProbeConfig {
+        addresses: mailtls::probe::AddressPolicy::any(),
         extra_roots: vec![ca.der.clone()],
         check_sts: false,
         ..ProbeConfig::default()

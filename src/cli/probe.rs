@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::api::{TestSummary, TlsVersion};
 use crate::probe::{
-    DestinationReport, ProbeConfig, Prober, Requirement, Target, Timeouts, rfc3339_now, summarize,
+    AddressPolicy, DestinationReport, ProbeConfig, Prober, Requirement, Target, Timeouts,
+    rfc3339_now, summarize,
 };
 
 /// Exit code when a destination fails the policy.
@@ -196,6 +197,8 @@ impl ProbeArgs {
             sts_port: self.sts_port,
             timeouts: Timeouts::from_step(self.timeout),
             concurrency: usize::from(self.concurrency),
+            // Its user names the destinations: any address, internal ones included.
+            addresses: AddressPolicy::any(),
             ..ProbeConfig::default()
         };
         if let Some(helo) = &self.helo {

@@ -3,6 +3,7 @@
 use super::output::RenderFlags;
 use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::controller::{DEFAULT_RELAY_SELECTOR, LeaseSettings, RelaySettings, Settings};
+use crate::probe::{AddressPolicy, Cidr};
 use clap::Args;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -54,6 +55,16 @@ pub struct RunArgs {
     pub no_tests: bool,
     #[command(flatten)]
     pub probe: super::tests_loop::ProbeFlags,
+    /// Address range the TLS tests may connect to although it is internal (repeatable),
+    /// e.g. 10.20.0.0/16 for a gateway inside the network. By default the tests refuse
+    /// loopback, private (RFC 1918, ULA), link-local, CGNAT, unspecified, multicast and
+    /// reserved addresses and the --test-deny-cidr ranges, checked on the resolved address.
+    #[arg(long = "test-allow-cidr", value_name = "CIDR")]
+    pub test_allow: Vec<Cidr>,
+    /// Further address range the TLS tests refuse (repeatable): the cluster's service and
+    /// pod ranges when they are not private addresses.
+    #[arg(long = "test-deny-cidr", value_name = "CIDR")]
+    pub test_deny: Vec<Cidr>,
     /// Label selector of the EndpointSlices of the relay pods' agent port (the port named
     /// "status"; the chart's headless <release>-relay-status Service). Each relay agent is
     /// asked for the hash it applied (GET /status), and every policy's status.relayConfig
@@ -100,7 +111,10 @@ impl RunArgs {
             tests: if self.no_tests {
                 None
             } else {
-                Some(self.probe.prober()?)
+                Some(self.probe.prober_with(AddressPolicy::public_only(
+                    self.test_allow.clone(),
+                    self.test_deny.clone(),
+                ))?)
             },
             relays: (!self.no_relay_status).then(|| RelaySettings {
                 selector: self.relay_selector.clone(),

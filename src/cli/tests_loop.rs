@@ -7,7 +7,7 @@ use super::probe::{parse_duration, read_pem_certs};
 use crate::api::{OutboundGateway, TlsCompliance};
 use crate::policy::{Inputs, Kind, ResourceId};
 use crate::probe::plan::{self, TestPlan, Tested};
-use crate::probe::{DestinationReport, ProbeConfig, Prober, Timeouts};
+use crate::probe::{AddressPolicy, DestinationReport, ProbeConfig, Prober, Timeouts};
 use clap::Args;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -41,14 +41,21 @@ pub struct ProbeFlags {
 }
 
 impl ProbeFlags {
-    /// The prober for these settings.
+    /// The prober for these settings, connecting to any address (`standalone`: its user
+    /// runs it on files of their choosing, like `probe`).
     pub fn prober(&self) -> Result<Prober, String> {
+        self.prober_with(AddressPolicy::any())
+    }
+
+    /// The prober for these settings, connecting only where `addresses` allows.
+    pub fn prober_with(&self, addresses: AddressPolicy) -> Result<Prober, String> {
         let mut config = ProbeConfig {
             resolver: self.resolver,
             smtp_port: self.test_smtp_port,
             sts_port: self.test_sts_port,
             timeouts: Timeouts::from_step(self.test_timeout),
             concurrency: usize::from(self.test_concurrency),
+            addresses,
             ..ProbeConfig::default()
         };
         if let Some(path) = &self.test_ca_file {

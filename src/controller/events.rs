@@ -9,6 +9,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+/// Event reason when a hand-edited or deleted ConfigMap was restored.
+pub const REPAIRED: &str = "RelayConfigRepaired";
+
 /// Name of the controller in Events.
 const CONTROLLER: &str = "mailtls-controller";
 
@@ -60,6 +63,15 @@ impl Events {
             inputs.address_lists.len()
         );
         self.publish(cm, EventType::Normal, "Rendered", note).await;
+    }
+
+    /// The relay configuration of a namespace was restored after a hand edit or deletion.
+    pub async fn config_repaired(&self, cm: &ConfigMap, hash: &str, why: &str) {
+        let note = format!(
+            "relay configuration {hash} restored: {why}; the ConfigMap is written by mailtls \
+             from the namespace's policies, edit those instead"
+        );
+        self.publish(cm, EventType::Warning, REPAIRED, note).await;
     }
 
     /// A resource's conditions changed: warn about new conflicts and new reasons for not

@@ -13,6 +13,7 @@
 //! configuration they applied; both feed statuses, neither blocks a reconcile.
 
 mod configmap;
+mod drift;
 mod events;
 mod leader;
 mod metrics;
@@ -125,7 +126,14 @@ pub async fn run(
     mut shutdown: signal::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let (stores, watchers) = watch::start(client.clone(), &settings.namespaces);
+    let (stores, mut watchers) = watch::start(client.clone(), &settings.namespaces);
+    let drift = Arc::new(drift::Seen::default());
+    watchers.extend(drift::watchers(
+        &client,
+        &settings.namespaces,
+        &settings.config_map,
+        drift.clone(),
+    ));
     let (relay_pods, pod_watchers) = match &settings.relays {
         Some(r) => {
             let (pods, watchers) = RelayPods::start(&client, &settings.namespaces, &r.selector);
@@ -156,6 +164,7 @@ pub async fn run(
         leader: leader_rx.clone(),
         relays: relay_pods.clone(),
         states: Default::default(),
+        drift,
     });
     let server = match settings.metrics_addr {
         Some(addr) => {

@@ -179,7 +179,10 @@ async fn wait_synced(ctx: &Context) {
 /// Namespaces with a ConfigMap of ours: after a restart, those whose resources were all
 /// deleted meanwhile appear in no store but still need emptying.
 async fn managed_namespaces(ctx: &Context) -> BTreeSet<String> {
-    let params = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    // By name too: the RBAC grant (resourceNames) lets list see only that name.
+    let params = ListParams::default()
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"))
+        .fields(&format!("metadata.name={}", ctx.config_map));
     let apis: Vec<Api<ConfigMap>> = if ctx.namespaces.is_empty() {
         vec![Api::all(ctx.client.clone())]
     } else {

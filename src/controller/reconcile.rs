@@ -108,6 +108,8 @@ pub struct Context {
     pub relays: Option<Arc<super::RelayPods>>,
     /// The last valid generations of each namespace.
     pub states: state::States,
+    /// Our ConfigMap writes and deletions seen by the drift watch.
+    pub drift: Arc<super::drift::Seen>,
 }
 
 impl Context {

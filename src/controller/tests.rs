@@ -140,6 +140,7 @@ fn context_as(inputs: &Inputs, leader: bool) -> (Arc<Context>, Handle, impl Size
         leader: tokio::sync::watch::channel(leader).1,
         relays: None,
         states: Default::default(),
+        drift: Arc::default(),
     };
     (Arc::new(ctx), handle, (lists, policies, gateways))
 }
@@ -220,18 +221,13 @@ fn not_found() -> Value {
            "reason": "NotFound", "code": 404, "message": "not found"})
 }
 
-/// The ConfigMap GET, answered with a ConfigMap carrying `hash` (or 404).
-async fn expect_config_map_get(handle: &mut Handle, hash: Option<&str>) {
+/// The ConfigMap GET, answered with `stored` (or 404).
+async fn expect_config_map_get(handle: &mut Handle, stored: Option<Value>) {
     let seen = next(handle).await;
     assert_eq!((seen.method.as_str(), seen.path.as_str()), ("GET", CM_PATH));
-    match hash {
+    match stored {
         None => seen.respond(StatusCode::NOT_FOUND, &not_found()),
-        Some(hash) => seen.respond(
-            StatusCode::OK,
-            &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                    "metadata": {"name": "mailtls-relay", "namespace": NS,
-                                 "annotations": {HASH_ANNOTATION: hash}}}),
-        ),
+        Some(cm) => seen.respond(StatusCode::OK, &cm),
     }
 }
 
@@ -293,6 +289,25 @@ async fn expect_state_apply(handle: &mut Handle) -> LastValid {
 /// The snapshot a reconcile of `inputs` from nothing keeps.
 fn snapshot(inputs: &Inputs) -> LastValid {
     evaluate_fail_closed(inputs, &LastValid::default()).1
+}
+
+/// The ConfigMap as the controller's last apply left it for `inputs`.
+fn stored_for(inputs: &Inputs) -> Value {
+    let (evaluation, _) = evaluate_fail_closed(inputs, &LastValid::default());
+    let config = render(&evaluation.policy, &RenderOptions::default());
+    let packed = crate::render::pack::pack(&config.files);
+    let mut cm = super::configmap::desired("mailtls-relay", NS, &config.hash, &packed);
+    cm["metadata"]["resourceVersion"] = json!("500");
+    cm
+}
+
+/// A ConfigMap of an older configuration.
+fn stale(hash: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "mailtls-relay", "namespace": NS, "resourceVersion": "400",
+                        "labels": {MANAGED_BY_LABEL: "mailtls"},
+                        "annotations": {HASH_ANNOTATION: hash}},
+           "data": {"tls_policy": "# old\n"}})
 }
 
 /// A status merge patch of `object`; returns its body and answers with the patched object.
@@ -514,7 +529,7 @@ async fn a_reconciled_namespace_sends_no_write() {
     let (ctx, mut handle, _writers) = context(&after);
     let run = spawn_reconcile(&ctx);
     expect_state_get(&mut handle, Some(&snapshot(&before))).await;
-    expect_config_map_get(&mut handle, Some(&expected_hash(&before))).await;
+    expect_config_map_get(&mut handle, Some(stored_for(&before))).await;
     run.await.expect("task").expect("reconcile");
     drop(ctx);
     expect_no_more(&mut handle).await;
@@ -557,7 +572,7 @@ async fn a_spec_change_patches_only_what_changed_and_keeps_test_results() {
     let kept = expect_state_apply(&mut handle).await;
     assert_eq!(kept.policies["partners"].generation, 2);
     assert_eq!(kept.policies["partners"].spec, policy.spec);
-    expect_config_map_get(&mut handle, Some(&expected_hash(&before))).await;
+    expect_config_map_get(&mut handle, Some(stored_for(&before))).await;
     let apply = next(&mut handle).await;
     assert_eq!(apply.method, "PATCH");
     let stored = apply.body.clone();
@@ -601,14 +616,13 @@ async fn conflicting_gateways_get_a_conflict_condition_and_one_warning_each() {
     let older = all_mail("gw-a", "a.example.net", "2026-01-01T00:00:00Z");
     let newer = all_mail("gw-b", "b.example.net", "2026-01-02T00:00:00Z");
     let inputs = inputs(vec![], vec![], vec![older.clone(), newer.clone()]);
-    let hash = expected_hash(&inputs);
     let (ctx, mut handle, _writers) = context(&inputs);
     let run = spawn_reconcile(&ctx);
     // The loser was never valid: the state keeps only the winner, already stored.
     let kept = snapshot(&inputs);
     assert_eq!(kept.gateways.keys().collect::<Vec<_>>(), ["gw-a"]);
     expect_state_get(&mut handle, Some(&kept)).await;
-    expect_config_map_get(&mut handle, Some(&hash)).await;
+    expect_config_map_get(&mut handle, Some(stored_for(&inputs))).await;
 
     // Status writes go out together; each one's Event follows its answer.
     let body = expect_status_patch(&mut handle, &older).await;
@@ -664,7 +678,7 @@ async fn a_failing_status_write_does_not_stop_the_others() {
     let (ctx, mut handle, _writers) = context(&inputs);
     let run = spawn_reconcile(&ctx);
     expect_state_get(&mut handle, Some(&snapshot(&inputs))).await;
-    expect_config_map_get(&mut handle, Some(&expected_hash(&inputs))).await;
+    expect_config_map_get(&mut handle, Some(stored_for(&inputs))).await;
     let first = next(&mut handle).await;
     assert!(
         first.path.ends_with("/addresslists/a/status"),
@@ -703,7 +717,7 @@ async fn a_namespace_without_resources_gets_no_new_config_map_but_an_old_one_is_
     let old = inputs(vec![address_list("a", &["a.example"])], vec![], vec![]);
     expect_state_get(&mut handle, Some(&snapshot(&old))).await;
     assert_eq!(expect_state_apply(&mut handle).await, LastValid::default());
-    expect_config_map_get(&mut handle, Some("sha256:old")).await;
+    expect_config_map_get(&mut handle, Some(stale("sha256:old"))).await;
     let apply = next(&mut handle).await;
     assert_eq!(apply.method, "PATCH");
     assert_eq!(
@@ -1110,7 +1124,7 @@ async fn a_restart_after_a_bad_edit_keeps_the_last_valid_generation() {
     let (ctx, mut handle, _writers) = context(&after);
     let run = spawn_reconcile(&ctx);
     expect_state_get(&mut handle, Some(&snapshot(&before))).await;
-    expect_config_map_get(&mut handle, Some(&expected_hash(&before))).await;
+    expect_config_map_get(&mut handle, Some(stored_for(&before))).await;
     let body = expect_status_patch(&mut handle, &policy).await;
     let status = &body["status"];
     assert_eq!(status["observedGeneration"], 2);
@@ -1132,6 +1146,66 @@ async fn a_restart_after_a_bad_edit_keeps_the_last_valid_generation() {
     assert_eq!(condition(status, "Rendered")["status"], "True");
     let event = expect_event(&mut handle).await;
     assert_eq!(event["type"], "Warning");
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+/// A hand edit that kept the hash (or recomputed it) is found by its content and restored:
+/// keys someone else added are removed by a merge patch (an apply only removes what it
+/// owned), the files are applied again, and a Warning Event says it was repaired. Nothing
+/// else changed, so no status is written and no Rendered Event is sent.
+#[tokio::test]
+async fn a_hand_edited_config_map_is_restored_with_a_repaired_event() {
+    let before = inputs(
+        vec![address_list("partners", &["partner.example"])],
+        vec![policy("partners", "partners")],
+        vec![],
+    );
+    let after = reconciled(&before);
+    let mut edited = stored_for(&before);
+    let original = edited["data"].clone();
+    edited["data"]["tls_policy"] = json!("partner.example may\n");
+    edited["data"]["extra.cf"] = json!("smtp_tls_security_level = none\n");
+    edited["metadata"]["managedFields"] = json!([
+        {"manager": "mailtls", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:data": {"f:main.cf": {}}}},
+        {"manager": "kubectl-edit", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:data": {"f:tls_policy": {}, "f:extra.cf": {}}}},
+    ]);
+    let (ctx, mut handle, _writers) = context(&after);
+    let run = spawn_reconcile(&ctx);
+    expect_state_get(&mut handle, Some(&snapshot(&before))).await;
+    expect_config_map_get(&mut handle, Some(edited.clone())).await;
+
+    let remove = next(&mut handle).await;
+    assert_eq!(
+        (
+            remove.method.as_str(),
+            remove.path.as_str(),
+            remove.content_type.as_str()
+        ),
+        ("PATCH", CM_PATH, "application/merge-patch+json")
+    );
+    assert_eq!(remove.body, json!({"data": {"extra.cf": null}}));
+    assert_eq!(
+        remove.query.get("fieldManager").map(String::as_str),
+        Some("mailtls")
+    );
+    remove.respond(StatusCode::OK, &edited);
+
+    let apply = next(&mut handle).await;
+    assert_eq!(apply.content_type, "application/apply-patch+yaml");
+    assert_eq!(apply.body["data"], original);
+    let stored = apply.body.clone();
+    apply.respond(StatusCode::OK, &stored);
+
+    let event = expect_event(&mut handle).await;
+    assert_eq!(event["reason"], "RelayConfigRepaired");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["kind"], "ConfigMap");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(note.contains("kubectl-edit"), "{note}");
     run.await.expect("task").expect("reconcile");
     drop(ctx);
     expect_no_more(&mut handle).await;
@@ -1177,13 +1251,38 @@ async fn the_state_is_read_once_and_written_only_when_it_changes() {
     let run = spawn_reconcile(&ctx);
     expect_state_get(&mut handle, None).await;
     expect_state_apply(&mut handle).await;
-    expect_config_map_get(&mut handle, Some(&expected_hash(&inputs))).await;
+    expect_config_map_get(&mut handle, Some(stored_for(&inputs))).await;
     expect_status_patch(&mut handle, &inputs.address_lists[0]).await;
     run.await.expect("task").expect("reconcile");
     // Second reconcile: no state GET, no state write.
     let run = spawn_reconcile(&ctx);
-    expect_config_map_get(&mut handle, Some(&expected_hash(&inputs))).await;
+    expect_config_map_get(&mut handle, Some(stored_for(&inputs))).await;
     expect_status_patch(&mut handle, &inputs.address_lists[0]).await;
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+/// Content the apply would not change is left alone, even when other managers own other
+/// fields of the ConfigMap (a label someone added is not drift).
+#[tokio::test]
+async fn a_config_map_with_the_rendered_content_is_not_written() {
+    let before = inputs(
+        vec![],
+        vec![],
+        vec![all_mail("gw", "relay.example.net", "2026-01-01T00:00:00Z")],
+    );
+    let after = reconciled(&before);
+    let mut cm = stored_for(&before);
+    cm["metadata"]["labels"]["team"] = json!("mail");
+    cm["metadata"]["managedFields"] = json!([
+        {"manager": "kubectl-label", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}}},
+    ]);
+    let (ctx, mut handle, _writers) = context(&after);
+    let run = spawn_reconcile(&ctx);
+    expect_state_get(&mut handle, Some(&snapshot(&before))).await;
+    expect_config_map_get(&mut handle, Some(cm)).await;
     run.await.expect("task").expect("reconcile");
     drop(ctx);
     expect_no_more(&mut handle).await;

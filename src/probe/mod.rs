@@ -12,6 +12,7 @@
 //! [`Prober::probe`], [`Prober::probe_many`] or [`Prober::probe_stream`].
 //! The JSON form of [`DestinationReport`] is documented in `docs/probe-json.md`.
 
+pub mod address;
 pub mod dns;
 pub mod plan;
 mod session;
@@ -29,6 +30,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::api::{DestinationResult, GatewayTls, TestSummary, TlsComplianceSpec, TlsVersion};
+pub use address::{AddressPolicy, Cidr};
 use dns::{Dns, DnsError, MxSet};
 use k8s_openapi::jiff::Timestamp;
 pub use smtp::SmtpLimits;
@@ -251,6 +253,9 @@ pub struct ProbeConfig {
     pub check_sts: bool,
     /// Look up and check TLSA records.
     pub check_tlsa: bool,
+    /// Addresses the probe may connect to, checked on each resolved address right before
+    /// connecting. The default refuses internal ranges; `mailtls probe` allows any.
+    pub addresses: AddressPolicy,
 }
 
 impl Default for ProbeConfig {
@@ -268,6 +273,7 @@ impl Default for ProbeConfig {
             max_recorded_certs: 8,
             check_sts: true,
             check_tlsa: true,
+            addresses: AddressPolicy::default(),
         }
     }
 }

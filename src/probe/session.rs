@@ -19,6 +19,15 @@ use super::{
 /// Addresses tried per host before giving up (an MTA also tries the next on failure).
 const MAX_ADDRESSES_TRIED: usize = 2;
 
+/// The failure of a host whose first reply is not an SMTP greeting.
+pub(crate) const NOT_SMTP: &str =
+    "not an SMTP server: its greeting is not an SMTP 220, 421 or 554 reply";
+
+/// Codes an SMTP server greets with (RFC 5321 4.2, 3.8).
+fn is_smtp_greeting(code: u16) -> bool {
+    matches!(code, 220 | 421 | 554)
+}
+
 pub(crate) async fn probe_destination(
     inner: &Inner,
     target: &Target,
@@ -226,6 +235,13 @@ async fn check_sts(inner: &Inner, domain: &str) -> Option<StsReport> {
         Err(e) => return fail(report, Outcome::StsPolicyFetchError, e.to_string()),
     };
     let addr = SocketAddr::new(addrs[0], inner.config.sts_port);
+    if let Err(refused) = inner.config.addresses.check(addrs[0]) {
+        return fail(
+            report,
+            Outcome::StsPolicyFetchError,
+            format!("{policy_host}: {refused}"),
+        );
+    }
     let fetched = {
         let _permit = inner.permits.acquire().await;
         sts::fetch_policy(
@@ -311,7 +327,23 @@ async fn smtp_session(inner: &Inner, h: &mut HostReport, addrs: &[IpAddr]) {
     let t = inner.config.timeouts;
     let mut last_err = String::new();
     let mut connected = None;
-    for ip in addrs.iter().take(MAX_ADDRESSES_TRIED) {
+    // Checked here, on the addresses about to be dialled: a name resolving to an internal
+    // address is refused like the literal.
+    let mut allowed = Vec::new();
+    for ip in addrs {
+        match inner.config.addresses.check(*ip) {
+            Ok(()) => allowed.push(*ip),
+            Err(refused) => last_err = refused.to_string(),
+        }
+    }
+    if allowed.is_empty() {
+        h.failure = Some(HostFailure::NotAllowed(last_err));
+        return;
+    }
+    if allowed.len() < addrs.len() {
+        h.warnings.push(format!("not connected to: {last_err}"));
+    }
+    for ip in allowed.iter().take(MAX_ADDRESSES_TRIED) {
         let addr = SocketAddr::new(*ip, h.port);
         match connect(addr, t.connect).await {
             Ok(s) => {
@@ -406,7 +438,13 @@ async fn until_starttls(
     let limits = inner.config.limits;
     let mut conn = SmtpConn::new(LimitedStream::new(stream, limits.max_session_bytes), limits);
     let greeting = match conn.read_reply(t.step).await {
-        Ok(r) => r,
+        Ok(r) if is_smtp_greeting(r.code) => r,
+        // Whatever else answered (an SSH or HTTP server, say) is not quoted: the text of
+        // an internal service must not end up in a report.
+        Ok(_) | Err(ReplyError::Malformed(_) | ReplyError::CodeChanged { .. }) => {
+            h.failure = Some(HostFailure::Smtp(NOT_SMTP.into()));
+            return None;
+        }
         Err(e) => {
             h.failure = Some(reply_failure("greeting", e));
             return None;

@@ -30,6 +30,9 @@ pub enum Outcome {
     TlsVersionTooLow,
     DnsError,
     ConnectError,
+    /// Every address of the host is one the prober may not connect to (internal ranges
+    /// in the controller); no connection was made.
+    AddressNotAllowed,
     Timeout,
     /// The SMTP dialogue failed: error replies, malformed or over-long replies.
     SmtpError,
@@ -55,6 +58,7 @@ impl Outcome {
             Outcome::TlsVersionTooLow => "tls-version-too-low",
             Outcome::DnsError => "dns-error",
             Outcome::ConnectError => "connect-error",
+            Outcome::AddressNotAllowed => "address-not-allowed",
             Outcome::Timeout => "timeout",
             Outcome::SmtpError => "smtp-error",
             Outcome::InternalError => "internal-error",
@@ -84,6 +88,8 @@ impl Serialize for Outcome {
 pub(crate) enum HostFailure {
     Dns(String),
     Connect(String),
+    /// No address of the host may be connected to.
+    NotAllowed(String),
     Timeout(String),
     Smtp(String),
     /// EHLO was rejected or did not list STARTTLS.
@@ -158,6 +164,9 @@ pub(crate) fn judge_host(h: &HostReport, req: &Requirement, sts: Option<&StsRepo
         Some(HostFailure::Dns(m)) => return Judgement::new(Outcome::DnsError, m.clone(), warnings),
         Some(HostFailure::Connect(m)) => {
             return Judgement::new(Outcome::ConnectError, m.clone(), warnings);
+        }
+        Some(HostFailure::NotAllowed(m)) => {
+            return Judgement::new(Outcome::AddressNotAllowed, m.clone(), warnings);
         }
         Some(HostFailure::Timeout(m)) => {
             return Judgement::new(Outcome::Timeout, m.clone(), warnings);

@@ -1,0 +1,182 @@
+//! Drift repair: the relay ConfigMaps are watched (by name, which is also what the RBAC
+//! `resourceNames` grant allows to list and watch), and a change the controller did not
+//! make, or a deletion, marks the namespace dirty. The reconcile then compares the stored
+//! content with the rendered one ([`differs`]) and restores it. The controller's own writes
+//! also arrive on the watch; they are recognised by resource version and skipped, and even
+//! one that slips through only costs a reconcile that finds nothing to write (no loop).
+
+use super::configmap::{HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGER};
+use super::queue::Sender;
+use super::watch::Watcher;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// What the watch and the reconciles share: the controller's last write per namespace,
+/// and the namespaces whose ConfigMap was deleted since.
+#[derive(Default)]
+pub struct Seen {
+    written: Mutex<HashMap<String, String>>,
+    deleted: Mutex<BTreeSet<String>>,
+}
+
+impl Seen {
+    /// Remember the resource version of a write of ours.
+    pub fn wrote(&self, namespace: &str, cm: &ConfigMap) {
+        if let (Ok(mut w), Some(rv)) = (self.written.lock(), cm.resource_version()) {
+            w.insert(namespace.to_string(), rv);
+        }
+    }
+
+    fn is_own(&self, namespace: &str, cm: &ConfigMap) -> bool {
+        let rv = cm.resource_version();
+        self.written
+            .lock()
+            .is_ok_and(|w| rv.is_some() && w.get(namespace) == rv.as_ref())
+    }
+
+    fn mark_deleted(&self, namespace: &str) {
+        if let Ok(mut w) = self.written.lock() {
+            w.remove(namespace);
+        }
+        if let Ok(mut d) = self.deleted.lock() {
+            d.insert(namespace.to_string());
+        }
+    }
+
+    /// Whether the namespace's ConfigMap was seen deleted (and forget it).
+    pub fn take_deleted(&self, namespace: &str) -> bool {
+        self.deleted.lock().is_ok_and(|mut d| d.remove(namespace))
+    }
+}
+
+/// Watchers of the ConfigMap `name` in each namespace of `namespaces` (or everywhere).
+pub fn watchers(
+    client: &Client,
+    namespaces: &[String],
+    name: &str,
+    seen: Arc<Seen>,
+) -> Vec<Watcher> {
+    let apis: Vec<Api<ConfigMap>> = if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    apis.into_iter()
+        .map(|api| {
+            let (config, seen) = (config.clone(), seen.clone());
+            Box::new(move |queue: Sender| drive(api, config, seen, queue).boxed()) as Watcher
+        })
+        .collect()
+}
+
+async fn drive(api: Api<ConfigMap>, config: watcher::Config, seen: Arc<Seen>, queue: Sender) {
+    let stream = watcher::watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+    let mut first_list = true;
+    while let Some(event) = stream.next().await {
+        match event {
+            Err(e) => tracing::warn!("relay ConfigMap watch failed, retrying with backoff: {e}"),
+            // The first list is covered by the reconcile of every namespace at start; a
+            // relist after a gap may hide edits or deletions, so it rechecks them all.
+            Ok(Event::InitApply(cm)) if !first_list => {
+                queue.send(cm.namespace().unwrap_or_default())
+            }
+            Ok(Event::InitDone) => first_list = false,
+            Ok(Event::Apply(cm)) => {
+                let ns = cm.namespace().unwrap_or_default();
+                if !seen.is_own(&ns, &cm) {
+                    tracing::debug!(namespace = %ns, "relay ConfigMap changed by someone else");
+                    queue.send(ns);
+                }
+            }
+            Ok(Event::Delete(cm)) => {
+                let ns = cm.namespace().unwrap_or_default();
+                tracing::info!(namespace = %ns, "relay ConfigMap deleted");
+                seen.mark_deleted(&ns);
+                queue.send(ns);
+            }
+            Ok(Event::Init | Event::InitApply(_)) => {}
+        }
+    }
+}
+
+/// Whether the stored ConfigMap differs from the apply body `desired` in anything the relay
+/// reads: the files (text or compressed, extra keys included), the hash, the label.
+pub fn differs(current: &ConfigMap, desired: &Value) -> bool {
+    let data: BTreeMap<String, String> =
+        serde_json::from_value(desired["data"].clone()).unwrap_or_default();
+    let binary: BTreeMap<String, ByteString> =
+        serde_json::from_value(desired["binaryData"].clone()).unwrap_or_default();
+    let hash = desired["metadata"]["annotations"][HASH_ANNOTATION].as_str();
+    current.data.clone().unwrap_or_default() != data
+        || current.binary_data.clone().unwrap_or_default() != binary
+        || current
+            .annotations()
+            .get(HASH_ANNOTATION)
+            .map(String::as_str)
+            != hash
+        || current.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGER)
+}
+
+/// Keys of the stored ConfigMap the apply body does not have: an apply only removes keys
+/// it owned, so keys someone else added need removing by hand (a merge patch with nulls).
+pub fn extra_keys(current: &ConfigMap, desired: &Value) -> Option<Value> {
+    let mut patch = serde_json::Map::new();
+    for (field, keys) in [
+        (
+            "data",
+            current.data.as_ref().map(|d| d.keys().collect::<Vec<_>>()),
+        ),
+        (
+            "binaryData",
+            current.binary_data.as_ref().map(|d| d.keys().collect()),
+        ),
+    ] {
+        let extra: serde_json::Map<String, Value> = keys
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|k| desired[field].get(k.as_str()).is_none())
+            .map(|k| (k.clone(), Value::Null))
+            .collect();
+        if !extra.is_empty() {
+            patch.insert(field.into(), Value::Object(extra));
+        }
+    }
+    (!patch.is_empty()).then_some(Value::Object(patch))
+}
+
+/// Field managers other than mailtls that own files, the hash or the label: whoever
+/// edited the ConfigMap by hand (`kubectl-edit`, `kubectl-patch`, …).
+pub fn editors(current: &ConfigMap) -> Vec<String> {
+    let touches = |fields: &Value| {
+        fields.get("f:data").is_some()
+            || fields.get("f:binaryData").is_some()
+            || fields["f:metadata"]["f:annotations"]
+                .get(format!("f:{HASH_ANNOTATION}"))
+                .is_some()
+            || fields["f:metadata"]["f:labels"]
+                .get(format!("f:{MANAGED_BY_LABEL}"))
+                .is_some()
+    };
+    let mut out: Vec<String> = current
+        .managed_fields()
+        .iter()
+        .filter(|m| m.manager.as_deref() != Some(MANAGER))
+        .filter(|m| m.fields_v1.as_ref().is_some_and(|f| touches(&f.0)))
+        .map(|m| m.manager.clone().unwrap_or_else(|| "unknown".into()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
