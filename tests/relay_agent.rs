@@ -575,3 +575,35 @@ fn a_gateway_keeps_its_tls_row_until_postfix_has_reloaded() {
     assert_eq!(row(&maps), "");
     assert_eq!(hash_of(&maps), hash_of(&cm.join("..v2")));
 }
+
+const SKIP_SELF_TEST: &str = "MAILTLS_SKIP_SELF_TEST";
+
+/// A test that skips itself (no root, no IPv6 loopback) passes quietly on a developer's
+/// machine and fails under `CI=true`: run this test's own binary, made to skip, both ways.
+#[test]
+fn a_skipping_test_fails_under_ci() {
+    if std::env::var_os(SKIP_SELF_TEST).is_some() {
+        common::skip::skip("asked to by the self-test");
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let run = |ci: Option<&str>| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["a_skipping_test_fails_under_ci", "--exact", "--nocapture"])
+            .env(SKIP_SELF_TEST, "1")
+            .env_remove("CI");
+        if let Some(ci) = ci {
+            cmd.env("CI", ci);
+        }
+        cmd.output().expect("run the test binary")
+    };
+    let ci = run(Some("true"));
+    assert!(!ci.status.success(), "a skip passed under CI=true");
+    assert!(
+        String::from_utf8_lossy(&ci.stderr).contains("CI=true, and this test cannot run here"),
+        "{ci:?}"
+    );
+    let local = run(None);
+    assert!(local.status.success(), "{local:?}");
+    assert!(String::from_utf8_lossy(&local.stderr).contains("skipped: asked to"));
+}

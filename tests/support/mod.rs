@@ -4,3 +4,5 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+#[path = "../common/skip.rs"]
+pub mod skip;
