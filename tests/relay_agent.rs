@@ -355,13 +355,12 @@ fn master_cf_without_final_newline_keeps_every_service_whole() {
     let block = std::fs::read_to_string(rendered.join("master.cf")).expect("master.cf");
     let service = block
         .lines()
-        .filter(|l| l.starts_with("mailtls-"))
-        .last()
+        .rfind(|l| l.starts_with("mailtls-"))
         .and_then(|l| l.split_whitespace().next())
         .expect("a rendered service");
     let (name, value) = block
         .lines()
-        .last()
+        .next_back()
         .and_then(|l| l.strip_prefix("  -o "))
         .and_then(|o| o.split_once('='))
         .expect("the last line is an option");

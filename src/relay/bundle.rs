@@ -259,9 +259,9 @@ pub fn read(watch_dir: &Path) -> Result<Bundle, Refusal> {
     }
     let computed = content_hash(&digests);
     if computed != hash {
-        return Err(refuse(format!(
-            "the content hash over the files' digests does not match the manifest's"
-        )));
+        return Err(refuse(
+            "the content hash over the files' digests does not match the manifest's".into(),
+        ));
     }
     files.insert(MANIFEST.to_string(), manifest_text);
     Ok(Bundle {

@@ -4,5 +4,3 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
-#[path = "../common/skip.rs"]
-pub mod skip;
