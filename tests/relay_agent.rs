@@ -482,12 +482,18 @@ fn postfix_check_warnings_refuse_while_postfix_runs() {
     let live_log = tmp.path().join("maillog");
     let rendered = tmp.path().join("rendered");
     render_into(&first_policy(), tmp.path(), &rendered, &maps);
-    let _postfix = Running::start(&etc, &live_log);
-    // A file anyone may write in the config directory: `postfix check` warns about it.
+    // A file anyone may write in the config directory: `postfix check` warns about it,
+    // whether Postfix is stopped or runs.
     let stray = etc.join("stray");
     std::fs::write(&stray, "").expect("stray");
     let mode = std::os::unix::fs::PermissionsExt::from_mode(0o666);
     std::fs::set_permissions(&stray, mode).expect("chmod");
+    let (ok, out) = agent_once(&rendered, &etc, &maps, None);
+    assert!(
+        !ok && out.contains("group or other writable"),
+        "stopped:\n{out}"
+    );
+    let _postfix = Running::start(&etc, &live_log);
     let (ok, out) = agent_once(&rendered, &etc, &maps, None);
     assert!(!ok, "applied despite the warning:\n{out}");
     assert!(out.contains("group or other writable"), "{out}");
