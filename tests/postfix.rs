@@ -281,3 +281,44 @@ fn large_generated_input_checks_clean_on_real_postfix() {
         );
     }
 }
+
+/// Instances set up at the same moment, each from a fresh state where no queue directory
+/// exists yet: every `postfix check` (the agent's in staging, then ours) creates the queue
+/// and data directories of its own instance, never a shared /var/spool/postfix, so
+/// concurrent checks cannot race on one `mkdir` ("unable to create missing queue
+/// directories", seen once on a fresh machine).
+#[test]
+fn concurrent_instances_have_queue_directories_of_their_own() {
+    let instances: Vec<Instance> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| Instance::new(&[examples()], "lmdb")))
+            .collect();
+        started
+            .into_iter()
+            .map(|h| h.join().expect("instance set up"))
+            .collect()
+    });
+    let mut queues = std::collections::BTreeSet::new();
+    for pf in &instances {
+        pf.check_clean();
+        for (param, made) in [("queue_directory", "active"), ("data_directory", "")] {
+            let (ok, dir) = run(Command::new("postconf")
+                .arg("-c")
+                .arg(pf.path())
+                .args(["-h", param]));
+            let dir = PathBuf::from(dir.trim());
+            assert!(
+                ok && dir.starts_with(pf.dir.path()),
+                "{param} = {}",
+                dir.display()
+            );
+            assert!(
+                dir.join(made).is_dir(),
+                "{} was not created",
+                dir.join(made).display()
+            );
+            queues.insert(dir);
+        }
+    }
+    assert_eq!(queues.len(), 2 * instances.len());
+}

@@ -286,3 +286,329 @@ fn agent_applies_compressed_files_and_refuses_bad_ones() {
     assert_eq!(s["appliedHash"], h1.as_str());
     assert_eq!(hash_of(&maps), h1);
 }
+
+fn agent_once(watch: &Path, etc: &Path, maps: &Path, path_env: Option<&str>) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailtls"));
+    cmd.arg("relay-agent")
+        .arg("--watch-dir")
+        .arg(watch)
+        .arg("--postfix-dir")
+        .arg(etc)
+        .arg("--maps-dir")
+        .arg(maps)
+        .arg("--once");
+    if let Some(path) = path_env {
+        cmd.env("PATH", path);
+    }
+    let out = cmd.output().expect("run relay-agent");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Rewrite `name` in a rendered directory and fix the manifest to match: the agent must
+/// judge the content, not the manifest.
+fn rewrite(dir: &Path, name: &str, change: impl FnOnce(String) -> String) {
+    use mailtls::render::{content_hash, sha256_hex};
+    let text = std::fs::read_to_string(dir.join(name)).expect("file");
+    std::fs::write(dir.join(name), change(text)).expect("write");
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).expect("manifest"))
+            .expect("json");
+    let mut digests = std::collections::BTreeMap::new();
+    let names: Vec<String> = manifest["files"]
+        .as_object()
+        .expect("files")
+        .keys()
+        .cloned()
+        .collect();
+    for n in names {
+        let digest = sha256_hex(&std::fs::read_to_string(dir.join(&n)).expect("file"));
+        manifest["files"][&n] = format!("sha256:{digest}").into();
+        digests.insert(n, digest);
+    }
+    manifest["hash"] = content_hash(&digests).into();
+    std::fs::write(&manifest_path, manifest.to_string()).expect("manifest");
+}
+
+/// A master.cf without a final newline, the relay's own base or the rendered one, never
+/// runs into the next line: every service keeps its last option as written.
+#[test]
+fn master_cf_without_final_newline_keeps_every_service_whole() {
+    let (tmp, etc, maps) = setup();
+    let base = std::fs::read_to_string(etc.join("master.cf")).expect("master.cf");
+    std::fs::write(etc.join("master.cf"), base.trim_end()).expect("base without newline");
+    let rendered = tmp.path().join("rendered");
+    render_into(&first_policy(), tmp.path(), &rendered, &maps);
+    rewrite(&rendered, "master.cf", |t| t.trim_end().to_string());
+    let (ok, out) = agent_once(&rendered, &etc, &maps, None);
+    assert!(ok, "{out}");
+
+    let params = Command::new("postconf")
+        .arg("-c")
+        .arg(&etc)
+        .arg("-P")
+        .output()
+        .expect("postconf -P");
+    let params = String::from_utf8_lossy(&params.stdout);
+    let block = std::fs::read_to_string(rendered.join("master.cf")).expect("master.cf");
+    let service = block
+        .lines()
+        .rfind(|l| l.starts_with("mailtls-"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a rendered service");
+    let (name, value) = block
+        .lines()
+        .next_back()
+        .and_then(|l| l.strip_prefix("  -o "))
+        .and_then(|o| o.split_once('='))
+        .expect("the last line is an option");
+    let last = format!("{service}/unix/{name} = {value}\n");
+    assert!(params.contains(&last), "{last} not in:\n{params}");
+    let services = Command::new("postconf")
+        .arg("-c")
+        .arg(&etc)
+        .arg("-M")
+        .output()
+        .expect("postconf -M");
+    let services = String::from_utf8_lossy(&services.stdout);
+    let last_base = services
+        .lines()
+        .find(|l| l.starts_with("mailman "))
+        .expect("the base's last service");
+    assert!(last_base.ends_with("${nexthop} ${user}"), "{last_base}");
+    assert!(!services.contains("# END"), "{services}");
+}
+
+/// Rendered for Postfix 3.10 (`tls_required_enable = no`), applied on this Postfix: the
+/// agent adapts the line to the local release instead of refusing.
+#[test]
+fn a_configuration_rendered_for_another_release_is_adapted_not_refused() {
+    let (tmp, etc, maps) = setup();
+    let rendered = tmp.path().join("rendered");
+    let file = tmp.path().join("policy.yaml");
+    std::fs::write(&file, first_policy()).expect("policy");
+    let out = Command::new(env!("CARGO_BIN_EXE_mailtls"))
+        .arg("render")
+        .arg(&file)
+        .arg("--output")
+        .arg(&rendered)
+        .arg("--config-dir")
+        .arg(&maps)
+        .args(["--postfix-version", "3.10"])
+        .output()
+        .expect("render");
+    assert!(out.status.success(), "{out:?}");
+    let main = std::fs::read_to_string(rendered.join("main.cf")).expect("main.cf");
+    assert!(main.contains("tls_required_enable = no"), "{main}");
+    let (ok, out) = agent_once(&rendered, &etc, &maps, None);
+    assert!(ok, "refused:\n{out}");
+    let local = postconf(&etc, "mail_version");
+    let minor: u32 = local
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .expect("mail_version");
+    let set = Command::new("postconf")
+        .arg("-c")
+        .arg(&etc)
+        .args(["-n", "tls_required_enable"])
+        .output()
+        .expect("postconf -n");
+    let set = String::from_utf8_lossy(&set.stdout).trim().to_string();
+    let want = if local.starts_with("3.") && minor < 10 {
+        ""
+    } else {
+        "tls_required_enable = no"
+    };
+    assert_eq!(set, want, "Postfix {local}");
+}
+
+/// A private Postfix that runs (no listener), logging to a file; stopped on drop.
+struct Running {
+    etc: PathBuf,
+}
+
+impl Running {
+    fn start(etc: &Path, log: &Path) -> Running {
+        let prefix = log.parent().expect("log dir");
+        for args in [
+            vec![
+                "-e".to_string(),
+                format!("maillog_file={}", log.display()),
+                format!("maillog_file_prefixes={}", prefix.display()),
+                "inet_interfaces=loopback-only".into(),
+            ],
+            vec!["-M#".into(), "smtp/inet".into()],
+            vec!["-F".into(), "*/*/chroot = n".into()],
+        ] {
+            let out = Command::new("postconf")
+                .arg("-c")
+                .arg(etc)
+                .args(&args)
+                .output()
+                .expect("postconf");
+            assert!(out.status.success(), "postconf {args:?}: {out:?}");
+        }
+        let out = Command::new("postfix")
+            .arg("-c")
+            .arg(etc)
+            .arg("start")
+            .output()
+            .expect("postfix start");
+        assert!(out.status.success(), "postfix start: {out:?}");
+        Running {
+            etc: etc.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("stop")
+            .output();
+    }
+}
+
+/// `postfix check` warns through the mail log; while Postfix runs that is the running
+/// instance's postlogd. The agent still sees the warning and refuses.
+#[test]
+fn postfix_check_warnings_refuse_while_postfix_runs() {
+    let (tmp, etc, maps) = setup();
+    let live_log = tmp.path().join("maillog");
+    let rendered = tmp.path().join("rendered");
+    render_into(&first_policy(), tmp.path(), &rendered, &maps);
+    // A file anyone may write in the config directory: `postfix check` warns about it,
+    // whether Postfix is stopped or runs.
+    let stray = etc.join("stray");
+    std::fs::write(&stray, "").expect("stray");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o666);
+    std::fs::set_permissions(&stray, mode).expect("chmod");
+    let (ok, out) = agent_once(&rendered, &etc, &maps, None);
+    assert!(
+        !ok && out.contains("group or other writable"),
+        "stopped:\n{out}"
+    );
+    let _postfix = Running::start(&etc, &live_log);
+    let (ok, out) = agent_once(&rendered, &etc, &maps, None);
+    assert!(!ok, "applied despite the warning:\n{out}");
+    assert!(out.contains("group or other writable"), "{out}");
+    assert!(!maps.join("manifest.json").exists());
+
+    std::fs::remove_file(&stray).expect("rm");
+    let (ok, out) = agent_once(&rendered, &etc, &maps, None);
+    assert!(ok, "{out}");
+}
+
+/// Removing the gateway every mail goes to: the relayhost's TLS row must still be there when
+/// the running Postfix reloads (mail routed by the running main.cf until then), and gone
+/// only after. A `postfix` wrapper records the table and the live relayhost at each reload.
+#[test]
+fn a_gateway_keeps_its_tls_row_until_postfix_has_reloaded() {
+    let (tmp, etc, maps) = setup();
+    let work = tmp.path();
+    let with_gateway = first_policy()
+        + &gateway(
+            "all",
+            "  host: smarthost.test\n  appliesTo: AllMail\n  tls:\n    require: true",
+        );
+    let cm = work.join("configmap");
+    render(&with_gateway, work, &cm, "..v1", &maps);
+    common::kubelet_swap(&cm, "..v1");
+    let _postfix = Running::start(&etc, &work.join("maillog"));
+    let (ok, out) = agent_once(&cm, &etc, &maps, None);
+    assert!(ok, "{out}");
+    let row = |maps: &Path| {
+        let out = Command::new("postmap")
+            .arg("-q")
+            .arg("[smarthost.test]")
+            .arg(format!("lmdb:{}", maps.join("tls_policy").display()))
+            .output()
+            .expect("postmap -q");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(row(&maps), "encrypt protocols=>=TLSv1.2");
+
+    let bin = work.join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let record = work.join("reloads");
+    let real = String::from_utf8_lossy(
+        &Command::new("sh")
+            .args(["-c", "command -v postfix"])
+            .output()
+            .expect("command -v")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let wrapper = format!(
+        "#!/bin/sh\nif [ \"$3\" = reload ]; then\n  echo \"row=$(postmap -q '[smarthost.test]' lmdb:{maps}/tls_policy) relayhost=$(postconf -c \"$2\" -h relayhost)\" >> {record}\nfi\nexec {real} \"$@\"\n",
+        maps = maps.display(),
+        record = record.display(),
+    );
+    std::fs::write(bin.join("postfix"), wrapper).expect("wrapper");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(bin.join("postfix"), mode).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    render(&first_policy(), work, &cm, "..v2", &maps);
+    common::kubelet_swap(&cm, "..v2");
+    let (ok, out) = agent_once(&cm, &etc, &maps, Some(&path));
+    assert!(ok, "{out}");
+    let reloads = std::fs::read_to_string(&record).expect("reloads recorded");
+    let reloads: Vec<&str> = reloads.lines().collect();
+    // First reload: the new main.cf (no relayhost) with the old row still in the table.
+    assert_eq!(
+        reloads.first().copied(),
+        Some("row=encrypt protocols=>=TLSv1.2 relayhost="),
+        "{reloads:?}"
+    );
+    assert_eq!(
+        reloads.last().copied(),
+        Some("row= relayhost="),
+        "{reloads:?}"
+    );
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
+    assert_eq!(row(&maps), "");
+    assert_eq!(hash_of(&maps), hash_of(&cm.join("..v2")));
+}
+
+const SKIP_SELF_TEST: &str = "MAILTLS_SKIP_SELF_TEST";
+
+/// A test that skips itself (no root, no IPv6 loopback) passes quietly on a developer's
+/// machine and fails under `CI=true`: run this test's own binary, made to skip, both ways.
+#[test]
+fn a_skipping_test_fails_under_ci() {
+    if std::env::var_os(SKIP_SELF_TEST).is_some() {
+        common::skip::skip("asked to by the self-test");
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let run = |ci: Option<&str>| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["a_skipping_test_fails_under_ci", "--exact", "--nocapture"])
+            .env(SKIP_SELF_TEST, "1")
+            .env_remove("CI");
+        if let Some(ci) = ci {
+            cmd.env("CI", ci);
+        }
+        cmd.output().expect("run the test binary")
+    };
+    let ci = run(Some("true"));
+    assert!(!ci.status.success(), "a skip passed under CI=true");
+    assert!(
+        String::from_utf8_lossy(&ci.stderr).contains("CI=true, and this test cannot run here"),
+        "{ci:?}"
+    );
+    let local = run(None);
+    assert!(local.status.success(), "{local:?}");
+    assert!(String::from_utf8_lossy(&local.stderr).contains("skipped: asked to"));
+}

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 #[command(
     after_help = "Every change is verified against manifest.json, validated line by line, built and \
 checked with `postfix check` in a staging copy of the config directory, and only then swapped in \
-and reloaded. A failing configuration is never applied; the last good one stays.\n\n\
+and reloaded. A failing configuration is never applied; the last good one stays. No symlink \
+is followed but kubelet's ..data layout.\n\n\
 Local changes to main.cf/master.cf go into main.cf.mailtls-base / master.cf.mailtls-base \
 (made from the live files on first use): every apply starts from them.\n\nExample:\n  \
 mailtls relay-agent --watch-dir /etc/mailtls --status-addr 0.0.0.0:8080"

@@ -5,7 +5,9 @@
 
 use super::bundle::{Bundle, MAPS};
 use super::validate::Checked;
-use crate::render::{BOUNCE_FILTER, MAIN_CF, MANIFEST, MASTER_CF, TRANSPORT};
+use crate::render::{
+    BOUNCE_FILTER, MAIN_CF, MANIFEST, MASTER_CF, PostfixVersion, TLS_POLICY, TRANSPORT,
+};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -188,7 +190,14 @@ fn sibling(path: &Path, prefix: &str, hash: &str) -> Result<PathBuf, String> {
 }
 
 /// Build, check and install. On error nothing live has changed (staging is removed).
-pub fn install(bundle: &Bundle, checked: &Checked, paths: &Paths) -> Result<(), String> {
+/// `widened`: install this TLS policy table instead of the bundle's, and no manifest (so the
+/// configuration does not count as installed); see [`widened_policy`].
+pub fn install(
+    bundle: &Bundle,
+    checked: &Checked,
+    paths: &Paths,
+    widened: Option<&str>,
+) -> Result<(), String> {
     // One apply at a time per config directory (a watching agent and a `--once` run share
     // the staging directory); the lock goes with the file handle.
     let lock_path = paths.postfix_dir.join(".mailtls-lock");
@@ -196,7 +205,7 @@ pub fn install(bundle: &Bundle, checked: &Checked, paths: &Paths) -> Result<(), 
     lock.lock().map_err(|e| io("cannot lock", &lock_path, e))?;
     let staging = paths.postfix_dir.join(STAGING);
     let new_maps = sibling(&paths.maps_dir, MAPS_PREFIX, &bundle.hash)?;
-    let result = stage(bundle, checked, paths, &staging, &new_maps)
+    let result = stage(bundle, checked, paths, &staging, &new_maps, widened)
         .and_then(|()| swap(paths, &staging, &new_maps));
     let _ = std::fs::remove_dir_all(&staging);
     if result.is_err() {
@@ -211,6 +220,7 @@ fn stage(
     paths: &Paths,
     staging: &Path,
     new_maps: &Path,
+    widened: Option<&str>,
 ) -> Result<(), String> {
     let main_base = base(paths, MAIN_CF)?;
     let master_base = base(paths, MASTER_CF)?;
@@ -226,25 +236,33 @@ fn stage(
     }
     master.push_str(MASTER_BEGIN);
     master.push('\n');
-    master.push_str(bundle.file(MASTER_CF));
+    let block = bundle.file(MASTER_CF);
+    master.push_str(block);
+    // Without it the end marker would run into the last service's last option.
+    if !block.is_empty() && !block.ends_with('\n') {
+        master.push('\n');
+    }
     master.push_str(MASTER_END);
     master.push('\n');
     write(&staging.join(MASTER_CF), &master)?;
     cross_check(&master, checked)?;
-    if !checked.main_cf.is_empty() {
-        run_checked(
-            Command::new("postconf")
-                .arg("-c")
-                .arg(staging)
-                .arg("-e")
-                .args(&checked.main_cf),
-            true,
-        )?;
-    }
+    let main_cf = for_version(&checked.main_cf, local_version(staging)?);
+    run_checked(
+        Command::new("postconf")
+            .arg("-c")
+            .arg(staging)
+            .arg("-e")
+            .args(&main_cf),
+        true,
+    )?;
 
     std::fs::create_dir_all(new_maps).map_err(|e| io("cannot create", new_maps, e))?;
     for (name, content) in &bundle.files {
-        write(&new_maps.join(name), content)?;
+        match (name.as_str(), widened) {
+            (MANIFEST, Some(_)) => {}
+            (TLS_POLICY, Some(policy)) => write(&new_maps.join(name), policy)?,
+            _ => write(&new_maps.join(name), content)?,
+        }
     }
     for map in MAPS {
         run_checked(
@@ -281,8 +299,8 @@ fn stage(
 }
 
 /// `postfix check`, whose warnings go to the mail log only (never to a pipe): run it with
-/// the staging copy logging into a file of its own, and fail on any warning there. The
-/// staged main.cf is restored afterwards.
+/// the staging copy logging into a file of its own, whether or not the live Postfix runs,
+/// and fail on any warning there. The staged main.cf is restored afterwards.
 fn postfix_check(staging: &Path) -> Result<(), String> {
     let main = staging.join(MAIN_CF);
     let saved = std::fs::read_to_string(&main).map_err(|e| io("cannot read", &main, e))?;
@@ -293,7 +311,11 @@ fn postfix_check(staging: &Path) -> Result<(), String> {
             .arg(staging)
             .arg("-e")
             .arg(format!("maillog_file={}", log.display()))
-            .arg(format!("maillog_file_prefixes={}", staging.display())),
+            .arg(format!("maillog_file_prefixes={}", staging.display()))
+            // While the live Postfix runs, its postlogd listens on the shared queue's
+            // public/postlog socket and the check's warnings would go to the live log. With
+            // no such socket the programs write the maillog_file themselves.
+            .arg("postlog_service_name=mailtls-check-no-postlogd"),
         true,
     )?;
     let result = run_checked(
@@ -387,6 +409,142 @@ pub fn reload(paths: &Paths) -> Result<bool, String> {
     Ok(true)
 }
 
+/// The Postfix release installed here (`mail_version`).
+fn local_version(config: &Path) -> Result<PostfixVersion, String> {
+    let out = run_checked(
+        Command::new("postconf")
+            .arg("-c")
+            .arg(config)
+            .args(["-h", "mail_version"]),
+        false,
+    )?;
+    out.trim()
+        .parse()
+        .map_err(|e| format!("postconf -h mail_version: {e}"))
+}
+
+/// main.cf settings for the Postfix that runs here, whatever release the renderer assumed:
+/// from 3.10 on `tls_required_enable = no` always (a `TLS-Required: no` header must never
+/// switch TLS off), before 3.10 never (the parameter does not exist there and would be
+/// refused as unused).
+fn for_version(main_cf: &[String], version: PostfixVersion) -> Vec<String> {
+    let mut out: Vec<String> = main_cf
+        .iter()
+        .filter(|a| !a.starts_with("tls_required_enable="))
+        .cloned()
+        .collect();
+    if version.has_tls_required_header() {
+        out.push("tls_required_enable=no".into());
+    }
+    out
+}
+
+/// Whether this Postfix runs.
+pub fn running(paths: &Paths) -> Result<bool, String> {
+    let mut status = Command::new("postfix");
+    status.arg("-c").arg(&paths.postfix_dir).arg("status");
+    Ok(run(&mut status)?.success)
+}
+
+/// The TLS policy table of the first of two swaps: every row of `bundle`'s table plus the
+/// rows of the installed table whose next hop the new one no longer has. `None` when
+/// nothing would be kept (no configuration installed, or no row lost).
+///
+/// Why: the swap replaces the maps at once, and Postfix's processes reopen a changed map at
+/// their next request, but main.cf and master.cf take effect only at the reload. In between,
+/// mail the running configuration routes to a gateway (its relayhost, a `smtp:[gw]` route)
+/// would find that gateway's row gone and be sent with the default, opportunistic TLS. So
+/// first the new configuration with this widened table, reload, wait until the queue
+/// manager and the address resolver of the old configuration have exited; only then the
+/// exact table. A row both configurations have takes the new value at once: that is the
+/// change being applied, and after the reload it holds anyway.
+pub fn widened_policy(paths: &Paths, bundle: &Bundle) -> Option<String> {
+    let installed = std::fs::read_to_string(paths.maps_dir.join(TLS_POLICY)).ok()?;
+    let new = bundle.file(TLS_POLICY);
+    let keys: BTreeSet<&str> = rows(new).map(|(k, _)| k).collect();
+    let kept: Vec<&str> = installed
+        .lines()
+        .filter(|l| rows(l).next().is_some_and(|(k, _)| !keys.contains(k)))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let mut text = new.to_string();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str("# Rows of the previous configuration, kept until Postfix has reloaded.\n");
+    for line in kept {
+        text.push_str(line);
+        text.push('\n');
+    }
+    Some(text)
+}
+
+/// `(key, value)` of a table's rows.
+fn rows(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+}
+
+/// The processes of a running Postfix that decide where mail goes (queue manager, address
+/// resolver): they are replaced at a reload.
+fn routing_processes(paths: &Paths) -> Vec<u32> {
+    let queue = run(Command::new("postconf")
+        .arg("-c")
+        .arg(&paths.postfix_dir)
+        .args(["-h", "queue_directory"]))
+    .map(|r| r.stdout.trim().to_string())
+    .unwrap_or_default();
+    let master = std::fs::read_to_string(Path::new(&queue).join("pid/master.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok());
+    let Some(master) = master else {
+        return Vec::new();
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`; comm may hold spaces, so split after the last ')'.
+            let (head, tail) = stat.rsplit_once(')').unwrap_or_default();
+            let comm = head.split_once('(').map_or("", |(_, c)| c);
+            let ppid = tail.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            ppid == Some(master) && matches!(comm, "qmgr" | "trivial-rewrite")
+        })
+        .collect()
+}
+
+/// How long a reload may take to replace the routing processes.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `postfix reload`, then wait until the routing processes that ran before have exited, so
+/// no mail is routed by the previous configuration any more.
+pub fn reload_and_wait(paths: &Paths) -> Result<(), String> {
+    let before = routing_processes(paths);
+    reload(paths)?;
+    let deadline = std::time::Instant::now() + RELOAD_WAIT;
+    while before
+        .iter()
+        .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the previous queue manager or address resolver was still running {}s after \
+                 the reload",
+                RELOAD_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +567,65 @@ mod tests {
         assert!(cross_check("a unix - - n - - smtp\na inet n - n - - smtpd\n", &checked).is_ok());
         checked.transport_services.insert("b".into());
         assert!(cross_check("a unix - - n - - smtp\n", &checked).is_err());
+    }
+
+    #[test]
+    fn tls_required_enable_follows_the_local_version() {
+        let rendered = |extra: &[&str]| -> Vec<String> {
+            ["relayhost=", "smtp_tls_loglevel=1"]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let v = |minor| PostfixVersion { major: 3, minor };
+        for input in [
+            rendered(&[]),
+            rendered(&["tls_required_enable=no"]),
+            rendered(&["tls_required_enable=yes"]),
+        ] {
+            assert_eq!(for_version(&input, v(7)), rendered(&[]), "{input:?}");
+            assert_eq!(for_version(&input, v(9)), rendered(&[]), "{input:?}");
+            for minor in [10, 11] {
+                let out = for_version(&input, v(minor));
+                assert_eq!(out, rendered(&["tls_required_enable=no"]), "{input:?}");
+            }
+        }
+        let four = PostfixVersion { major: 4, minor: 0 };
+        assert!(for_version(&rendered(&[]), four).contains(&"tls_required_enable=no".to_string()));
+    }
+
+    #[test]
+    fn widened_policy_keeps_rows_the_new_table_drops() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let paths = Paths {
+            postfix_dir: tmp.path().to_path_buf(),
+            maps_dir: tmp.path().join("maps"),
+        };
+        let mut bundle = Bundle {
+            hash: String::new(),
+            map_type: crate::render::MapType::Lmdb,
+            config_dir: String::new(),
+            files: Default::default(),
+        };
+        let new = "# new\n[gw.example]:587 encrypt\nb.example verify\n";
+        bundle.files.insert(TLS_POLICY.into(), new.into());
+        assert_eq!(widened_policy(&paths, &bundle), None, "nothing installed");
+        std::fs::create_dir(&paths.maps_dir).expect("maps");
+        let old = "# old\nsmarthost.example encrypt\nb.example secure\n";
+        std::fs::write(paths.maps_dir.join(TLS_POLICY), old).expect("old");
+        let widened = widened_policy(&paths, &bundle).expect("a row is kept");
+        assert!(widened.starts_with(new), "{widened}");
+        let rows: Vec<_> = rows(&widened).collect();
+        assert_eq!(
+            rows,
+            [
+                ("[gw.example]:587", "encrypt"),
+                ("b.example", "verify"),
+                ("smarthost.example", "encrypt")
+            ]
+        );
+        std::fs::write(paths.maps_dir.join(TLS_POLICY), "b.example secure\n").expect("old");
+        assert_eq!(widened_policy(&paths, &bundle), None, "no row lost");
     }
 }

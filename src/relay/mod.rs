@@ -138,7 +138,21 @@ impl Agent {
             ))
         })?;
         let checked = validate::check(&bundle, maps_dir).map_err(refuse)?;
-        install::install(&bundle, &checked, &self.paths).map_err(refuse)?;
+        // Two swaps while Postfix runs, so no row of the TLS policy table disappears before
+        // the reload (see install::widened_policy).
+        if install::running(&self.paths).map_err(refuse)?
+            && let Some(widened) = install::widened_policy(&self.paths, &bundle)
+        {
+            install::install(&bundle, &checked, &self.paths, Some(&widened)).map_err(refuse)?;
+            install::reload_and_wait(&self.paths).map_err(|e| {
+                refuse(format!(
+                    "installed with the previous TLS policy rows kept, but {e}; they stay \
+                     until a later check completes the swap"
+                ))
+            })?;
+            tracing::info!(hash = %bundle.hash, "reloaded with the previous TLS policy rows kept; removing them now");
+        }
+        install::install(&bundle, &checked, &self.paths, None).map_err(refuse)?;
         let reloaded = self.reload(&bundle.hash)?;
         Ok(Outcome::Applied {
             hash: bundle.hash,

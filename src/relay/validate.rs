@@ -379,65 +379,233 @@ mod tests {
         assert!(err.contains("--config-dir"), "{err}");
     }
 
-    type Change = Box<dyn FnOnce(&str) -> String>;
+    /// Append `extra` to the file.
+    fn append(extra: &str) -> impl Fn(&str) -> String + '_ {
+        move |t: &str| format!("{t}{extra}")
+    }
+
+    /// Replace the line starting with `prefix` by `line`.
+    fn replace(prefix: &str, line: &str) -> impl Fn(&str) -> String {
+        let (prefix, line) = (prefix.to_string(), line.to_string());
+        move |t: &str| {
+            assert!(
+                t.lines().any(|l| l.starts_with(&prefix)),
+                "no line {prefix:?} to replace in:\n{t}"
+            );
+            t.lines()
+                .map(|l| {
+                    if l.starts_with(&prefix) {
+                        line.as_str()
+                    } else {
+                        l
+                    }
+                })
+                .map(|l| format!("{l}\n"))
+                .collect()
+        }
+    }
+
+    /// Each case reaches the rule it names: the refusal must carry that rule's reason and
+    /// show the offending line, so a case refused for another reason (say, "set twice")
+    /// fails here.
+    fn refused(file: &str, change: impl Fn(&str) -> String, reason: &str, shown: &str) {
+        let err = match with(file, change) {
+            Ok(_) => panic!("a change to {file} ({shown:?}) was accepted"),
+            Err(e) => e,
+        };
+        assert!(
+            err.contains(reason),
+            "{file}: expected {reason:?}, got: {err}"
+        );
+        assert!(err.contains(shown), "{file}: expected {shown:?} in: {err}");
+    }
+
+    const NOT_OWNED: &str = "not a parameter mailtls owns";
+    const MAIN_FORM: &str = "value not of the form mailtls renders";
 
     #[test]
-    fn data_never_becomes_configuration() {
-        let append = |extra: &'static str| move |t: &str| format!("{t}{extra}");
-        let cases: Vec<(&str, Change)> = vec![
-            (
-                MAIN_CF,
-                Box::new(append("mailbox_command = /bin/sh -c id\n")),
-            ),
-            (MAIN_CF, Box::new(append("  continued = x\n"))),
-            (MAIN_CF, Box::new(append("plaintext_reject_code = 550\n"))),
-            (MAIN_CF, Box::new(append("relayhost = a b\n"))),
-            (
-                MAIN_CF,
-                Box::new(|t: &str| {
-                    t.replace("lmdb:/etc/postfix/mailtls/transport", "lmdb:/etc/passwd")
-                }),
-            ),
-            (
-                MAIN_CF,
-                Box::new(|t: &str| t.replace("/etc/ssl/private-ca.pem", "/etc/ssl/$x")),
-            ),
-            (
-                MASTER_CF,
-                Box::new(append("evil unix - n n - - pipe\n  flags=F argv=/bin/sh\n")),
-            ),
-            (MASTER_CF, Box::new(append("  -o content_filter=evil:\n"))),
-            (
-                MASTER_CF,
-                Box::new(append(
-                    "mailtls-x unix - - n - - smtp\nmailtls-x unix - - n - - smtp\n",
-                )),
-            ),
-            (
-                MASTER_CF,
-                Box::new(|t: &str| format!("  -o smtp_tls_policy_maps=\n{t}")),
-            ),
-            (TLS_POLICY, Box::new(append("weak.example none\n"))),
-            (
-                TLS_POLICY,
-                Box::new(append("a.example encrypt ciphers=null\n")),
-            ),
-            (TLS_POLICY, Box::new(append("a,b.example encrypt\n"))),
-            (TRANSPORT, Box::new(append("a.example smtp:[a b]\n"))),
-            (TRANSPORT, Box::new(append("a.example Pipe:\n"))),
-            (TRANSPORT, Box::new(append("a.example maildrop:\n"))),
-            (TRANSPORT, Box::new(append("a.example mailtls-nope:\n"))),
-            (TRANSPORT, Box::new(append(" a.example smtp:\n"))),
-            (SENDER_ACCESS, Box::new(append("a.example OK\n"))),
-            (BOUNCE_FILTER, Box::new(append("/x/ 5.7.1 ${evil}\n"))),
-            (BOUNCE_FILTER, Box::new(append("if /x/\n"))),
-        ];
-        for (file, change) in cases {
-            assert!(
-                with(file, change).is_err(),
-                "a change to {file} was accepted"
-            );
+    fn main_cf_refusals_name_their_rule() {
+        let m = MAIN_CF;
+        refused(
+            m,
+            append("mailbox_command = /bin/sh -c id\n"),
+            NOT_OWNED,
+            "mailbox_command",
+        );
+        refused(
+            m,
+            append("  continued = x\n"),
+            "continuation lines",
+            "continued",
+        );
+        refused(
+            m,
+            append("relayhost=x\n"),
+            "expected 'name = value'",
+            "relayhost=x",
+        );
+        refused(
+            m,
+            append("relayhost = b.example\n"),
+            "parameter set twice",
+            "b.example",
+        );
+        refused(
+            m,
+            append("plaintext_reject_code = 550\n"),
+            "set twice",
+            "550",
+        );
+        let control = "relayhost = a\u{7}b";
+        refused(
+            m,
+            replace("relayhost =", control),
+            "control characters",
+            "a\\u{7}b",
+        );
+        let dollar = "smtp_tls_CAfile = /etc/ssl/$x";
+        refused(m, replace("smtp_tls_CAfile =", dollar), "'$'", "$x");
+        for (name, value) in [
+            ("relayhost", "a b"),
+            ("relayhost", "[a.example]:0"),
+            ("plaintext_reject_code", "250"),
+            ("plaintext_reject_code", "5500"),
+            ("plaintext_reject_code", "5x0"),
+            ("smtp_tls_policy_maps", "lmdb:/etc/passwd"),
+            ("transport_maps", "lmdb:/etc/passwd"),
+            ("smtpd_sender_restrictions", "permit"),
+            ("smtpd_restriction_classes", "other"),
+            (REQUIRE_TLS_CLASS, "permit"),
+            ("smtp_tls_loglevel", "5"),
+            ("tls_required_enable", "maybe"),
+            ("smtp_tls_CAfile", "relative/ca.pem"),
+            ("smtp_tls_CAfile", "/etc/ssl/../../etc/shadow"),
+            ("smtp_tls_CAfile", "/etc/ssl/ca pem"),
+        ] {
+            let line = format!("{name} = {value}");
+            refused(m, replace(&format!("{name} ="), &line), MAIN_FORM, &line);
         }
+    }
+
+    const MASTER_FORM: &str = "option not of the form mailtls renders";
+    const ONLY_SMTP: &str = "only mailtls-* smtp client services may be added";
+
+    #[test]
+    fn master_cf_refusals_name_their_rule() {
+        let m = MASTER_CF;
+        let evil = "evil unix - n n - - pipe\n  flags=F argv=/bin/sh\n";
+        refused(m, append(evil), ONLY_SMTP, "evil unix");
+        let pipe = "mailtls-x unix - - n - - pipe\n";
+        refused(m, append(pipe), ONLY_SMTP, "mailtls-x unix");
+        let upper = "mailtls-X unix - - n - - smtp\n";
+        refused(m, append(upper), ONLY_SMTP, "mailtls-X");
+        let chroot = "mailtls-x unix - - y - - smtp\n";
+        refused(m, append(chroot), ONLY_SMTP, "mailtls-x");
+        let twice = "mailtls-x unix - - n - - smtp\nmailtls-x unix - - n - - smtp\n";
+        refused(m, append(twice), "service defined twice", "mailtls-x");
+        let first = |t: &str| format!("  -o smtp_tls_policy_maps=\n{t}");
+        refused(
+            m,
+            first,
+            "option before any service",
+            "smtp_tls_policy_maps",
+        );
+        let bare = "  -o smtp_tls_security_level\n";
+        refused(
+            m,
+            append(bare),
+            "expected -o name=value",
+            "smtp_tls_security_level",
+        );
+        for option in [
+            "content_filter=evil:",
+            "smtp_tls_security_level=may",
+            "smtp_tls_security_level=none",
+            "smtp_tls_security_level=dane",
+            "smtp_tls_verify_cert_match=nexthop,subject",
+            "smtp_tls_verify_cert_match=",
+            "smtp_tls_mandatory_protocols=!SSLv2",
+            "smtp_tls_mandatory_protocols=>=TLSv1.4",
+            "smtp_tls_policy_maps=lmdb:/etc/postfix/other",
+            "smtp_delivery_status_filter=pcre:/etc/passwd",
+        ] {
+            let line = format!("  -o {option}\n");
+            refused(m, append(&line), MASTER_FORM, option);
+        }
+    }
+
+    #[test]
+    fn map_refusals_name_their_rule() {
+        let p = TLS_POLICY;
+        refused(
+            p,
+            append("weak.example none\n"),
+            "unknown security level",
+            "weak.example",
+        );
+        refused(
+            p,
+            append("a.example Encrypt\n"),
+            "unknown security level",
+            "a.example",
+        );
+        let ciphers = "a.example encrypt ciphers=null\n";
+        refused(
+            p,
+            append(ciphers),
+            "not of the form mailtls renders",
+            "ciphers=null",
+        );
+        let bare = "a.example encrypt protocols\n";
+        refused(p, append(bare), "expected attribute=value", "protocols");
+        let matches = "a.example verify match=hostname:subject\n";
+        refused(
+            p,
+            append(matches),
+            "not of the form mailtls renders",
+            "match=",
+        );
+        let sslv3 = "a.example verify protocols=>=SSLv3\n";
+        refused(p, append(sslv3), "not of the form mailtls renders", "SSLv3");
+        refused(p, append("a,b.example encrypt\n"), "bad key", "a,b.example");
+        refused(
+            p,
+            append("a.example\n"),
+            "expected 'key value'",
+            "a.example",
+        );
+        refused(p, append("a.example \n"), "bad value", "a.example");
+        refused(
+            p,
+            append("a.example encrypt\u{7f}\n"),
+            "bad value",
+            "a.example",
+        );
+
+        let s = SENDER_ACCESS;
+        let only = "only mailtls_require_tls is allowed";
+        refused(s, append("a.example OK\n"), only, "a.example OK");
+
+        let t = TRANSPORT;
+        refused(t, append("a.example smtp:[a b]\n"), "bad next-hop", "[a b]");
+        refused(
+            t,
+            append("a.example smtp\n"),
+            "expected service:nexthop",
+            "a.example",
+        );
+        for service in ["Pipe", "maildrop", "mailtls-nope", "relay"] {
+            let line = format!("a.example {service}:\n");
+            refused(t, append(&line), "names service", service);
+        }
+        refused(t, append(" a.example smtp:\n"), "bad key", "a.example");
+
+        let b = BOUNCE_FILTER;
+        let form = "expected '/regex/ replacement'";
+        refused(b, append("/x/ 5.7.1 ${evil}\n"), form, "${evil}");
+        refused(b, append("if /x/\n"), form, "if /x/");
+        refused(b, append("/x/ \n"), form, "/x/");
+        refused(b, append("/x\u{7}/ 5$1\n"), form, "/x");
     }
 
     #[test]

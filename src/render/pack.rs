@@ -61,7 +61,13 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// Inflate one compressed file, refusing anything over `limit` bytes or not UTF-8.
 pub fn gunzip(bytes: &[u8], limit: usize) -> Result<String, String> {
-    let mut out = Vec::new();
+    // The gzip trailer states the inflated size (mod 4 GiB): one allocation of the right
+    // size instead of a doubling Vec, whose growth briefly holds two copies. A trailer that
+    // lies costs at most `limit`.
+    let stated = bytes
+        .last_chunk::<4>()
+        .map_or(0, |t| u32::from_le_bytes(*t) as usize);
+    let mut out = Vec::with_capacity(stated.min(limit));
     GzDecoder::new(bytes)
         .take(limit as u64 + 1)
         .read_to_end(&mut out)

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod skip;
 
 use mailtls::cli::load::load_str;
 use mailtls::policy::{Evaluation, Inputs, evaluate};
@@ -138,11 +139,38 @@ pub fn write_packed(dir: &std::path::Path, files: &std::collections::BTreeMap<St
 }
 
 /// A private Postfix config directory at `dir` (never /etc/postfix): Debian's main.cf and
-/// master.cf copied in.
+/// master.cf copied in, with a queue and data directory of its own beside it (`dir` with
+/// `-spool` and `-data` appended). Sharing /var/spool/postfix made concurrent tests race:
+/// `postfix check` creates missing queue directories with a plain `mkdir` (post-install
+/// create-missing), so two instances checking at once on a fresh machine both saw a
+/// directory missing, one `mkdir` failed, and `postfix check` died with "unable to create
+/// missing queue directories".
 pub fn private_postfix_config(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).expect("config dir");
     for f in ["main.cf", "master.cf"] {
         std::fs::copy(std::path::Path::new("/etc/postfix").join(f), dir.join(f))
             .expect("Debian's Postfix config in /etc/postfix (scripts/install-test-deps.sh)");
     }
+    let beside = |suffix: &str| {
+        let mut name = dir.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    // The queue directory must exist and be root's; `postfix check` makes what is inside it
+    // and the data directory.
+    let queue = beside("-spool");
+    std::fs::create_dir_all(&queue).expect("queue directory");
+    let out = std::process::Command::new("postconf")
+        .arg("-c")
+        .arg(dir)
+        .arg("-e")
+        .arg(format!("queue_directory={}", queue.display()))
+        .arg(format!("data_directory={}", beside("-data").display()))
+        .output()
+        .expect("postconf (scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "postconf -e: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
