@@ -514,3 +514,43 @@ fn standalone_keeps_the_last_valid_generation_across_runs() {
         "2h"
     );
 }
+
+/// A document that cannot be read (here a misspelt enum value) is not a deletion: standalone
+/// changes nothing, says why, and exits 1, so the policy in it stays enforced.
+#[test]
+fn standalone_changes_nothing_while_a_document_cannot_be_read() {
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    for f in ["address-lists.yaml", "gateways.yaml", "tls-compliance.yaml"] {
+        std::fs::copy(Path::new(EXAMPLES).join(f), input.path().join(f)).expect("copy");
+    }
+    let args = [
+        "standalone",
+        "--dir",
+        input.path().to_str().expect("utf-8"),
+        "--out",
+        out.path().to_str().expect("utf-8"),
+        "--postfix-version",
+        "3.7",
+    ];
+    let o = mailtls(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let relay = files_of(&out.path().join("default/relay"));
+    let resources = files_of(&out.path().join("default/resources"));
+
+    let path = input.path().join("tls-compliance.yaml");
+    let yaml = std::fs::read_to_string(&path).expect("read");
+    assert!(yaml.contains("direction: Outbound"));
+    std::fs::write(
+        &path,
+        yaml.replacen("direction: Outbound", "direction: Outbund", 1),
+    )
+    .expect("write");
+    let o = mailtls(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let said = text(&o);
+    assert!(said.contains("Outbund"), "{said}");
+    assert!(said.contains("nothing was changed"), "{said}");
+    assert_eq!(files_of(&out.path().join("default/relay")), relay);
+    assert_eq!(files_of(&out.path().join("default/resources")), resources);
+}

@@ -8,7 +8,7 @@
 //! ([`LastValid`]): a resource whose current file cannot be used keeps what that
 //! generation contributed, across runs.
 
-use super::load::{LoadError, load};
+use super::load::load;
 use super::output::{RenderFlags, write_files};
 use super::render::warn_conflicts;
 use super::tests_loop::{ProbeFlags, Running, due_plans, run_plans};
@@ -190,8 +190,16 @@ async fn watch(
 /// before but have no resources now: their configuration is emptied).
 pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<Vec<Inputs>, String> {
     let (loaded, errors) = load(&[dir.to_path_buf()], "default");
-    for e in &errors {
-        tracing::warn!("{e} (skipped)");
+    if !errors.is_empty() {
+        // A document that cannot be read would otherwise count as deleted, and deleting may
+        // weaken what the relay enforces: a typo must not. So nothing changes until it reads.
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "{}\n{} error(s) in {}: nothing was changed; the configuration and statuses written before stay in force",
+            list.join("\n"),
+            errors.len(),
+            dir.display()
+        ));
     }
     let mut namespaces: BTreeSet<String> = loaded.namespaces.keys().cloned().collect();
     if let Ok(entries) = std::fs::read_dir(out) {
@@ -253,7 +261,7 @@ pub fn reconcile_dir(dir: &Path, out: &Path, opts: &RenderOptions) -> Result<Vec
         )?);
         reconciled.push(inputs);
     }
-    print_summary(&rows, &errors);
+    print_summary(&rows);
     if failed.is_empty() {
         Ok(reconciled)
     } else {
@@ -430,7 +438,7 @@ pub(super) fn write_resource<K: Serialize + kube::Resource>(
     std::fs::rename(&tmp, &path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
 }
 
-fn print_summary(rows: &[Row], errors: &[LoadError]) {
+fn print_summary(rows: &[Row]) {
     println!(
         "{:<16} {:<32} {:<7} REASON",
         "NAMESPACE", "RESOURCE", "READY"
@@ -442,12 +450,6 @@ fn print_summary(rows: &[Row], errors: &[LoadError]) {
             r.id.to_string(),
             r.ready,
             r.reason
-        );
-    }
-    if !errors.is_empty() {
-        println!(
-            "{} document(s) could not be read and were skipped (see the warnings above)",
-            errors.len()
         );
     }
 }
