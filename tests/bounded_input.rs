@@ -35,9 +35,9 @@ fn render_cli(files: &[(&str, String)]) -> (Option<i32>, String, bool) {
 
 #[test]
 fn a_namespace_over_the_entry_cap_refuses_the_lists_that_do_not_fit() {
-    assert_eq!(MAX_NAMESPACE_ENTRIES, 150_000);
-    let yaml = bulk_list("a", 100_000)
-        + &bulk_list("b", 60_000)
+    assert_eq!(MAX_NAMESPACE_ENTRIES, 100_000);
+    let yaml = bulk_list("a", 60_000)
+        + &bulk_list("b", 50_000)
         + &list("c", &["c@partner.example"])
         + &policy("p", &["a", "b", "c"], "");
     let e = eval(&yaml);
@@ -53,8 +53,8 @@ fn a_namespace_over_the_entry_cap_refuses_the_lists_that_do_not_fit() {
     assert_eq!(b[0].field, "spec");
     assert_eq!(
         b[0].message,
-        "the AddressLists of one namespace may hold at most 150000 entries together; older \
-         lists hold 100000 and this one 60000, so this list is not used"
+        "the AddressLists of one namespace may hold at most 100000 entries together; older \
+         lists hold 60000 and this one 50000, so this list is not used"
     );
     // Lists are taken oldest first (files: by name): `c` still fits after `b` was refused.
     assert!(errors("c").is_empty(), "{:?}", errors("c"));
@@ -68,7 +68,7 @@ fn a_namespace_over_the_entry_cap_refuses_the_lists_that_do_not_fit() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(!written, "nothing may be written");
     assert!(
-        stderr.contains("lists.yaml:") && stderr.contains("AddressList/b: spec: the AddressLists of one namespace may hold at most 150000 entries together"),
+        stderr.contains("lists.yaml:") && stderr.contains("AddressList/b: spec: the AddressLists of one namespace may hold at most 100000 entries together"),
         "{stderr}"
     );
 }

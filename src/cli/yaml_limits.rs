@@ -4,7 +4,7 @@
 //! The scan is one pass and errs on the deep side: brackets in plain scalars count, quoted
 //! scalars, comments and block scalars (`|`, `>`) do not.
 
-/// Largest file read: 150 000 entries of at most 320 characters fit with room to spare.
+/// Largest file read: a namespace's 100 000 entries of at most 320 characters fit.
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Deepest nesting accepted; mailtls resources need fewer than ten levels.
 pub const MAX_DEPTH: usize = 64;
