@@ -502,6 +502,66 @@ fn invalid_cases() -> Vec<Invalid> {
                 "should be at least 1 chars long",
             ],
         ),
+        // Parity with the engine: the same rules, the engine's words where CEL allows.
+        invalid::<TlsCompliance>(
+            "test interval under a minute",
+            json!({"direction": "Outbound", "addressLists": lists(), "test": {"interval": "30s"}}),
+            &["spec.test.interval", "interval 30s is shorter than 1m"],
+        ),
+        invalid::<OutboundGateway>(
+            "test interval over 30 days",
+            json!({"host": "relay.example.net", "test": {"interval": "721h"}}),
+            &[
+                "spec.test.interval",
+                "interval 721h is longer than 30 days (720h)",
+            ],
+        ),
+        invalid::<OutboundGateway>(
+            "validateHostname on an IP address",
+            json!({"host": "192.0.2.1", "tls": {"require": true, "requireCASigned": true, "validateHostname": true}}),
+            &[
+                "spec.tls.validateHostname",
+                "an IP address has no host name to validate",
+            ],
+        ),
+        invalid::<OutboundGateway>(
+            "host that is no IPv4 address",
+            json!({"host": "999.1.1.1"}),
+            &["spec.host", "not a valid IPv4 address"],
+        ),
+        invalid::<OutboundGateway>(
+            "host name with a numeric top label",
+            json!({"host": "gw.123"}),
+            &["spec.host", "looks like an IP address, not a domain"],
+        ),
+        invalid::<OutboundGateway>(
+            "port written into the host",
+            json!({"host": "cafe.babe:25"}),
+            &[
+                "spec.host",
+                "not a valid IPv6 address; write a port in spec.port",
+            ],
+        ),
+        invalid::<AddressList>(
+            "entry with an empty word before @",
+            json!({"entries": ["ok@x.example", "a..b@x.example"]}),
+            &["spec.entries[1]", "should match"],
+        ),
+        invalid::<AddressList>(
+            "entry with a 64-character label",
+            json!({"entries": [format!("{}.example", "a".repeat(64))]}),
+            &["spec.entries[0]", "should match"],
+        ),
+        invalid::<AddressList>(
+            "bulk with one bad item",
+            json!({"bulk": "ok.example, bad..example\nother.example"}),
+            &["spec.bulk", "should match"],
+        ),
+        invalid::<AddressList>(
+            "more than 100000 entries and bulk items together",
+            json!({"entries": vec!["x.example"; 60_001], "bulk": "y.example ".repeat(40_000)}),
+            &["at most 100000 entries per AddressList (entries and bulk items together)"],
+        ),
     ]
 }
 

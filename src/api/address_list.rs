@@ -6,9 +6,18 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Characters an entry may never contain, and no leading `-` (it would read as an option).
-/// Everything else is normalised and checked by the policy engine.
-pub(crate) const ENTRY_PATTERN: &str = r"^[^-\x00-\x20\x7f,;={}][^\x00-\x20\x7f,;={}]*$";
+use super::syntax;
+use schemars::{Schema, SchemaGenerator, json_schema};
+
+/// Most entries one AddressList may hold, `entries` and `bulk` items together.
+pub const MAX_LIST_ENTRIES: usize = 100_000;
+
+/// CEL: entries and bulk items together within [`MAX_LIST_ENTRIES`]. Bulk items are counted
+/// as the engine splits them (white space, `,` and `;`); one regex pass over at most 1 MB.
+const LIST_SIZE_RULE: &str = r"(has(self.spec.entries) ? size(self.spec.entries) : 0) + (has(self.spec.bulk) ? size(self.spec.bulk.findAll('[^\\t\\n\\x0B\\f\\r\\x{85}\\p{Z},;]+')) : 0) <= 100000";
+/// The engine says the same (`policy::lists`).
+pub const LIST_SIZE_MESSAGE: &str =
+    "at most 100000 entries per AddressList (entries and bulk items together)";
 
 /// A named list of email addresses and domains, reusable by several policies.
 ///
@@ -25,6 +34,8 @@ pub(crate) const ENTRY_PATTERN: &str = r"^[^-\x00-\x20\x7f,;={}][^\x00-\x20\x7f,
     shortname = "al",
     category = "mailtls",
     doc = "A named list of email addresses and domains, reusable by several mailtls policies.",
+    validation = Rule::new(LIST_SIZE_RULE).message(LIST_SIZE_MESSAGE)
+    .field_path(".spec.entries"),
     printcolumn(name = "Addresses", type_ = "integer", json_path = ".status.addresses"),
     printcolumn(name = "Domains", type_ = "integer", json_path = ".status.domains"),
     printcolumn(
@@ -48,12 +59,44 @@ pub struct AddressListSpec {
     /// Addresses (`alice@example.com`), domains (`example.com`) or every subdomain
     /// (`.example.com`).
     #[serde(default)]
-    #[schemars(length(max = 100000), inner(length(min = 1, max = 320), regex(pattern = ENTRY_PATTERN)))]
+    #[schemars(schema_with = "entries_schema")]
     pub entries: Vec<String>,
     /// Pasted text with more entries, separated by spaces, commas, semicolons or newlines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1000000))]
+    #[schemars(schema_with = "bulk_schema")]
     pub bulk: Option<String>,
+}
+
+/// Every entry is checked by pattern (no CEL cost, whatever the list's size): the syntax,
+/// the top label and the lengths, as the engine checks them.
+fn entries_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Addresses (`alice@example.com`), domains (`example.com`) or every subdomain\n(`.example.com`).",
+        "type": "array",
+        "default": [],
+        "maxItems": MAX_LIST_ENTRIES,
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 320,
+            "pattern": syntax::entry_pattern(),
+            "allOf": [
+                {"pattern": syntax::top_label_pattern()},
+                {"pattern": syntax::LENGTHS_PATTERN},
+            ],
+        },
+    })
+}
+
+/// The bulk text: items separated as the engine splits them, each with an entry's syntax.
+fn bulk_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Pasted text with more entries, separated by spaces, commas, semicolons or newlines.",
+        "type": "string",
+        "nullable": true,
+        "maxLength": crate::policy::MAX_BULK_CHARS,
+        "pattern": syntax::bulk_pattern(),
+    })
 }
 
 /// One entry that was not accepted, and why.

@@ -7,9 +7,13 @@
 mod address_list;
 mod outbound_gateway;
 mod status;
+mod syntax;
 mod tls_compliance;
 
-pub use address_list::{AddressList, AddressListSpec, AddressListStatus, InvalidEntry};
+pub use address_list::{
+    AddressList, AddressListSpec, AddressListStatus, InvalidEntry, LIST_SIZE_MESSAGE,
+    MAX_LIST_ENTRIES,
+};
 pub use outbound_gateway::{
     AppliesTo, GatewayTls, OutboundGateway, OutboundGatewaySpec, OutboundGatewayStatus,
 };

@@ -7,8 +7,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A DNS name (optionally with a trailing dot), an IPv4 address or an IPv6 address.
-pub(crate) const HOST_PATTERN: &str = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|[0-9A-Fa-f:.]+)$";
+/// A DNS name (optionally with a trailing dot), an IPv4 address or an IPv6 address; the
+/// CEL rules on `host` tell real IP addresses and names from look-alikes.
+pub(crate) const HOST_PATTERN: &str = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$";
 
 /// A host that outbound mail is routed through.
 ///
@@ -39,12 +40,32 @@ pub(crate) const HOST_PATTERN: &str = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0
         .field_path(".spec.addressLists"),
     validation = Rule::new("self.spec.appliesTo == 'Recipients' || !has(self.spec.addressLists) || size(self.spec.addressLists) == 0")
         .message("addressLists is only used with appliesTo: Recipients")
-        .field_path(".spec.addressLists")
+        .field_path(".spec.addressLists"),
+    validation = Rule::new("!has(self.spec.tls) || !has(self.spec.tls.validateHostname) || !self.spec.tls.validateHostname || !isIP(self.spec.host)")
+        .message("an IP address has no host name to validate; use a DNS name or turn validateHostname off")
+        .field_path(".spec.tls.validateHostname")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OutboundGatewaySpec {
     /// DNS name or IP address of the gateway.
-    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = HOST_PATTERN),
+        extend("x-kubernetes-validations" = [
+            {
+                "rule": "!self.contains(':') || isIP(self)",
+                "message": "not a valid IPv6 address; write a port in spec.port, not in the host"
+            },
+            {
+                "rule": "!self.matches('^[0-9.]+$') || isIP(self)",
+                "message": "not a valid IPv4 address"
+            },
+            {
+                "rule": "self.matches('^[0-9.]+$') || !self.matches('(^|[.])[0-9]+[.]?$')",
+                "message": "not a valid host name: looks like an IP address, not a domain"
+            }
+        ])
+    )]
     pub host: String,
     /// SMTP port of the gateway.
     #[serde(default = "default_port")]

@@ -126,7 +126,20 @@ pub struct TestSpec {
     pub enabled: bool,
     /// Time between tests, e.g. `6h`, `30m`, `1h30m` (at least 1m).
     #[serde(default = "default_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(h|m|s))+$"), length(max = 32))]
+    #[schemars(
+        regex(pattern = r"^([0-9]+(h|m|s))+$"),
+        length(max = 32),
+        extend("x-kubernetes-validations" = [
+            {
+                "rule": "!self.matches('^([0-9]+(h|m|s))+$') || duration(self) >= duration('1m')",
+                "messageExpression": "'interval ' + self + ' is shorter than 1m'"
+            },
+            {
+                "rule": "!self.matches('^([0-9]+(h|m|s))+$') || duration(self) <= duration('720h')",
+                "messageExpression": "'interval ' + self + ' is longer than 30 days (720h)'"
+            }
+        ])
+    )]
     pub interval: String,
 }
 

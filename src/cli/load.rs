@@ -2,6 +2,7 @@
 //! server): multi-document files, `kind: List`, unknown fields and every error reported
 //! with file, line, resource and field.
 
+use super::yaml_limits;
 use crate::api::{AddressList, GROUP, OutboundGateway, TlsCompliance, VERSION};
 use crate::policy::entry::display_raw;
 use crate::policy::{Inputs, Kind, ResourceId};
@@ -91,6 +92,12 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
         }
     }
     for file in files {
+        // Refused before reading: a huge file would cost its size in memory first.
+        let size = std::fs::metadata(&file).map_or(0, |m| m.len());
+        if let Err(e) = yaml_limits::check_size(size) {
+            errors.push(too_big(&file, e));
+            continue;
+        }
         match std::fs::read_to_string(&file) {
             Ok(text) => load_text(&file, &text, default_namespace, &mut loaded, &mut errors),
             Err(e) => errors.push(LoadError {
@@ -176,6 +183,12 @@ fn load_text(
     loaded: &mut Loaded,
     errors: &mut Vec<LoadError>,
 ) {
+    let limits =
+        yaml_limits::check_size(text.len() as u64).and_then(|()| yaml_limits::check_depth(text));
+    if let Err(e) = limits {
+        errors.push(too_big(file, e));
+        return;
+    }
     for (line, doc) in documents(text) {
         let source = Source {
             file: file.to_path_buf(),
@@ -198,6 +211,18 @@ fn load_text(
             }
         };
         load_value(value, &source, default_ns, loaded, errors);
+    }
+}
+
+fn too_big(file: &Path, e: yaml_limits::TooBig) -> LoadError {
+    LoadError {
+        source: Some(Source {
+            file: file.to_path_buf(),
+            line: e.line,
+        }),
+        resource: None,
+        field: None,
+        message: e.message,
     }
 }
 

@@ -11,6 +11,7 @@ mod render;
 mod run;
 mod standalone;
 mod tests_loop;
+pub mod yaml_limits;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -4,9 +4,10 @@
 
 use super::entry::{self, Entry, parse_entry};
 use super::{
-    Findings, Kind, ListStats, MAX_BULK_CHARS, MAX_ENTRIES, MAX_LISTED_INVALID, Problem, ResourceId,
+    Findings, Kind, ListStats, MAX_BULK_CHARS, MAX_ENTRIES, MAX_LISTED_INVALID,
+    MAX_NAMESPACE_ENTRIES, Problem, ResourceId, checks,
 };
-use crate::api::{AddressList, LocalRef};
+use crate::api::{AddressList, LIST_SIZE_MESSAGE, LocalRef};
 use kube::ResourceExt;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -97,14 +98,22 @@ impl Lists {
 }
 
 /// Normalise every list: parse each entry, drop and count duplicates, collect invalid ones.
+/// Lists refused by [`admit`] are not read at all.
 pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists {
+    let admitted = admit(lists, findings);
     let mut out = Lists::default();
     // The list that last took each id, to count duplicates within one list.
     let mut last_list: Vec<u32> = Vec::new();
     for (n, list) in lists.iter().enumerate() {
+        if !admitted[n] {
+            findings
+                .get_mut(&ResourceId::new(Kind::AddressList, list.name_any()))
+                .list = Some(ListStats::default());
+            out.by_name.insert(list.name_any(), Vec::new());
+            continue;
+        }
         let stamp = n as u32 + 1;
         let mut stats = ListStats::default();
-        let mut errors = Vec::new();
         let mut ids = Vec::new();
         let mut add =
             |raw: &str, field: &dyn Fn() -> String, stats: &mut ListStats| match parse_entry(raw) {
@@ -138,34 +147,65 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
             add(raw, &|| format!("spec.entries[{i}]"), &mut stats);
         }
         if let Some(bulk) = &list.spec.bulk {
-            if bulk.chars().count() > MAX_BULK_CHARS {
-                errors.push(Problem {
-                    field: "spec.bulk".into(),
-                    message: format!("is longer than {MAX_BULK_CHARS} characters; split it into several AddressLists"),
-                });
-            } else {
-                for (i, raw) in entry::split_bulk(bulk).enumerate() {
-                    add(raw, &|| format!("spec.bulk (item {})", i + 1), &mut stats);
-                }
+            for (i, raw) in entry::split_bulk(bulk).enumerate() {
+                add(raw, &|| format!("spec.bulk (item {})", i + 1), &mut stats);
             }
         }
-        if ids.len() > MAX_ENTRIES {
-            errors.push(Problem {
-                field: "spec.entries".into(),
-                message: format!(
-                    "{} entries; at most {MAX_ENTRIES} per AddressList",
-                    ids.len()
-                ),
-            });
-            ids.clear();
-        }
         (stats.addresses, stats.domains) = out.count_kinds(&ids);
-        let f = findings.get_mut(&ResourceId::new(Kind::AddressList, list.name_any()));
-        f.list = Some(stats);
-        f.errors.extend(errors);
+        findings
+            .get_mut(&ResourceId::new(Kind::AddressList, list.name_any()))
+            .list = Some(stats);
         out.by_name.insert(list.name_any(), ids);
     }
     out
+}
+
+/// Which lists may be normalised: the bulk text within [`MAX_BULK_CHARS`], each list within
+/// [`MAX_ENTRIES`] and, oldest list first, the namespace within [`MAX_NAMESPACE_ENTRIES`].
+/// Entries are counted as written, before any is parsed or stored, so an oversized
+/// namespace costs one scan of its text instead of the memory of its entries. A refused
+/// list gets an error and contributes nothing.
+fn admit(lists: &[AddressList], findings: &mut Findings) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..lists.len()).collect();
+    order.sort_by_key(|&i| checks::age_key(&lists[i]));
+    let mut admitted = vec![false; lists.len()];
+    let mut total = 0;
+    for i in order {
+        let list = &lists[i];
+        let id = ResourceId::new(Kind::AddressList, list.name_any());
+        let bulk = list.spec.bulk.as_deref().unwrap_or_default();
+        let problem = if bulk.chars().count() > MAX_BULK_CHARS {
+            Problem {
+                field: "spec.bulk".into(),
+                message: format!(
+                    "is longer than {MAX_BULK_CHARS} characters; split it into several AddressLists"
+                ),
+            }
+        } else {
+            let count = list.spec.entries.len() + entry::split_bulk(bulk).count();
+            if count > MAX_ENTRIES {
+                Problem {
+                    field: "spec.entries".into(),
+                    message: format!("{LIST_SIZE_MESSAGE}; this one has {count}"),
+                }
+            } else if total + count > MAX_NAMESPACE_ENTRIES {
+                Problem {
+                    field: "spec".into(),
+                    message: format!(
+                        "the AddressLists of one namespace may hold at most \
+                         {MAX_NAMESPACE_ENTRIES} entries together; older lists hold {total} \
+                         and this one {count}, so this list is not used"
+                    ),
+                }
+            } else {
+                total += count;
+                admitted[i] = true;
+                continue;
+            }
+        };
+        findings.get_mut(&id).errors.push(problem);
+    }
+    admitted
 }
 
 /// The normalised, deduplicated entries of one list (invalid ones left out), sorted.
