@@ -1030,8 +1030,11 @@ async fn a_bad_edit_keeps_the_last_valid_generation_across_a_restart() {
         assert_eq!(kept.address_lists["partners"].generation, 1);
         assert!(kept.policies["partners"].uid.is_some(), "the uid is kept");
 
-        // A bad edit the API server accepts: the list's entries replaced by a typo.
-        apply(&lists, &list("partners", &["a@@b.example"])).await;
+        // A bad edit the API server accepts (it cannot check the lengths and the numeric
+        // top label inside bulk items): the list's entries replaced by a typo.
+        let mut typo = list("partners", &[]);
+        typo.spec.bulk = Some("partner.123".into());
+        apply(&lists, &typo).await;
         let l = wait_for(&lists, "partners", "refused at generation 2", |l| {
             l.and_then(|l| l.status.as_ref())
                 .is_some_and(|s| s.observed_generation == Some(2))
