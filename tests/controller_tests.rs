@@ -14,25 +14,30 @@ use serde_json::json;
 use std::time::Duration;
 use support::fixtures::*;
 
-async fn wait_status(
-    api: &Api<TlsCompliance>,
+async fn wait_status<K>(
+    api: &Api<K>,
     name: &str,
     check: impl Fn(&serde_json::Value) -> bool + Send + 'static,
-) -> serde_json::Value {
+) -> serde_json::Value
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + Send
+        + 'static,
+{
     let done = tokio::time::timeout(
         Duration::from_secs(90),
-        kube::runtime::wait::await_condition(
-            api.clone(),
-            name,
-            move |p: Option<&TlsCompliance>| {
-                p.and_then(|p| serde_json::to_value(p).ok())
-                    .is_some_and(|v| check(&v["status"]))
-            },
-        ),
+        kube::runtime::wait::await_condition(api.clone(), name, move |r: Option<&K>| {
+            r.and_then(|r| serde_json::to_value(r).ok())
+                .is_some_and(|v| check(&v["status"]))
+        }),
     )
     .await;
     match done {
-        Ok(Ok(Some(p))) => serde_json::to_value(p).expect("json")["status"].clone(),
+        Ok(Ok(Some(r))) => serde_json::to_value(r).expect("json")["status"].clone(),
         other => panic!(
             "{name}: status not reached: {other:?}; now {:?}",
             api.get_opt(name).await
@@ -193,7 +198,7 @@ async fn controller_tests_refuse_internal_addresses_and_never_echo_a_banner() {
         }
         let mut results = Vec::new();
         for name in ["literal", "rebind", "ssh"] {
-            let status = wait_gateway(&gateways, name, |s| !s["lastTest"].is_null()).await;
+            let status = wait_status(&gateways, name, |s| !s["lastTest"].is_null()).await;
             results.push(status["results"][0].clone());
         }
         let _ = stop.send(true);
@@ -211,30 +216,4 @@ async fn controller_tests_refuse_internal_addresses_and_never_echo_a_banner() {
         assert!(ssh_hits.load(std::sync::atomic::Ordering::SeqCst) > 0, "the allowed address was tested");
     })
     .await;
-}
-
-async fn wait_gateway(
-    api: &Api<OutboundGateway>,
-    name: &str,
-    check: impl Fn(&serde_json::Value) -> bool + Send + 'static,
-) -> serde_json::Value {
-    let done = tokio::time::timeout(
-        Duration::from_secs(90),
-        kube::runtime::wait::await_condition(
-            api.clone(),
-            name,
-            move |g: Option<&OutboundGateway>| {
-                g.and_then(|g| serde_json::to_value(g).ok())
-                    .is_some_and(|v| check(&v["status"]))
-            },
-        ),
-    )
-    .await;
-    match done {
-        Ok(Ok(Some(g))) => serde_json::to_value(g).expect("json")["status"].clone(),
-        other => panic!(
-            "{name}: status not reached: {other:?}; now {:?}",
-            api.get_opt(name).await
-        ),
-    }
 }

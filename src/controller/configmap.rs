@@ -24,6 +24,14 @@ pub const CONFIGMAP_LIMIT: usize = 1024 * 1024;
 /// The server-side-apply body: only the fields mailtls owns. Large files go compressed into
 /// `binaryData` (see [`crate::render::pack`]); a key this leaves out is removed by the apply.
 pub fn desired(name: &str, namespace: &str, hash: &str, packed: &Packed) -> Value {
+    let mut body = managed_body(name, namespace, packed);
+    body["metadata"]["annotations"] = json!({HASH_ANNOTATION: hash});
+    body
+}
+
+/// A ConfigMap of mailtls's (label, `data`, `binaryData`), as the relay and the state
+/// ConfigMaps both are.
+pub fn managed_body(name: &str, namespace: &str, packed: &Packed) -> Value {
     let mut body = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -31,7 +39,6 @@ pub fn desired(name: &str, namespace: &str, hash: &str, packed: &Packed) -> Valu
             "name": name,
             "namespace": namespace,
             "labels": {MANAGED_BY_LABEL: MANAGER},
-            "annotations": {HASH_ANNOTATION: hash},
         },
         "data": packed.text,
     });

@@ -4,14 +4,13 @@
 //! namespace while leading, then cached; written only when it changes, and before the
 //! relay ConfigMap, so what is rendered never runs ahead of what is kept.
 
-use super::configmap::{CONFIGMAP_LIMIT, MANAGED_BY_LABEL, MANAGER};
+use super::configmap::{CONFIGMAP_LIMIT, MANAGER};
 use super::{Error, reconcile::Context};
 use crate::policy::LastValid;
 use crate::render::pack::{GZ_SUFFIX, Packed, UNPACKED_LIMIT, gunzip, pack};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -100,25 +99,7 @@ pub fn packed(json: String) -> Packed {
 
 /// The server-side-apply body of the state ConfigMap.
 pub fn desired(name: &str, namespace: &str, packed: Packed) -> Value {
-    let mut body = json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {MANAGED_BY_LABEL: MANAGER},
-        },
-        "data": packed.text,
-    });
-    if !packed.gzip.is_empty() {
-        let binary: serde_json::Map<String, Value> = packed
-            .gzip
-            .into_iter()
-            .map(|(k, v)| (k, json!(ByteString(v))))
-            .collect();
-        body["binaryData"] = Value::Object(binary);
-    }
-    body
+    super::configmap::managed_body(name, namespace, &packed)
 }
 
 /// Store the snapshot unless it is the one already stored.
