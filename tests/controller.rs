@@ -1170,3 +1170,122 @@ async fn a_hand_edited_or_deleted_config_map_is_restored_with_an_event() {
     })
     .await;
 }
+
+const STATE: &str = "mailtls-relay-state";
+
+/// The last valid generations the state ConfigMap holds (as text).
+fn snapshot_of(cm: Option<&ConfigMap>) -> Option<mailtls::policy::LastValid> {
+    let text = cm?.data.as_ref()?.get("last-valid.json")?;
+    mailtls::policy::LastValid::from_json(text).ok()
+}
+
+fn state_repairs(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("StateRepaired"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(STATE))
+        .map(|e| e.note.clone().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn a_deleted_or_edited_state_is_restored_and_still_enforced_after_a_restart() {
+    in_namespace("ctl-state-drift", |client, ns| async move {
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let partners = list("partners", &["partner.example", "alice@example.org"]);
+        let p = policy("partners", &["partners"]);
+        apply(&lists, &partners).await;
+        apply(&policies, &p).await;
+        let running = Running::start(&client, &ns, None);
+        let good = expected_hash(&ns, &[partners], std::slice::from_ref(&p), &[]);
+        let before = wait_for_hash(&client, &ns, &good).await;
+        wait_condition::<TlsCompliance>(&client, &ns, "partners", "Ready", "True").await;
+        let kept = snapshot_of(cms.get_opt(STATE).await.expect("state").as_ref())
+            .expect("the state ConfigMap with a snapshot");
+        assert_eq!(kept.address_lists["partners"].generation, 1);
+        let same = |cm: Option<&ConfigMap>| {
+            snapshot_of(cm).as_ref() == Some(&kept)
+                && cm.is_some_and(|c| c.data.as_ref().is_some_and(|d| d.len() == 1))
+        };
+
+        // Deleted while running: written again from memory, and said so.
+        cms.delete(STATE, &DeleteParams::default())
+            .await
+            .expect("delete the state");
+        wait_for(&cms, STATE, "written again after a deletion", same).await;
+        let events = events_when(&client, &ns, |e| !state_repairs(e).is_empty()).await;
+        let notes = state_repairs(&events);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("it had been deleted"), "{notes:?}");
+
+        // Edited by hand (every generation forgotten, a key added): restored, named.
+        let forged = serde_json::to_string(&mailtls::policy::LastValid::default()).expect("json");
+        let params = PatchParams {
+            field_manager: Some("kubectl-edit".into()),
+            ..PatchParams::default()
+        };
+        let edit = json!({"data": {"last-valid.json": forged, "note": "cleaned up"}});
+        cms.patch(STATE, &params, &Patch::Merge(&edit))
+            .await
+            .expect("hand edit");
+        wait_for(&cms, STATE, "restored after a hand edit", same).await;
+        let events = events_when(&client, &ns, |e| state_repairs(e).len() >= 2).await;
+        let notes = state_repairs(&events);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("edited by kubectl-edit")),
+            "{notes:?}"
+        );
+
+        // Its own write came back on the watch without another write: after a later
+        // reconcile (a list that was never valid, so nothing new is kept) it is unchanged.
+        let version = cms.get(STATE).await.expect("state").resource_version();
+        let mut broken = list("broken", &[]);
+        broken.spec.bulk = Some("partner.123".into());
+        apply(&lists, &broken).await;
+        wait_condition::<AddressList>(&client, &ns, "broken", "Ready", "False").await;
+        assert_eq!(
+            cms.get(STATE).await.expect("state").resource_version(),
+            version,
+            "no write loop"
+        );
+        running.stop().await;
+
+        // While stopped, a bad edit of the list. After the restart the state read back is
+        // the restored one, so generation 1 stays enforced and the relay is unchanged.
+        let mut typo = list("partners", &[]);
+        typo.spec.bulk = Some("partner.123".into());
+        apply(&lists, &typo).await;
+        let again = Running::start(&client, &ns, None);
+        let l = wait_for(&lists, "partners", "refused at generation 2", |l| {
+            l.and_then(|l| l.status.as_ref())
+                .is_some_and(|s| s.observed_generation == Some(2))
+        })
+        .await
+        .expect("list");
+        let ready = ready_of(&l).expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidEntries")
+        );
+        assert!(
+            ready.message.ends_with("generation 1 is still enforced"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(
+            l.status.as_ref().and_then(|s| s.enforced_generation),
+            Some(1)
+        );
+        let now = cms.get(CM).await.expect("relay ConfigMap");
+        assert_eq!(
+            (hash_of(Some(&now)), now.data),
+            (hash_of(Some(&before)), before.data)
+        );
+        again.stop().await;
+    })
+    .await;
+}

@@ -1,9 +1,10 @@
-//! Drift repair: the relay ConfigMaps are watched (by name, which is also what the RBAC
-//! `resourceNames` grant allows to list and watch), and a change the controller did not
-//! make, or a deletion, marks the namespace dirty. The reconcile then compares the stored
-//! content with the rendered one ([`differs`]) and restores it. The controller's own writes
-//! also arrive on the watch; they are recognised by resource version and skipped, and even
-//! one that slips through only costs a reconcile that finds nothing to write (no loop).
+//! Drift repair: the relay and the state ConfigMaps are watched (each by name, which is
+//! also what the RBAC `resourceNames` grant allows to list and watch, one [`Seen`] per
+//! name), and a change the controller did not make, or a deletion, marks the namespace
+//! dirty. The reconcile then compares the stored content with what it would write
+//! ([`differs`]) and restores it. The controller's own writes also arrive on the watch;
+//! they are recognised by resource version and skipped, and even one that slips through
+//! only costs a reconcile that finds nothing to write (no loop).
 
 use super::configmap::{HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGER};
 use super::queue::Sender;
@@ -19,11 +20,21 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// What the watch and the reconciles share: the controller's last write per namespace,
-/// and the namespaces whose ConfigMap was deleted since.
+/// and the namespaces whose ConfigMap was deleted, or changed by someone else, since.
 #[derive(Default)]
 pub struct Seen {
     written: Mutex<HashMap<String, String>>,
     deleted: Mutex<BTreeSet<String>>,
+    /// Only the state's reconcile reads this (it does not read its ConfigMap every time;
+    /// the relay's does): at most one entry per namespace either way.
+    changed: Mutex<BTreeSet<String>>,
+}
+
+/// Why a namespace's ConfigMap needs checking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drift {
+    Changed,
+    Deleted,
 }
 
 impl Seen {
@@ -41,7 +52,7 @@ impl Seen {
             .is_ok_and(|w| rv.is_some() && w.get(namespace) == rv.as_ref())
     }
 
-    fn mark_deleted(&self, namespace: &str) {
+    pub(super) fn mark_deleted(&self, namespace: &str) {
         if let Ok(mut w) = self.written.lock() {
             w.remove(namespace);
         }
@@ -50,9 +61,39 @@ impl Seen {
         }
     }
 
+    pub(super) fn mark_changed(&self, namespace: &str) {
+        if let Ok(mut c) = self.changed.lock() {
+            c.insert(namespace.to_string());
+        }
+    }
+
     /// Whether the namespace's ConfigMap was seen deleted (and forget it).
     pub fn take_deleted(&self, namespace: &str) -> bool {
         self.deleted.lock().is_ok_and(|mut d| d.remove(namespace))
+    }
+
+    /// Whether the namespace's ConfigMap was deleted or changed by someone else since the
+    /// last call (and forget it; [`Seen::restore`] puts it back when the check failed).
+    pub fn take(&self, namespace: &str) -> Option<Drift> {
+        let changed = self.changed.lock().is_ok_and(|mut c| c.remove(namespace));
+        if self.take_deleted(namespace) {
+            Some(Drift::Deleted)
+        } else {
+            changed.then_some(Drift::Changed)
+        }
+    }
+
+    /// Put back what [`Seen::take`] returned, so a failed repair is tried again.
+    pub fn restore(&self, namespace: &str, drift: Option<Drift>) {
+        match drift {
+            Some(Drift::Deleted) => {
+                if let Ok(mut d) = self.deleted.lock() {
+                    d.insert(namespace.to_string());
+                }
+            }
+            Some(Drift::Changed) => self.mark_changed(namespace),
+            None => {}
+        }
     }
 }
 
@@ -74,35 +115,44 @@ pub fn watchers(
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     apis.into_iter()
         .map(|api| {
-            let (config, seen) = (config.clone(), seen.clone());
-            Box::new(move |queue: Sender| drive(api, config, seen, queue).boxed()) as Watcher
+            let (config, seen, name) = (config.clone(), seen.clone(), name.to_string());
+            Box::new(move |queue: Sender| drive(api, config, name, seen, queue).boxed()) as Watcher
         })
         .collect()
 }
 
-async fn drive(api: Api<ConfigMap>, config: watcher::Config, seen: Arc<Seen>, queue: Sender) {
+async fn drive(
+    api: Api<ConfigMap>,
+    config: watcher::Config,
+    name: String,
+    seen: Arc<Seen>,
+    queue: Sender,
+) {
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     let mut first_list = true;
     while let Some(event) = stream.next().await {
         match event {
-            Err(e) => tracing::warn!("relay ConfigMap watch failed, retrying with backoff: {e}"),
+            Err(e) => tracing::warn!(%name, "ConfigMap watch failed, retrying with backoff: {e}"),
             // The first list is covered by the reconcile of every namespace at start; a
             // relist after a gap may hide edits or deletions, so it rechecks them all.
             Ok(Event::InitApply(cm)) if !first_list => {
-                queue.send(cm.namespace().unwrap_or_default())
+                let ns = cm.namespace().unwrap_or_default();
+                seen.mark_changed(&ns);
+                queue.send(ns)
             }
             Ok(Event::InitDone) => first_list = false,
             Ok(Event::Apply(cm)) => {
                 let ns = cm.namespace().unwrap_or_default();
                 if !seen.is_own(&ns, &cm) {
-                    tracing::debug!(namespace = %ns, "relay ConfigMap changed by someone else");
+                    tracing::debug!(namespace = %ns, %name, "ConfigMap changed by someone else");
+                    seen.mark_changed(&ns);
                     queue.send(ns);
                 }
             }
             Ok(Event::Delete(cm)) => {
                 let ns = cm.namespace().unwrap_or_default();
-                tracing::info!(namespace = %ns, "relay ConfigMap deleted");
+                tracing::info!(namespace = %ns, %name, "ConfigMap deleted");
                 seen.mark_deleted(&ns);
                 queue.send(ns);
             }
@@ -112,20 +162,24 @@ async fn drive(api: Api<ConfigMap>, config: watcher::Config, seen: Arc<Seen>, qu
 }
 
 /// Whether the stored ConfigMap differs from the apply body `desired` in anything the relay
-/// reads: the files (text or compressed, extra keys included), the hash, the label.
+/// (or a restarted controller) reads: the files (text or compressed, extra keys included),
+/// the hash, the label.
 pub fn differs(current: &ConfigMap, desired: &Value) -> bool {
     let data: BTreeMap<String, String> =
         serde_json::from_value(desired["data"].clone()).unwrap_or_default();
     let binary: BTreeMap<String, ByteString> =
         serde_json::from_value(desired["binaryData"].clone()).unwrap_or_default();
+    // The hash only where the body carries one (the relay's, not the state's).
     let hash = desired["metadata"]["annotations"][HASH_ANNOTATION].as_str();
     current.data.clone().unwrap_or_default() != data
         || current.binary_data.clone().unwrap_or_default() != binary
-        || current
-            .annotations()
-            .get(HASH_ANNOTATION)
-            .map(String::as_str)
-            != hash
+        || hash.is_some_and(|h| {
+            current
+                .annotations()
+                .get(HASH_ANNOTATION)
+                .map(String::as_str)
+                != Some(h)
+        })
         || current.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGER)
 }
 

@@ -5,12 +5,15 @@
 use crate::api::Condition;
 use crate::policy::Inputs;
 use crate::status::{COMPLIANT, CONFLICT, READY};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Resource;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
 
 /// Event reason when a hand-edited or deleted ConfigMap was restored.
 pub const REPAIRED: &str = "RelayConfigRepaired";
+
+/// Event reason when a hand-edited or deleted state ConfigMap was restored.
+pub const STATE_REPAIRED: &str = "StateRepaired";
 
 /// Name of the controller in Events.
 const CONTROLLER: &str = "mailtls-controller";
@@ -37,6 +40,17 @@ impl Events {
         reason: &str,
         note: String,
     ) {
+        self.publish_ref(&regarding.object_ref(&()), type_, reason, note)
+            .await
+    }
+
+    async fn publish_ref(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
@@ -45,11 +59,7 @@ impl Events {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = self
-            .recorder
-            .publish(&event, &regarding.object_ref(&()))
-            .await
-        {
+        if let Err(e) = self.recorder.publish(&event, regarding).await {
             tracing::warn!(reason, "could not record an Event: {e}");
         }
     }
@@ -72,6 +82,22 @@ impl Events {
              from the namespace's policies, edit those instead"
         );
         self.publish(cm, EventType::Warning, REPAIRED, note).await;
+    }
+
+    /// The last valid generations of a namespace were restored after a hand edit or deletion.
+    pub async fn state_repaired(&self, cm: &ConfigMap, why: &str) {
+        let note = format!(
+            "last valid generations restored from the controller's memory: {why}; the \
+             ConfigMap is written by mailtls and read back after a restart to decide which \
+             earlier generations stay enforced, do not edit it"
+        );
+        // The recorder folds a repeat (same reason and object uid) into the first Event's
+        // count, keeping its note; the restored version makes each repair its own Event,
+        // so each names its editor.
+        let mut regarding = cm.object_ref(&());
+        regarding.resource_version = cm.resource_version();
+        self.publish_ref(&regarding, EventType::Warning, STATE_REPAIRED, note)
+            .await;
     }
 
     /// A resource's conditions changed: warn about new conflicts and new reasons for not

@@ -134,6 +134,13 @@ pub async fn run(
         &settings.config_map,
         drift.clone(),
     ));
+    let state_drift = Arc::new(drift::Seen::default());
+    watchers.extend(drift::watchers(
+        &client,
+        &settings.namespaces,
+        &state::name(&settings.config_map),
+        state_drift.clone(),
+    ));
     let (relay_pods, pod_watchers) = match &settings.relays {
         Some(r) => {
             let (pods, watchers) = RelayPods::start(&client, &settings.namespaces, &r.selector);
@@ -165,6 +172,7 @@ pub async fn run(
         relays: relay_pods.clone(),
         states: Default::default(),
         drift,
+        state_drift,
     });
     let server = match settings.metrics_addr {
         Some(addr) => {

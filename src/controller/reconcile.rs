@@ -108,8 +108,10 @@ pub struct Context {
     pub relays: Option<Arc<super::RelayPods>>,
     /// The last valid generations of each namespace.
     pub states: state::States,
-    /// Our ConfigMap writes and deletions seen by the drift watch.
+    /// Our relay ConfigMap writes and its deletions seen by the drift watch.
     pub drift: Arc<super::drift::Seen>,
+    /// The same for the state ConfigMap.
+    pub state_drift: Arc<super::drift::Seen>,
 }
 
 impl Context {

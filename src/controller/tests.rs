@@ -141,6 +141,7 @@ fn context_as(inputs: &Inputs, leader: bool) -> (Arc<Context>, Handle, impl Size
         relays: None,
         states: Default::default(),
         drift: Arc::default(),
+        state_drift: Arc::default(),
     };
     (Arc::new(ctx), handle, (lists, policies, gateways))
 }
@@ -1284,6 +1285,162 @@ async fn a_config_map_with_the_rendered_content_is_not_written() {
     expect_state_get(&mut handle, Some(&snapshot(&before))).await;
     expect_config_map_get(&mut handle, Some(cm)).await;
     run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+/// The state ConfigMap exactly as the controller writes `state` (label and data).
+fn stored_state(state: &LastValid) -> Value {
+    let json = serde_json::to_string(state).expect("json");
+    let mut cm = super::state::desired("mailtls-relay-state", NS, super::state::packed(json));
+    cm["metadata"]["resourceVersion"] = json!("600");
+    cm
+}
+
+/// The state GET a flagged namespace's reconcile makes before deciding to repair.
+async fn expect_state_check(handle: &mut Handle, stored: Option<Value>) {
+    let seen = next(handle).await;
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("GET", STATE_PATH)
+    );
+    match stored {
+        None => seen.respond(StatusCode::NOT_FOUND, &not_found()),
+        Some(cm) => seen.respond(StatusCode::OK, &cm),
+    }
+}
+
+/// A namespace already reconciled once: the state is cached, nothing is written.
+async fn reconcile_once(ctx: &Arc<Context>, handle: &mut Handle, before: &Inputs) {
+    let run = spawn_reconcile(ctx);
+    expect_state_get(handle, Some(&snapshot(before))).await;
+    expect_config_map_get(handle, Some(stored_for(before))).await;
+    run.await.expect("task").expect("reconcile");
+}
+
+/// The state ConfigMap deleted while running: the next reconcile of its namespace writes
+/// it again from the cache (nothing else would: the snapshot did not change) and says so
+/// on the ConfigMap. A failed write keeps the namespace flagged, so the retry repairs it.
+#[tokio::test]
+async fn a_deleted_state_is_written_again_from_the_cache_with_an_event() {
+    // Only a list: a failed write then changes no status (it marks policies and gateways).
+    let before = inputs(
+        vec![address_list("partners", &["partner.example"])],
+        vec![],
+        vec![],
+    );
+    let after = reconciled(&before);
+    let (ctx, mut handle, _writers) = context(&after);
+    reconcile_once(&ctx, &mut handle, &before).await;
+    ctx.state_drift.mark_deleted(NS);
+
+    // The write is refused once: the flag survives the error.
+    let run = spawn_reconcile(&ctx);
+    expect_state_check(&mut handle, None).await;
+    let refused = next(&mut handle).await;
+    assert_eq!(
+        (refused.method.as_str(), refused.path.as_str()),
+        ("PATCH", STATE_PATH)
+    );
+    refused.respond(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": "InternalError", "code": 500, "message": "etcd is away"}),
+    );
+    let err = run.await.expect("task").expect_err("the refused write");
+    assert!(matches!(err, super::Error::ConfigMap { .. }), "{err}");
+
+    let run = spawn_reconcile(&ctx);
+    expect_state_check(&mut handle, None).await;
+    assert_eq!(expect_state_apply(&mut handle).await, snapshot(&before));
+    let event = expect_event(&mut handle).await;
+    assert_eq!(
+        (&event["reason"], &event["type"]),
+        (&json!("StateRepaired"), &json!("Warning"))
+    );
+    assert_eq!(event["regarding"]["name"], "mailtls-relay-state");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(note.contains("it had been deleted"), "{note}");
+    expect_config_map_get(&mut handle, Some(stored_for(&before))).await;
+    run.await.expect("task").expect("reconcile");
+
+    // Repaired: the next reconcile reads nothing more.
+    let run = spawn_reconcile(&ctx);
+    expect_config_map_get(&mut handle, Some(stored_for(&before))).await;
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+/// A hand edit of the state (here one that forgets every generation, and adds a key) is
+/// found by comparing with what the controller would write, undone (the extra key by a
+/// merge patch), and the Event names who edited it. The controller's own write coming
+/// back on the watch costs one read and no write.
+#[tokio::test]
+async fn a_hand_edited_state_is_restored_and_our_own_write_is_not_rewritten() {
+    let before = inputs(
+        vec![address_list("partners", &["partner.example"])],
+        vec![policy("partners", "partners")],
+        vec![],
+    );
+    let after = reconciled(&before);
+    let (ctx, mut handle, _writers) = context(&after);
+    reconcile_once(&ctx, &mut handle, &before).await;
+
+    let mut edited = stored_state(&LastValid::default());
+    edited["data"]["note"] = json!("cleaned up");
+    edited["metadata"]["managedFields"] = json!([
+        {"manager": "mailtls", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:metadata": {"f:labels": {"f:app.kubernetes.io/managed-by": {}}}}},
+        {"manager": "kubectl-edit", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:data": {"f:last-valid.json": {}, "f:note": {}}}},
+    ]);
+    ctx.state_drift.mark_changed(NS);
+    let run = spawn_reconcile(&ctx);
+    expect_state_check(&mut handle, Some(edited.clone())).await;
+    let remove = next(&mut handle).await;
+    assert_eq!(
+        (
+            remove.method.as_str(),
+            remove.path.as_str(),
+            remove.content_type.as_str()
+        ),
+        ("PATCH", STATE_PATH, "application/merge-patch+json")
+    );
+    assert_eq!(remove.body, json!({"data": {"note": null}}));
+    remove.respond(StatusCode::OK, &edited);
+    assert_eq!(expect_state_apply(&mut handle).await, snapshot(&before));
+    let event = expect_event(&mut handle).await;
+    assert_eq!(event["reason"], "StateRepaired");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(note.contains("edited by kubectl-edit"), "{note}");
+    expect_config_map_get(&mut handle, Some(stored_for(&before))).await;
+    run.await.expect("task").expect("reconcile");
+
+    // Our own write seen as someone else's (it raced the resource version): read, equal,
+    // nothing written, no Event.
+    ctx.state_drift.mark_changed(NS);
+    let run = spawn_reconcile(&ctx);
+    expect_state_check(&mut handle, Some(stored_state(&snapshot(&before)))).await;
+    expect_config_map_get(&mut handle, Some(stored_for(&before))).await;
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    expect_no_more(&mut handle).await;
+}
+
+/// After a restart the ConfigMap is the only source of truth: a flag raised before the
+/// first read is dropped (there is no cache to repair from), so the read is all there is.
+#[tokio::test]
+async fn a_flag_before_the_first_read_only_reads() {
+    let before = inputs(
+        vec![address_list("partners", &["partner.example"])],
+        vec![policy("partners", "partners")],
+        vec![],
+    );
+    let after = reconciled(&before);
+    let (ctx, mut handle, _writers) = context(&after);
+    ctx.state_drift.mark_changed(NS);
+    reconcile_once(&ctx, &mut handle, &before).await;
     drop(ctx);
     expect_no_more(&mut handle).await;
 }
