@@ -81,7 +81,8 @@ impl Events {
             "relay configuration {hash} restored: {why}; the ConfigMap is written by mailtls \
              from the namespace's policies, edit those instead"
         );
-        self.publish(cm, EventType::Warning, REPAIRED, note).await;
+        self.publish_ref(&per_version(cm), EventType::Warning, REPAIRED, note)
+            .await;
     }
 
     /// The last valid generations of a namespace were restored after a hand edit or deletion.
@@ -91,12 +92,7 @@ impl Events {
              ConfigMap is written by mailtls and read back after a restart to decide which \
              earlier generations stay enforced, do not edit it"
         );
-        // The recorder folds a repeat (same reason and object uid) into the first Event's
-        // count, keeping its note; the restored version makes each repair its own Event,
-        // so each names its editor.
-        let mut regarding = cm.object_ref(&());
-        regarding.resource_version = cm.resource_version();
-        self.publish_ref(&regarding, EventType::Warning, STATE_REPAIRED, note)
+        self.publish_ref(&per_version(cm), EventType::Warning, STATE_REPAIRED, note)
             .await;
     }
 
@@ -154,4 +150,13 @@ impl Events {
                 .await;
         }
     }
+}
+
+/// The ConfigMap at its restored version. The recorder folds a repeat (same reason and
+/// object) into the first Event's count and keeps that Event's note; with the version each
+/// repair is its own Event, so each names its editor.
+fn per_version(cm: &ConfigMap) -> ObjectReference {
+    let mut regarding = cm.object_ref(&());
+    regarding.resource_version = cm.resource_version();
+    regarding
 }
