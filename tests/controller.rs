@@ -687,16 +687,28 @@ async fn metrics_health_and_readiness_are_served() {
 
         assert_eq!(http_get(addr, "/healthz").await.expect("healthz").0, 200);
         assert_eq!(http_get(addr, "/readyz").await.expect("readyz").0, 200);
-        let (code, metrics) = http_get(addr, "/metrics").await.expect("metrics");
-        assert_eq!(code, 200);
-        for wanted in [
+        let wanted = [
             format!("mailtls_reconciles_total{{namespace=\"{ns}\"}}"),
             "mailtls_reconcile_duration_seconds_bucket".to_string(),
             format!("mailtls_render_size_bytes{{namespace=\"{ns}\"}}"),
             "mailtls_api_writes_total{object=\"configmap\"} 1".to_string(),
             "mailtls_api_writes_total{object=\"state\"} 1".to_string(),
-        ] {
-            assert!(metrics.contains(&wanted), "no {wanted} in:\n{metrics}");
+        ];
+        // The statuses are written inside the reconcile and its count only after it
+        // returns: Ready can be seen a moment before the counter moves.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let (code, metrics) = http_get(addr, "/metrics").await.expect("metrics");
+            assert_eq!(code, 200);
+            let missing: Vec<&String> = wanted.iter().filter(|w| !metrics.contains(*w)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {missing:?} in:\n{metrics}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
 
         let _ = stop.send(true);
