@@ -104,14 +104,7 @@ pub fn watchers(
     name: &str,
     seen: Arc<Seen>,
 ) -> Vec<Watcher> {
-    let apis: Vec<Api<ConfigMap>> = if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
-    };
+    let apis: Vec<Api<ConfigMap>> = super::watch::scoped_apis(client, namespaces);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     apis.into_iter()
         .map(|api| {

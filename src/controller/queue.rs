@@ -183,14 +183,7 @@ async fn managed_namespaces(ctx: &Context) -> BTreeSet<String> {
     let params = ListParams::default()
         .labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"))
         .fields(&format!("metadata.name={}", ctx.config_map));
-    let apis: Vec<Api<ConfigMap>> = if ctx.namespaces.is_empty() {
-        vec![Api::all(ctx.client.clone())]
-    } else {
-        ctx.namespaces
-            .iter()
-            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
-            .collect()
-    };
+    let apis: Vec<Api<ConfigMap>> = super::watch::scoped_apis(&ctx.client, &ctx.namespaces);
     let mut out = BTreeSet::new();
     for api in apis {
         match api.list_metadata(&params).await {

@@ -68,6 +68,22 @@ pub fn start(client: Client, namespaces: &[String]) -> (Stores, Vec<Watcher>) {
     (stores, watchers)
 }
 
+/// One Api per watched namespace, or one for all namespaces when none is given.
+pub fn scoped_apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
 fn add<K>(
     client: &Client,
     scope: Option<&str>,
