@@ -2,15 +2,17 @@
 //! Postfix configuration and tested with real TLS connections.
 //!
 //! Pure core: [`api`] (resource types), [`policy`] (resolve, merge, conflicts) and
-//! [`render`] (EffectivePolicy → Postfix files) do no I/O. The edges (`cli`, network
-//! probes, the controller and the relay agent) live beside them.
+//! [`render`] (EffectivePolicy → Postfix files) do no I/O. [`engine`] holds the one copy of
+//! the reconcile pipeline and the TLS-test scheduling over a backend: the cluster
+//! ([`controller`]) or a directory (`mailtls standalone` in [`cli`]). The edges (network
+//! [`probe`]s, the controller, the [`relay`] agent) live beside them.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod engine;
 pub mod policy;
 pub mod probe;
 pub mod relay;
 pub mod render;
-pub mod status;

@@ -2,15 +2,16 @@
 //! codes. The work is done by the pure core.
 
 mod crds;
+mod directory;
 mod explain;
 pub mod load;
 mod output;
 pub mod probe;
+mod probe_flags;
 mod relay_agent;
 mod render;
 mod run;
 mod standalone;
-mod tests_loop;
 pub mod yaml_limits;
 
 use clap::{Parser, Subcommand};

@@ -54,7 +54,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_tests: bool,
     #[command(flatten)]
-    pub probe: super::tests_loop::ProbeFlags,
+    pub probe: super::probe_flags::ProbeFlags,
     /// Address range the TLS tests may connect to although it is internal (repeatable),
     /// e.g. 10.20.0.0/16 for a gateway inside the network. By default the tests refuse
     /// loopback, private (RFC 1918, ULA), link-local, CGNAT, unspecified, multicast and

@@ -1,6 +1,6 @@
 //! The rendered files as a ConfigMap, server-side applied, written only when the hash moves.
 
-use super::reconcile::Context;
+use super::context::Context;
 use super::{Error, drift};
 use crate::render::RelayConfig;
 use crate::render::pack::{Packed, pack};

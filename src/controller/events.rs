@@ -3,8 +3,8 @@
 //! nothing. Failing to send one is logged, never a reconcile error.
 
 use crate::api::Condition;
+use crate::engine::conditions::{ConditionType, Reason, find};
 use crate::policy::Inputs;
-use crate::status::{COMPLIANT, CONFLICT, READY};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
@@ -14,6 +14,11 @@ pub const REPAIRED: &str = "RelayConfigRepaired";
 
 /// Event reason when a hand-edited or deleted state ConfigMap was restored.
 pub const STATE_REPAIRED: &str = "StateRepaired";
+/// Event reasons of their own (the others repeat a condition's reason).
+const RENDERED: &str = "Rendered";
+const CONFLICT: &str = "Conflict";
+const TEST_FAILED: &str = "TLSTestFailed";
+const EXPIRING: &str = "CertificateExpiringSoon";
 
 /// Name of the controller in Events.
 const CONTROLLER: &str = "mailtls-controller";
@@ -72,7 +77,7 @@ impl Events {
             inputs.gateways.len(),
             inputs.address_lists.len()
         );
-        self.publish(cm, EventType::Normal, "Rendered", note).await;
+        self.publish(cm, EventType::Normal, RENDERED, note).await;
     }
 
     /// The relay configuration of a namespace was restored after a hand edit or deletion.
@@ -104,47 +109,40 @@ impl Events {
         old: Vec<Condition>,
         new: Vec<Condition>,
     ) {
-        let find = |list: &[Condition], t: &str| {
-            list.iter()
-                .find(|c| c.type_ == t)
-                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        let find = |list: &[Condition], t: ConditionType| {
+            find(list, t).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
         };
-        let conflict = find(&new, CONFLICT);
-        if conflict != find(&old, CONFLICT)
+        let conflict = find(&new, ConditionType::Conflict);
+        if conflict != find(&old, ConditionType::Conflict)
             && let Some((status, _, message)) = conflict
             && status == "True"
         {
-            self.publish(regarding, EventType::Warning, "Conflict", message)
+            self.publish(regarding, EventType::Warning, CONFLICT, message)
                 .await;
         }
         // A TLS test that fails (or, in Monitor mode, would fail), or certificates close
         // to expiry: once, when that becomes the case.
-        let compliant = find(&new, COMPLIANT);
-        if compliant != find(&old, COMPLIANT)
+        let compliant = find(&new, ConditionType::Compliant);
+        if compliant != find(&old, ConditionType::Compliant)
             && let Some((status, reason, message)) = compliant
         {
             match (status.as_str(), reason.as_str()) {
                 ("False", _) => {
-                    self.publish(regarding, EventType::Warning, "TLSTestFailed", message)
+                    self.publish(regarding, EventType::Warning, TEST_FAILED, message)
                         .await
                 }
-                (_, "PassedWithWarnings") => {
-                    self.publish(
-                        regarding,
-                        EventType::Warning,
-                        "CertificateExpiringSoon",
-                        message,
-                    )
-                    .await
+                (_, r) if r == Reason::PassedWithWarnings.as_str() => {
+                    self.publish(regarding, EventType::Warning, EXPIRING, message)
+                        .await
                 }
                 _ => {}
             }
         }
-        let ready = find(&new, READY);
-        if ready != find(&old, READY)
+        let ready = find(&new, ConditionType::Ready);
+        if ready != find(&old, ConditionType::Ready)
             && let Some((status, reason, message)) = ready
             && status == "False"
-            && reason != "ConflictLost"
+            && reason != Reason::ConflictLost.as_str()
         {
             self.publish(regarding, EventType::Warning, &reason, message)
                 .await;

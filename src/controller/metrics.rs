@@ -1,6 +1,6 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
-use super::reconcile::Stores;
+use super::context::Stores;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};

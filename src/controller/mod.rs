@@ -7,12 +7,14 @@
 //! every spec change (generation predicate) or deletion marks its namespace dirty, and a
 //! small [`queue`] reconciles dirty namespaces (never the same one twice at once) with
 //! jittered backoff on errors. A reconcile reads only the stores (no re-list), so any
-//! change re-renders exactly its own namespace. The same pure core as `mailtls standalone`
-//! does the work: `policy::evaluate_fail_closed` → `render` → `status::namespace_statuses`. Beside the
+//! change re-renders exactly its own namespace. The engine shared with `mailtls standalone`
+//! does the work ([`crate::engine::reconcile`]); [`Context`] is its cluster backend. Beside the
 //! queue, [`periodic`] runs the TLS tests and `relays` asks the relay agents which
 //! configuration they applied; both feed statuses, neither blocks a reconcile.
 
+mod backend;
 mod configmap;
+mod context;
 mod drift;
 mod events;
 mod leader;
@@ -28,8 +30,9 @@ mod tests;
 mod watch;
 
 pub use configmap::{HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGER};
+pub use context::{Context, Stores};
 pub use metrics::Metrics;
-pub use reconcile::{Context, Stores, reconcile};
+pub use reconcile::reconcile;
 pub use relays::{DEFAULT_SELECTOR as DEFAULT_RELAY_SELECTOR, RelayPods, RelaySettings};
 pub use state::{STATE_KEY, name as state_config_map};
 
@@ -61,7 +64,7 @@ pub enum Error {
     },
     #[error("status of {kind} {namespace}/{name}: {source}")]
     Status {
-        kind: &'static str,
+        kind: crate::policy::Kind,
         namespace: String,
         name: String,
         source: Box<kube::Error>,

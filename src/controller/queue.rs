@@ -3,7 +3,8 @@
 //! Reconciles only run while this instance is the leader; on becoming leader every known
 //! namespace is reconciled once, on losing the lease every running reconcile is dropped.
 
-use super::reconcile::{Context, reconcile};
+use super::context::Context;
+use super::reconcile::reconcile;
 use super::{Error, MANAGED_BY_LABEL, MANAGER};
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::ConfigMap;

@@ -8,9 +8,10 @@
 //! ([`super::drift`]) flags a deletion or someone else's edit, and the next reconcile of
 //! the namespace rewrites the copy from the cache, with a Warning Event.
 
+use super::Error;
 use super::configmap::{CONFIGMAP_LIMIT, MANAGER};
+use super::context::Context;
 use super::drift::{self, Drift};
-use super::{Error, reconcile::Context};
 use crate::policy::LastValid;
 use crate::render::pack::{GZ_SUFFIX, Packed, UNPACKED_LIMIT, gunzip, pack};
 use k8s_openapi::api::core::v1::ConfigMap;

@@ -7,12 +7,12 @@
 //! there first it fails with 409 and is retried on a fresh store instead of overwriting.
 
 use super::Error;
-use super::reconcile::Context;
+use super::context::Context;
+use crate::engine::Managed;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::object::HasStatus;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 /// The patch turning `old`'s status into `new`'s, or `None` when they differ at most in
@@ -42,11 +42,12 @@ where
 }
 
 /// Patch the status subresource when it changed, and record Events for condition changes.
-pub async fn update<K>(ctx: &Context, api: &Api<K>, old: &K, new: &K) -> Result<(), Error>
-where
-    K: HasStatus + Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    K::Status: Serialize,
-{
+pub async fn update<K: Managed>(
+    ctx: &Context,
+    api: &Api<K>,
+    old: &K,
+    new: &K,
+) -> Result<(), Error> {
     let Some(body) = patch_body(old, new)? else {
         return Ok(());
     };
@@ -55,37 +56,16 @@ where
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
         .await
         .map_err(|source| Error::Status {
-            kind: kind_name::<K>(),
+            kind: K::KIND,
             namespace: old.namespace().unwrap_or_default(),
             name: name.clone(),
             source: Box::new(source),
         })?;
     ctx.metrics.write("status");
     ctx.events
-        .conditions_changed(old, conditions(old), conditions(new))
+        .conditions_changed(old, old.conditions().to_vec(), new.conditions().to_vec())
         .await;
     Ok(())
-}
-
-fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "AddressList" => "AddressList",
-        "TlsCompliance" => "TlsCompliance",
-        _ => "OutboundGateway",
-    }
-}
-
-/// The conditions of a status, read through its JSON form (the three kinds share it).
-fn conditions<K>(r: &K) -> Vec<crate::api::Condition>
-where
-    K: HasStatus,
-    K::Status: Serialize,
-{
-    serde_json::to_value(r.status())
-        .ok()
-        .and_then(|v| v.get("conditions").cloned())
-        .and_then(|c| serde_json::from_value(c).ok())
-        .unwrap_or_default()
 }
 
 /// A status with every condition's `lastTransitionTime` removed.

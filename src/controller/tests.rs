@@ -2,14 +2,16 @@
 //! style of kube-rs controller-rs `ApiServerVerifier`): every request is taken in order,
 //! checked, and answered; after the reconcile no request may be left over.
 
+use super::context::{Context, Stores};
 use super::events::Events;
 use super::metrics::Metrics;
-use super::reconcile::{Context, Stores, reconcile};
+use super::reconcile::reconcile;
 use super::{HASH_ANNOTATION, MANAGED_BY_LABEL};
 use crate::api::{
     AddressList, AddressListSpec, AppliesTo, Direction, GatewayTls, LocalRef, OutboundGateway,
     OutboundGatewaySpec, RelayConfigRef, TestSpec, TestSummary, TlsCompliance, TlsComplianceSpec,
 };
+use crate::engine::conditions::{ConditionType, Conditions, Reason};
 use crate::policy::{Inputs, LastValid, evaluate, evaluate_fail_closed};
 use crate::render::{RenderOptions, render};
 use http::{Request, Response, StatusCode};
@@ -506,7 +508,7 @@ fn reconciled(inputs: &Inputs) -> Inputs {
     };
     let now = Time("2026-02-01T00:00:00Z".parse().expect("time"));
     let (evaluation, _) = evaluate_fail_closed(inputs, &LastValid::default());
-    let u = crate::status::namespace_statuses(inputs, &evaluation, &relay, &now);
+    let u = crate::engine::statuses::namespace_statuses(inputs, &evaluation, &relay, &now);
     Inputs {
         namespace: NS.into(),
         address_lists: u.address_lists,
@@ -548,14 +550,11 @@ async fn a_spec_change_patches_only_what_changed_and_keeps_test_results() {
     let p = &mut after.policies[0];
     let status = p.status.as_mut().expect("status");
     let now = Time("2026-02-02T00:00:00Z".parse().expect("time"));
-    crate::status::set_condition(
-        &mut status.conditions,
-        "Tested",
+    Conditions::new(&mut status.conditions, 1, &now).set(
+        ConditionType::Tested,
         true,
-        "Tested",
+        Reason::Tested,
         "3 destinations",
-        1,
-        &now,
     );
     status.last_test = Some(TestSummary {
         time: "2026-02-02T00:00:00Z".into(),
@@ -797,7 +796,10 @@ async fn a_refused_config_map_is_reported_in_the_statuses_and_retried() {
         let c = condition(&body["status"], t);
         assert_eq!(
             (c["status"].clone(), c["reason"].clone()),
-            (json!("False"), json!(super::reconcile::NOT_WRITTEN))
+            (
+                json!("False"),
+                json!(Reason::RelayConfigNotWritten.as_str())
+            )
         );
         assert!(
             c["message"].as_str().is_some_and(|m| m.contains("1048576")),
@@ -807,7 +809,10 @@ async fn a_refused_config_map_is_reported_in_the_statuses_and_retried() {
     let event = expect_event(&mut handle).await;
     assert_eq!(
         (event["type"].clone(), event["reason"].clone()),
-        (json!("Warning"), json!(super::reconcile::NOT_WRITTEN))
+        (
+            json!("Warning"),
+            json!(Reason::RelayConfigNotWritten.as_str())
+        )
     );
     assert!(matches!(
         run.await.expect("task"),
@@ -825,7 +830,7 @@ struct Recorder(
     std::time::Duration,
 );
 
-impl super::periodic::Tester for Recorder {
+impl crate::engine::Tester for Recorder {
     fn test(
         &self,
         items: Vec<(crate::probe::Target, crate::probe::Requirement)>,
@@ -918,7 +923,7 @@ async fn periodic_tests_follow_interval_jitter_and_test_now() {
         Some(Duration::ZERO),
         "a new test-now value is tested at the first tick"
     );
-    let jitter = crate::probe::plan::jitter(Duration::from_secs(3600), "uid-interval");
+    let jitter = crate::engine::plan::jitter(Duration::from_secs(3600), "uid-interval");
     assert!(jitter < Duration::from_secs(360));
     let due = Duration::from_secs(30 * 60) + jitter;
     tokio::time::sleep(due - Duration::from_secs(16)).await;
@@ -941,7 +946,8 @@ async fn periodic_tests_follow_interval_jitter_and_test_now() {
 /// done); the others start at the first tick after a slot frees up.
 #[tokio::test(start_paused = true)]
 async fn periodic_tests_run_a_bounded_number_of_resources_at_once() {
-    use super::periodic::{RESOURCES_AT_ONCE, TICK};
+    use super::periodic::TICK;
+    use crate::engine::schedule::RESOURCES_AT_ONCE;
     use std::time::Duration;
     let n = RESOURCES_AT_ONCE + 4;
     let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
@@ -1089,7 +1095,10 @@ async fn a_configuration_over_the_limit_is_not_sent() {
     assert_eq!(condition(&body["status"], "Ready")["status"], "True");
     let body = expect_status_patch(&mut handle, &inputs.policies[0]).await;
     let ready = condition(&body["status"], "Ready");
-    assert_eq!(ready["reason"], json!(super::reconcile::NOT_WRITTEN));
+    assert_eq!(
+        ready["reason"],
+        json!(Reason::RelayConfigNotWritten.as_str())
+    );
     let message = ready["message"].as_str().unwrap_or_default();
     assert!(
         message.contains(&packed.size().to_string()) && message.contains("1048576"),

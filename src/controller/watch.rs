@@ -2,8 +2,8 @@
 //! namespaces: an object whose generation did not move (a status write, ours or the test
 //! loop's, or a label edit) does not mark its namespace, so status writes never loop.
 
+use super::context::Stores;
 use super::queue::Sender;
-use super::reconcile::Stores;
 use crate::api::{AddressList, OutboundGateway, TlsCompliance};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};

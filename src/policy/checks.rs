@@ -180,4 +180,16 @@ mod tests {
             assert!(parse_interval(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn interval_bounds_are_inclusive() {
+        assert_eq!(parse_interval("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_interval("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_interval("720h"), Ok(Duration::from_secs(720 * 3600)));
+        assert_eq!(parse_interval("1h30m"), Ok(Duration::from_secs(5400)));
+        let short = parse_interval("59s").expect_err("under 1m");
+        assert!(short.contains("shorter than 1m"), "{short}");
+        let long = parse_interval("720h1s").expect_err("over 720h");
+        assert!(long.contains("longer than 30 days"), "{long}");
+    }
 }

@@ -14,7 +14,6 @@
 
 pub mod address;
 pub mod dns;
-pub mod plan;
 mod session;
 pub mod smtp;
 pub mod sts;

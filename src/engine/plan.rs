@@ -1,13 +1,13 @@
 //! Periodic tests (pure): which resources are due, what to test for each, and how the
-//! results become status. The reconcile loops (standalone, controller) run the probes.
+//! results become status. [`super::schedule`] runs the probes.
 
-use super::{DestinationReport, Requirement, Target, results_for_status, summarize};
+use super::conditions::{ConditionType, Conditions, Reason};
+use crate::api::OutboundGateway;
 use crate::api::{
-    AddressList, Condition, DestinationResult, Enforcement, OutboundGateway, TEST_NOW_ANNOTATION,
-    TestSpec, TestSummary, TlsCompliance,
+    AddressList, Condition, TEST_NOW_ANNOTATION, TestSpec, TestSummary, TlsCompliance,
 };
 use crate::policy::{Entry, Kind, ResourceId, list_entries, parse_interval};
-use crate::status::{COMPLIANT, TESTED, set_condition};
+use crate::probe::{DestinationReport, Requirement, Target, results_for_status, summarize};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -146,16 +146,6 @@ pub fn gateway_plan(g: &OutboundGateway, now: Timestamp) -> Option<TestPlan> {
     })
 }
 
-/// Every plan due now in one namespace (TlsCompliance and OutboundGateway).
-pub fn namespace_plans(inputs: &crate::policy::Inputs, now: Timestamp) -> Vec<TestPlan> {
-    let compliance = inputs
-        .policies
-        .iter()
-        .filter_map(|p| compliance_plan(p, &inputs.address_lists, now));
-    let gateways = inputs.gateways.iter().filter_map(|g| gateway_plan(g, now));
-    compliance.chain(gateways).collect()
-}
-
 /// The test part of a status: summary, capped results (failures first), and the `Tested`
 /// and `Compliant` conditions. `monitor` words failures as what *would* fail.
 pub struct TestStatus {
@@ -188,11 +178,14 @@ pub fn test_status(
             String::new()
         }
     );
-    set_condition(conditions, TESTED, true, "Tested", tested, generation, now);
+    let mut c = Conditions::new(conditions, generation, now);
+    c.set(ConditionType::Tested, true, Reason::Tested, tested);
     let (ok, reason, message) = match (summary.failed, monitor) {
-        (0, _) if summary.destinations == 0 => {
-            (true, "NothingToTest", "no destination to test".to_string())
-        }
+        (0, _) if summary.destinations == 0 => (
+            true,
+            Reason::NothingToTest,
+            "no destination to test".to_string(),
+        ),
         (0, _) if summary.warnings > 0 => {
             let expiring: Vec<String> = results
                 .iter()
@@ -206,7 +199,7 @@ pub fn test_status(
                 .collect();
             (
                 true,
-                "PassedWithWarnings",
+                Reason::PassedWithWarnings,
                 format!(
                     "all {} destinations meet the policy; {} with warnings such as a certificate expiring soon: {}",
                     summary.destinations,
@@ -217,7 +210,7 @@ pub fn test_status(
         }
         (0, _) => (
             true,
-            "AllPassed",
+            Reason::AllPassed,
             format!("all {} destinations meet the policy", summary.destinations),
         ),
         (n, m) => {
@@ -232,67 +225,17 @@ pub fn test_status(
             };
             (
                 false,
-                if m { "WouldFail" } else { "NotCompliant" },
+                if m {
+                    Reason::WouldFail
+                } else {
+                    Reason::NotCompliant
+                },
                 format!("{n} of {} destinations {verb}{first}", summary.destinations),
             )
         }
     };
-    set_condition(conditions, COMPLIANT, ok, reason, message, generation, now);
+    c.set(ConditionType::Compliant, ok, reason, message);
     TestStatus { summary, results }
-}
-
-/// The kinds that are tested: where their status keeps the test fields. Shared by the
-/// reconcile loops, so both record results the same way.
-pub trait Tested: kube::Resource {
-    /// Whether failures are only what *would* fail (Monitor mode).
-    fn monitor(&self) -> bool;
-    fn test_fields(
-        &mut self,
-    ) -> (
-        &mut Vec<Condition>,
-        &mut Option<TestSummary>,
-        &mut Vec<DestinationResult>,
-    );
-
-    fn apply(&mut self, plan: &TestPlan, reports: &[DestinationReport], now: &Time) {
-        let (monitor, generation) = (self.monitor(), self.meta().generation.unwrap_or(1));
-        let (conditions, last_test, results) = self.test_fields();
-        let t = test_status(plan, reports, monitor, conditions, generation, now);
-        *last_test = Some(t.summary);
-        *results = t.results;
-    }
-}
-
-impl Tested for TlsCompliance {
-    fn monitor(&self) -> bool {
-        self.spec.enforcement == Enforcement::Monitor
-    }
-    fn test_fields(
-        &mut self,
-    ) -> (
-        &mut Vec<Condition>,
-        &mut Option<TestSummary>,
-        &mut Vec<DestinationResult>,
-    ) {
-        let s = self.status.get_or_insert_with(Default::default);
-        (&mut s.conditions, &mut s.last_test, &mut s.results)
-    }
-}
-
-impl Tested for OutboundGateway {
-    fn monitor(&self) -> bool {
-        false
-    }
-    fn test_fields(
-        &mut self,
-    ) -> (
-        &mut Vec<Condition>,
-        &mut Option<TestSummary>,
-        &mut Vec<DestinationResult>,
-    ) {
-        let s = self.status.get_or_insert_with(Default::default);
-        (&mut s.conditions, &mut s.last_test, &mut s.results)
-    }
 }
 
 #[cfg(test)]
