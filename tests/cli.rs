@@ -554,3 +554,54 @@ fn standalone_changes_nothing_while_a_document_cannot_be_read() {
     assert_eq!(files_of(&out.path().join("default/relay")), relay);
     assert_eq!(files_of(&out.path().join("default/resources")), resources);
 }
+
+/// A namespace whose relay files cannot be written is reported (its policies say so in their
+/// statuses, and the exit code is 1), and every other namespace is still reconciled.
+#[test]
+fn standalone_continues_other_namespaces_when_one_cannot_be_written() {
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let policy = |ns: &str| {
+        format!(
+            "apiVersion: mailtls.io/v1alpha1\nkind: AddressList\nmetadata: {{name: partners, namespace: {ns}}}\nspec:\n  entries: [example.com]\n---\napiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata: {{name: partners, namespace: {ns}}}\nspec:\n  direction: Outbound\n  addressLists: [{{name: partners}}]\n"
+        )
+    };
+    for ns in ["alpha", "beta"] {
+        std::fs::write(input.path().join(format!("{ns}.yaml")), policy(ns)).expect("write");
+    }
+    // `alpha/relay` is a file where the directory of relay files belongs.
+    std::fs::create_dir_all(out.path().join("alpha")).expect("mkdir");
+    std::fs::write(out.path().join("alpha/relay"), "in the way").expect("write");
+    let o = mailtls(&[
+        "standalone",
+        "--dir",
+        input.path().to_str().expect("utf-8"),
+        "--out",
+        out.path().to_str().expect("utf-8"),
+        "--postfix-version",
+        "3.7",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("namespace alpha"), "{}", text(&o));
+    let beta = files_of(&out.path().join("beta/relay"));
+    assert!(beta.contains_key("transport"), "{beta:?}");
+    let ready = |ns: &str| {
+        let p = yaml_value(
+            &out.path()
+                .join(format!("{ns}/resources/tlscompliance-partners.yaml")),
+        );
+        let c = condition(&p, "Ready");
+        (c["status"].clone(), c["reason"].clone())
+    };
+    assert_eq!(
+        ready("beta"),
+        (serde_json::json!("True"), serde_json::json!("Rendered"))
+    );
+    assert_eq!(
+        ready("alpha"),
+        (
+            serde_json::json!("False"),
+            serde_json::json!("RelayConfigNotWritten")
+        )
+    );
+}

@@ -11,6 +11,8 @@ use schemars::{Schema, SchemaGenerator, json_schema};
 
 /// Most entries one AddressList may hold, `entries` and `bulk` items together.
 pub const MAX_LIST_ENTRIES: usize = 100_000;
+/// Longest `spec.bulk` text.
+pub const MAX_BULK_CHARS: usize = 1_000_000;
 
 /// CEL: entries and bulk items together within [`MAX_LIST_ENTRIES`]. Bulk items are counted
 /// as the engine splits them (white space, `,` and `;`); one regex pass over at most 1 MB.
@@ -94,7 +96,7 @@ fn bulk_schema(_: &mut SchemaGenerator) -> Schema {
         "description": "Pasted text with more entries, separated by spaces, commas, semicolons or newlines.",
         "type": "string",
         "nullable": true,
-        "maxLength": crate::policy::MAX_BULK_CHARS,
+        "maxLength": MAX_BULK_CHARS,
         "pattern": syntax::bulk_pattern(),
     })
 }

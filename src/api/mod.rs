@@ -12,7 +12,7 @@ mod tls_compliance;
 
 pub use address_list::{
     AddressList, AddressListSpec, AddressListStatus, InvalidEntry, LIST_SIZE_MESSAGE,
-    MAX_LIST_ENTRIES,
+    MAX_BULK_CHARS, MAX_LIST_ENTRIES,
 };
 pub use outbound_gateway::{
     AppliesTo, GatewayTls, OutboundGateway, OutboundGatewaySpec, OutboundGatewayStatus,

@@ -104,7 +104,7 @@ pub fn watchers(
     name: &str,
     seen: Arc<Seen>,
 ) -> Vec<Watcher> {
-    let apis: Vec<Api<ConfigMap>> = super::watch::scoped_apis(client, namespaces);
+    let apis: Vec<Api<ConfigMap>> = super::stores::scoped_apis(client, namespaces);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     apis.into_iter()
         .map(|api| {

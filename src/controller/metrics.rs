@@ -1,6 +1,6 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
-use super::context::Stores;
+use super::stores::Stores;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};

@@ -25,16 +25,19 @@ mod reconcile;
 mod relays;
 mod state;
 mod status;
+mod stores;
 #[cfg(test)]
 mod tests;
 mod watch;
+mod worker;
 
 pub use configmap::{HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGER};
-pub use context::{Context, Stores};
+pub use context::Context;
 pub use metrics::Metrics;
 pub use reconcile::reconcile;
 pub use relays::{DEFAULT_SELECTOR as DEFAULT_RELAY_SELECTOR, RelayPods, RelaySettings};
 pub use state::{STATE_KEY, name as state_config_map};
+pub use stores::Stores;
 
 use crate::render::RenderOptions;
 use kube::Client;
@@ -204,7 +207,7 @@ pub async fn run(
         .map(|prober| tokio::spawn(periodic::run(ctx.clone(), prober, shutdown.clone())));
     tracing::info!(namespaces = ?settings.namespaces, config_map = %settings.config_map, "controller started");
     tokio::select! {
-        () = queue::work(queue, ctx, leader_rx) => {}
+        () = worker::work(queue, ctx, leader_rx) => {}
         _ = shutdown.wait_for(|stop| *stop) => {}
     }
     tracing::info!("shutting down");

@@ -78,7 +78,7 @@ impl RelayPods {
         namespaces: &[String],
         selector: &str,
     ) -> (Arc<RelayPods>, Vec<SliceWatcher>) {
-        let apis: Vec<Api<EndpointSlice>> = super::watch::scoped_apis(client, namespaces);
+        let apis: Vec<Api<EndpointSlice>> = super::stores::scoped_apis(client, namespaces);
         let config = watcher::Config::default().labels(selector);
         let mut stores = Vec::new();
         let mut watchers: Vec<SliceWatcher> = Vec::new();

@@ -17,8 +17,8 @@ use crate::render::pack::{GZ_SUFFIX, Packed, UNPACKED_LIMIT, gunzip, pack};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Key of the snapshot (JSON); compressed it is `last-valid.json.gz` in `binaryData`.
 pub const STATE_KEY: &str = "last-valid.json";
@@ -26,31 +26,6 @@ pub const STATE_KEY: &str = "last-valid.json";
 /// Name of the state ConfigMap next to the relay ConfigMap `config_map`.
 pub fn name(config_map: &str) -> String {
     format!("{config_map}-state")
-}
-
-/// Snapshots by namespace, as last read or written by this instance.
-#[derive(Default)]
-pub struct States {
-    cache: Mutex<HashMap<String, Arc<LastValid>>>,
-}
-
-impl States {
-    /// Forget everything: on gaining the lease another instance may have written since.
-    pub fn clear(&self) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.clear();
-        }
-    }
-
-    fn get(&self, namespace: &str) -> Option<Arc<LastValid>> {
-        self.cache.lock().ok()?.get(namespace).cloned()
-    }
-
-    fn put(&self, namespace: &str, last: Arc<LastValid>) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(namespace.to_string(), last);
-        }
-    }
 }
 
 /// The snapshot of a namespace: cached, or read from its ConfigMap (none: empty). One

@@ -2,10 +2,11 @@
 //! style of kube-rs controller-rs `ApiServerVerifier`): every request is taken in order,
 //! checked, and answered; after the reconcile no request may be left over.
 
-use super::context::{Context, Stores};
+use super::context::Context;
 use super::events::Events;
 use super::metrics::Metrics;
 use super::reconcile::reconcile;
+use super::stores::Stores;
 use super::{HASH_ANNOTATION, MANAGED_BY_LABEL};
 use crate::api::{
     AddressList, AddressListSpec, AppliesTo, Direction, GatewayTls, LocalRef, OutboundGateway,
@@ -508,7 +509,7 @@ fn reconciled(inputs: &Inputs) -> Inputs {
     };
     let now = Time("2026-02-01T00:00:00Z".parse().expect("time"));
     let (evaluation, _) = evaluate_fail_closed(inputs, &LastValid::default());
-    let u = crate::engine::statuses::namespace_statuses(inputs, &evaluation, &relay, &now);
+    let u = crate::engine::reconcile::namespace_statuses(inputs, &evaluation, &relay, &now);
     Inputs {
         namespace: NS.into(),
         address_lists: u.address_lists,

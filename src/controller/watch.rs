@@ -2,8 +2,8 @@
 //! namespaces: an object whose generation did not move (a status write, ours or the test
 //! loop's, or a label edit) does not mark its namespace, so status writes never loop.
 
-use super::context::Stores;
 use super::queue::Sender;
+use super::stores::Stores;
 use crate::api::{AddressList, OutboundGateway, TlsCompliance};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -66,22 +66,6 @@ pub fn start(client: Client, namespaces: &[String]) -> (Stores, Vec<Watcher>) {
         ));
     }
     (stores, watchers)
-}
-
-/// One Api per watched namespace, or one for all namespaces when none is given.
-pub fn scoped_apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
-    }
 }
 
 fn add<K>(

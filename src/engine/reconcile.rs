@@ -4,12 +4,15 @@
 
 use super::backend::Backend;
 use super::kind::Managed;
-use super::statuses::{Updated, namespace_statuses, not_written};
+use super::statuses::{generation, mark_not_written};
+use crate::api::{AddressList, OutboundGateway, RelayConfigRef, TlsCompliance};
 use crate::policy::{Evaluation, Inputs, evaluate_fail_closed};
+use crate::policy::{ResourceFindings, ResourceId};
 use crate::render::{RelayConfig, RenderOptions, render};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use std::time::{Duration, Instant};
 
 /// Status writes of one namespace in flight at once.
@@ -135,4 +138,64 @@ async fn write_statuses<B: Backend>(
         first.get_or_insert(e);
     }
     Ok(first)
+}
+
+/// Every resource of one namespace, each carrying its new status.
+#[derive(Clone, Debug, Default)]
+pub struct Updated {
+    pub address_lists: Vec<AddressList>,
+    pub policies: Vec<TlsCompliance>,
+    pub gateways: Vec<OutboundGateway>,
+}
+
+/// The new status of every resource in `inputs` (whose `status` is the previous one), from
+/// one evaluation.
+pub fn namespace_statuses(
+    inputs: &Inputs,
+    evaluation: &Evaluation,
+    relay: &RelayConfigRef,
+    now: &Time,
+) -> Updated {
+    fn each<K: Managed>(
+        inputs: &Inputs,
+        evaluation: &Evaluation,
+        relay: &RelayConfigRef,
+        now: &Time,
+    ) -> Vec<K> {
+        let empty = ResourceFindings::default();
+        K::of(inputs)
+            .iter()
+            .map(|r| {
+                let f = evaluation
+                    .findings
+                    .get(&ResourceId::new(K::KIND, r.name_any()))
+                    .unwrap_or(&empty);
+                r.with_status(f, relay, now)
+            })
+            .collect()
+    }
+    Updated {
+        address_lists: each(inputs, evaluation, relay, now),
+        policies: each(inputs, evaluation, relay, now),
+        gateways: each(inputs, evaluation, relay, now),
+    }
+}
+
+/// The configuration could not be stored: nothing that renders into it is Ready, and each
+/// policy keeps pointing at the configuration actually in place.
+pub fn not_written(updated: &mut Updated, inputs: &Inputs, error: &str, now: &Time) {
+    let message = format!("the relay configuration could not be written: {error}");
+    for (new, old) in updated.policies.iter_mut().zip(&inputs.policies) {
+        let generation = generation(new);
+        if let Some(s) = new.status.as_mut() {
+            s.relay_config = old.status.as_ref().and_then(|o| o.relay_config.clone());
+            mark_not_written(&mut s.conditions, generation, &message, now);
+        }
+    }
+    for new in &mut updated.gateways {
+        let generation = generation(new);
+        if let Some(s) = new.status.as_mut() {
+            mark_not_written(&mut s.conditions, generation, &message, now);
+        }
+    }
 }

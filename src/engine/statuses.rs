@@ -3,12 +3,11 @@
 //! test loop ([`super::plan`]) and are kept as they are.
 
 use super::conditions::{ConditionType, Conditions, Reason, Status};
-use super::kind::Managed;
 use crate::api::{
     AddressList, AddressListStatus, Enforcement, InvalidEntry, MatchedCounts, OutboundGateway,
     OutboundGatewayStatus, RelayConfigRef, TlsCompliance, TlsComplianceStatus,
 };
-use crate::policy::{Conflict, Evaluation, InForce, Inputs, ResourceFindings, ResourceId};
+use crate::policy::{Conflict, InForce, Kind, ResourceFindings, ResourceId};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
@@ -217,7 +216,7 @@ pub fn gateway_status(
     f: &ResourceFindings,
     now: &Time,
 ) -> OutboundGatewayStatus {
-    let id = ResourceId::new(OutboundGateway::KIND, gw.name_any());
+    let id = ResourceId::new(Kind::OutboundGateway, gw.name_any());
     let observed = generation(gw);
     let mut status = gw.status.clone().unwrap_or_default();
     status.observed_generation = Some(observed);
@@ -297,67 +296,8 @@ fn ensure_untested(c: &mut Conditions<'_>, enabled: bool) {
     }
 }
 
-/// Every resource of one namespace, each carrying its new status.
-#[derive(Clone, Debug, Default)]
-pub struct Updated {
-    pub address_lists: Vec<AddressList>,
-    pub policies: Vec<TlsCompliance>,
-    pub gateways: Vec<OutboundGateway>,
-}
-
-/// The new status of every resource in `inputs` (whose `status` is the previous one), from
-/// one evaluation.
-pub fn namespace_statuses(
-    inputs: &Inputs,
-    evaluation: &Evaluation,
-    relay: &RelayConfigRef,
-    now: &Time,
-) -> Updated {
-    fn each<K: Managed>(
-        inputs: &Inputs,
-        evaluation: &Evaluation,
-        relay: &RelayConfigRef,
-        now: &Time,
-    ) -> Vec<K> {
-        let empty = ResourceFindings::default();
-        K::of(inputs)
-            .iter()
-            .map(|r| {
-                let f = evaluation
-                    .findings
-                    .get(&ResourceId::new(K::KIND, r.name_any()))
-                    .unwrap_or(&empty);
-                r.with_status(f, relay, now)
-            })
-            .collect()
-    }
-    Updated {
-        address_lists: each(inputs, evaluation, relay, now),
-        policies: each(inputs, evaluation, relay, now),
-        gateways: each(inputs, evaluation, relay, now),
-    }
-}
-
-/// The configuration could not be stored: nothing that renders into it is Ready, and each
-/// policy keeps pointing at the configuration actually in place.
-pub fn not_written(updated: &mut Updated, inputs: &Inputs, error: &str, now: &Time) {
-    let message = format!("the relay configuration could not be written: {error}");
-    for (new, old) in updated.policies.iter_mut().zip(&inputs.policies) {
-        let generation = generation(new);
-        if let Some(s) = new.status.as_mut() {
-            s.relay_config = old.status.as_ref().and_then(|o| o.relay_config.clone());
-            mark_not_written(&mut s.conditions, generation, &message, now);
-        }
-    }
-    for new in &mut updated.gateways {
-        let generation = generation(new);
-        if let Some(s) = new.status.as_mut() {
-            mark_not_written(&mut s.conditions, generation, &message, now);
-        }
-    }
-}
-
-fn mark_not_written(
+/// `Ready` and `Rendered` False: the configuration this status describes is not stored.
+pub fn mark_not_written(
     conditions: &mut Vec<crate::api::Condition>,
     generation: i64,
     message: &str,

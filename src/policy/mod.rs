@@ -30,7 +30,7 @@ pub const MAX_ENTRIES: usize = crate::api::MAX_LIST_ENTRIES;
 /// memory limit is 256 MiB; 86 000 addresses in both directions peak at 112 MB.
 pub const MAX_NAMESPACE_ENTRIES: usize = 100_000;
 /// Longest `spec.bulk` text.
-pub const MAX_BULK_CHARS: usize = 1_000_000;
+pub const MAX_BULK_CHARS: usize = crate::api::MAX_BULK_CHARS;
 /// Invalid entries listed one by one in findings; the rest are only counted.
 pub const MAX_LISTED_INVALID: usize = 50;
 
