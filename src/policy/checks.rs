@@ -192,4 +192,45 @@ mod tests {
         let long = parse_interval("720h1s").expect_err("over 720h");
         assert!(long.contains("longer than 30 days"), "{long}");
     }
+
+    #[test]
+    fn address_lists_go_with_recipients_only() {
+        use crate::api::{AppliesTo, OutboundGateway};
+        let gateway = |applies_to: AppliesTo, lists: &[&str]| {
+            let yaml = format!(
+                "host: gw.example.net\nappliesTo: {applies_to:?}\naddressLists: [{}]",
+                lists
+                    .iter()
+                    .map(|l| format!("{{name: {l}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let spec = serde_norway::from_str(&yaml).expect("spec");
+            OutboundGateway::new("gw", spec)
+        };
+        let fields = |gw: &OutboundGateway| match super::gateway_hop(gw) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.into_iter().map(|p| p.field).collect::<Vec<_>>(),
+        };
+        assert_eq!(
+            fields(&gateway(AppliesTo::Recipients, &["partners"])),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            fields(&gateway(AppliesTo::AllMail, &[])),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            fields(&gateway(AppliesTo::Recipients, &[])),
+            ["spec.addressLists"]
+        );
+        assert_eq!(
+            fields(&gateway(AppliesTo::AllMail, &["partners"])),
+            ["spec.addressLists"]
+        );
+        assert_eq!(
+            fields(&gateway(AppliesTo::SecureTransportRequired, &["partners"])),
+            ["spec.addressLists"]
+        );
+    }
 }
