@@ -581,6 +581,48 @@ fn a_gateway_keeps_its_tls_row_until_postfix_has_reloaded() {
     assert_eq!(hash_of(&maps), hash_of(&cm.join("..v2")));
 }
 
+/// A configuration that is valid and installed but whose reload fails is not a refusal: the
+/// agent says Postfix was not reloaded (the previous configuration runs on), not that the
+/// configuration was refused. A `postfix` wrapper fails every reload.
+#[test]
+fn a_failed_reload_is_reported_as_such_not_as_a_refusal() {
+    let (tmp, etc, maps) = setup();
+    let work = tmp.path();
+    let cm = work.join("configmap");
+    render(&first_policy(), work, &cm, "..v1", &maps);
+    common::kubelet_swap(&cm, "..v1");
+    let _postfix = Running::start(&etc, &work.join("maillog"));
+    let bin = work.join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let real = String::from_utf8_lossy(
+        &Command::new("sh")
+            .args(["-c", "command -v postfix"])
+            .output()
+            .expect("command -v")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let wrapper = format!(
+        "#!/bin/sh\nif [ \"$3\" = reload ]; then\n  echo 'reload failed by the test' >&2\n  exit 1\nfi\nexec {real} \"$@\"\n"
+    );
+    std::fs::write(bin.join("postfix"), wrapper).expect("wrapper");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(bin.join("postfix"), mode).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (ok, out) = agent_once(&cm, &etc, &maps, Some(&path));
+    assert!(!ok, "a failed reload counts as success:\n{out}");
+    assert!(out.contains("Postfix was not reloaded"), "{out}");
+    assert!(out.contains("reload failed by the test"), "{out}");
+    assert!(!out.contains("configuration refused"), "{out}");
+    // Installed all the same: the files are in place for the next reload.
+    assert_eq!(hash_of(&maps), hash_of(&cm.join("..v1")));
+}
+
 const SKIP_SELF_TEST: &str = "MAILTLS_SKIP_SELF_TEST";
 
 /// A test that skips itself (no root, no IPv6 loopback) passes quietly on a developer's

@@ -30,6 +30,21 @@ impl Refusal {
     }
 }
 
+/// Why an apply did not put a configuration in force.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// Not applied: the last good configuration stays installed and in force.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Installed and valid, but the running Postfix could not be reloaded: it keeps running
+    /// the previous configuration until a reload succeeds (retried at the next check).
+    #[error(
+        "installed {hash}, but {reason}; Postfix keeps running the previous configuration \
+         until a reload succeeds (retried at the next check)"
+    )]
+    NotReloaded { hash: String, reason: String },
+}
+
 /// What one apply did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -47,9 +62,12 @@ pub struct Status {
     pub applied_hash: Option<String>,
     pub applied_at: Option<String>,
     pub last_refused: Option<RefusedInfo>,
+    /// The last configuration installed whose reload failed.
+    pub last_reload_failure: Option<RefusedInfo>,
     /// Counters since the agent started.
     pub applied_total: u64,
     pub refused_total: u64,
+    pub reload_failures_total: u64,
     pub last_check_at: Option<String>,
 }
 
@@ -94,7 +112,7 @@ impl Agent {
     }
 
     /// Read, verify, validate, stage, check, swap, reload; the status records the result.
-    pub fn apply(&self) -> Result<Outcome, Refusal> {
+    pub fn apply(&self) -> Result<Outcome, ApplyError> {
         let result = self.try_apply();
         if let Ok(mut status) = self.status.lock() {
             status.last_check_at = Some(now());
@@ -105,11 +123,19 @@ impl Agent {
                     status.applied_total += 1;
                 }
                 Ok(Outcome::Unchanged { .. }) => {}
-                Err(refusal) => {
+                Err(ApplyError::Refused(refusal)) => {
                     status.refused_total += 1;
                     status.last_refused = Some(RefusedInfo {
                         hash: refusal.hash.clone(),
                         reason: refusal.reason.clone(),
+                        at: now(),
+                    });
+                }
+                Err(ApplyError::NotReloaded { hash, reason }) => {
+                    status.reload_failures_total += 1;
+                    status.last_reload_failure = Some(RefusedInfo {
+                        hash: Some(hash.clone()),
+                        reason: reason.clone(),
                         at: now(),
                     });
                 }
@@ -118,7 +144,7 @@ impl Agent {
         result
     }
 
-    fn try_apply(&self) -> Result<Outcome, Refusal> {
+    fn try_apply(&self) -> Result<Outcome, ApplyError> {
         let bundle = bundle::read(&self.watch_dir)?;
         let refuse = |reason: String| Refusal::new(Some(bundle.hash.clone()), reason);
         if install::installed_hash(&self.paths).as_deref() == Some(bundle.hash.as_str()) {
@@ -144,11 +170,12 @@ impl Agent {
             && let Some(widened) = install::widened_policy(&self.paths, &bundle)
         {
             install::install(&bundle, &checked, &self.paths, Some(&widened)).map_err(refuse)?;
-            install::reload_and_wait(&self.paths).map_err(|e| {
-                refuse(format!(
-                    "installed with the previous TLS policy rows kept, but {e}; they stay \
-                     until a later check completes the swap"
-                ))
+            install::reload_and_wait(&self.paths).map_err(|e| ApplyError::NotReloaded {
+                hash: bundle.hash.clone(),
+                reason: format!(
+                    "{e} (with the previous TLS policy rows kept; they stay until a later \
+                     check completes the swap)"
+                ),
             })?;
             tracing::info!(hash = %bundle.hash, "reloaded with the previous TLS policy rows kept; removing them now");
         }
@@ -160,17 +187,12 @@ impl Agent {
         })
     }
 
-    fn reload(&self, hash: &str) -> Result<bool, Refusal> {
+    fn reload(&self, hash: &str) -> Result<bool, ApplyError> {
         let result = install::reload(&self.paths);
         self.reload_pending.store(result.is_err(), Ordering::SeqCst);
-        result.map_err(|e| {
-            Refusal::new(
-                Some(hash.to_string()),
-                format!(
-                    "installed, but {e}; Postfix keeps running the previous configuration \
-                     until a reload succeeds (retried at the next check)"
-                ),
-            )
+        result.map_err(|reason| ApplyError::NotReloaded {
+            hash: hash.to_string(),
+            reason,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! file edits both show up as events in it), apply after a quiet period, re-check
 //! periodically in case an event was missed, and serve `/status` and `/healthz`.
 
-use super::{Agent, Outcome};
+use super::{Agent, ApplyError, Outcome};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,7 +15,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 
 /// Apply once and log the outcome.
 pub fn apply_and_log(agent: &Agent) -> bool {
-    let before = agent.status().last_refused;
+    let before = agent.status();
     match agent.apply() {
         Ok(Outcome::Applied { hash, reloaded }) => {
             tracing::info!(%hash, reloaded, "configuration applied");
@@ -25,10 +25,26 @@ pub fn apply_and_log(agent: &Agent) -> bool {
             tracing::debug!(%hash, "configuration unchanged");
             true
         }
-        Err(refusal) => {
+        Err(ApplyError::NotReloaded { hash, reason }) => {
+            let repeated = before
+                .last_reload_failure
+                .is_some_and(|b| b.hash.as_deref() == Some(hash.as_str()) && b.reason == reason);
+            if repeated {
+                tracing::debug!(%reason, "Postfix still not reloaded");
+            } else {
+                tracing::error!(
+                    %hash,
+                    %reason,
+                    "configuration installed but not in force: Postfix was not reloaded; retried at the next check"
+                );
+            }
+            false
+        }
+        Err(ApplyError::Refused(refusal)) => {
             // The periodic re-check meets the same refusal again: say it once.
-            let repeated =
-                before.is_some_and(|b| b.hash == refusal.hash && b.reason == refusal.reason);
+            let repeated = before
+                .last_refused
+                .is_some_and(|b| b.hash == refusal.hash && b.reason == refusal.reason);
             if repeated {
                 tracing::debug!(reason = %refusal.reason, "configuration still refused");
                 return false;
