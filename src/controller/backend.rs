@@ -3,6 +3,7 @@
 
 use super::configmap::{CONFIGMAP_LIMIT, HASH_ANNOTATION, MANAGER, desired};
 use super::context::Context;
+use super::metrics::Written;
 use super::{Error, drift, state, status};
 use crate::api::RelayConfigRef;
 use crate::engine::{Backend, Managed};
@@ -160,7 +161,7 @@ async fn apply_config(
         api.patch(name, &params, &Patch::Merge(extra))
             .await
             .map_err(err)?;
-        ctx.metrics.write("configmap");
+        ctx.metrics.write(Written::ConfigMap);
     }
     let params = PatchParams::apply(MANAGER).force();
     let stored = api
@@ -168,7 +169,7 @@ async fn apply_config(
         .await
         .map_err(err)?;
     ctx.drift.wrote(namespace, &stored);
-    ctx.metrics.write("configmap");
+    ctx.metrics.write(Written::ConfigMap);
     match repair {
         None => Ok(Some(stored)),
         Some(why) => {

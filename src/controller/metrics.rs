@@ -7,6 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,30 +17,70 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-type Labels = Vec<(&'static str, String)>;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabel {
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabel {
+    object: Written,
+}
+
+/// What a write to the API server wrote.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Written {
+    /// The relay ConfigMap.
+    ConfigMap,
+    /// The ConfigMap of last valid generations.
+    State,
+    /// A resource's status.
+    Status,
+}
+
+impl EncodeLabelValue for Written {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let value = match self {
+            Written::ConfigMap => "configmap",
+            Written::State => "state",
+            Written::Status => "status",
+        };
+        EncodeLabelValue::encode(&value, encoder)
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
-    reconciles: Family<Labels, Counter>,
-    errors: Family<Labels, Counter>,
+    reconciles: Family<NamespaceLabel, Counter>,
+    errors: Family<NamespaceLabel, Counter>,
     duration: Histogram,
-    render_bytes: Family<Labels, Gauge>,
-    writes: Family<Labels, Counter>,
-    tests: Family<Labels, Counter>,
-    cert_days: Family<Labels, Gauge>,
+    render_bytes: Family<NamespaceLabel, Gauge>,
+    writes: Family<ObjectLabel, Counter>,
+    tests: Family<OutcomeLabel, Counter>,
+    cert_days: Family<DestinationLabel, Gauge>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("mailtls");
-        let reconciles = Family::<Labels, Counter>::default();
-        let errors = Family::<Labels, Counter>::default();
+        let reconciles = Family::default();
+        let errors = Family::default();
         // 1 ms .. ~33 s
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        let render_bytes = Family::<Labels, Gauge>::default();
-        let writes = Family::<Labels, Counter>::default();
-        let tests = Family::<Labels, Counter>::default();
-        let cert_days = Family::<Labels, Gauge>::default();
+        let render_bytes = Family::default();
+        let writes = Family::default();
+        let tests = Family::default();
+        let cert_days = Family::default();
         registry.register(
             "tls_tests",
             "Destinations tested, by outcome (pass or the RFC 8460 failure)",
@@ -93,18 +134,24 @@ impl Metrics {
     pub fn tested(&self, reports: &[crate::probe::DestinationReport]) {
         for r in reports {
             self.tests
-                .get_or_create(&vec![("outcome", r.outcome().to_string())])
+                .get_or_create(&OutcomeLabel {
+                    outcome: r.outcome().to_string(),
+                })
                 .inc();
             if let Some(days) = r.to_result().cert_days_left {
                 self.cert_days
-                    .get_or_create(&vec![("destination", r.destination.clone())])
+                    .get_or_create(&DestinationLabel {
+                        destination: r.destination.clone(),
+                    })
                     .set(days);
             }
         }
     }
 
     pub fn observe(&self, namespace: &str, took: Duration, ok: bool) {
-        let labels = vec![("namespace", namespace.to_string())];
+        let labels = NamespaceLabel {
+            namespace: namespace.to_string(),
+        };
         self.reconciles.get_or_create(&labels).inc();
         if !ok {
             self.errors.get_or_create(&labels).inc();
@@ -113,16 +160,16 @@ impl Metrics {
     }
 
     pub fn render_size(&self, namespace: &str, bytes: usize) {
-        let labels = vec![("namespace", namespace.to_string())];
+        let labels = NamespaceLabel {
+            namespace: namespace.to_string(),
+        };
         self.render_bytes
             .get_or_create(&labels)
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    pub fn write(&self, object: &str) {
-        self.writes
-            .get_or_create(&vec![("object", object.to_string())])
-            .inc();
+    pub fn write(&self, object: Written) {
+        self.writes.get_or_create(&ObjectLabel { object }).inc();
     }
 
     /// The OpenMetrics text of every metric.

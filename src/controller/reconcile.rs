@@ -7,7 +7,6 @@ use crate::engine;
 
 /// Reconcile one namespace. Every resource's status is attempted even when another fails;
 /// the first error is returned so the namespace is retried.
-#[tracing::instrument(skip(ctx))]
 pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let result = reconcile_inner(ctx, namespace).await;
@@ -17,7 +16,6 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<(), Error> {
 }
 
 async fn reconcile_inner(ctx: &Context, namespace: &str) -> Result<(), Error> {
-    tracing::debug!("reconciling");
     let inputs = ctx.stores.inputs(namespace);
     let outcome = engine::reconcile(ctx, &inputs, &ctx.render).await?;
     let bytes: usize = outcome.config.files.values().map(String::len).sum();

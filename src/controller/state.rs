@@ -12,6 +12,7 @@ use super::Error;
 use super::configmap::{CONFIGMAP_LIMIT, MANAGER};
 use super::context::Context;
 use super::drift::{self, Drift};
+use super::metrics::Written;
 use crate::policy::LastValid;
 use crate::render::pack::{GZ_SUFFIX, Packed, UNPACKED_LIMIT, gunzip, pack};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -167,7 +168,7 @@ async fn store_checked(
         api.patch(&name, &params, &Patch::Merge(extra))
             .await
             .map_err(err)?;
-        ctx.metrics.write("state");
+        ctx.metrics.write(Written::State);
     }
     let stored = api
         .patch(
@@ -178,7 +179,7 @@ async fn store_checked(
         .await
         .map_err(err)?;
     ctx.state_drift.wrote(namespace, &stored);
-    ctx.metrics.write("state");
+    ctx.metrics.write(Written::State);
     ctx.states.put(namespace, Arc::new(last.clone()));
     if let Some(why) = repair {
         tracing::warn!(namespace, %name, "last valid generations repaired: {why}");

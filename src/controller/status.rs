@@ -8,6 +8,7 @@
 
 use super::Error;
 use super::context::Context;
+use super::metrics::Written;
 use crate::engine::Managed;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::object::HasStatus;
@@ -61,7 +62,7 @@ pub async fn update<K: Managed>(
             name: name.clone(),
             source: Box::new(source),
         })?;
-    ctx.metrics.write("status");
+    ctx.metrics.write(Written::Status);
     ctx.events
         .conditions_changed(old, old.conditions().to_vec(), new.conditions().to_vec())
         .await;

@@ -32,6 +32,7 @@ pub struct Outcome<E> {
 
 /// Reconcile one namespace. Errors the backend says abort (and an unreadable snapshot of
 /// last valid generations) return at once, having written nothing.
+#[tracing::instrument(skip_all, fields(namespace = %inputs.namespace))]
 pub async fn reconcile<B: Backend>(
     backend: &B,
     inputs: &Inputs,

@@ -192,6 +192,7 @@ pub async fn run_due_once<B: Backend, T: Tester>(
 }
 
 /// Write one resource's results into its status (the copy as currently stored).
+#[tracing::instrument(skip_all, fields(namespace = %namespace, resource = %test.id))]
 pub async fn record<B: Backend>(
     backend: &B,
     namespace: &str,
@@ -200,7 +201,7 @@ pub async fn record<B: Backend>(
     now: &Time,
 ) {
     let failed = reports.iter().filter(|r| !r.passed()).count();
-    tracing::info!(namespace, resource = %test.id, destinations = reports.len(), failed, "TLS test finished");
+    tracing::info!(destinations = reports.len(), failed, "TLS test finished");
     backend.tested(reports);
     let result = match test.id.kind {
         Kind::TlsCompliance => {
@@ -212,7 +213,7 @@ pub async fn record<B: Backend>(
         Kind::AddressList => Ok(()),
     };
     if let Err(e) = result {
-        tracing::warn!(namespace, resource = %test.id, "cannot record the TLS test: {e}");
+        tracing::warn!("cannot record the TLS test: {e}");
     }
 }
 
