@@ -1301,3 +1301,49 @@ async fn a_deleted_or_edited_state_is_restored_and_still_enforced_after_a_restar
     })
     .await;
 }
+
+/// A second policy over the same list renders the same files (same hash); only the
+/// manifest's attribution changes. That is the controller's own update, not a hand edit:
+/// no RelayConfigRepaired Event.
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller -- --ignored"]
+async fn a_second_policy_with_the_same_files_is_no_repair() {
+    in_namespace("ctl-same-hash", |client, ns| async move {
+        let controller = Running::start(&client, &ns, None);
+        let l = list("partners", &["example.com"]);
+        let (p1, p2) = (
+            policy("first", &["partners"]),
+            policy("second", &["partners"]),
+        );
+        let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        apply(&lists, &l).await;
+        apply(&policies, &p1).await;
+        let h1 = expected_hash(
+            &ns,
+            std::slice::from_ref(&l),
+            std::slice::from_ref(&p1),
+            &[],
+        );
+        wait_for_hash(&client, &ns, &h1).await;
+        wait_condition::<TlsCompliance>(&client, &ns, "first", "Ready", "True").await;
+        apply(&policies, &p2).await;
+        let h2 = expected_hash(&ns, &[l], &[p1, p2], &[]);
+        assert_eq!(h1, h2, "the same files");
+        wait_condition::<TlsCompliance>(&client, &ns, "second", "Ready", "True").await;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        wait_for(&cms, CM, "attributing both policies", |cm| {
+            cm.and_then(|cm| cm.data.as_ref()?.get(mailtls::render::MANIFEST).cloned())
+                .is_some_and(|m| m.contains("second"))
+        })
+        .await;
+        // Events trail their writes: give a wrong repair Event time to show.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        assert_eq!(
+            repairs(&events_in(&client, &ns).await),
+            Vec::<String>::new()
+        );
+        controller.stop().await;
+    })
+    .await;
+}

@@ -146,8 +146,10 @@ async fn apply_config(
             .then(|| "it had been deleted".to_string()),
         Some(cm) => {
             let editors = drift::editors(cm);
+            // The same hash over other files: edited by hand, with the hash kept or forged.
             let same_hash = cm.annotations().get(HASH_ANNOTATION) == Some(&config.hash);
-            (same_hash || !editors.is_empty()).then(|| match editors.as_slice() {
+            let edited = same_hash && drift::files_differ(cm, &body);
+            (edited || !editors.is_empty()).then(|| match editors.as_slice() {
                 [] => "its content had been changed".to_string(),
                 names => format!("it had been edited by {}", names.join(", ")),
             })

@@ -9,6 +9,7 @@
 use super::configmap::{HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGER};
 use super::queue::Sender;
 use super::watch::Watcher;
+use crate::render::MANIFEST;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -174,6 +175,33 @@ pub fn differs(current: &ConfigMap, desired: &Value) -> bool {
                 != Some(h)
         })
         || current.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGER)
+}
+
+/// Whether the stored files differ from `desired`'s in more than the manifest's `resources`
+/// (which resource made which row): that attribution is outside the hash, so a new one
+/// under the same hash is the controller's own update, not an edit by hand.
+pub fn files_differ(current: &ConfigMap, desired: &Value) -> bool {
+    fn without_attribution(
+        mut data: BTreeMap<String, String>,
+    ) -> (BTreeMap<String, String>, Value) {
+        let manifest = data
+            .remove(MANIFEST)
+            .and_then(|m| serde_json::from_str::<Value>(&m).ok())
+            .map(|mut m| {
+                if let Some(m) = m.as_object_mut() {
+                    m.remove("resources");
+                }
+                m
+            })
+            .unwrap_or(Value::Null);
+        (data, manifest)
+    }
+    let data: BTreeMap<String, String> =
+        serde_json::from_value(desired["data"].clone()).unwrap_or_default();
+    let binary: BTreeMap<String, ByteString> =
+        serde_json::from_value(desired["binaryData"].clone()).unwrap_or_default();
+    without_attribution(current.data.clone().unwrap_or_default()) != without_attribution(data)
+        || current.binary_data.clone().unwrap_or_default() != binary
 }
 
 /// Keys of the stored ConfigMap the apply body does not have: an apply only removes keys
