@@ -22,7 +22,7 @@ cargo test
 
 echo "== cluster tests: CRDs, controller, Helm chart and deploy/ (real kube-apiserver + etcd, helm)"
 if scripts/test-cluster.sh check >/dev/null; then
-    scripts/test-cluster.sh -- cargo test --test cluster --test crd_parity --test controller --test controller_tests --test conformance --test chart -- --ignored
+    scripts/test-cluster.sh -- cargo test --test cluster --test crd_parity --test controller --test controller_tls_tests --test conformance --test chart -- --ignored
 elif [ "${CI:-}" = "true" ]; then
     echo "cluster tests cannot run: scripts/test-cluster.sh check failed (see above); CI requires them" >&2
     exit 1

@@ -6,7 +6,7 @@
 
 mod address_list;
 mod outbound_gateway;
-mod status;
+mod status_parts;
 mod syntax;
 mod tls_compliance;
 
@@ -17,7 +17,7 @@ pub use address_list::{
 pub use outbound_gateway::{
     AppliesTo, GatewayTls, OutboundGateway, OutboundGatewaySpec, OutboundGatewayStatus,
 };
-pub use status::{DestinationResult, MatchedCounts, RelayConfigRef, TestSummary};
+pub use status_parts::{DestinationResult, MatchedCounts, RelayConfigRef, TestSummary};
 pub use tls_compliance::{
     Direction, Enforcement, OnFailure, TestSpec, TlsCompliance, TlsComplianceSpec,
     TlsComplianceStatus,

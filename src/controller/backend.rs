@@ -4,7 +4,7 @@
 use super::configmap::{CONFIGMAP_LIMIT, HASH_ANNOTATION, MANAGER, desired};
 use super::context::Context;
 use super::metrics::Written;
-use super::{Error, drift, state, status};
+use super::{Error, drift, state, status_patch};
 use crate::api::RelayConfigRef;
 use crate::engine::{Backend, Managed};
 use crate::policy::{Inputs, LastValid};
@@ -79,7 +79,7 @@ impl Backend for Context {
         new: &K,
     ) -> Result<(), Error> {
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
-        status::update(self, &api, old, new).await
+        status_patch::update(self, &api, old, new).await
     }
 
     fn tested(&self, reports: &[DestinationReport]) {

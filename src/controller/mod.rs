@@ -24,7 +24,7 @@ mod queue;
 mod reconcile;
 mod relays;
 mod state;
-mod status;
+mod status_patch;
 mod stores;
 #[cfg(test)]
 mod tests;

@@ -57,7 +57,7 @@ pub enum Outcome {
 /// What `/status` reports.
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Status {
+pub struct AgentStatus {
     /// Hash of the configuration in effect.
     pub applied_hash: Option<String>,
     pub applied_at: Option<String>,
@@ -84,7 +84,7 @@ pub struct RefusedInfo {
 pub struct Agent {
     pub watch_dir: std::path::PathBuf,
     pub paths: Paths,
-    pub status: Arc<Mutex<Status>>,
+    pub status: Arc<Mutex<AgentStatus>>,
     /// Installed but the reload failed: retried on the next apply even when unchanged.
     reload_pending: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -95,7 +95,7 @@ fn now() -> String {
 
 impl Agent {
     pub fn new(watch_dir: std::path::PathBuf, paths: Paths) -> Agent {
-        let status = Status {
+        let status = AgentStatus {
             applied_hash: install::installed_hash(&paths),
             ..Default::default()
         };
@@ -107,7 +107,7 @@ impl Agent {
         }
     }
 
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> AgentStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 

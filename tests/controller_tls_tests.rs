@@ -1,7 +1,7 @@
 //! The controller's periodic TLS tests against a real API server and real loopback SMTP
 //! servers: results land in status (Tested, Compliant, lastTest, results failures first),
 //! and a new mailtls.io/test-now value asks for another test.
-//! Run with `scripts/test-cluster.sh -- cargo test --test controller_tests -- --ignored`.
+//! Run with `scripts/test-cluster.sh -- cargo test --test controller_tls_tests -- --ignored`.
 
 mod common;
 mod support;
@@ -46,7 +46,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller_tests -- --ignored"]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller_tls_tests -- --ignored"]
 async fn periodic_tests_write_results_into_status() {
     init();
     let ca = Ca::new("mailtls controller test CA");
@@ -153,8 +153,8 @@ fn spawn_counting(
 /// (`address-not-allowed`) and its listener never sees a connection; an allowed address
 /// that answers with an SSH banner is reported as not an SMTP server, without its text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller_tests -- --ignored"]
-async fn controller_tests_refuse_internal_addresses_and_never_echo_a_banner() {
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller_tls_tests -- --ignored"]
+async fn controller_tls_tests_refuse_internal_addresses_and_never_echo_a_banner() {
     init();
     let (listeners, port) = bind_group(2).await;
     let mut listeners = listeners.into_iter();
