@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use fixtures::*;
 use mailtls::api::TlsVersion;
-use mailtls::probe::{ProbeConfig, Prober, Requirement, Target, Timeouts};
+use mailtls::probe::{Expected, ProbeConfig, Prober, Target, Timeouts};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -91,7 +91,7 @@ struct Env {
     ips: Vec<IpAddr>,
 }
 
-const STRICT: Requirement = Requirement {
+const STRICT: Expected = Expected {
     require_tls: true,
     require_ca_signed: true,
     validate_hostname: true,
@@ -280,7 +280,7 @@ async fn probe_domains(prober: &Prober, env: &Env, n: usize) -> (f64, usize) {
 }
 
 async fn probe_hosts(prober: &Prober, env: &Env, n: usize) -> (f64, usize) {
-    let req = Requirement {
+    let req = Expected {
         validate_hostname: false,
         ..STRICT
     };
@@ -300,7 +300,7 @@ async fn probe_hosts(prober: &Prober, env: &Env, n: usize) -> (f64, usize) {
     timed(prober, items).await
 }
 
-async fn timed(prober: &Prober, items: Vec<(Target, Requirement)>) -> (f64, usize) {
+async fn timed(prober: &Prober, items: Vec<(Target, Expected)>) -> (f64, usize) {
     let start = Instant::now();
     let reports = prober.probe_many(items).await;
     let secs = start.elapsed().as_secs_f64();

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mailtls::api::TlsVersion;
-use mailtls::probe::{ProbeConfig, Prober, Requirement, Target, Timeouts};
+use mailtls::probe::{Expected, ProbeConfig, Prober, Target, Timeouts};
 use support::fixtures::*;
 
-const STRICT: Requirement = Requirement {
+const STRICT: Expected = Expected {
     require_tls: true,
     require_ca_signed: true,
     validate_hostname: true,

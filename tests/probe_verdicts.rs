@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mailtls::api::TlsVersion;
 use mailtls::probe::{
-    DestinationReport, ProbeConfig, Prober, Requirement, Target, Timeouts, summarize,
+    DestinationReport, Expected, ProbeConfig, Prober, Target, Timeouts, summarize,
 };
 use sha2::{Digest, Sha256};
 use support::fixtures::*;
@@ -225,7 +225,7 @@ impl World {
     }
 }
 
-const STRICT: Requirement = Requirement {
+const STRICT: Expected = Expected {
     require_tls: true,
     require_ca_signed: true,
     validate_hostname: true,
@@ -268,7 +268,7 @@ fn by_destination(reports: &[DestinationReport]) -> BTreeMap<String, &Destinatio
     reports.iter().map(|r| (r.destination.clone(), r)).collect()
 }
 
-async fn probe_all(prober: &Prober, names: &[&str], req: Requirement) -> Vec<DestinationReport> {
+async fn probe_all(prober: &Prober, names: &[&str], req: Expected) -> Vec<DestinationReport> {
     prober
         .probe_many(
             names
@@ -429,9 +429,9 @@ async fn library_strict_verdicts() {
 async fn library_weaker_requirements() {
     let w = world().await;
     let prober = w.prober();
-    let tls_only = Requirement {
+    let tls_only = Expected {
         require_tls: true,
-        ..Requirement::default()
+        ..Expected::default()
     };
     let reports = probe_all(
         &prober,
@@ -462,7 +462,7 @@ async fn library_weaker_requirements() {
     let r = prober
         .probe(
             &Target::Domain("nostarttls.test".into()),
-            &Requirement::default(),
+            &Expected::default(),
         )
         .await;
     assert_eq!(r.outcome(), "pass");
@@ -473,7 +473,7 @@ async fn library_weaker_requirements() {
     );
 
     // Minimum version.
-    let v13 = Requirement {
+    let v13 = Expected {
         min_tls: TlsVersion::V1_3,
         ..STRICT
     };
@@ -483,10 +483,10 @@ async fn library_weaker_requirements() {
     assert_eq!(got["good.test"].outcome(), "pass");
 
     // A TLS 1.0-only server allowed by min 1.0: TLS passes, a CA check cannot be done.
-    let v10 = Requirement {
+    let v10 = Expected {
         require_tls: true,
         min_tls: TlsVersion::V1_0,
-        ..Requirement::default()
+        ..Expected::default()
     };
     let r = prober
         .probe(&Target::Domain("legacy.test".into()), &v10)
@@ -496,7 +496,7 @@ async fn library_weaker_requirements() {
     let r = prober
         .probe(
             &Target::Domain("legacy.test".into()),
-            &Requirement {
+            &Expected {
                 require_ca_signed: true,
                 ..v10
             },

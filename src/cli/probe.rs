@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::api::{TestSummary, TlsVersion};
 use crate::probe::{
-    AddressPolicy, DestinationReport, ProbeConfig, Prober, Requirement, Target, Timeouts,
-    rfc3339_now, summarize,
+    AddressPolicy, DestinationReport, Expected, ProbeConfig, Prober, Target, Timeouts, rfc3339_now,
+    summarize,
 };
 
 /// Exit code when a destination fails the policy.
@@ -146,9 +146,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub(crate) struct UsageError(pub(crate) String);
 
 impl ProbeArgs {
-    fn requirement(&self) -> Requirement {
+    fn requirement(&self) -> Expected {
         let ca = self.require_ca_signed || self.validate_hostname;
-        Requirement {
+        Expected {
             require_tls: self.require_tls || ca,
             require_ca_signed: ca,
             validate_hostname: self.validate_hostname,

@@ -834,7 +834,7 @@ struct Recorder(
 impl crate::engine::Tester for Recorder {
     fn test(
         &self,
-        items: Vec<(crate::probe::Target, crate::probe::Requirement)>,
+        items: Vec<(crate::probe::Target, crate::probe::Expected)>,
     ) -> impl std::future::Future<Output = Vec<crate::probe::DestinationReport>> + Send {
         let (seen, takes) = (self.0.clone(), self.1);
         async move {

@@ -7,7 +7,7 @@ use crate::api::{
     AddressList, Condition, TEST_NOW_ANNOTATION, TestSpec, TestSummary, TlsCompliance,
 };
 use crate::policy::{Entry, Kind, ResourceId, list_entries, parse_interval};
-use crate::probe::{DestinationReport, Requirement, Target, results_for_status, summarize};
+use crate::probe::{DestinationReport, Expected, Target, results_for_status, summarize};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -20,7 +20,7 @@ pub const RESULTS_CAP: usize = 50;
 #[derive(Clone, Debug)]
 pub struct TestPlan {
     pub id: ResourceId,
-    pub items: Vec<(Target, Requirement)>,
+    pub items: Vec<(Target, Expected)>,
     /// Entries that name no host (subdomain wildcards).
     pub untestable: u32,
     /// The test-now annotation value being answered, if any.
@@ -116,7 +116,7 @@ pub fn compliance_plan(
             }
         }
     }
-    let requirement = Requirement::for_compliance(&p.spec);
+    let requirement = Expected::for_compliance(&p.spec);
     Some(TestPlan {
         id: ResourceId::new(Kind::TlsCompliance, p.name_any()),
         items: domains
@@ -140,7 +140,7 @@ pub fn gateway_plan(g: &OutboundGateway, now: Timestamp) -> Option<TestPlan> {
     };
     Some(TestPlan {
         id: ResourceId::new(Kind::OutboundGateway, g.name_any()),
-        items: vec![(target, Requirement::for_gateway(&g.spec.tls))],
+        items: vec![(target, Expected::for_gateway(&g.spec.tls))],
         untestable: 0,
         trigger,
     })

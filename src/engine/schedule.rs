@@ -9,7 +9,7 @@ use super::kind::{Managed, namespace_plans};
 use super::plan::TestPlan;
 use crate::api::{OutboundGateway, TlsCompliance};
 use crate::policy::{Inputs, Kind, ResourceId};
-use crate::probe::{DestinationReport, Prober, Requirement, Target};
+use crate::probe::{DestinationReport, Expected, Prober, Target};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,14 +25,14 @@ pub const RESOURCES_AT_ONCE: usize = 8;
 pub trait Tester: Clone + Send + Sync + 'static {
     fn test(
         &self,
-        items: Vec<(Target, Requirement)>,
+        items: Vec<(Target, Expected)>,
     ) -> impl Future<Output = Vec<DestinationReport>> + Send;
 }
 
 impl Tester for Prober {
     fn test(
         &self,
-        items: Vec<(Target, Requirement)>,
+        items: Vec<(Target, Expected)>,
     ) -> impl Future<Output = Vec<DestinationReport>> + Send {
         let prober = self.clone();
         async move { prober.probe_many(items).await }

@@ -5,7 +5,8 @@
 //! an SMTP session against every MX host (greeting, EHLO, STARTTLS, TLS handshake, EHLO,
 //! QUIT). A [`Target::Host`] (a gateway) is probed the same way without MTA-STS.
 //! Every TLS session is recorded rather than aborted on a bad certificate, and the result is
-//! judged against a [`Requirement`] in the RFC 8460 vocabulary (see [`Outcome`]).
+//! judged against an [`Expected`] (what the destination must offer; `policy::Requirement` is
+//! what the relay enforces) in the RFC 8460 vocabulary (see [`Outcome`]).
 //!
 //! Use: build one [`Prober`] from a [`ProbeConfig`] (it holds the resolver, the rustls
 //! configurations and a global concurrency bound shared by every clone), then call
@@ -41,7 +42,7 @@ pub use verdict::{EXPIRY_WARNING_DAYS, Outcome};
 /// What a destination must offer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Requirement {
+pub struct Expected {
     /// STARTTLS must be offered and work.
     pub require_tls: bool,
     /// The certificate must chain to a trusted CA and be within its validity period.
@@ -52,10 +53,10 @@ pub struct Requirement {
     pub min_tls: TlsVersion,
 }
 
-impl Requirement {
+impl Expected {
     /// The requirement of an outbound TlsCompliance (TLS is always required).
-    pub fn for_compliance(spec: &TlsComplianceSpec) -> Requirement {
-        Requirement {
+    pub fn for_compliance(spec: &TlsComplianceSpec) -> Expected {
+        Expected {
             require_tls: true,
             require_ca_signed: spec.require_ca_signed,
             validate_hostname: spec.validate_hostname,
@@ -64,8 +65,8 @@ impl Requirement {
     }
 
     /// The requirement of the hop to an OutboundGateway.
-    pub fn for_gateway(tls: &GatewayTls) -> Requirement {
-        Requirement {
+    pub fn for_gateway(tls: &GatewayTls) -> Expected {
+        Expected {
             require_tls: tls.require,
             require_ca_signed: tls.require_ca_signed,
             validate_hostname: tls.validate_hostname,
@@ -453,7 +454,7 @@ pub enum MxKind {
 pub struct DestinationReport {
     /// The destination as tested (`example.com`, `[gw.example.net]:587`).
     pub destination: String,
-    pub requirement: Requirement,
+    pub requirement: Expected,
     pub outcome: Outcome,
     pub passed: bool,
     pub message: String,
@@ -468,7 +469,7 @@ pub struct DestinationReport {
 
 impl DestinationReport {
     /// An empty passing report, filled in by the probe.
-    pub(crate) fn new(target: &Target, req: &Requirement) -> DestinationReport {
+    pub(crate) fn new(target: &Target, req: &Expected) -> DestinationReport {
         DestinationReport {
             destination: target.display(),
             requirement: *req,
@@ -484,7 +485,7 @@ impl DestinationReport {
         }
     }
 
-    fn internal_error(target: &Target, req: &Requirement, why: &str) -> DestinationReport {
+    fn internal_error(target: &Target, req: &Expected, why: &str) -> DestinationReport {
         DestinationReport {
             outcome: Outcome::InternalError,
             passed: false,
@@ -640,7 +641,7 @@ impl Prober {
     }
 
     /// Probe one destination.
-    pub async fn probe(&self, target: &Target, req: &Requirement) -> DestinationReport {
+    pub async fn probe(&self, target: &Target, req: &Expected) -> DestinationReport {
         session::probe_destination(&self.inner, target, req).await
     }
 
@@ -648,7 +649,7 @@ impl Prober {
     /// finishes (with its index in the input), so one slow host never delays the others.
     pub fn probe_stream(
         &self,
-        items: Vec<(Target, Requirement)>,
+        items: Vec<(Target, Expected)>,
     ) -> mpsc::Receiver<(usize, DestinationReport)> {
         let (tx, rx) = mpsc::channel(items.len().max(1));
         let window = self.inner.window.clone();
@@ -678,7 +679,7 @@ impl Prober {
     }
 
     /// Probe many destinations concurrently; reports in input order.
-    pub async fn probe_many(&self, items: Vec<(Target, Requirement)>) -> Vec<DestinationReport> {
+    pub async fn probe_many(&self, items: Vec<(Target, Expected)>) -> Vec<DestinationReport> {
         let n = items.len();
         let mut rx = self.probe_stream(items);
         let mut out: Vec<Option<DestinationReport>> = vec![None; n];
@@ -760,7 +761,7 @@ mod tests {
             min_tls_version: TlsVersion::V1_3,
             ..GatewayTls::default()
         };
-        let req = Requirement::for_gateway(&tls);
+        let req = Expected::for_gateway(&tls);
         assert!(req.require_tls && req.require_ca_signed && !req.validate_hostname);
         assert_eq!(req.min_tls, TlsVersion::V1_3);
         let mut spec: TlsComplianceSpec = serde_json::from_value(serde_json::json!({
@@ -769,7 +770,7 @@ mod tests {
         .expect("compliance spec");
         spec.require_ca_signed = true;
         spec.validate_hostname = true;
-        let req = Requirement::for_compliance(&spec);
+        let req = Expected::for_compliance(&spec);
         assert!(req.require_tls && req.require_ca_signed && req.validate_hostname);
         assert_eq!(req.min_tls, TlsVersion::V1_2);
     }

@@ -12,7 +12,7 @@ use super::smtp::{ReplyError, SmtpConn};
 use super::tls::{self, HandshakeFailure, LimitedStream};
 use super::verdict::{self, HostFailure};
 use super::{
-    DestinationReport, HostReport, Inner, MxHost, MxKind, MxSet, Outcome, Requirement, StsReport,
+    DestinationReport, Expected, HostReport, Inner, MxHost, MxKind, MxSet, Outcome, StsReport,
     Target, TlsReport, sts,
 };
 
@@ -31,7 +31,7 @@ fn is_smtp_greeting(code: u16) -> bool {
 pub(crate) async fn probe_destination(
     inner: &Inner,
     target: &Target,
-    req: &Requirement,
+    req: &Expected,
 ) -> DestinationReport {
     let started = Instant::now();
     let mut report = DestinationReport::new(target, req);

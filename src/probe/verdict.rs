@@ -5,7 +5,7 @@
 use serde::{Serialize, Serializer};
 
 use super::sts::StsMode;
-use super::{HostReport, Requirement, StsReport};
+use super::{Expected, HostReport, StsReport};
 use crate::api::TlsVersion;
 
 /// Certificates expiring within this many days get a warning.
@@ -129,7 +129,7 @@ fn legacy_version(v: &str) -> Option<TlsVersion> {
 
 /// Judge one host against `req`, taking an MTA-STS policy in enforce mode into account
 /// (it makes TLS, a trusted certificate and an MX-name match mandatory).
-pub(crate) fn judge_host(h: &HostReport, req: &Requirement, sts: Option<&StsReport>) -> Judgement {
+pub(crate) fn judge_host(h: &HostReport, req: &Expected, sts: Option<&StsReport>) -> Judgement {
     let sts_mode = sts.and_then(|s| s.policy.as_ref()).map(|p| p.mode);
     let sts_enforce = sts_mode == Some(StsMode::Enforce);
     let needs_tls =
