@@ -8,6 +8,7 @@
 //! controller settles through several reconciles).
 
 mod common;
+mod support;
 
 use common::cluster::*;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -15,6 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mailtls::api::{AddressList, OutboundGateway, TlsCompliance};
 use mailtls::controller::Settings;
+use mailtls::probe::{AddressPolicy, ProbeConfig, Prober, Timeouts};
 use mailtls::render::{MANIFEST, RenderOptions};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -57,6 +59,15 @@ fn normalise(kind: &str, name: &str, status: Option<&Value>, compare: Compare) -
     }
     if let Some(relay) = s.get_mut("relayConfig").and_then(Value::as_object_mut) {
         relay.remove("name");
+    }
+    // When a test ran, and so how many whole days a certificate had left then.
+    if let Some(last) = s.get_mut("lastTest").and_then(Value::as_object_mut) {
+        last.remove("time");
+    }
+    if let Some(results) = s.get_mut("results").and_then(Value::as_array_mut) {
+        for r in results.iter_mut().filter_map(Value::as_object_mut) {
+            r.remove("certDaysLeft");
+        }
     }
     if compare == Compare::Reasons {
         s = json!({ "conditions": s.get("conditions").cloned().unwrap_or(Value::Null) });
@@ -179,21 +190,45 @@ fn api_of(client: &Client, ns: &str, kind: &str) -> Api<kube::api::DynamicObject
 }
 
 /// Run `mailtls standalone` once on `input` (one file) into `out`; its exit code.
-fn standalone(input: &Path, out: &Path) -> Option<i32> {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mailtls"))
-        .args(["standalone", "--postfix-version", POSTFIX_VERSION, "--dir"])
+async fn standalone(input: &Path, out: &Path, extra: &[String]) -> Option<i32> {
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailtls"))
+        .args(["standalone", "--postfix-version", POSTFIX_VERSION])
+        .args(extra)
+        .arg("--dir")
         .arg(input)
         .arg("--out")
         .arg(out)
         .output()
+        .await
         .expect("run mailtls standalone");
     o.status.code()
+}
+
+/// TLS tests for both backends: `standalone`'s flags and the controller's prober, both
+/// pointed at the same loopback servers.
+struct Tests {
+    flags: Vec<String>,
+    prober: Prober,
 }
 
 /// Run the steps against both backends in a fresh namespace; after each step both must
 /// agree. With `fail_writes`, neither backend can write the relay configuration.
 async fn conform(prefix: &str, steps: Vec<Vec<Value>>, compare: Compare, fail_writes: bool) {
+    conform_with(prefix, steps, compare, fail_writes, None).await;
+}
+
+async fn conform_with(
+    prefix: &str,
+    steps: Vec<Vec<Value>>,
+    compare: Compare,
+    fail_writes: bool,
+    tests: Option<Tests>,
+) {
     in_namespace(prefix, move |client, ns| async move {
+        let (flags, prober) = match tests {
+            Some(t) => (t.flags, Some(t.prober)),
+            None => (Vec::new(), None),
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let (input, out) = (dir.path().join("in"), dir.path().join("out"));
         std::fs::create_dir_all(&input).expect("mkdir");
@@ -220,14 +255,14 @@ async fn conform(prefix: &str, steps: Vec<Vec<Value>>, compare: Compare, fail_wr
             metrics_addr: None,
             leader_election: None,
             instance: Some("conformance".into()),
-            tests: None,
+            tests: prober,
             relays: None,
         };
         let (stop, shutdown) = watch::channel(false);
         let controller = tokio::spawn(mailtls::controller::run(client.clone(), settings, shutdown));
         for (i, docs) in steps.iter().enumerate() {
             std::fs::write(input.join("step.yaml"), yaml_stream(docs, &ns)).expect("write");
-            let code = standalone(&input, &out);
+            let code = standalone(&input, &out, &flags).await;
             assert_eq!(
                 code,
                 Some(if fail_writes { 1 } else { 0 }),
@@ -354,4 +389,67 @@ async fn a_failing_write_is_reported_alike() {
         policy("partners", &["partners"]),
     ]];
     conform("conf-failing-write", steps, Compare::Reasons, true).await;
+}
+
+/// A TLS test falls due at once for a new policy: both backends test the same loopback
+/// servers (one with a good certificate, one without STARTTLS) and record the same results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test conformance -- --ignored"]
+async fn due_tests_record_the_same_results() {
+    use support::fixtures::*;
+    init();
+    let ca = Ca::new("mailtls conformance test CA");
+    let zone = Zone::default();
+    let (listeners, port) = bind_group(2).await;
+    let mut listeners = listeners.into_iter();
+    let (good_ip, good) = listeners.next().expect("listener");
+    let (plain_ip, plain) = listeners.next().expect("listener");
+    zone.mx("good.test", 10, "mx.good.test");
+    zone.a("mx.good.test", good_ip);
+    zone.mx("plain.test", 10, "mx.plain.test");
+    zone.a("mx.plain.test", plain_ip);
+    spawn_smtp(
+        good,
+        Smtp::Good(server_config(&ca.leaf(&["mx.good.test"]), false)),
+    );
+    spawn_smtp(plain, Smtp::NoStarttls);
+    let dns = spawn_dns(zone).await;
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = ca.write_pem(ca_dir.path());
+    let timeout = Duration::from_secs(3);
+    let prober = Prober::new(ProbeConfig {
+        resolver: Some(dns),
+        extra_roots: vec![ca.der.clone()],
+        smtp_port: port,
+        timeouts: Timeouts::from_step(timeout),
+        // The fixtures listen on loopback, which controller-run tests refuse by default.
+        addresses: AddressPolicy::public_only(vec!["127.0.0.0/8".parse().expect("cidr")], vec![]),
+        ..ProbeConfig::default()
+    })
+    .expect("prober");
+    let flags = [
+        "--tests",
+        "--resolver",
+        &dns.to_string(),
+        "--test-smtp-port",
+        &port.to_string(),
+        "--test-ca-file",
+        &ca_file.display().to_string(),
+        "--test-timeout",
+        "3s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut strict = policy("partners", &["partners"]);
+    strict["spec"]["requireCASigned"] = json!(true);
+    strict["spec"]["validateHostname"] = json!(true);
+    let steps = vec![vec![
+        list(
+            "partners",
+            &["good.test", "someone@plain.test", ".wild.test"],
+        ),
+        strict,
+    ]];
+    let tests = Tests { flags, prober };
+    conform_with("conf-tests", steps, Compare::Status, false, Some(tests)).await;
 }
