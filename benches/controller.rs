@@ -24,10 +24,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use mailtls::api::{
-    AddressList, AddressListSpec, Direction, LocalRef, OnFailure, TestSpec, TlsCompliance,
-    TlsComplianceSpec, TlsVersion,
-};
+use mailtls::api::{AddressList, AddressListSpec, OnFailure, TlsCompliance, TlsVersion};
 use mailtls::controller::HASH_ANNOTATION;
 use mailtls::policy::{Inputs, evaluate};
 use mailtls::render::{PostfixVersion, RenderOptions, render};
@@ -75,21 +72,15 @@ fn list(name: &str, n: usize, edit: usize, form: Form) -> AddressList {
 }
 
 fn policy(p: usize, list: &str) -> TlsCompliance {
-    TlsCompliance::new(
-        &format!("policy-{p}"),
-        TlsComplianceSpec {
-            // Outbound only: with `Both` the 10k entries also fill sender_access (still
-            // fits, compressed; see BENCHMARKS.md).
-            direction: Direction::Outbound,
-            address_lists: vec![LocalRef { name: list.into() }],
-            require_ca_signed: p.is_multiple_of(2),
-            validate_hostname: p.is_multiple_of(4),
-            min_tls_version: [TlsVersion::V1_2, TlsVersion::V1_3][p % 2],
-            on_failure: [OnFailure::Bounce, OnFailure::Defer][p % 3 % 2],
-            enforcement: Default::default(),
-            test: TestSpec::default(),
-        },
-    )
+    let mut policy = TlsCompliance::outbound_verified(&format!("policy-{p}"), &[list]);
+    // Outbound only: with `Both` the 10k entries also fill sender_access (still fits,
+    // compressed; see BENCHMARKS.md).
+    let spec = &mut policy.spec;
+    spec.require_ca_signed = p.is_multiple_of(2);
+    spec.validate_hostname = p.is_multiple_of(4);
+    spec.min_tls_version = [TlsVersion::V1_2, TlsVersion::V1_3][p % 2];
+    spec.on_failure = [OnFailure::Bounce, OnFailure::Defer][p % 3 % 2];
+    policy
 }
 
 fn hash(ns: &str, list: &AddressList, policies: &[TlsCompliance]) -> String {

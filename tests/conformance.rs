@@ -312,34 +312,25 @@ fn examples() -> Vec<Value> {
         .collect()
 }
 
-fn doc(kind: &str, name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "mailtls.io/v1alpha1",
-        "kind": kind,
-        "metadata": {"name": name},
-        "spec": spec,
-    })
+/// A resource as the YAML/JSON document a user would apply.
+fn doc<K: serde::Serialize>(r: &K) -> Value {
+    let mut v = serde_json::to_value(r).expect("json");
+    if let Some(v) = v.as_object_mut() {
+        v.remove("status");
+    }
+    v
 }
 
 fn list(name: &str, entries: &[&str]) -> Value {
-    doc("AddressList", name, json!({"entries": entries}))
+    doc(&AddressList::with_entries(name, entries))
 }
 
 fn policy(name: &str, lists: &[&str]) -> Value {
-    let refs: Vec<Value> = lists.iter().map(|l| json!({"name": l})).collect();
-    doc(
-        "TlsCompliance",
-        name,
-        json!({"direction": "Outbound", "addressLists": refs}),
-    )
+    doc(&TlsCompliance::outbound_verified(name, lists))
 }
 
 fn all_mail(name: &str, host: &str) -> Value {
-    doc(
-        "OutboundGateway",
-        name,
-        json!({"host": host, "appliesTo": "AllMail"}),
-    )
+    doc(&OutboundGateway::all_mail(name, host))
 }
 
 #[tokio::test]

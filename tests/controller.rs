@@ -14,10 +14,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use kube::{Client, Resource, ResourceExt};
-use mailtls::api::{
-    AddressList, AddressListSpec, AppliesTo, Condition, Direction, GatewayTls, OutboundGateway,
-    OutboundGatewaySpec, TestSpec, TlsCompliance, TlsComplianceSpec,
-};
+use mailtls::api::{AddressList, Condition, OutboundGateway, TlsCompliance};
 use mailtls::controller::{HASH_ANNOTATION, LeaseSettings, Settings};
 use mailtls::policy::{Inputs, evaluate};
 use mailtls::render::{RenderOptions, render};
@@ -169,47 +166,6 @@ fn expected_hash(
     render(&evaluate(&inputs).policy, &RenderOptions::default()).hash
 }
 
-fn list(name: &str, entries: &[&str]) -> AddressList {
-    AddressList::new(
-        name,
-        AddressListSpec {
-            entries: entries.iter().map(|e| e.to_string()).collect(),
-            bulk: None,
-        },
-    )
-}
-
-fn policy(name: &str, lists: &[&str]) -> TlsCompliance {
-    TlsCompliance::new(
-        name,
-        TlsComplianceSpec {
-            direction: Direction::Outbound,
-            address_lists: refs(lists),
-            require_ca_signed: true,
-            validate_hostname: true,
-            min_tls_version: Default::default(),
-            on_failure: Default::default(),
-            enforcement: Default::default(),
-            test: TestSpec::default(),
-        },
-    )
-}
-
-fn all_mail(name: &str, host: &str) -> OutboundGateway {
-    OutboundGateway::new(
-        name,
-        OutboundGatewaySpec {
-            host: host.into(),
-            port: 25,
-            mx_lookup: false,
-            tls: GatewayTls::default(),
-            applies_to: AppliesTo::AllMail,
-            address_lists: vec![],
-            test: TestSpec::default(),
-        },
-    )
-}
-
 async fn events_in(client: &Client, ns: &str) -> Vec<Event> {
     Api::<Event>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
@@ -337,14 +293,14 @@ async fn editing_an_address_list_re_renders_with_a_new_hash() {
         let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
         let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
         let controller = Running::start(&client, &ns, None);
-        let partners = list("partners", &["example.com"]);
-        let p = policy("partners", &["partners"]);
+        let partners = AddressList::with_entries("partners", &["example.com"]);
+        let p = TlsCompliance::outbound_verified("partners", &["partners"]);
         apply(&lists, &partners).await;
         apply(&policies, &p).await;
         let first = expected_hash(&ns, &[partners], std::slice::from_ref(&p), &[]);
         wait_for_hash(&client, &ns, &first).await;
 
-        let edited = list("partners", &["example.com", "new-partner.example"]);
+        let edited = AddressList::with_entries("partners", &["example.com", "new-partner.example"]);
         apply(&lists, &edited).await;
         let second = expected_hash(&ns, &[edited], &[p], &[]);
         assert_ne!(first, second);
@@ -379,8 +335,16 @@ async fn editing_an_address_list_re_renders_with_a_new_hash() {
 async fn two_all_mail_gateways_get_a_conflict_condition() {
     in_namespace("ctl-conflict", |client, ns| async move {
         let gateways: Api<OutboundGateway> = Api::namespaced(client.clone(), &ns);
-        apply(&gateways, &all_mail("gw-a", "a.example.net")).await;
-        apply(&gateways, &all_mail("gw-b", "b.example.net")).await;
+        apply(
+            &gateways,
+            &OutboundGateway::all_mail("gw-a", "a.example.net"),
+        )
+        .await;
+        apply(
+            &gateways,
+            &OutboundGateway::all_mail("gw-b", "b.example.net"),
+        )
+        .await;
         let controller = Running::start(&client, &ns, None);
 
         let a = wait_condition::<OutboundGateway>(&client, &ns, "gw-a", "Conflict", "True").await;
@@ -456,8 +420,8 @@ async fn deleting_everything_empties_the_config_map() {
         let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
         let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
         let controller = Running::start(&client, &ns, None);
-        let l = list("partners", &["example.com"]);
-        let p = policy("partners", &["partners"]);
+        let l = AddressList::with_entries("partners", &["example.com"]);
+        let p = TlsCompliance::outbound_verified("partners", &["partners"]);
         apply(&lists, &l).await;
         apply(&policies, &p).await;
         wait_for_hash(&client, &ns, &expected_hash(&ns, &[l], &[p], &[])).await;
@@ -529,11 +493,19 @@ async fn status_survives_a_restart_without_rewriting_unchanged_objects() {
         let gateways: Api<OutboundGateway> = Api::namespaced(client.clone(), &ns);
         apply(
             &lists,
-            &list("partners", &["example.com", "alice@example.org"]),
+            &AddressList::with_entries("partners", &["example.com", "alice@example.org"]),
         )
         .await;
-        apply(&policies, &policy("partners", &["partners"])).await;
-        apply(&gateways, &all_mail("smarthost", "relay.example.net")).await;
+        apply(
+            &policies,
+            &TlsCompliance::outbound_verified("partners", &["partners"]),
+        )
+        .await;
+        apply(
+            &gateways,
+            &OutboundGateway::all_mail("smarthost", "relay.example.net"),
+        )
+        .await;
         let first = Running::start(&client, &ns, None);
         wait_condition::<AddressList>(&client, &ns, "partners", "Ready", "True").await;
         let before_policy =
@@ -545,7 +517,11 @@ async fn status_survives_a_restart_without_rewriting_unchanged_objects() {
         let second = Running::start(&client, &ns, None);
         // A new, unreferenced list: once it is Ready the namespace was reconciled after the
         // restart (the startup pass or this change), with every other object in view.
-        apply(&lists, &list("unused", &["unused.example"])).await;
+        apply(
+            &lists,
+            &AddressList::with_entries("unused", &["unused.example"]),
+        )
+        .await;
         wait_condition::<AddressList>(&client, &ns, "unused", "Ready", "True").await;
         let mut after = versions(&client, &ns).await;
         after.remove("al/unused");
@@ -586,8 +562,8 @@ async fn with_leader_election_only_the_leader_writes() {
 
         let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
         let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
-        let l = list("partners", &["example.com"]);
-        let p = policy("partners", &["partners"]);
+        let l = AddressList::with_entries("partners", &["example.com"]);
+        let p = TlsCompliance::outbound_verified("partners", &["partners"]);
         apply(&lists, &l).await;
         apply(&policies, &p).await;
         wait_for_hash(
@@ -622,7 +598,7 @@ async fn with_leader_election_only_the_leader_writes() {
             holder("instance-b"),
         )
         .await;
-        let edited = list("partners", &["example.com", "other.example"]);
+        let edited = AddressList::with_entries("partners", &["example.com", "other.example"]);
         apply(&lists, &edited).await;
         wait_for_hash(&client, &ns, &expected_hash(&ns, &[edited], &[p], &[])).await;
         let by_b = events_when(&client, &ns, |e| {
@@ -669,7 +645,7 @@ async fn metrics_health_and_readiness_are_served() {
             .and_then(|l| l.local_addr())
             .expect("a free port");
         let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
-        let l = list("partners", &["example.com"]);
+        let l = AddressList::with_entries("partners", &["example.com"]);
         apply(&lists, &l).await;
         let settings = Settings {
             namespaces: vec![ns.clone()],
@@ -892,8 +868,8 @@ async fn a_compressed_configuration_reaches_the_relay_agent_and_its_pod_is_count
 
         let entries: Vec<String> = (0..3000).map(|i| format!("partner{i}.test")).collect();
         let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
-        let partners = list("partners", &refs);
-        let p = policy("partners", &["partners"]);
+        let partners = AddressList::with_entries("partners", &refs);
+        let p = TlsCompliance::outbound_verified("partners", &["partners"]);
         let render_options = RenderOptions {
             config_dir: maps.to_string_lossy().into_owned(),
             // Debian's Postfix here (scripts/install-test-deps.sh).
@@ -1014,8 +990,9 @@ async fn a_bad_edit_keeps_the_last_valid_generation_across_a_restart() {
         let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
         let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let partners = list("partners", &["partner.example", "alice@example.org"]);
-        let p = policy("partners", &["partners"]);
+        let partners =
+            AddressList::with_entries("partners", &["partner.example", "alice@example.org"]);
+        let p = TlsCompliance::outbound_verified("partners", &["partners"]);
         apply(&lists, &partners).await;
         apply(&policies, &p).await;
         let first = Running::start(&client, &ns, None);
@@ -1044,7 +1021,7 @@ async fn a_bad_edit_keeps_the_last_valid_generation_across_a_restart() {
 
         // A bad edit the API server accepts (it cannot check the lengths and the numeric
         // top label inside bulk items): the list's entries replaced by a typo.
-        let mut typo = list("partners", &[]);
+        let mut typo = AddressList::with_entries("partners", &[]);
         typo.spec.bulk = Some("partner.123".into());
         apply(&lists, &typo).await;
         let l = wait_for(&lists, "partners", "refused at generation 2", |l| {
@@ -1129,8 +1106,16 @@ async fn a_hand_edited_or_deleted_config_map_is_restored_with_an_event() {
     in_namespace("ctl-drift", |client, ns| async move {
         let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
         let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
-        apply(&lists, &list("partners", &["partner.example"])).await;
-        apply(&policies, &policy("partners", &["partners"])).await;
+        apply(
+            &lists,
+            &AddressList::with_entries("partners", &["partner.example"]),
+        )
+        .await;
+        apply(
+            &policies,
+            &TlsCompliance::outbound_verified("partners", &["partners"]),
+        )
+        .await;
         let running = Running::start(&client, &ns, None);
         wait_condition::<TlsCompliance>(&client, &ns, "partners", "Ready", "True").await;
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -1153,7 +1138,11 @@ async fn a_hand_edited_or_deleted_config_map_is_restored_with_an_event() {
         // The controller's own write came back on the watch without another write: after a
         // later reconcile (a new, unrelated list became Ready) the ConfigMap is unchanged.
         let version = cms.get(CM).await.expect("cm").resource_version();
-        apply(&lists, &list("unused", &["unused.example"])).await;
+        apply(
+            &lists,
+            &AddressList::with_entries("unused", &["unused.example"]),
+        )
+        .await;
         wait_condition::<AddressList>(&client, &ns, "unused", "Ready", "True").await;
         assert_eq!(
             cms.get(CM).await.expect("cm").resource_version(),
@@ -1207,8 +1196,9 @@ async fn a_deleted_or_edited_state_is_restored_and_still_enforced_after_a_restar
         let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
         let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let partners = list("partners", &["partner.example", "alice@example.org"]);
-        let p = policy("partners", &["partners"]);
+        let partners =
+            AddressList::with_entries("partners", &["partner.example", "alice@example.org"]);
+        let p = TlsCompliance::outbound_verified("partners", &["partners"]);
         apply(&lists, &partners).await;
         apply(&policies, &p).await;
         let running = Running::start(&client, &ns, None);
@@ -1255,7 +1245,7 @@ async fn a_deleted_or_edited_state_is_restored_and_still_enforced_after_a_restar
         // Its own write came back on the watch without another write: after a later
         // reconcile (a list that was never valid, so nothing new is kept) it is unchanged.
         let version = cms.get(STATE).await.expect("state").resource_version();
-        let mut broken = list("broken", &[]);
+        let mut broken = AddressList::with_entries("broken", &[]);
         broken.spec.bulk = Some("partner.123".into());
         apply(&lists, &broken).await;
         wait_condition::<AddressList>(&client, &ns, "broken", "Ready", "False").await;
@@ -1268,7 +1258,7 @@ async fn a_deleted_or_edited_state_is_restored_and_still_enforced_after_a_restar
 
         // While stopped, a bad edit of the list. After the restart the state read back is
         // the restored one, so generation 1 stays enforced and the relay is unchanged.
-        let mut typo = list("partners", &[]);
+        let mut typo = AddressList::with_entries("partners", &[]);
         typo.spec.bulk = Some("partner.123".into());
         apply(&lists, &typo).await;
         let again = Running::start(&client, &ns, None);
@@ -1310,10 +1300,10 @@ async fn a_deleted_or_edited_state_is_restored_and_still_enforced_after_a_restar
 async fn a_second_policy_with_the_same_files_is_no_repair() {
     in_namespace("ctl-same-hash", |client, ns| async move {
         let controller = Running::start(&client, &ns, None);
-        let l = list("partners", &["example.com"]);
+        let l = AddressList::with_entries("partners", &["example.com"]);
         let (p1, p2) = (
-            policy("first", &["partners"]),
-            policy("second", &["partners"]),
+            TlsCompliance::outbound_verified("first", &["partners"]),
+            TlsCompliance::outbound_verified("second", &["partners"]),
         );
         let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
         let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);

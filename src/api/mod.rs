@@ -5,6 +5,7 @@
 //! repeats every rule on values, because `mailtls render` reads files that no server saw.
 
 mod address_list;
+mod builders;
 mod outbound_gateway;
 mod status_parts;
 mod syntax;

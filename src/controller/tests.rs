@@ -9,8 +9,7 @@ use super::reconcile::reconcile;
 use super::stores::Stores;
 use super::{HASH_ANNOTATION, MANAGED_BY_LABEL};
 use crate::api::{
-    AddressList, AddressListSpec, AppliesTo, Direction, GatewayTls, LocalRef, OutboundGateway,
-    OutboundGatewaySpec, RelayConfigRef, TestSpec, TestSummary, TlsCompliance, TlsComplianceSpec,
+    AddressList, Direction, OutboundGateway, RelayConfigRef, TestSummary, TlsCompliance,
 };
 use crate::engine::conditions::{ConditionType, Conditions, Reason};
 use crate::policy::{Inputs, LastValid, evaluate, evaluate_fail_closed};
@@ -43,48 +42,19 @@ fn meta<K: Resource>(r: &mut K, name: &str, generation: i64, created: &str) {
 }
 
 fn address_list(name: &str, entries: &[&str]) -> AddressList {
-    let mut l = AddressList::new(
-        name,
-        AddressListSpec {
-            entries: entries.iter().map(|e| e.to_string()).collect(),
-            bulk: None,
-        },
-    );
+    let mut l = AddressList::with_entries(name, entries);
     meta(&mut l, name, 1, "2026-01-01T00:00:00Z");
     l
 }
 
 fn policy(name: &str, list: &str) -> TlsCompliance {
-    let mut p = TlsCompliance::new(
-        name,
-        TlsComplianceSpec {
-            direction: Direction::Outbound,
-            address_lists: vec![LocalRef { name: list.into() }],
-            require_ca_signed: true,
-            validate_hostname: true,
-            min_tls_version: Default::default(),
-            on_failure: Default::default(),
-            enforcement: Default::default(),
-            test: TestSpec::default(),
-        },
-    );
+    let mut p = TlsCompliance::outbound_verified(name, &[list]);
     meta(&mut p, name, 1, "2026-01-01T00:00:00Z");
     p
 }
 
 fn all_mail(name: &str, host: &str, created: &str) -> OutboundGateway {
-    let mut g = OutboundGateway::new(
-        name,
-        OutboundGatewaySpec {
-            host: host.into(),
-            port: 25,
-            mx_lookup: false,
-            tls: GatewayTls::default(),
-            applies_to: AppliesTo::AllMail,
-            address_lists: vec![],
-            test: TestSpec::default(),
-        },
-    );
+    let mut g = OutboundGateway::all_mail(name, host);
     meta(&mut g, name, 1, created);
     g
 }
