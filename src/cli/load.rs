@@ -4,8 +4,9 @@
 
 use super::yaml_limits;
 use crate::api::{AddressList, GROUP, OutboundGateway, TlsCompliance, VERSION};
+use crate::engine::Managed;
 use crate::policy::entry::display_raw;
-use crate::policy::{Inputs, Kind, ResourceId};
+use crate::policy::{Inputs, ResourceId};
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
@@ -283,40 +284,29 @@ fn load_value(
         )));
         return;
     }
-    let result = match kind.as_str() {
-        "AddressList" => typed::<AddressList>(value).map(|(r, u)| {
-            (
-                Kind::AddressList,
-                ns_of(&r, default_ns),
-                r.name_any(),
-                u,
-                Resource::List(r),
-            )
-        }),
-        "TlsCompliance" => typed::<TlsCompliance>(value).map(|(r, u)| {
-            (
-                Kind::TlsCompliance,
-                ns_of(&r, default_ns),
-                r.name_any(),
-                u,
-                Resource::Policy(r),
-            )
-        }),
-        "OutboundGateway" => typed::<OutboundGateway>(value).map(|(r, u)| {
-            (
-                Kind::OutboundGateway,
-                ns_of(&r, default_ns),
-                r.name_any(),
-                u,
-                Resource::Gateway(r),
-            )
-        }),
-        other => {
-            errors.push(err(format!("unknown kind '{other}' in {GROUP}; expected AddressList, TlsCompliance or OutboundGateway")));
-            return;
+    match kind.as_str() {
+        "AddressList" => add::<AddressList>(value, source, default_ns, &name_hint, loaded, errors),
+        "TlsCompliance" => {
+            add::<TlsCompliance>(value, source, default_ns, &name_hint, loaded, errors)
         }
-    };
-    let (kind, namespace, name, unknown, resource) = match result {
+        "OutboundGateway" => {
+            add::<OutboundGateway>(value, source, default_ns, &name_hint, loaded, errors)
+        }
+        other => errors.push(err(format!("unknown kind '{other}' in {GROUP}; expected AddressList, TlsCompliance or OutboundGateway"))),
+    }
+}
+
+/// Read one document of kind `K` and add it to its namespace's inputs, or say why not.
+fn add<K: Managed>(
+    value: Value,
+    source: &Source,
+    default_ns: &str,
+    name_hint: &str,
+    loaded: &mut Loaded,
+    errors: &mut Vec<LoadError>,
+) {
+    let kind = K::KIND;
+    let (resource, unknown) = match typed::<K>(value) {
         Ok(r) => r,
         Err((field, message)) => {
             errors.push(LoadError {
@@ -328,6 +318,7 @@ fn load_value(
             return;
         }
     };
+    let (namespace, name) = (ns_of(&resource, default_ns), resource.name_any());
     let id = ResourceId::new(kind, name.clone());
     let mut problems: Vec<(Option<String>, String)> = unknown
         .into_iter()
@@ -371,17 +362,7 @@ fn load_value(
             namespace,
             ..Default::default()
         });
-    match resource {
-        Resource::List(r) => inputs.address_lists.push(r),
-        Resource::Policy(r) => inputs.policies.push(r),
-        Resource::Gateway(r) => inputs.gateways.push(r),
-    }
-}
-
-enum Resource {
-    List(AddressList),
-    Policy(TlsCompliance),
-    Gateway(OutboundGateway),
+    K::of_mut(inputs).push(resource);
 }
 
 fn ns_of<K: kube::Resource>(r: &K, default_ns: &str) -> String {
