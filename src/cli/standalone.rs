@@ -10,7 +10,7 @@ use super::output::RenderFlags;
 use super::probe_flags::ProbeFlags;
 use super::render::warn_conflicts;
 use super::{EXIT_INVALID, EXIT_USAGE};
-use crate::engine::conditions::{ConditionType, find};
+use crate::engine::conditions::{ConditionType, Status, find};
 use crate::engine::kind::namespace_plans;
 use crate::engine::schedule::{RESOURCES_AT_ONCE, run_due_once, start_due};
 use crate::engine::{self, Scheduler};
@@ -263,9 +263,9 @@ fn row<K: engine::Managed>(namespace: &str, r: &K) -> Row {
     Row {
         namespace: namespace.to_string(),
         id: ResourceId::new(K::KIND, r.name_any()),
-        ready: ready.map_or("Unknown".into(), |c| c.status.clone()),
+        ready: ready.map_or(Status::Unknown.as_str().into(), |c| c.status.clone()),
         reason: ready.map_or(String::new(), |c| {
-            if c.status == "True" {
+            if c.status == Status::True.as_str() {
                 c.reason.clone()
             } else {
                 format!("{}: {}", c.reason, c.message)

@@ -3,7 +3,7 @@
 //! nothing. Failing to send one is logged, never a reconcile error.
 
 use crate::api::Condition;
-use crate::engine::conditions::{ConditionType, Reason, find};
+use crate::engine::conditions::{ConditionType, Reason, Status, find};
 use crate::policy::Inputs;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -115,7 +115,7 @@ impl Events {
         let conflict = find(&new, ConditionType::Conflict);
         if conflict != find(&old, ConditionType::Conflict)
             && let Some((status, _, message)) = conflict
-            && status == "True"
+            && status == Status::True.as_str()
         {
             self.publish(regarding, EventType::Warning, CONFLICT, message)
                 .await;
@@ -127,7 +127,7 @@ impl Events {
             && let Some((status, reason, message)) = compliant
         {
             match (status.as_str(), reason.as_str()) {
-                ("False", _) => {
+                (s, _) if s == Status::False.as_str() => {
                     self.publish(regarding, EventType::Warning, TEST_FAILED, message)
                         .await
                 }
@@ -141,7 +141,7 @@ impl Events {
         let ready = find(&new, ConditionType::Ready);
         if ready != find(&old, ConditionType::Ready)
             && let Some((status, reason, message)) = ready
-            && status == "False"
+            && status == Status::False.as_str()
             && reason != Reason::ConflictLost.as_str()
         {
             self.publish(regarding, EventType::Warning, &reason, message)
