@@ -5,32 +5,16 @@
 use super::queue::Sender;
 use super::stores::Stores;
 use crate::api::{AddressList, OutboundGateway, TlsCompliance};
+use crate::engine::Managed;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// What a kind needs to be watched into a store.
-pub trait Watched:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
-{
-}
-impl<K> Watched for K where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static
-{
-}
 
 /// A watcher not yet polled: it needs the queue to report to.
 pub type Watcher = Box<dyn FnOnce(Sender) -> BoxFuture<'static, ()> + Send>;
@@ -75,7 +59,7 @@ fn add<K>(
     watchers: &mut Vec<Watcher>,
 ) -> reflector::Store<K>
 where
-    K: Watched<Scope = kube::core::NamespaceResourceScope>,
+    K: Managed,
 {
     let api: Api<K> = match scope {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -156,7 +140,7 @@ impl Tracker {
     }
 }
 
-async fn drive<K: Watched>(
+async fn drive<K: Managed>(
     api: Api<K>,
     writer: Writer<K>,
     queue: Sender,

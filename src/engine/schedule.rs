@@ -230,3 +230,68 @@ async fn record_kind<K: Managed, B: Backend>(
         })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace(policies: usize) -> Inputs {
+        let mut inputs = Inputs {
+            namespace: "ns".into(),
+            ..Default::default()
+        };
+        inputs
+            .address_lists
+            .push(crate::api::AddressList::with_entries(
+                "partners",
+                &["example.com"],
+            ));
+        for i in 0..policies {
+            let p = TlsCompliance::outbound_verified(&format!("p{i:02}"), &["partners"]);
+            inputs.policies.push(p);
+        }
+        inputs
+    }
+
+    impl TestPlan {
+        fn id_of(name: &str) -> ResourceId {
+            ResourceId::new(Kind::TlsCompliance, name.to_string())
+        }
+    }
+
+    fn names(due: &[(String, TestPlan)]) -> Vec<String> {
+        due.iter().map(|(_, p)| p.id.name.clone()).collect()
+    }
+
+    /// Both backends schedule through this: never more than the bound under test, nothing
+    /// started twice, and those that waited longest go first.
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_number_under_test_and_the_longest_waiting_first() {
+        let s = Scheduler::new(3);
+        let none = BTreeSet::new();
+        let first = s.due([namespace(5)], &none);
+        assert_eq!(names(&first), ["p00", "p01", "p02"]);
+        assert!(
+            s.due([namespace(5)], &none).is_empty(),
+            "the bound is reached"
+        );
+        s.done("ns", &first[0].1.id);
+        // The results could not be written, so p00 is still due; p03 and p04 never ran.
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert_eq!(names(&s.due([namespace(5)], &none)), ["p03"]);
+        for (_, p) in &first[1..] {
+            s.done("ns", &p.id);
+        }
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        // p03 is still under test: two free places.
+        let next = s.due([namespace(5)], &none);
+        assert_eq!(names(&next), ["p04", "p00"]);
+        for (_, p) in &next {
+            s.done("ns", &p.id);
+        }
+        s.done("ns", &TestPlan::id_of("p03"));
+        // Started at t0: p01, p02; t1: p03; t2: p00, p04. p01 is skipped (tested this run).
+        let skip = BTreeSet::from([("ns".to_string(), TestPlan::id_of("p01"))]);
+        assert_eq!(names(&s.due([namespace(5)], &skip)), ["p02", "p03", "p00"]);
+    }
+}
