@@ -12,11 +12,11 @@ mod support;
 
 use common::cluster::*;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use mailtls::api::{AddressList, OutboundGateway, TlsCompliance};
 use mailtls::controller::Settings;
-use mailtls::probe::{AddressPolicy, ProbeConfig, Prober, Timeouts};
+use mailtls::probe::Prober;
 use mailtls::render::{MANIFEST, RenderOptions};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -152,24 +152,12 @@ fn yaml_stream(docs: &[Value], ns: &str) -> String {
 
 /// Make the cluster hold exactly `docs`: apply each, delete the rest.
 async fn apply_step(client: &Client, ns: &str, docs: &[Value]) {
-    let pp = PatchParams::apply(MANAGER).force();
     let mut wanted = Vec::new();
     for doc in docs {
-        let mut doc = doc.clone();
-        doc["metadata"]["namespace"] = json!(ns);
-        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-        let name = doc["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let api = api_of(client, ns, &kind);
-        api.patch(&name, &pp, &Patch::Apply(&doc))
-            .await
-            .unwrap_or_else(|e| panic!("{kind}/{name}: {e}"));
-        wanted.push((kind, name));
+        wanted.push(apply_doc(client, ns, doc).await);
     }
     for kind in KINDS {
-        let api = api_of(client, ns, kind);
+        let api = kind_api(client, ns, kind);
         for r in api.list(&ListParams::default()).await.expect("list").items {
             if !wanted.contains(&(kind.to_string(), r.name_any())) {
                 api.delete(&r.name_any(), &DeleteParams::default())
@@ -177,15 +165,6 @@ async fn apply_step(client: &Client, ns: &str, docs: &[Value]) {
                     .expect("delete");
             }
         }
-    }
-}
-
-fn api_of(client: &Client, ns: &str, kind: &str) -> Api<kube::api::DynamicObject> {
-    match kind {
-        "AddressList" => dynamic_api::<AddressList>(client, ns),
-        "TlsCompliance" => dynamic_api::<TlsCompliance>(client, ns),
-        "OutboundGateway" => dynamic_api::<OutboundGateway>(client, ns),
-        other => panic!("unexpected kind {other}"),
     }
 }
 
@@ -387,37 +366,11 @@ async fn a_failing_write_is_reported_alike() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test conformance -- --ignored"]
 async fn due_tests_record_the_same_results() {
-    use support::fixtures::*;
-    init();
-    let ca = Ca::new("mailtls conformance test CA");
-    let zone = Zone::default();
-    let (listeners, port) = bind_group(2).await;
-    let mut listeners = listeners.into_iter();
-    let (good_ip, good) = listeners.next().expect("listener");
-    let (plain_ip, plain) = listeners.next().expect("listener");
-    zone.mx("good.test", 10, "mx.good.test");
-    zone.a("mx.good.test", good_ip);
-    zone.mx("plain.test", 10, "mx.plain.test");
-    zone.a("mx.plain.test", plain_ip);
-    spawn_smtp(
-        good,
-        Smtp::Good(server_config(&ca.leaf(&["mx.good.test"]), false)),
-    );
-    spawn_smtp(plain, Smtp::NoStarttls);
-    let dns = spawn_dns(zone).await;
+    let servers = support::fixtures::GoodAndPlain::start("mailtls conformance test CA").await;
     let ca_dir = tempfile::tempdir().expect("tempdir");
-    let ca_file = ca.write_pem(ca_dir.path());
-    let timeout = Duration::from_secs(3);
-    let prober = Prober::new(ProbeConfig {
-        resolver: Some(dns),
-        extra_roots: vec![ca.der.clone()],
-        smtp_port: port,
-        timeouts: Timeouts::from_step(timeout),
-        // The fixtures listen on loopback, which controller-run tests refuse by default.
-        addresses: AddressPolicy::public_only(vec!["127.0.0.0/8".parse().expect("cidr")], vec![]),
-        ..ProbeConfig::default()
-    })
-    .expect("prober");
+    let ca_file = servers.ca.write_pem(ca_dir.path());
+    let (dns, port) = (servers.dns, servers.port);
+    let prober = servers.prober(Duration::from_secs(3));
     let flags = [
         "--tests",
         "--resolver",

@@ -204,25 +204,9 @@ async fn examples_render_into_the_config_map_and_every_resource_becomes_ready() 
         let config = render(&evaluate(&inputs).policy, &RenderOptions::default());
 
         let controller = Running::start(&client, &ns, None);
-        let pp = PatchParams::apply(MANAGER).force();
         let mut names = Vec::new();
-        for (file, mut doc) in docs {
-            doc["metadata"]["namespace"] = json!(ns);
-            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-            let name = doc["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let api = match kind.as_str() {
-                "AddressList" => dynamic_api::<AddressList>(&client, &ns),
-                "TlsCompliance" => dynamic_api::<TlsCompliance>(&client, &ns),
-                "OutboundGateway" => dynamic_api::<OutboundGateway>(&client, &ns),
-                other => panic!("{file}: unexpected kind {other}"),
-            };
-            api.patch(&name, &pp, &Patch::Apply(&doc))
-                .await
-                .unwrap_or_else(|e| panic!("{file}: {kind}/{name}: {e}"));
-            names.push((kind, name));
+        for (_, doc) in docs {
+            names.push(apply_doc(&client, &ns, &doc).await);
         }
 
         let cm = wait_for_hash(&client, &ns, &config.hash).await;

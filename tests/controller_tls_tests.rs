@@ -48,33 +48,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test controller_tls_tests -- --ignored"]
 async fn periodic_tests_write_results_into_status() {
-    init();
-    let ca = Ca::new("mailtls controller test CA");
-    let zone = Zone::default();
-    let (listeners, port) = bind_group(2).await;
-    let mut listeners = listeners.into_iter();
-    let (good_ip, good) = listeners.next().expect("listener");
-    let (plain_ip, plain) = listeners.next().expect("listener");
-    zone.mx("good.test", 10, "mx.good.test");
-    zone.a("mx.good.test", good_ip);
-    zone.mx("plain.test", 10, "mx.plain.test");
-    zone.a("mx.plain.test", plain_ip);
-    spawn_smtp(
-        good,
-        Smtp::Good(server_config(&ca.leaf(&["mx.good.test"]), false)),
-    );
-    spawn_smtp(plain, Smtp::NoStarttls);
-    let dns = spawn_dns(zone).await;
-    let prober = Prober::new(ProbeConfig {
-        resolver: Some(dns),
-        extra_roots: vec![ca.der.clone()],
-        smtp_port: port,
-        timeouts: Timeouts::from_step(Duration::from_secs(3)),
-        // The fixtures listen on loopback, which controller-run tests refuse by default.
-        addresses: AddressPolicy::public_only(vec!["127.0.0.0/8".parse().expect("cidr")], vec![]),
-        ..ProbeConfig::default()
-    })
-    .expect("prober");
+    let servers = GoodAndPlain::start("mailtls controller test CA").await;
+    let prober = servers.prober(Duration::from_secs(3));
 
     in_namespace("tests", move |client, ns| async move {
         let settings = mailtls::controller::Settings {

@@ -504,6 +504,33 @@ fn postfix_check_warnings_refuse_while_postfix_runs() {
     assert!(ok, "{out}");
 }
 
+/// A `postfix` in a new `bin` under `work` that runs `on_reload` (shell) for `postfix -c DIR
+/// reload` and the real one otherwise (or after `on_reload`, unless it exits); the PATH
+/// that puts it first.
+fn postfix_wrapper(work: &Path, on_reload: &str) -> String {
+    let bin = work.join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let real = String::from_utf8_lossy(
+        &Command::new("sh")
+            .args(["-c", "command -v postfix"])
+            .output()
+            .expect("command -v")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let wrapper =
+        format!("#!/bin/sh\nif [ \"$3\" = reload ]; then\n{on_reload}\nfi\nexec {real} \"$@\"\n");
+    std::fs::write(bin.join("postfix"), wrapper).expect("wrapper");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(bin.join("postfix"), mode).expect("chmod");
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// Removing the gateway every mail goes to: the relayhost's TLS row must still be there when
 /// the running Postfix reloads (mail routed by the running main.cf until then), and gone
 /// only after. A `postfix` wrapper records the table and the live relayhost at each reload.
@@ -533,30 +560,14 @@ fn a_gateway_keeps_its_tls_row_until_postfix_has_reloaded() {
     };
     assert_eq!(row(&maps), "encrypt protocols=>=TLSv1.2");
 
-    let bin = work.join("bin");
-    std::fs::create_dir(&bin).expect("bin");
     let record = work.join("reloads");
-    let real = String::from_utf8_lossy(
-        &Command::new("sh")
-            .args(["-c", "command -v postfix"])
-            .output()
-            .expect("command -v")
-            .stdout,
-    )
-    .trim()
-    .to_string();
-    let wrapper = format!(
-        "#!/bin/sh\nif [ \"$3\" = reload ]; then\n  echo \"row=$(postmap -q '[smarthost.test]' lmdb:{maps}/tls_policy) relayhost=$(postconf -c \"$2\" -h relayhost)\" >> {record}\nfi\nexec {real} \"$@\"\n",
-        maps = maps.display(),
-        record = record.display(),
-    );
-    std::fs::write(bin.join("postfix"), wrapper).expect("wrapper");
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    std::fs::set_permissions(bin.join("postfix"), mode).expect("chmod");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+    let path = postfix_wrapper(
+        work,
+        &format!(
+            "  echo \"row=$(postmap -q '[smarthost.test]' lmdb:{maps}/tls_policy) relayhost=$(postconf -c \"$2\" -h relayhost)\" >> {record}",
+            maps = maps.display(),
+            record = record.display(),
+        ),
     );
 
     render(&first_policy(), work, &cm, "..v2", &maps);
@@ -592,28 +603,7 @@ fn a_failed_reload_is_reported_as_such_not_as_a_refusal() {
     render(&first_policy(), work, &cm, "..v1", &maps);
     common::kubelet_swap(&cm, "..v1");
     let _postfix = Running::start(&etc, &work.join("maillog"));
-    let bin = work.join("bin");
-    std::fs::create_dir(&bin).expect("bin");
-    let real = String::from_utf8_lossy(
-        &Command::new("sh")
-            .args(["-c", "command -v postfix"])
-            .output()
-            .expect("command -v")
-            .stdout,
-    )
-    .trim()
-    .to_string();
-    let wrapper = format!(
-        "#!/bin/sh\nif [ \"$3\" = reload ]; then\n  echo 'reload failed by the test' >&2\n  exit 1\nfi\nexec {real} \"$@\"\n"
-    );
-    std::fs::write(bin.join("postfix"), wrapper).expect("wrapper");
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    std::fs::set_permissions(bin.join("postfix"), mode).expect("chmod");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = postfix_wrapper(work, "  echo 'reload failed by the test' >&2\n  exit 1");
     let (ok, out) = agent_once(&cm, &etc, &maps, Some(&path));
     assert!(!ok, "a failed reload counts as success:\n{out}");
     assert!(out.contains("Postfix was not reloaded"), "{out}");

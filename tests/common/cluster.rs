@@ -195,6 +195,36 @@ where
     Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()))
 }
 
+/// An untyped Api for one of the three kinds, by its name.
+pub fn kind_api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    match kind {
+        "AddressList" => dynamic_api::<mailtls::api::AddressList>(client, ns),
+        "TlsCompliance" => dynamic_api::<mailtls::api::TlsCompliance>(client, ns),
+        "OutboundGateway" => dynamic_api::<mailtls::api::OutboundGateway>(client, ns),
+        other => panic!("unexpected kind {other}"),
+    }
+}
+
+/// Server-side-applies one mailtls document (any kind) into `ns`; returns its kind and name.
+pub async fn apply_doc(client: &Client, ns: &str, doc: &Value) -> (String, String) {
+    let mut doc = doc.clone();
+    doc["metadata"]["namespace"] = json!(ns);
+    let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    kind_api(client, ns, &kind)
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&doc),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{kind}/{name}: {e}"));
+    (kind, name)
+}
+
 /// Server-side-applies a typed object and returns what the server stored.
 pub async fn apply<K>(api: &Api<K>, object: &K) -> K
 where

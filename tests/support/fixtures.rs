@@ -655,3 +655,52 @@ pub async fn openssl_tls10_server(
     }
     None
 }
+
+/// `good.test` (MX `mx.good.test`, a certificate from `ca`) and `plain.test` (MX
+/// `mx.plain.test`, no STARTTLS) on one loopback port, behind a loopback DNS server.
+pub struct GoodAndPlain {
+    pub ca: Ca,
+    pub dns: SocketAddr,
+    pub port: u16,
+}
+
+impl GoodAndPlain {
+    pub async fn start(ca_name: &str) -> GoodAndPlain {
+        init();
+        let ca = Ca::new(ca_name);
+        let zone = Zone::default();
+        let (listeners, port) = bind_group(2).await;
+        let mut listeners = listeners.into_iter();
+        let (good_ip, good) = listeners.next().expect("listener");
+        let (plain_ip, plain) = listeners.next().expect("listener");
+        zone.mx("good.test", 10, "mx.good.test");
+        zone.a("mx.good.test", good_ip);
+        zone.mx("plain.test", 10, "mx.plain.test");
+        zone.a("mx.plain.test", plain_ip);
+        spawn_smtp(
+            good,
+            Smtp::Good(server_config(&ca.leaf(&["mx.good.test"]), false)),
+        );
+        spawn_smtp(plain, Smtp::NoStarttls);
+        let dns = spawn_dns(zone).await;
+        GoodAndPlain { ca, dns, port }
+    }
+
+    /// A prober for these servers, allowed to connect to loopback (which controller-run
+    /// tests refuse by default).
+    pub fn prober(&self, step: Duration) -> mailtls::probe::Prober {
+        use mailtls::probe::{AddressPolicy, ProbeConfig, Prober, Timeouts};
+        Prober::new(ProbeConfig {
+            resolver: Some(self.dns),
+            extra_roots: vec![self.ca.der.clone()],
+            smtp_port: self.port,
+            timeouts: Timeouts::from_step(step),
+            addresses: AddressPolicy::public_only(
+                vec!["127.0.0.0/8".parse().expect("cidr")],
+                vec![],
+            ),
+            ..ProbeConfig::default()
+        })
+        .expect("prober")
+    }
+}
