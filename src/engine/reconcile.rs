@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Status writes of one namespace in flight at once.
 const STATUS_WRITES_IN_FLIGHT: usize = 8;
@@ -27,11 +27,11 @@ pub struct Outcome<E> {
     /// Writing the configuration failed (reported in the statuses, to be retried), else the
     /// first status write that failed. The other statuses were still written.
     pub error: Option<E>,
-    pub render_time: Duration,
 }
 
-/// Reconcile one namespace. Errors the backend says abort (and an unreadable snapshot of
-/// last valid generations) return at once, having written nothing.
+/// Reconcile one namespace. An unreadable snapshot of last valid generations returns before
+/// anything is written; an error the backend says aborts (no longer the leader) returns at
+/// once, without writing the statuses.
 #[tracing::instrument(skip_all, fields(namespace = %inputs.namespace))]
 pub async fn reconcile<B: Backend>(
     backend: &B,
@@ -76,7 +76,6 @@ pub async fn reconcile<B: Backend>(
         config,
         updated,
         error: config_error.or(status_error),
-        render_time,
     })
 }
 
