@@ -119,3 +119,24 @@ fn check_path(option: &str, path: &str) -> Result<(), String> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PostfixVersion;
+
+    #[test]
+    fn versions_read_and_print_as_major_dot_minor() {
+        for (text, shown) in [("3.7", "3.7"), ("3.7.11", "3.7"), ("3.10-20250101", "3.10")] {
+            let v: PostfixVersion = text.parse().expect("version");
+            assert_eq!(v.to_string(), shown);
+        }
+        assert!("3".parse::<PostfixVersion>().is_err());
+        assert!(PostfixVersion::LATEST.has_tls_required_header());
+        assert!(
+            !"3.9"
+                .parse::<PostfixVersion>()
+                .expect("3.9")
+                .has_tls_required_header()
+        );
+    }
+}
