@@ -122,7 +122,16 @@ fn check_path(option: &str, path: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::PostfixVersion;
+    use super::{PostfixVersion, check_path};
+
+    #[test]
+    fn a_trailing_slash_is_refused_except_for_the_root() {
+        assert_eq!(check_path("--config-dir", "/"), Ok(()));
+        assert_eq!(check_path("--config-dir", "/etc/postfix/mailtls"), Ok(()));
+        let e = check_path("--config-dir", "/etc/postfix/").expect_err("trailing slash");
+        assert!(e.contains("must not end with '/'"), "{e}");
+        assert!(check_path("--ca-file", "etc/ca.pem").is_err());
+    }
 
     #[test]
     fn versions_read_and_print_as_major_dot_minor() {
