@@ -129,6 +129,31 @@ fn values_schema_and_chart_rules_reject_bad_values() {
         ("unknownKey=1", "unknownKey"),
         ("tests.allowCidrs={internal.example}", "allowCidrs"),
         ("replicas=2", "leaderElection.enabled"),
+        (
+            "relay.enabled=true,relay.clientCIDRs={10.0.0.1}",
+            "clientCIDRs",
+        ),
+        (
+            "relay.enabled=true,relay.hostname=relay_1.example",
+            "hostname",
+        ),
+        (
+            "relay.enabled=true,relay.inbound.domains={corp.example}",
+            "relay.inbound.nextHop",
+        ),
+        (
+            "relay.enabled=true,relay.inbound.nextHop=mx.corp.example",
+            "relay.inbound.domains",
+        ),
+        (
+            "relay.enabled=true,relay.terminationGracePeriodSeconds=5",
+            "terminationGracePeriodSeconds",
+        ),
+        ("relay.enabled=true,relay.persistence.size=lots", "size"),
+        (
+            "relay.enabled=true,relay.tls.certManager.issuerRef.name=le",
+            "relay.hostname",
+        ),
     ] {
         let (ok, _, err) = run_helm(&["template", "mailtls", "charts/mailtls", "--set", set]);
         assert!(!ok, "{set} was accepted");
@@ -154,7 +179,8 @@ async fn chart_objects_are_accepted_by_the_api_server() {
             "logFormat=text,extraEnv[0].name=RUST_LOG,extraEnv[0].value=debug",
         ]);
         let (applied, unserved) = dry_run(&client, &custom, &ns).await;
-        assert_eq!(applied.iter().filter(|k| *k == "Deployment").count(), 2, "operator and relay");
+        assert_eq!(applied.iter().filter(|k| *k == "Deployment").count(), 1, "the operator");
+        assert_eq!(applied.iter().filter(|k| *k == "StatefulSet").count(), 1, "the relay");
         for kind in ["Role", "RoleBinding", "PodDisruptionBudget"] {
             assert!(applied.iter().any(|k| k == kind), "{kind} missing from {applied:?}");
         }
@@ -192,6 +218,8 @@ fn the_relay_status_service_matches_the_controllers_default_selector() {
         );
     }
     assert_eq!(service["spec"]["clusterIP"], "None");
+    // Pods that are not Ready (no configuration applied, or one refused) are asked too.
+    assert_eq!(service["spec"]["publishNotReadyAddresses"], true);
     let port = &service["spec"]["ports"][0];
     assert_eq!(
         (port["name"].as_str(), port["targetPort"].as_str()),
@@ -200,10 +228,10 @@ fn the_relay_status_service_matches_the_controllers_default_selector() {
     let relay = docs
         .iter()
         .find(|d| {
-            d["kind"] == "Deployment"
+            d["kind"] == "StatefulSet"
                 && d["metadata"]["labels"]["app.kubernetes.io/component"] == "relay"
         })
-        .expect("the relay Deployment");
+        .expect("the relay StatefulSet");
     let pod_labels = &relay["spec"]["template"]["metadata"]["labels"];
     let selector = service["spec"]["selector"].as_object().expect("selector");
     assert!(!selector.is_empty());
@@ -220,6 +248,96 @@ fn the_relay_status_service_matches_the_controllers_default_selector() {
         .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
         .any(|p| p["name"] == "status");
     assert!(named_status, "the agent's container port is named status");
+}
+
+/// The relay's own settings become relay-init flags, the queue a PVC per pod, the
+/// certificate a mounted Secret (and a cert-manager Certificate), and the NetworkPolicy
+/// admits port 25 only from the allowed clients; accepted by the API server.
+#[tokio::test]
+#[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
+async fn relay_values_reach_the_pod_and_are_accepted() {
+    in_namespace("chart-relay", |client, ns| async move {
+        let yaml = template(&ns, &[
+            "relay.enabled=true,relay.clientCIDRs={10.244.0.0/16,fd00:10::/64},relay.hostname=relay.example.com",
+            "relay.tls.certManager.issuerRef.name=letsencrypt,relay.tls.certManager.issuerRef.kind=ClusterIssuer",
+            "relay.inbound.domains={example.com,example.org},relay.inbound.nextHop=mx.corp.internal:2525",
+            "relay.inbound.from={198.51.100.0/24},relay.networkPolicy.enabled=true",
+            "relay.persistence.size=5Gi,relay.persistence.storageClass=fast,relay.terminationGracePeriodSeconds=120",
+        ]);
+        let (applied, unserved) = dry_run(&client, &yaml, &ns).await;
+        assert_eq!(unserved, ["Certificate"], "only cert-manager's kind is not served here");
+        for kind in ["StatefulSet", "NetworkPolicy", "Service"] {
+            assert!(applied.iter().any(|k| k == kind), "{kind} missing from {applied:?}");
+        }
+        let docs = documents(&yaml);
+        let find = |kind: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == kind && d["metadata"]["name"] == "mailtls-relay")
+                .unwrap_or_else(|| panic!("{kind} mailtls-relay"))
+        };
+        let sts = find("StatefulSet");
+        let pod = &sts["spec"]["template"]["spec"];
+        let init = &pod["initContainers"][0];
+        assert_eq!(init["name"], "relay-init");
+        let args: Vec<&str> = init["args"].as_array().expect("args").iter().filter_map(|a| a.as_str()).collect();
+        for want in [
+            "--client-cidr=10.244.0.0/16",
+            "--client-cidr=fd00:10::/64",
+            "--hostname=relay.example.com",
+            "--tls-cert=/etc/mailtls/tls/tls.crt",
+            "--tls-key=/etc/mailtls/tls/tls.key",
+            "--inbound-domain=example.com",
+            "--inbound-domain=example.org",
+            "--inbound-next-hop=mx.corp.internal:2525",
+        ] {
+            assert!(args.contains(&want), "{want} missing from {args:?}");
+        }
+        // The queue: a claim per pod; the grace period leaves the drain 10 s to spare.
+        let claim = &sts["spec"]["volumeClaimTemplates"][0];
+        assert_eq!(claim["metadata"]["name"], "queue");
+        assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "5Gi");
+        assert_eq!(claim["spec"]["storageClassName"], "fast");
+        assert_eq!(pod["terminationGracePeriodSeconds"], 120);
+        let postfix = &pod["containers"][0];
+        assert_eq!(
+            postfix["lifecycle"]["preStop"]["exec"]["command"][3],
+            "--within=110s"
+        );
+        // The agent: ready only once a policy is applied; reloads on a renewed certificate.
+        let agent = &pod["containers"][1];
+        assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert!(agent["args"].as_array().expect("args").iter().any(|a| a == "--tls-dir=/etc/mailtls/tls"));
+        let tls_volume = pod["volumes"].as_array().expect("volumes").iter()
+            .find(|v| v["name"] == "tls").expect("tls volume");
+        assert_eq!(tls_volume["secret"]["secretName"], "mailtls-relay-tls");
+        let cert = find("Certificate");
+        assert_eq!(cert["spec"]["secretName"], "mailtls-relay-tls");
+        assert_eq!(cert["spec"]["dnsNames"][0], "relay.example.com");
+        assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+        // Port 25 from the clients and the inbound senders only; status from the operator.
+        let policy = find("NetworkPolicy");
+        let rules = policy["spec"]["ingress"].as_array().expect("ingress");
+        let smtp_from: Vec<&str> = rules[0]["from"].as_array().expect("from").iter()
+            .filter_map(|f| f["ipBlock"]["cidr"].as_str()).collect();
+        assert_eq!(smtp_from, ["10.244.0.0/16", "fd00:10::/64", "198.51.100.0/24"]);
+        assert_eq!(rules[0]["ports"][0]["port"], "smtp");
+        assert_eq!(rules[1]["ports"][0]["port"], "status");
+        assert_eq!(rules[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"], "operator");
+
+        // Defaults: nobody but the pod relays, no STARTTLS, and no port 25 rule at all.
+        let yaml = template(&ns, &["relay.enabled=true,relay.networkPolicy.enabled=true,relay.persistence.enabled=false"]);
+        let docs = documents(&yaml);
+        let policy = docs.iter().find(|d| d["kind"] == "NetworkPolicy").expect("NetworkPolicy");
+        let rules = policy["spec"]["ingress"].as_array().expect("ingress");
+        assert_eq!(rules.len(), 1, "only the status port: {rules:?}");
+        let sts = docs.iter().find(|d| d["kind"] == "StatefulSet").expect("StatefulSet");
+        assert!(sts["spec"]["volumeClaimTemplates"].is_null());
+        assert!(yaml.contains("emptyDir"));
+        assert!(!yaml.contains("--tls-cert"));
+        let (_, unserved) = dry_run(&client, &yaml, &ns).await;
+        assert!(unserved.is_empty(), "{unserved:?}");
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -251,7 +369,8 @@ async fn deploy_manifests_match_the_chart_and_are_accepted() {
     assert_eq!(applied.len(), 3);
     let (applied, unserved) = dry_run(&client, &deploy, "mailtls").await;
     assert!(unserved.is_empty(), "{unserved:?}");
-    assert_eq!(applied.iter().filter(|k| *k == "Deployment").count(), 2);
+    assert_eq!(applied.iter().filter(|k| *k == "Deployment").count(), 1);
+    assert_eq!(applied.iter().filter(|k| *k == "StatefulSet").count(), 1);
 }
 
 /// The chart's RBAC objects (ServiceAccount and roles) for `sets`, renamed for `release`,
@@ -670,4 +789,204 @@ async fn apply_for_real(client: &Client, yaml: &str, namespace: &str) {
         .await
         .unwrap_or_else(|e| panic!("applying {kind}/{name}: {e}"));
     }
+}
+
+/// The relay agent with exactly the chart's relay RBAC and no mounted copy at all: it
+/// follows the controller's ConfigMap through the API after every edit, and its credentials
+/// read nothing else. Prints the edit → applied latencies (BENCHMARKS.md; set
+/// MAILTLS_PROPAGATION_EDITS for more samples); no timing is asserted.
+#[tokio::test]
+#[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
+async fn the_relay_agent_follows_its_config_map_with_the_charts_relay_rbac() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use mailtls::api::{AddressList, TlsCompliance};
+    in_namespace("relay-api", |admin, ns| async move {
+        let rendered = template(&ns, &["relay.enabled=true"]);
+        let relay_rbac: Vec<Value> = documents(&rendered)
+            .into_iter()
+            .filter(|d| {
+                ["ServiceAccount", "Role", "RoleBinding"]
+                    .contains(&d["kind"].as_str().unwrap_or_default())
+                    && d["metadata"]["labels"]["app.kubernetes.io/component"] == "relay"
+            })
+            .collect();
+        assert_eq!(relay_rbac.len(), 3, "{relay_rbac:#?}");
+        let relay_rbac: String = relay_rbac
+            .iter()
+            .map(|d| format!("---\n{}", serde_norway::to_string(d).expect("yaml")))
+            .collect();
+        apply_for_real(&admin, &relay_rbac, &ns).await;
+        let account = format!("system:serviceaccount:{ns}:mailtls-relay");
+        let groups = vec![
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".to_string(),
+        ];
+
+        // What the relay's credentials reach: its ConfigMap, read only; nothing else.
+        let mut config = common::cluster::config().await;
+        config.auth_info.impersonate = Some(account.clone());
+        config.auth_info.impersonate_groups = Some(groups.clone());
+        let as_relay = Client::try_from(config).expect("client");
+        let admin_cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
+        for name in ["mailtls-relay", "other"] {
+            admin_cms
+                .patch(
+                    name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(config_map(name)),
+                )
+                .await
+                .expect("ConfigMap");
+        }
+        let cms: Api<ConfigMap> = Api::namespaced(as_relay.clone(), &ns);
+        assert!(cms.get("mailtls-relay").await.is_ok(), "its own ConfigMap");
+        assert_eq!(code(cms.get("other").await), 403);
+        assert_eq!(code(cms.list(&Default::default()).await), 403);
+        assert_eq!(
+            code(
+                cms.patch(
+                    "mailtls-relay",
+                    &PatchParams::apply("x"),
+                    &Patch::Apply(config_map("mailtls-relay"))
+                )
+                .await
+            ),
+            403
+        );
+        let secrets: Api<Secret> = Api::namespaced(as_relay.clone(), &ns);
+        assert_eq!(code(secrets.list(&Default::default()).await), 403);
+        admin_cms
+            .delete("mailtls-relay", &Default::default())
+            .await
+            .expect("delete");
+
+        // A kubeconfig that acts as the relay's ServiceAccount, for the agent process.
+        let admin_path = std::env::var("MAILTLS_TEST_KUBECONFIG").expect("kubeconfig");
+        let mut kubeconfig: Value =
+            serde_norway::from_str(&std::fs::read_to_string(&admin_path).expect("read kubeconfig"))
+                .expect("kubeconfig yaml");
+        for user in kubeconfig["users"].as_array_mut().expect("users") {
+            user["user"]["as"] = Value::from(account.clone());
+            user["user"]["as-groups"] = Value::from(groups.clone());
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let kubeconfig_path = tmp.path().join("relay.kubeconfig");
+        std::fs::write(
+            &kubeconfig_path,
+            serde_norway::to_string(&kubeconfig).expect("yaml"),
+        )
+        .expect("write");
+
+        let etc = tmp.path().join("etc");
+        common::private_postfix_config(&etc);
+        let maps = etc.join("mailtls");
+        let volume = tmp.path().join("volume");
+        std::fs::create_dir_all(&volume).expect("volume");
+        let render = mailtls::render::RenderOptions {
+            config_dir: maps.to_string_lossy().into_owned(),
+            postfix_version: "3.7".parse().expect("version"),
+            ..Default::default()
+        };
+        let settings = mailtls::controller::Settings {
+            namespaces: vec![ns.clone()],
+            config_map: "mailtls-relay".into(),
+            render: render.clone(),
+            metrics_addr: None,
+            leader_election: None,
+            instance: Some("relay-api".into()),
+            tests: None,
+            relays: None,
+        };
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let controller = tokio::spawn(mailtls::controller::run(admin.clone(), settings, shutdown));
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _agent = Kill(
+            Command::new(env!("CARGO_BIN_EXE_mailtls"))
+                .arg("relay-agent")
+                .arg("--watch-dir")
+                .arg(&volume)
+                .arg("--postfix-dir")
+                .arg(&etc)
+                .arg("--maps-dir")
+                .arg(&maps)
+                .args(["--configmap", "mailtls-relay", "--namespace", &ns])
+                .arg("--api-dir")
+                .arg(tmp.path().join("api"))
+                .env("KUBECONFIG", &kubeconfig_path)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("relay-agent"),
+        );
+        let installed = || {
+            std::fs::read_to_string(maps.join("manifest.json"))
+                .ok()
+                .and_then(|m| serde_json::from_str::<Value>(&m).ok())
+                .and_then(|m| m["hash"].as_str().map(str::to_string))
+        };
+
+        let lists: Api<AddressList> = Api::namespaced(admin.clone(), &ns);
+        let policies: Api<TlsCompliance> = Api::namespaced(admin.clone(), &ns);
+        common::cluster::apply(
+            &policies,
+            &TlsCompliance::outbound_verified("partners", &["partners"]),
+        )
+        .await;
+        let edits: usize = std::env::var("MAILTLS_PROPAGATION_EDITS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(5);
+        let mut latencies = Vec::new();
+        for i in 0..=edits {
+            let entries: Vec<String> = (0..=i).map(|n| format!("partner{n}.example")).collect();
+            let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+            let list = AddressList::with_entries("partners", &refs);
+            let inputs = mailtls::policy::Inputs {
+                namespace: ns.clone(),
+                address_lists: vec![list.clone()],
+                policies: vec![TlsCompliance::outbound_verified("partners", &["partners"])],
+                gateways: vec![],
+            };
+            let want =
+                mailtls::render::render(&mailtls::policy::evaluate(&inputs).policy, &render).hash;
+            let started = std::time::Instant::now();
+            common::cluster::apply(&lists, &list).await;
+            let deadline = started + common::cluster::TIMEOUT;
+            while installed().as_deref() != Some(want.as_str()) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "edit {i} not applied by the agent; installed {:?}",
+                    installed()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            // The first one includes the agent's start.
+            if i > 0 {
+                latencies.push(started.elapsed());
+            }
+        }
+        assert!(
+            std::fs::read_dir(&volume).expect("volume").next().is_none(),
+            "applied through the API, not the volume"
+        );
+        latencies.sort();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+        eprintln!(
+            "propagation edit -> relay applied over {} edits: p50 {:?}, p99 {:?}, max {:?}",
+            latencies.len(),
+            at(0.5),
+            at(0.99),
+            latencies.last().expect("samples")
+        );
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(common::cluster::TIMEOUT, controller).await;
+    })
+    .await;
 }

@@ -91,6 +91,18 @@ where
     }
 }
 
+/// Waits until `check` holds (polled), with the timeout.
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not {what} after {TIMEOUT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn hash_of(cm: Option<&ConfigMap>) -> Option<String> {
     cm?.metadata
         .annotations
@@ -874,6 +886,22 @@ async fn a_compressed_configuration_reaches_the_relay_agent_and_its_pod_is_count
             }),
         };
         let controller = Running::start_with(&client, settings);
+
+        // Relay pods and no policy yet: they get the empty policy (nothing mandatory), so
+        // they can become Ready.
+        let no_policies = Inputs {
+            namespace: ns.clone(),
+            ..Default::default()
+        };
+        let empty = render(&evaluate(&no_policies).policy, &render_options);
+        let cm = wait_for_hash(&client, &ns, &empty.hash).await;
+        mount(&cm, &cm_dir, "..v0");
+        wait_until("the agent to apply the empty policy", || {
+            std::fs::read_to_string(maps.join("manifest.json"))
+                .is_ok_and(|m| m.contains(&empty.hash))
+        })
+        .await;
+
         let lists: Api<AddressList> = Api::namespaced(client.clone(), &ns);
         let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
         apply(&lists, &partners).await;
@@ -900,8 +928,8 @@ async fn a_compressed_configuration_reaches_the_relay_agent_and_its_pod_is_count
         );
 
         // Not yet mounted: both pods known, none at the hash.
-        let counted = |applied: u32, total: u32| {
-            let hash = expected.hash.clone();
+        let counted_at = |hash: &str, applied: u32, total: u32| {
+            let hash = hash.to_string();
             move |p: Option<&TlsCompliance>| {
                 p.and_then(|p| p.status.as_ref()?.relay_config.as_ref())
                     .is_some_and(|r| {
@@ -911,7 +939,24 @@ async fn a_compressed_configuration_reaches_the_relay_agent_and_its_pod_is_count
                     })
             }
         };
+        let counted = |applied: u32, total: u32| counted_at(&expected.hash, applied, total);
         wait_for(&policies, "partners", "0 of 2 pods", counted(0, 2)).await;
+        let applied = |status: &'static str, reason: &'static str| {
+            move |p: Option<&TlsCompliance>| {
+                p.is_some_and(|p| {
+                    conditions_of(p)
+                        .iter()
+                        .any(|c| c.type_ == "Applied" && c.status == status && c.reason == reason)
+                })
+            }
+        };
+        wait_for(
+            &policies,
+            "partners",
+            "Applied False",
+            applied("False", "Propagating"),
+        )
+        .await;
 
         // kubelet publishes the ConfigMap; the agent applies it, the controller sees it.
         mount(&cm, &cm_dir, "..v1");
@@ -925,10 +970,81 @@ async fn a_compressed_configuration_reaches_the_relay_agent_and_its_pod_is_count
             .await
             .expect("delete slice");
         wait_for(&policies, "partners", "1 of 1 pods", counted(1, 1)).await;
+        let p = wait_for(
+            &policies,
+            "partners",
+            "Applied True",
+            applied("True", "Applied"),
+        )
+        .await
+        .expect("policy");
+        let stalled = conditions_of(&p).into_iter().find(|c| c.type_ == "Stalled");
+        assert_eq!(stalled.map(|c| c.status), Some("False".to_string()));
+
+        // The next configuration reaches the relay damaged (a key that does not match the
+        // manifest): the agent refuses it and keeps the last one; the policy says so, with
+        // the agent's reason, and is Stalled (waiting will not fix it).
+        let mut edited = AddressList::with_entries("partners", &refs[..2000]);
+        edited.metadata.resource_version = None;
+        apply(&lists, &edited).await;
+        let inputs_2 = Inputs {
+            address_lists: vec![edited],
+            ..inputs.clone()
+        };
+        let expected_2 = render(&evaluate(&inputs_2).policy, &render_options);
+        let mut damaged = wait_for_hash(&client, &ns, &expected_2.hash).await;
+        if let Some(main_cf) = damaged.data.as_mut().and_then(|d| d.get_mut("main.cf")) {
+            main_cf.push_str("# edited on the way\n");
+        }
+        mount(&damaged, &cm_dir, "..v2");
+        let p = wait_for(
+            &policies,
+            "partners",
+            "Applied False Refused",
+            applied("False", "Refused"),
+        )
+        .await
+        .expect("policy");
+        let conditions = conditions_of(&p);
+        let refused = conditions
+            .iter()
+            .find(|c| c.type_ == "Applied")
+            .expect("Applied");
+        assert!(
+            refused.message.contains("does not match the manifest"),
+            "{}",
+            refused.message
+        );
+        let stalled = conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")
+            .expect("Stalled");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "Refused")
+        );
+        let relay = p.status.and_then(|s| s.relay_config).expect("relayConfig");
+        assert_eq!((relay.applied_pods, relay.refused_pods), (Some(0), Some(1)));
+        // The intact ConfigMap arrives: applied, no longer stalled.
+        let intact = wait_for_hash(&client, &ns, &expected_2.hash).await;
+        mount(&intact, &cm_dir, "..v3");
+        wait_for(
+            &policies,
+            "partners",
+            "Applied True again",
+            applied("True", "Applied"),
+        )
+        .await;
         // Its agent stops answering: still a relay pod, no longer at the hash.
         let _ = agent.0.kill();
         let _ = agent.0.wait();
-        wait_for(&policies, "partners", "0 of 1 pods", counted(0, 1)).await;
+        wait_for(
+            &policies,
+            "partners",
+            "0 of 1 pods",
+            counted_at(&expected_2.hash, 0, 1),
+        )
+        .await;
         controller.stop().await;
     })
     .await;

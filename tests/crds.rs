@@ -86,7 +86,14 @@ fn crds_command_output_deserialises_as_v1_crds() {
         .collect();
     assert_eq!(
         cols,
-        ["Direction", "Enforcement", "Ready", "Compliant", "Age"]
+        [
+            "Direction",
+            "Enforcement",
+            "Ready",
+            "Compliant",
+            "Applied",
+            "Age"
+        ]
     );
     assert_eq!(
         by_kind("AddressList").spec.names.short_names.as_deref(),

@@ -34,6 +34,11 @@ pub(crate) const HOST_PATTERN: &str = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(
+        name = "Applied",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Applied\")].status"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.spec.appliesTo != 'Recipients' || (has(self.spec.addressLists) && size(self.spec.addressLists) > 0)")
         .message("appliesTo: Recipients needs at least one entry in addressLists")

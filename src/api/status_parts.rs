@@ -28,6 +28,12 @@ pub struct RelayConfigRef {
     /// Relay pods known to the controller (unset when unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_pods: Option<u32>,
+    /// Relay pods that refused this hash; they keep their last good configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_pods: Option<u32>,
+    /// Why the first of them refused it (the relay agent's reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
 }
 
 /// Summary of the last TLS test run.

@@ -32,6 +32,11 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Compliant\")].status"
     ),
+    printcolumn(
+        name = "Applied",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Applied\")].status"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("!self.spec.validateHostname || self.spec.requireCASigned")
         .message("validateHostname requires requireCASigned: a host name is only checked on a CA-signed certificate")

@@ -9,6 +9,8 @@ mod output;
 pub mod probe;
 mod probe_flags;
 mod relay_agent;
+mod relay_drain;
+mod relay_init;
 mod render;
 mod run;
 mod standalone;
@@ -42,6 +44,13 @@ enum Command {
     /// Sidecar beside Postfix: apply the rendered configuration from a watched directory
     /// (verify, stage, `postfix check`, swap, reload), keeping the last good one on failure.
     RelayAgent(relay_agent::RelayAgentArgs),
+    /// Init container of a relay pod: seed the live Postfix configuration from the image,
+    /// set the relay's own settings (who may relay, hostname, STARTTLS, inbound domains)
+    /// and apply the current policy when there is one.
+    RelayInit(relay_init::RelayInitArgs),
+    /// preStop hook of a relay pod: stop accepting mail, try the queue once more, wait for
+    /// deliveries in flight; deferred mail stays queued on the pod's volume.
+    RelayDrain(relay_drain::RelayDrainArgs),
     /// Run the controller in a cluster: watch the resources, write the relay ConfigMap and
     /// the statuses.
     Run(run::RunArgs),
@@ -59,6 +68,8 @@ pub fn main() -> ExitCode {
         Command::Probe(args) => probe::main(args),
         Command::Crds(args) => crds::run(args),
         Command::RelayAgent(args) => relay_agent::run(args),
+        Command::RelayInit(args) => relay_init::run(args),
+        Command::RelayDrain(args) => relay_drain::run(args),
         Command::Run(args) => run::run(args),
     }
 }

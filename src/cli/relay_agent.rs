@@ -1,4 +1,4 @@
-use crate::relay::{Agent, Paths, serve};
+use crate::relay::{Agent, Paths, mirror, serve};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,10 +24,31 @@ pub struct RelayAgentArgs {
     /// Where the maps are installed; must equal the render's --config-dir.
     #[arg(long, value_name = "DIR", default_value = "/etc/postfix/mailtls")]
     maps_dir: PathBuf,
-    /// Address for HTTP `/status` (applied hash, last refusal, counters) and `/healthz`.
+    /// Address for HTTP `/status` (applied hash, last refusal, counters), `/healthz` and
+    /// `/readyz` (200 once a configuration is applied).
     #[arg(long, value_name = "ADDR")]
     status_addr: Option<SocketAddr>,
-    /// Apply once and exit: 0 when applied or unchanged, 1 when refused.
+    /// Directory of the STARTTLS certificate (the mounted Secret): Postfix is reloaded when
+    /// it changes, so a renewed certificate is offered without a restart.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Also watch this ConfigMap through the API (in-cluster credentials or the
+    /// kubeconfig) and apply it at once, instead of waiting for kubelet to refresh the
+    /// mounted copy (a minute or more). The mounted --watch-dir stays the fallback.
+    #[arg(long, value_name = "NAME")]
+    configmap: Option<String>,
+    /// Namespace of --configmap (default: the pod's own, or the kubeconfig's).
+    #[arg(long, value_name = "NS", requires = "configmap")]
+    namespace: Option<String>,
+    /// Where the API's copy of --configmap is kept (kubelet's layout).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/run/mailtls/config",
+        requires = "configmap"
+    )]
+    api_dir: PathBuf,
+    /// Apply once and exit: 0 when applied or unchanged, 1 when refused or none published.
     #[arg(long)]
     once: bool,
 }
@@ -72,6 +93,30 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.configmap.is_some() {
+        crate::probe::tls::install_crypto_provider();
+    }
+    let api_dir = match &args.configmap {
+        Some(name) => match runtime.block_on(kube::Client::try_default()) {
+            Ok(client) => {
+                let namespace = args
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_string());
+                let dir = args.api_dir.clone();
+                runtime.spawn(mirror::mirror(client, namespace, name.clone(), dir));
+                Some(args.api_dir.clone())
+            }
+            Err(e) => {
+                // Not fatal: the mounted copy still arrives, only later.
+                tracing::error!(
+                    "cannot reach the API for ConfigMap {name}: {e}; using the mounted copy only"
+                );
+                None
+            }
+        },
+        None => None,
+    };
     if let Some(addr) = args.status_addr {
         let agent = agent.clone();
         runtime.spawn(async move {
@@ -81,7 +126,12 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
             }
         });
     }
-    match serve::watch(&agent) {
+    let tls = args.tls_dir.map(serve::TlsFiles::new);
+    match serve::watch(
+        &agent,
+        serve::Sources::new(agent.watch_dir.clone(), api_dir),
+        tls,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

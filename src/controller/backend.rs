@@ -48,10 +48,18 @@ impl Backend for Context {
         config: &RelayConfig,
         inputs: &Inputs,
     ) -> Result<(), Error> {
-        let empty = inputs.address_lists.is_empty()
+        // Relay pods with nothing to apply stay not Ready (they run the base configuration
+        // and take no mail): they get the empty policy, which makes nothing mandatory.
+        let relay_pods = self
+            .relays
+            .as_ref()
+            .and_then(|r| r.counts(namespace))
+            .is_some_and(|c| c.total > 0);
+        let nothing_to_write = inputs.address_lists.is_empty()
             && inputs.policies.is_empty()
-            && inputs.gateways.is_empty();
-        if let Some(cm) = apply_config(self, namespace, config, empty).await? {
+            && inputs.gateways.is_empty()
+            && !relay_pods;
+        if let Some(cm) = apply_config(self, namespace, config, nothing_to_write).await? {
             tracing::info!(namespace, hash = %config.hash, "relay configuration written");
             self.events.config_written(&cm, &config.hash, inputs).await;
         }
@@ -59,16 +67,16 @@ impl Backend for Context {
     }
 
     fn relay_ref(&self, namespace: &str, hash: &str) -> RelayConfigRef {
-        let pods = self
-            .relays
-            .as_ref()
-            .and_then(|r| r.counts(namespace))
-            .map(|c| c.of(hash));
+        let counts = self.relays.as_ref().and_then(|r| r.counts(namespace));
+        let pods = counts.as_ref().map(|c| c.of(hash));
+        let refused = counts.as_ref().and_then(|c| c.refused(hash));
         RelayConfigRef {
             name: self.config_map.clone(),
             hash: hash.to_string(),
             applied_pods: pods.map(|(applied, _)| applied),
             total_pods: pods.map(|(_, total)| total),
+            refused_pods: refused.as_ref().map(|(n, _)| *n),
+            refusal: refused.map(|(_, reason)| reason),
         }
     }
 
@@ -104,7 +112,8 @@ impl Backend for Context {
 
 /// Apply the configuration unless the ConfigMap already holds exactly it (the files, not
 /// only the hash: a hand edit that kept or recomputed the hash is still found). A namespace
-/// without mailtls resources gets no new ConfigMap; an existing one is rewritten with the
+/// without mailtls resources (nor relay pods) gets no new ConfigMap; an existing one is
+/// rewritten with the
 /// empty policy's files (nothing mandatory, no routes), so a relay that mounts it drops the
 /// old policy instead of keeping stale files as it would after a delete.
 /// Returns the stored ConfigMap when a new configuration was written; restoring one that
@@ -113,7 +122,7 @@ async fn apply_config(
     ctx: &Context,
     namespace: &str,
     config: &RelayConfig,
-    no_resources: bool,
+    nothing_to_write: bool,
 ) -> Result<Option<ConfigMap>, Error> {
     let name = ctx.config_map.as_str();
     let err = |source| Error::ConfigMap {
@@ -123,7 +132,7 @@ async fn apply_config(
     };
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let current = api.get_opt(name).await.map_err(err)?;
-    if current.is_none() && no_resources {
+    if current.is_none() && nothing_to_write {
         return Ok(None);
     }
     let packed = pack(&config.files);

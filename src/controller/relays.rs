@@ -46,17 +46,67 @@ pub struct RelaySettings {
     pub interval: Duration,
 }
 
-/// Relay pods of one namespace: how many there are and how many report each hash.
+/// Relay pods of one namespace: how many there are, how many report each hash as applied,
+/// and which refused a hash (with the first refusal's reason).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub total: u32,
     pub applied: BTreeMap<String, u32>,
+    pub refused: BTreeMap<String, (u32, String)>,
 }
 
 impl Counts {
     /// (pods at `hash`, pods in all).
     pub fn of(&self, hash: &str) -> (u32, u32) {
         (self.applied.get(hash).copied().unwrap_or(0), self.total)
+    }
+
+    /// (pods that refused `hash`, the first reason), if any did.
+    pub fn refused(&self, hash: &str) -> Option<(u32, String)> {
+        self.refused.get(hash).cloned()
+    }
+
+    fn add(&mut self, report: Option<&Report>) {
+        self.total += 1;
+        let Some(report) = report else { return };
+        if let Some(hash) = &report.applied {
+            *self.applied.entry(hash.clone()).or_default() += 1;
+        }
+        // A pod that refused a hash and then applied it (a reload retried) is not counted.
+        if let Some((hash, reason)) = &report.refused
+            && report.applied.as_ref() != Some(hash)
+        {
+            let entry = self
+                .refused
+                .entry(hash.clone())
+                .or_insert_with(|| (0, reason.clone()));
+            entry.0 += 1;
+        }
+    }
+}
+
+/// What one agent's `/status` says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Report {
+    applied: Option<String>,
+    /// The last refused hash and why.
+    refused: Option<(String, String)>,
+}
+
+/// Longest refusal reason carried into a status.
+const REASON_LIMIT: usize = 300;
+
+impl Report {
+    fn parse(status: &serde_json::Value) -> Report {
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        let refused = status.get("lastRefused").and_then(|r| {
+            let reason: String = text(r.get("reason")?)?.chars().take(REASON_LIMIT).collect();
+            Some((text(r.get("hash")?)?, reason))
+        });
+        Report {
+            applied: status.get("appliedHash").and_then(text),
+            refused,
+        }
     }
 }
 
@@ -173,27 +223,23 @@ pub async fn poll(
         if !*leader.borrow() {
             continue;
         }
-        let asked: Vec<(String, Option<String>)> = futures::stream::iter(pods.pods())
+        let asked: Vec<(String, Option<Report>)> = futures::stream::iter(pods.pods())
             .map(|(ns, addr)| {
                 let http = http.clone();
                 async move {
-                    let hash = match addr {
-                        Some(addr) => applied_hash(&http, addr).await,
+                    let report = match addr {
+                        Some(addr) => ask(&http, addr).await,
                         None => None,
                     };
-                    (ns, hash)
+                    (ns, report)
                 }
             })
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
         let mut fresh: HashMap<String, Counts> = HashMap::new();
-        for (ns, hash) in asked {
-            let counts = fresh.entry(ns).or_default();
-            counts.total += 1;
-            if let Some(hash) = hash {
-                *counts.applied.entry(hash).or_default() += 1;
-            }
+        for (ns, report) in asked {
+            fresh.entry(ns).or_default().add(report.as_ref());
         }
         // Namespaces whose counts moved, including those whose last relay pod went away.
         let changed: BTreeSet<String> = match pods.counts.lock() {
@@ -216,12 +262,8 @@ pub async fn poll(
     }
 }
 
-/// The hash an agent reports as applied; `None` when it cannot be asked or has applied
-/// nothing yet.
-async fn applied_hash(
-    http: &HttpClient<HttpConnector, Empty<Bytes>>,
-    addr: SocketAddr,
-) -> Option<String> {
+/// What an agent reports on `/status`; `None` when it cannot be asked.
+async fn ask(http: &HttpClient<HttpConnector, Empty<Bytes>>, addr: SocketAddr) -> Option<Report> {
     let uri: http::Uri = format!("http://{addr}/status").parse().ok()?;
     let ask = async {
         let response = http.get(uri).await.ok()?;
@@ -234,10 +276,10 @@ async fn applied_hash(
             .ok()?
             .to_bytes();
         let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        status.get("appliedHash")?.as_str().map(str::to_string)
+        Some(Report::parse(&status))
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, ask).await {
-        Ok(hash) => hash,
+        Ok(report) => report,
         Err(_) => {
             tracing::debug!(%addr, "relay agent did not answer /status in time");
             None
@@ -281,11 +323,33 @@ mod tests {
 
     #[test]
     fn counts_of_a_hash() {
-        let c = Counts {
-            total: 3,
-            applied: BTreeMap::from([("sha256:a".to_string(), 2)]),
-        };
-        assert_eq!(c.of("sha256:a"), (2, 3));
-        assert_eq!(c.of("sha256:b"), (0, 3));
+        let status = |v: serde_json::Value| Some(Report::parse(&v));
+        let mut c = Counts::default();
+        c.add(status(serde_json::json!({"appliedHash": "sha256:a"})).as_ref());
+        c.add(
+            status(serde_json::json!({
+                "appliedHash": "sha256:a",
+                "lastRefused": {"hash": "sha256:b", "reason": "x".repeat(1000), "at": "t"},
+            }))
+            .as_ref(),
+        );
+        // Refused once, applied later (e.g. a failed reload retried): not a refusal.
+        c.add(
+            status(serde_json::json!({
+                "appliedHash": "sha256:b",
+                "lastRefused": {"hash": "sha256:b", "reason": "no", "at": "t"},
+            }))
+            .as_ref(),
+        );
+        c.add(None);
+        assert_eq!(c.of("sha256:a"), (2, 4));
+        assert_eq!(c.of("sha256:b"), (1, 4));
+        assert_eq!(c.of("sha256:c"), (0, 4));
+        assert_eq!(c.refused("sha256:b"), Some((1, "x".repeat(REASON_LIMIT))));
+        assert_eq!(c.refused("sha256:a"), None);
+        assert_eq!(
+            Report::parse(&serde_json::json!({"lastRefused": {"hash": null}})),
+            Report::default()
+        );
     }
 }

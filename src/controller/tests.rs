@@ -459,9 +459,12 @@ async fn first_reconcile_applies_the_config_map_and_writes_every_status() {
         [
             ("Ready", "True"),
             ("Rendered", "True"),
+            // No relay pods in this test: whether it is in force is not known.
+            ("Applied", "Unknown"),
             ("Tested", "Unknown"),
             ("Compliant", "Unknown"),
-            ("Conflict", "False")
+            ("Conflict", "False"),
+            ("Stalled", "False"),
         ]
     );
 

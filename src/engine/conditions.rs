@@ -10,27 +10,35 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 pub enum ConditionType {
     Ready,
     Rendered,
+    /// Every relay pod runs the namespace's current configuration.
+    Applied,
     Tested,
     Compliant,
     Conflict,
+    /// kstatus: a permanent error that waiting will not fix (Flux fails fast on it).
+    Stalled,
 }
 
 impl ConditionType {
-    const ALL: [ConditionType; 5] = [
+    const ALL: [ConditionType; 7] = [
         ConditionType::Ready,
         ConditionType::Rendered,
+        ConditionType::Applied,
         ConditionType::Tested,
         ConditionType::Compliant,
         ConditionType::Conflict,
+        ConditionType::Stalled,
     ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             ConditionType::Ready => "Ready",
             ConditionType::Rendered => "Rendered",
+            ConditionType::Applied => "Applied",
             ConditionType::Tested => "Tested",
             ConditionType::Compliant => "Compliant",
             ConditionType::Conflict => "Conflict",
+            ConditionType::Stalled => "Stalled",
         }
     }
 
@@ -93,6 +101,16 @@ reasons! {
     NotCompliant,
     /// The relay configuration could not be stored.
     RelayConfigNotWritten,
+    /// Every relay pod runs the current configuration.
+    Applied,
+    /// Some relay pods do not run the current configuration yet.
+    Propagating,
+    /// A relay pod refused the current configuration and keeps its last good one.
+    Refused,
+    /// No relay pod reports to the controller (or the backend has no relays).
+    NoRelays,
+    /// Nothing needs a change of the resource or of the relay.
+    NotStalled,
 }
 
 /// A condition's status: `True`, `False` or `Unknown`.
@@ -169,7 +187,12 @@ impl<'a> Conditions<'a> {
 
     /// Whether a condition of this type is present.
     pub fn has(&self, type_: ConditionType) -> bool {
-        find(self.list, type_).is_some()
+        self.get(type_).is_some()
+    }
+
+    /// The condition of this type, if present.
+    pub fn get(&self, type_: ConditionType) -> Option<&Condition> {
+        find(self.list, type_)
     }
 }
 

@@ -63,9 +63,16 @@ impl Managed for AddressList {
     fn conditions(&self) -> &[Condition] {
         self.status.as_ref().map_or(&[], |s| &s.conditions)
     }
-    fn with_status(&self, f: &ResourceFindings, _: &RelayConfigRef, now: &Time) -> Self {
+    fn with_status(&self, f: &ResourceFindings, relay: &RelayConfigRef, now: &Time) -> Self {
+        let mut status = statuses::address_list_status(self, f, now);
+        statuses::in_force_conditions(
+            &mut status.conditions,
+            statuses::generation(self),
+            relay,
+            now,
+        );
         let mut r = self.clone();
-        r.status = Some(statuses::address_list_status(self, f, now));
+        r.status = Some(status);
         r
     }
 }
@@ -85,8 +92,15 @@ impl Managed for TlsCompliance {
         self.status.as_ref().map_or(&[], |s| &s.conditions)
     }
     fn with_status(&self, f: &ResourceFindings, relay: &RelayConfigRef, now: &Time) -> Self {
+        let mut status = statuses::tls_compliance_status(self, f, relay, now);
+        statuses::in_force_conditions(
+            &mut status.conditions,
+            statuses::generation(self),
+            relay,
+            now,
+        );
         let mut r = self.clone();
-        r.status = Some(statuses::tls_compliance_status(self, f, relay, now));
+        r.status = Some(status);
         r
     }
     fn test_plan(&self, inputs: &Inputs, now: Timestamp) -> Option<TestPlan> {
@@ -120,9 +134,16 @@ impl Managed for OutboundGateway {
     fn conditions(&self) -> &[Condition] {
         self.status.as_ref().map_or(&[], |s| &s.conditions)
     }
-    fn with_status(&self, f: &ResourceFindings, _: &RelayConfigRef, now: &Time) -> Self {
+    fn with_status(&self, f: &ResourceFindings, relay: &RelayConfigRef, now: &Time) -> Self {
+        let mut status = statuses::gateway_status(self, f, now);
+        statuses::in_force_conditions(
+            &mut status.conditions,
+            statuses::generation(self),
+            relay,
+            now,
+        );
         let mut r = self.clone();
-        r.status = Some(statuses::gateway_status(self, f, now));
+        r.status = Some(status);
         r
     }
     fn test_plan(&self, _inputs: &Inputs, now: Timestamp) -> Option<TestPlan> {

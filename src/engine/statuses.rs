@@ -2,7 +2,7 @@
 //! without errors. Test results (`Tested`, `Compliant`, `lastTest`, `results`) belong to the
 //! test loop ([`super::plan`]) and are kept as they are.
 
-use super::conditions::{ConditionType, Conditions, Reason, Status};
+use super::conditions::{ConditionType, Conditions, Reason, Status, is};
 use crate::api::{
     AddressList, AddressListStatus, Enforcement, InvalidEntry, MatchedCounts, OutboundGateway,
     OutboundGatewayStatus, RelayConfigRef, TlsCompliance, TlsComplianceStatus,
@@ -296,6 +296,67 @@ fn ensure_untested(c: &mut Conditions<'_>, enabled: bool) {
     }
 }
 
+/// `Applied`: whether every relay pod runs the namespace's current configuration (False
+/// with the agent's reason when one refused it; Unknown when no relay reports). Then
+/// `Stalled`: True for errors that waiting will not fix (an invalid spec, a lost conflict,
+/// a refusal), so GitOps tools fail fast instead of waiting for their timeout.
+pub fn in_force_conditions(
+    conditions: &mut Vec<crate::api::Condition>,
+    generation: i64,
+    relay: &RelayConfigRef,
+    now: &Time,
+) {
+    let short = relay
+        .hash
+        .trim_start_matches("sha256:")
+        .get(..12)
+        .unwrap_or("");
+    let (status, reason, message) = match (relay.applied_pods, relay.total_pods) {
+        _ if relay.refused_pods.unwrap_or(0) > 0 => (
+            Status::False,
+            Reason::Refused,
+            format!(
+                "{} relay pod(s) refused configuration {short} and keep their last good one: {}",
+                relay.refused_pods.unwrap_or(0),
+                relay.refusal.as_deref().unwrap_or("no reason given")
+            ),
+        ),
+        (Some(applied), Some(total)) if total > 0 && applied >= total => (
+            Status::True,
+            Reason::Applied,
+            format!("all {total} relay pods run configuration {short}"),
+        ),
+        (Some(applied), Some(total)) if total > 0 => (
+            Status::False,
+            Reason::Propagating,
+            format!("{applied} of {total} relay pods run configuration {short}"),
+        ),
+        _ => (
+            Status::Unknown,
+            Reason::NoRelays,
+            "no relay pod reports which configuration it runs".to_string(),
+        ),
+    };
+    let mut c = Conditions::new(conditions, generation, now);
+    c.set(ConditionType::Applied, status, reason, message);
+    let stalled = [
+        (ConditionType::Ready, Reason::InvalidSpec),
+        (ConditionType::Ready, Reason::InvalidEntries),
+        (ConditionType::Ready, Reason::ConflictLost),
+        (ConditionType::Applied, Reason::Refused),
+    ]
+    .into_iter()
+    .find_map(|(t, r)| {
+        c.get(t)
+            .filter(|cond| is(cond, Status::False, r))
+            .map(|cond| (r, cond.message.clone()))
+    });
+    match stalled {
+        Some((reason, message)) => c.set(ConditionType::Stalled, true, reason, message),
+        None => c.set(ConditionType::Stalled, false, Reason::NotStalled, ""),
+    };
+}
+
 /// `Ready` and `Rendered` False: the configuration this status describes is not stored.
 pub fn mark_not_written(
     conditions: &mut Vec<crate::api::Condition>,
@@ -306,5 +367,109 @@ pub fn mark_not_written(
     let mut c = Conditions::new(conditions, generation, now);
     for t in [ConditionType::Ready, ConditionType::Rendered] {
         c.set(t, false, Reason::RelayConfigNotWritten, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::conditions::find;
+
+    fn relay(applied: Option<u32>, total: Option<u32>, refused: Option<u32>) -> RelayConfigRef {
+        RelayConfigRef {
+            name: "mailtls-relay".into(),
+            hash: "sha256:0123456789abcdef".into(),
+            applied_pods: applied,
+            total_pods: total,
+            refused_pods: refused,
+            refusal: refused.map(|_| "master.cf does not match the manifest".into()),
+        }
+    }
+
+    /// (status, reason, message) of Applied and Stalled after `in_force_conditions`.
+    fn after(ready: Option<Reason>, relay: &RelayConfigRef) -> [(String, String, String); 2] {
+        let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let mut list = Vec::new();
+        if let Some(reason) = ready {
+            Conditions::new(&mut list, 1, &now).set(ConditionType::Ready, false, reason, "why");
+        }
+        in_force_conditions(&mut list, 1, relay, &now);
+        [ConditionType::Applied, ConditionType::Stalled].map(|t| {
+            let c = find(&list, t).expect("set");
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        })
+    }
+
+    #[test]
+    fn applied_says_how_far_the_configuration_got() {
+        let [applied, stalled] = after(None, &relay(Some(3), Some(3), None));
+        assert_eq!(
+            applied,
+            (
+                "True".into(),
+                "Applied".into(),
+                "all 3 relay pods run configuration 0123456789ab".into()
+            )
+        );
+        assert_eq!(
+            (stalled.0.as_str(), stalled.1.as_str()),
+            ("False", "NotStalled")
+        );
+
+        let [applied, _] = after(None, &relay(Some(1), Some(3), None));
+        assert_eq!(
+            applied,
+            (
+                "False".into(),
+                "Propagating".into(),
+                "1 of 3 relay pods run configuration 0123456789ab".into()
+            )
+        );
+        for unknown in [relay(None, None, None), relay(Some(0), Some(0), None)] {
+            let [applied, _] = after(None, &unknown);
+            assert_eq!(
+                (applied.0.as_str(), applied.1.as_str()),
+                ("Unknown", "NoRelays")
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_not_applied_and_stalls() {
+        let [applied, stalled] = after(None, &relay(Some(2), Some(3), Some(1)));
+        assert_eq!(
+            (applied.0.as_str(), applied.1.as_str()),
+            ("False", "Refused")
+        );
+        assert!(
+            applied
+                .2
+                .contains("1 relay pod(s) refused configuration 0123456789ab")
+                && applied.2.contains("master.cf does not match the manifest"),
+            "{}",
+            applied.2
+        );
+        assert_eq!(stalled, ("True".into(), "Refused".into(), applied.2));
+    }
+
+    #[test]
+    fn only_errors_that_waiting_will_not_fix_stall() {
+        for reason in [
+            Reason::InvalidSpec,
+            Reason::InvalidEntries,
+            Reason::ConflictLost,
+        ] {
+            let [_, stalled] = after(Some(reason), &relay(Some(1), Some(1), None));
+            assert_eq!(
+                stalled,
+                ("True".into(), reason.as_str().into(), "why".into()),
+                "{reason:?}"
+            );
+        }
+        // A list may still be created (GitOps applies in any order); a write may succeed.
+        for reason in [Reason::MissingReference, Reason::RelayConfigNotWritten] {
+            let [_, stalled] = after(Some(reason), &relay(Some(1), Some(1), None));
+            assert_eq!(stalled.0, "False", "{reason:?}");
+        }
     }
 }

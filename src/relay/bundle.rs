@@ -195,6 +195,25 @@ fn read_file(dir: &Path, name: &str, budget: &mut usize) -> Result<String, Strin
     Ok(text)
 }
 
+/// Whether `watch_dir` holds a configuration at all: no manifest means none was published
+/// yet (an optional ConfigMap that does not exist mounts as an empty directory), which is
+/// not a refusal.
+pub fn present(watch_dir: &Path) -> bool {
+    snapshot_dir(watch_dir)
+        .map(|dir| std::fs::symlink_metadata(dir.join(MANIFEST)).is_ok())
+        .unwrap_or(true)
+}
+
+/// The hash the manifest in `watch_dir` names, without verifying anything else; `None`
+/// when there is none or it cannot be read.
+pub fn manifest_hash(watch_dir: &Path) -> Option<String> {
+    let dir = snapshot_dir(watch_dir).ok()?;
+    let mut budget = TOTAL_UNPACKED_LIMIT;
+    let text = read_file(&dir, MANIFEST, &mut budget).ok()?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
+    manifest.get("hash")?.as_str().map(str::to_string)
+}
+
 /// Read and verify the configuration in `watch_dir`. Errors carry the manifest's hash
 /// when it could be read, so the refusal can name what it refused.
 pub fn read(watch_dir: &Path) -> Result<Bundle, Refusal> {

@@ -59,7 +59,7 @@ fn describe(cmd: &Command) -> String {
 
 /// Run a command that must succeed; warnings on stderr count as failure (Postfix warns and
 /// still exits 0), and so does stdout when `quiet` (postfix check, postmap, postconf -e).
-fn run_checked(cmd: &mut Command, quiet: bool) -> Result<String, String> {
+pub(super) fn run_checked(cmd: &mut Command, quiet: bool) -> Result<String, String> {
     let ran = run(cmd)?;
     let noise = ran.stderr.trim().to_string() + if quiet { ran.stdout.trim() } else { "" };
     if !ran.success || !noise.is_empty() {
@@ -76,7 +76,20 @@ fn run_checked(cmd: &mut Command, quiet: bool) -> Result<String, String> {
     Ok(ran.stdout)
 }
 
-fn io(what: &str, path: &Path, e: std::io::Error) -> String {
+/// Postfix programs read main.cf and master.cf only once they are two seconds old
+/// ("pausing to let ... settle down": an editor may still be writing), in 0.3 s steps. The
+/// agent writes these files whole, in directories nobody else edits, so it backdates them:
+/// otherwise each of the dozen Postfix commands of one apply waits up to two seconds.
+pub(super) fn settle(dir: &Path) {
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+    for name in [MAIN_CF, MASTER_CF] {
+        if let Ok(file) = std::fs::File::options().write(true).open(dir.join(name)) {
+            let _ = file.set_modified(past);
+        }
+    }
+}
+
+pub(super) fn io(what: &str, path: &Path, e: std::io::Error) -> String {
     format!("{what} {}: {e}", path.display())
 }
 
@@ -90,7 +103,7 @@ pub fn installed_hash(paths: &Paths) -> Option<String> {
 
 /// Copy `from` into `to` recursively (files, directories, symlinks as links), leaving out
 /// the agent's own entries and the maps directory.
-fn copy_tree(from: &Path, to: &Path, skip: &Path) -> Result<(), String> {
+pub(super) fn copy_tree(from: &Path, to: &Path, skip: &Path) -> Result<(), String> {
     std::fs::create_dir_all(to).map_err(|e| io("cannot create", to, e))?;
     for entry in std::fs::read_dir(from).map_err(|e| io("cannot read", from, e))? {
         let entry = entry.map_err(|e| io("cannot read", from, e))?;
@@ -245,6 +258,7 @@ fn stage(
     master.push_str(MASTER_END);
     master.push('\n');
     write(&staging.join(MASTER_CF), &master)?;
+    settle(staging);
     cross_check(&master, checked)?;
     let main_cf = for_version(&checked.main_cf, local_version(staging)?);
     run_checked(
@@ -255,6 +269,7 @@ fn stage(
             .args(&main_cf),
         true,
     )?;
+    settle(staging);
 
     std::fs::create_dir_all(new_maps).map_err(|e| io("cannot create", new_maps, e))?;
     for (name, content) in &bundle.files {
@@ -318,6 +333,7 @@ fn postfix_check(staging: &Path) -> Result<(), String> {
             .arg("postlog_service_name=mailtls-check-no-postlogd"),
         true,
     )?;
+    settle(staging);
     let result = run_checked(
         Command::new("postfix").arg("-c").arg(staging).arg("check"),
         true,
@@ -325,6 +341,7 @@ fn postfix_check(staging: &Path) -> Result<(), String> {
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     std::fs::write(&main, saved).map_err(|e| io("cannot write", &main, e))?;
+    settle(staging);
     let problems: Vec<&str> = logged
         .lines()
         .filter(|l| {

@@ -4,8 +4,12 @@
 //! reloads Postfix. A configuration that fails anywhere is never applied: the last good one
 //! stays, and the refusal (hash and reason) is reported.
 
+pub mod base;
 pub mod bundle;
+pub mod drain;
 mod install;
+pub mod mirror;
+pub mod seed;
 pub mod serve;
 pub mod validate;
 
@@ -111,9 +115,22 @@ impl Agent {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Record a check that found nothing to apply.
+    pub fn checked(&self) {
+        if let Ok(mut status) = self.status.lock() {
+            status.last_check_at = Some(now());
+        }
+    }
+
     /// Read, verify, validate, stage, check, swap, reload; the status records the result.
     pub fn apply(&self) -> Result<Outcome, ApplyError> {
-        let result = self.try_apply();
+        self.apply_from(&self.watch_dir)
+    }
+
+    /// [`Agent::apply`] from another copy of the configuration (the API's, see
+    /// [`mirror`]).
+    pub fn apply_from(&self, dir: &std::path::Path) -> Result<Outcome, ApplyError> {
+        let result = self.try_apply(dir);
         if let Ok(mut status) = self.status.lock() {
             status.last_check_at = Some(now());
             match &result {
@@ -144,8 +161,8 @@ impl Agent {
         result
     }
 
-    fn try_apply(&self) -> Result<Outcome, ApplyError> {
-        let bundle = bundle::read(&self.watch_dir)?;
+    fn try_apply(&self, dir: &std::path::Path) -> Result<Outcome, ApplyError> {
+        let bundle = bundle::read(dir)?;
         let refuse = |reason: String| Refusal::new(Some(bundle.hash.clone()), reason);
         if install::installed_hash(&self.paths).as_deref() == Some(bundle.hash.as_str()) {
             if self.reload_pending.load(Ordering::SeqCst) {

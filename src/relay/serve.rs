@@ -1,9 +1,10 @@
 //! The long-running agent: watch the directory (kubelet's `..data` symlink swap and plain
 //! file edits both show up as events in it), apply after a quiet period, re-check
-//! periodically in case an event was missed, and serve `/status` and `/healthz`.
+//! periodically in case an event was missed, and serve `/status`, `/healthz` and `/readyz`.
 
 use super::{Agent, ApplyError, Outcome};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -13,10 +14,23 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 /// Re-check even without events (an event can be lost, e.g. across a remount).
 const RESYNC: Duration = Duration::from_secs(60);
 
-/// Apply once and log the outcome.
+/// Apply once from the watched directory and log the outcome.
 pub fn apply_and_log(agent: &Agent) -> bool {
+    apply_and_log_from(agent, &agent.watch_dir)
+}
+
+/// Apply once from `dir` and log the outcome.
+fn apply_and_log_from(agent: &Agent, dir: &Path) -> bool {
     let before = agent.status();
-    match agent.apply() {
+    if !super::bundle::present(dir) {
+        // Nothing published yet: not a refusal. Say it once, not at every re-check.
+        if before.last_check_at.is_none() {
+            tracing::info!(dir = %dir.display(), "no relay configuration published yet; waiting");
+        }
+        agent.checked();
+        return before.applied_hash.is_some();
+    }
+    match agent.apply_from(dir) {
         Ok(Outcome::Applied { hash, reloaded }) => {
             tracing::info!(%hash, reloaded, "configuration applied");
             true
@@ -59,19 +73,107 @@ pub fn apply_and_log(agent: &Agent) -> bool {
     }
 }
 
+/// The STARTTLS certificate's files (a mounted `kubernetes.io/tls` Secret): Postfix reads
+/// them when an smtpd process starts, so a renewed certificate is put in force by a reload.
+pub struct TlsFiles {
+    dir: std::path::PathBuf,
+    seen: Option<Vec<u8>>,
+}
+
+impl TlsFiles {
+    pub fn new(dir: std::path::PathBuf) -> TlsFiles {
+        let mut files = TlsFiles { dir, seen: None };
+        files.seen = files.digest();
+        files
+    }
+
+    /// A digest of every file in the directory (kubelet's `..data` layout followed).
+    fn digest(&self) -> Option<Vec<u8>> {
+        use sha2::Digest;
+        let dir = super::bundle::snapshot_dir(&self.dir).ok()?;
+        let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        names.sort();
+        let mut hasher = sha2::Sha256::new();
+        for name in names {
+            hasher.update(name.as_os_str().as_encoded_bytes());
+            hasher.update(std::fs::read(&name).ok()?);
+        }
+        Some(hasher.finalize().to_vec())
+    }
+
+    /// Reload Postfix when the files changed since the last look.
+    pub fn reload_if_changed(&mut self, agent: &Agent) {
+        let now = self.digest();
+        if now.is_none() || now == self.seen {
+            return;
+        }
+        match super::install::reload(&agent.paths) {
+            Ok(reloaded) => {
+                tracing::info!(dir = %self.dir.display(), reloaded, "STARTTLS certificate changed; Postfix reloaded");
+                self.seen = now;
+            }
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), "STARTTLS certificate changed but Postfix was not reloaded: {e}; retried at the next check")
+            }
+        }
+    }
+}
+
+/// The copies of the configuration: the mounted volume and, optionally, the API's copy.
+/// Both follow the same ConfigMap forward in time, so the one that changed last holds the
+/// newest configuration: that is the one applied. Going back to the volume's older copy
+/// when the API watch breaks would undo a newer configuration.
+pub struct Sources {
+    dirs: Vec<PathBuf>,
+    seen: Vec<Option<String>>,
+    current: usize,
+}
+
+impl Sources {
+    /// `volume` first, so a changed API copy (listed later) wins at start.
+    pub fn new(volume: PathBuf, api: Option<PathBuf>) -> Sources {
+        let dirs: Vec<PathBuf> = std::iter::once(volume).chain(api).collect();
+        Sources {
+            seen: vec![None; dirs.len()],
+            dirs,
+            current: 0,
+        }
+    }
+
+    /// The copy to apply from now.
+    pub fn pick(&mut self) -> &Path {
+        for (i, dir) in self.dirs.iter().enumerate() {
+            let hash = super::bundle::manifest_hash(dir);
+            if hash.is_some() && hash != self.seen[i] {
+                self.seen[i] = hash;
+                self.current = i;
+            }
+        }
+        &self.dirs[self.current]
+    }
+}
+
 /// Watch and apply until the watcher fails. Blocking: run it on its own thread.
-pub fn watch(agent: &Agent) -> Result<(), String> {
+pub fn watch(agent: &Agent, mut sources: Sources, mut tls: Option<TlsFiles>) -> Result<(), String> {
     use notify::{RecursiveMode, Watcher};
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
     })
     .map_err(|e| format!("cannot watch {}: {e}", agent.watch_dir.display()))?;
-    watcher
-        .watch(&agent.watch_dir, RecursiveMode::Recursive)
-        .map_err(|e| format!("cannot watch {}: {e}", agent.watch_dir.display()))?;
+    for dir in sources.dirs.iter().chain(tls.as_ref().map(|t| &t.dir)) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        watcher
+            .watch(dir, RecursiveMode::Recursive)
+            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    }
     tracing::info!(dir = %agent.watch_dir.display(), "watching for configuration changes");
-    apply_and_log(agent);
+    apply_and_log_from(agent, sources.pick());
     loop {
         match rx.recv_timeout(RESYNC) {
             Ok(Err(e)) => tracing::warn!("watch error: {e}"),
@@ -81,16 +183,20 @@ pub fn watch(agent: &Agent) -> Result<(), String> {
             }
         }
         while rx.recv_timeout(DEBOUNCE).is_ok() {}
-        apply_and_log(agent);
+        apply_and_log_from(agent, sources.pick());
+        if let Some(tls) = &mut tls {
+            tls.reload_if_changed(agent);
+        }
     }
 }
 
-/// Serve `GET /status` (JSON) and `GET /healthz` on `addr` until the process ends.
+/// Serve `GET /status` (JSON), `GET /healthz` and `GET /readyz` on `addr` until the process
+/// ends.
 pub async fn serve_status(agent: Agent, addr: SocketAddr) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(%addr, "serving /status and /healthz");
+    tracing::info!(%addr, "serving /status, /healthz and /readyz");
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;
@@ -112,6 +218,16 @@ pub async fn serve_status(agent: Agent, addr: SocketAddr) -> Result<(), String> 
                     serde_json::to_string_pretty(&agent.status()).unwrap_or_default(),
                 ),
                 "/healthz" => ("200 OK", "{\"ok\":true}".to_string()),
+                // Ready once a configuration is in force: until then the pod runs on the
+                // base configuration and must not be sent mail.
+                "/readyz" => match agent.status().applied_hash {
+                    Some(hash) => ("200 OK", serde_json::json!({"applied": hash}).to_string()),
+                    None => (
+                        "503 Service Unavailable",
+                        serde_json::json!({"applied": null, "reason": "no relay configuration applied yet"})
+                            .to_string(),
+                    ),
+                },
                 _ => ("404 Not Found", "{\"error\":\"not found\"}".to_string()),
             };
             let response = format!(

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod mail;
 pub mod skip;
 
 use mailtls::cli::load::load_str;

@@ -45,3 +45,13 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* The relay's STARTTLS Secret: relay.tls.secretName, or the cert-manager Certificate's
+default when an issuer is set; empty for no STARTTLS. */}}
+{{- define "mailtls.relayTlsSecret" -}}
+{{- if .Values.relay.tls.secretName -}}
+{{- .Values.relay.tls.secretName -}}
+{{- else if .Values.relay.tls.certManager.issuerRef.name -}}
+{{- printf "%s-relay-tls" (include "mailtls.fullname" .) -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,360 @@
+//! Mail test kit for the real-Postfix tests: a private network namespace, a local DNS
+//! server (dnsmasq), test certificates, and in-process SMTP receivers (tokio + rustls) that
+//! record every message and whether it came over TLS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn sh(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (scripts/install-test-deps.sh)"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+pub fn must(cmd: &mut Command) -> String {
+    let (ok, out) = sh(cmd);
+    assert!(ok, "{cmd:?} failed:\n{out}");
+    out
+}
+
+/// Poll `cond` until it returns `Some` or `secs` pass.
+pub fn wait_for<T>(secs: u64, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A network namespace with loopback up and the test addresses; deleted on drop, after
+/// ending whatever this test left running in it.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `addresses` are added to loopback; `dns` becomes the namespace's resolver.
+    pub fn create(name: &str, addresses: &[&str], dns: &str) -> Netns {
+        must(Command::new("ip").args(["netns", "add", name]));
+        let ns = Netns { name: name.into() };
+        // `ip netns exec` bind-mounts this over /etc/resolv.conf: Postfix asks our DNS.
+        let etc = ns.etc();
+        std::fs::create_dir_all(&etc).expect("create /etc/netns dir");
+        std::fs::write(etc.join("resolv.conf"), format!("nameserver {dns}\n"))
+            .expect("write resolv.conf");
+        must(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
+        for addr in addresses {
+            must(Command::new("ip").args([
+                "-n",
+                name,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "lo",
+            ]));
+        }
+        ns
+    }
+
+    pub fn etc(&self) -> PathBuf {
+        Path::new("/etc/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Only processes inside our own private namespace: the ones this test started.
+        let (_, pids) = sh(Command::new("ip").args(["netns", "pids", &self.name]));
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(self.etc());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Certificates.
+
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+pub struct Certs {
+    pub ca: String,
+    ca_issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Certs {
+    pub fn new() -> Certs {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mailtls e2e test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = params.self_signed(&key).expect("CA cert").pem();
+        Certs {
+            ca,
+            ca_issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    pub fn leaf_params(name: &str) -> rcgen::CertificateParams {
+        let mut params =
+            rcgen::CertificateParams::new(vec![name.to_string()]).expect("leaf params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params
+    }
+
+    pub fn ca_signed(&self, name: &str) -> Pem {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = Self::leaf_params(name)
+            .signed_by(&key, &self.ca_issuer)
+            .expect("sign leaf");
+        Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    pub fn self_signed(name: &str) -> Pem {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = Self::leaf_params(name)
+            .self_signed(&key)
+            .expect("self-sign");
+        Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SMTP receivers: record every message and whether it came over TLS.
+
+#[derive(Clone, Debug)]
+pub struct Msg {
+    pub sink: &'static str,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub tls: bool,
+    pub data: String,
+}
+
+pub type Store = Arc<Mutex<Vec<Msg>>>;
+
+pub fn tls_config(pem: &Pem) -> Arc<rustls::ServerConfig> {
+    tls_config_with(pem, rustls::DEFAULT_VERSIONS)
+}
+
+pub fn tls_config_with(
+    pem: &Pem,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("parse cert");
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).expect("parse key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    Arc::new(config)
+}
+
+pub enum End<S> {
+    Closed,
+    StartTls(S),
+}
+
+pub async fn smtp_session<S>(
+    io: S,
+    sink: &'static str,
+    store: &Store,
+    tls: bool,
+    offer_tls: bool,
+) -> std::io::Result<End<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut io = BufReader::new(io);
+    if !tls {
+        io.get_mut()
+            .write_all(format!("220 {sink}.sink.test ESMTP\r\n").as_bytes())
+            .await?;
+    }
+    let (mut from, mut rcpts) = (String::new(), Vec::new());
+    loop {
+        let mut line = String::new();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(End::Closed);
+        }
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        let arg = |l: &str| {
+            l.split_once(':')
+                .map(|(_, a)| a.trim().trim_start_matches('<'))
+                .and_then(|a| a.split('>').next())
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        };
+        let reply = match verb.as_str() {
+            "EHLO" => format!(
+                "250-{sink}.sink.test\r\n{}250 8BITMIME\r\n",
+                if offer_tls { "250-STARTTLS\r\n" } else { "" }
+            ),
+            "HELO" => format!("250 {sink}.sink.test\r\n"),
+            "STAR" if offer_tls => {
+                io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+                return Ok(End::StartTls(io.into_inner()));
+            }
+            "MAIL" => {
+                from = arg(&line);
+                rcpts.clear();
+                "250 2.1.0 ok\r\n".into()
+            }
+            "RCPT" => {
+                rcpts.push(arg(&line));
+                "250 2.1.5 ok\r\n".into()
+            }
+            "DATA" => {
+                io.get_mut().write_all(b"354 go ahead\r\n").await?;
+                let mut data = String::new();
+                loop {
+                    let mut l = String::new();
+                    if io.read_line(&mut l).await? == 0 {
+                        return Ok(End::Closed);
+                    }
+                    if l == ".\r\n" || l == ".\n" {
+                        break;
+                    }
+                    data.push_str(&l);
+                }
+                if let Ok(mut s) = store.lock() {
+                    s.push(Msg {
+                        sink,
+                        from: std::mem::take(&mut from),
+                        rcpts: std::mem::take(&mut rcpts),
+                        tls,
+                        data,
+                    });
+                }
+                "250 2.0.0 queued\r\n".into()
+            }
+            "RSET" => {
+                from.clear();
+                rcpts.clear();
+                "250 2.0.0 ok\r\n".into()
+            }
+            "NOOP" => "250 2.0.0 ok\r\n".into(),
+            "QUIT" => {
+                io.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
+                return Ok(End::Closed);
+            }
+            _ => "502 5.5.2 not implemented\r\n".into(),
+        };
+        io.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
+
+pub fn start_sink(
+    rt: &tokio::runtime::Runtime,
+    (sink, addr): (&'static str, &str),
+    tls: Option<Arc<rustls::ServerConfig>>,
+    store: &Store,
+) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind((addr, 25)))
+        .unwrap_or_else(|e| panic!("bind {addr}:25: {e}"));
+    let store = store.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let (store, tls) = (store.clone(), tls.clone());
+            tokio::spawn(async move {
+                let offer = tls.is_some();
+                if let Ok(End::StartTls(conn)) =
+                    smtp_session(conn, sink, &store, false, offer).await
+                    && let Some(config) = tls
+                    && let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(conn).await
+                {
+                    let _ = smtp_session(stream, sink, &store, true, false).await;
+                }
+            });
+        }
+    });
+}
+
+/// A child process ended on drop (dnsmasq).
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// dnsmasq answering for `.test` on `dns`:53 with these A and MX records.
+pub fn dnsmasq(dns: &str, records: &[(&str, &str)], mx: &[(&str, &str)]) -> Kill {
+    let mut cmd = Command::new("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--pid-file=",
+        "--bind-interfaces",
+        "--port=53",
+        "--local=/test/",
+        "--user=root",
+    ])
+    .arg(format!("--listen-address={dns}"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (name, ip) in records {
+        cmd.arg(format!("--host-record={name},{ip}"));
+    }
+    for (domain, host) in mx {
+        cmd.arg(format!("--mx-host={domain},{host},10"));
+    }
+    let child = Kill(
+        cmd.spawn()
+            .expect("start dnsmasq (scripts/install-test-deps.sh)"),
+    );
+    wait_for(10, "dnsmasq", || {
+        std::net::TcpStream::connect((dns, 53)).ok()
+    });
+    child
+}

@@ -1,0 +1,558 @@
+//! The relay's own settings and lifecycle on real Postfix, the way the chart's relay pod
+//! runs them: `mailtls relay-init` seeds the live config from an "image" config directory
+//! with the chart's values (who may relay, hostname, STARTTLS certificate, inbound domains),
+//! Postfix starts on the base configuration before any policy exists, `relay-agent` applies
+//! the policy when it is published (and only then is ready), reloads Postfix when the
+//! certificate is renewed, and `relay-drain` stops the relay without losing deferred mail,
+//! which the next "pod" (a re-seeded config over the same queue) delivers.
+//!
+//! Runs inside a private network namespace (re-executes itself with `ip netns exec`), with
+//! clients and receivers on addresses of that namespace only. Needs root and the packages
+//! from scripts/install-test-deps.sh.
+
+mod common;
+
+use common::mail::{Certs, Netns, Pem, Store, dnsmasq, must, sh, start_sink, tls_config, wait_for};
+use common::{gateway, list, policy};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+const INSIDE: &str = "MAILTLS_RELAY_SETTINGS_NETNS";
+const TEST_NAME: &str = "relay_settings_and_lifecycle_on_real_postfix";
+const DNS: &str = "127.0.0.53";
+/// Outside 127.0.0.0/8, which is always allowed: the pod itself.
+const RELAY: &str = "10.99.0.1";
+const CLIENT: &str = "10.99.0.2";
+const OUTSIDER: &str = "10.99.0.3";
+/// The organisation's own mail server (relay.inbound.nextHop).
+const CORP_MX: (&str, &str) = ("corp-mx", "10.99.0.50");
+/// The AllMail gateway: verified TLS.
+const GATEWAY: (&str, &str) = ("gateway", "10.99.0.60");
+const STATUS: &str = "127.0.0.1:18090";
+const HOSTNAME: &str = "relay.corp.test";
+
+#[test]
+fn relay_settings_and_lifecycle_on_real_postfix() {
+    if std::env::var_os(INSIDE).is_some() {
+        inside();
+        return;
+    }
+    if sh(Command::new("id").arg("-u")).1.trim() != "0" {
+        common::skip::skip("the relay settings test needs root (network namespaces, port 25)");
+        return;
+    }
+    let ns = Netns::create(
+        &format!("mailtls-rs-{}", std::process::id()),
+        &[DNS, RELAY, CLIENT, OUTSIDER, CORP_MX.1, GATEWAY.1],
+        DNS,
+    );
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(std::env::current_exe().expect("test binary path"))
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INSIDE, &ns.name)
+        .status()
+        .expect("run the test inside the namespace");
+    assert!(status.success(), "the run inside {} failed", ns.name);
+}
+
+fn mailtls() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mailtls"))
+}
+
+/// One relay "pod": the image's config, the live config (an emptyDir), the mounted policy
+/// and certificate, and the queue (the persistent volume) outside the live config.
+struct Pod {
+    root: PathBuf,
+    image: PathBuf,
+    live: PathBuf,
+    cm: PathBuf,
+    tls: PathBuf,
+    agent: Option<Child>,
+    version: u32,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.stop_agent();
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.live)
+            .arg("stop")
+            .output();
+    }
+}
+
+impl Pod {
+    fn new(root: &Path, ca: &str, cert: &Pem) -> Pod {
+        let image = root.join("image");
+        common::private_postfix_config(&image);
+        let p = |s: &Path| s.display().to_string();
+        std::fs::create_dir_all(root.join("queue")).expect("queue");
+        // What the relay image sets (deploy/docker/relay.Dockerfile), with this test's own
+        // queue, log and addresses. No mynetworks, hostname or TLS: those are relay-init's.
+        let image_settings = [
+            format!("queue_directory={}", p(&root.join("queue"))),
+            format!("data_directory={}", p(&root.join("data"))),
+            format!("maillog_file={}", p(&root.join("maillog"))),
+            format!("maillog_file_prefixes={}", p(root)),
+            "syslog_name=mailtls-relay-settings".into(),
+            format!("inet_interfaces={RELAY}"),
+            "inet_protocols=ipv4".into(),
+            "mydestination=".into(),
+            "default_transport=smtp".into(),
+            "relay_transport=relay".into(),
+            "alias_maps=".into(),
+            "alias_database=".into(),
+            "smtp_host_lookup=dns".into(),
+            "disable_dns_lookups=no".into(),
+            "smtp_connect_timeout=5s".into(),
+            "smtp_tls_security_level=may".into(),
+            format!("smtp_tls_CAfile={}", p(&root.join("ca.pem"))),
+            "compatibility_level=3.6".into(),
+            "smtputf8_enable=no".into(),
+            // Quick retries, so the test sees deferred mail delivered soon after a restart.
+            "minimal_backoff_time=2s".into(),
+            "maximal_backoff_time=4s".into(),
+            "queue_run_delay=2s".into(),
+        ];
+        std::fs::write(root.join("ca.pem"), ca).expect("ca");
+        must(
+            Command::new("postconf")
+                .arg("-c")
+                .arg(&image)
+                .arg("-e")
+                .args(&image_settings),
+        );
+        must(
+            Command::new("postconf")
+                .arg("-c")
+                .arg(&image)
+                .args(["-F", "*/*/chroot = n"]),
+        );
+        let pod = Pod {
+            root: root.to_path_buf(),
+            live: root.join("live"),
+            cm: root.join("configmap"),
+            tls: root.join("tls"),
+            image,
+            agent: None,
+            version: 0,
+        };
+        std::fs::create_dir_all(&pod.cm).expect("configmap mount");
+        pod.publish_cert(cert, 1);
+        pod
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("maillog")).unwrap_or_default()
+    }
+
+    /// The Secret's files, swapped in like kubelet does.
+    fn publish_cert(&self, cert: &Pem, version: u32) {
+        let dir = self.tls.join(format!("..v{version}"));
+        std::fs::create_dir_all(&dir).expect("tls version dir");
+        std::fs::write(dir.join("tls.crt"), &cert.cert).expect("cert");
+        std::fs::write(dir.join("tls.key"), &cert.key).expect("key");
+        common::kubelet_swap(&self.tls, &format!("..v{version}"));
+    }
+
+    fn publish(&mut self, yaml: &str) {
+        self.version += 1;
+        let input = self.root.join(format!("policy-{}.yaml", self.version));
+        std::fs::write(&input, yaml).expect("policy");
+        must(
+            mailtls()
+                .arg("render")
+                .arg(&input)
+                .arg("--output")
+                .arg(self.cm.join(format!("..v{}", self.version)))
+                .arg("--config-dir")
+                .arg(self.live.join("mailtls"))
+                .arg("--ca-file")
+                .arg(self.root.join("ca.pem"))
+                .args(["--postfix-version", "auto"]),
+        );
+        common::kubelet_swap(&self.cm, &format!("..v{}", self.version));
+    }
+
+    /// The init container: `relay-init` with the chart's values.
+    fn init(&self) -> String {
+        let tls = |f: &str| self.tls.join(f).display().to_string();
+        let (ok, out) = sh(mailtls()
+            .arg("relay-init")
+            .arg("--image-config")
+            .arg(&self.image)
+            .arg("--postfix-dir")
+            .arg(&self.live)
+            .arg("--maps-dir")
+            .arg(self.live.join("mailtls"))
+            .arg("--watch-dir")
+            .arg(&self.cm)
+            .arg(format!("--client-cidr={CLIENT}/32"))
+            .arg(format!("--hostname={HOSTNAME}"))
+            .arg(format!("--tls-cert={}", tls("tls.crt")))
+            .arg(format!("--tls-key={}", tls("tls.key")))
+            .arg("--inbound-domain=corp.test")
+            .arg(format!("--inbound-next-hop={}:25", CORP_MX.1)));
+        assert!(ok, "relay-init failed:\n{out}");
+        out
+    }
+
+    fn start(&mut self) {
+        let (ok, out) = sh(Command::new("postfix")
+            .arg("-c")
+            .arg(&self.live)
+            .arg("start"));
+        assert!(ok, "postfix start failed:\n{out}\n{}", self.log());
+        wait_for(20, "the relay to listen", || {
+            std::net::TcpStream::connect((RELAY, 25)).ok()
+        });
+        let agent = mailtls()
+            .arg("relay-agent")
+            .arg("--watch-dir")
+            .arg(&self.cm)
+            .arg("--postfix-dir")
+            .arg(&self.live)
+            .arg("--maps-dir")
+            .arg(self.live.join("mailtls"))
+            .arg("--tls-dir")
+            .arg(&self.tls)
+            .arg(format!("--status-addr={STATUS}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start relay-agent");
+        self.agent = Some(agent);
+        wait_for(20, "the agent's /healthz", || {
+            http_get("/healthz").filter(|(code, _)| *code == 200)
+        });
+    }
+
+    fn stop_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+    }
+
+    fn queue(&self) -> String {
+        sh(Command::new("postqueue")
+            .arg("-c")
+            .arg(&self.live)
+            .arg("-j"))
+        .1
+    }
+}
+
+/// `GET path` on the agent: (status code, body).
+fn http_get(path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(STATUS).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(conn, "GET {path} HTTP/1.1\r\nhost: agent\r\n\r\n").ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// Send one message from `client`; (accepted, swaks transcript).
+fn send(client: &str, from: &str, to: &str, subject: &str, tls: bool) -> (bool, String) {
+    let mut cmd = Command::new("swaks");
+    cmd.args([
+        "--server",
+        RELAY,
+        "--port",
+        "25",
+        "--local-interface",
+        client,
+    ])
+    .args(["--helo", "client.test", "--from", from, "--to", to])
+    .args(["--header", &format!("Subject: {subject}")])
+    .args(["--body", "mailtls relay settings test", "--timeout", "20"]);
+    if tls {
+        cmd.arg("--tls");
+    }
+    sh(&mut cmd)
+}
+
+/// Wait until a message with `subject` arrived; assert it reached `sink`; whether it came
+/// over TLS.
+fn arrived(store: &Store, sink: &str, subject: &str) -> bool {
+    let needle = format!("Subject: {subject}");
+    let (at, tls) = wait_for(30, &format!("{subject} at {sink}"), || {
+        store.lock().ok().and_then(|s| {
+            s.iter()
+                .find(|m| m.data.contains(&needle))
+                .map(|m| (m.sink, m.tls))
+        })
+    });
+    assert_eq!(at, sink, "{subject} arrived at the wrong receiver");
+    tls
+}
+
+/// The certificate the relay offers after STARTTLS (DER), fetched with a client that
+/// accepts any certificate and keeps it.
+fn offered_certificate() -> Vec<u8> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::Mutex;
+
+    #[derive(Debug, Default)]
+    struct Keep(Mutex<Vec<u8>>);
+    impl ServerCertVerifier for Keep {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            if let Ok(mut kept) = self.0.lock() {
+                *kept = end_entity.to_vec();
+            }
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    let keep = Arc::new(Keep::default());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .dangerous()
+    .with_custom_certificate_verifier(keep.clone())
+    .with_no_client_auth();
+    let mut tcp = std::net::TcpStream::connect((RELAY, 25)).expect("connect to the relay");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(tcp.try_clone().expect("clone"));
+    let mut reply = || {
+        let mut last = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read reply");
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return last + &line;
+            }
+            last.push_str(&line);
+        }
+    };
+    let greeting = reply();
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    write!(tcp, "EHLO client.test\r\n").expect("ehlo");
+    let ehlo = reply();
+    assert!(ehlo.contains("STARTTLS"), "no STARTTLS offered:\n{ehlo}");
+    write!(tcp, "STARTTLS\r\n").expect("starttls");
+    assert!(reply().starts_with("220"), "STARTTLS refused");
+    let name = ServerName::try_from(HOSTNAME).expect("name");
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp)
+            .expect("TLS handshake with the relay");
+    }
+    keep.0.lock().map(|k| k.clone()).unwrap_or_default()
+}
+
+fn der(pem: &Pem) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.cert.as_bytes())
+        .expect("cert")
+        .to_vec()
+}
+
+fn policies() -> String {
+    [
+        list("partners", &["partner.test"]),
+        policy("inbound-partners", &["partners"], "")
+            .replace("direction: Outbound", "direction: Inbound"),
+        gateway(
+            "all-mail",
+            "  host: gateway.test\n  appliesTo: AllMail\n  tls:\n    require: true\n    requireCASigned: true\n    validateHostname: true",
+        ),
+    ]
+    .concat()
+}
+
+fn inside() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    must(Command::new("chmod").arg("755").arg(root));
+    let certs = Certs::new();
+    let _dns = dnsmasq(DNS, &[("gateway.test", GATEWAY.1)], &[]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store: Store = Arc::default();
+    start_sink(&rt, CORP_MX, None, &store);
+    start_sink(
+        &rt,
+        GATEWAY,
+        Some(tls_config(&certs.ca_signed("gateway.test"))),
+        &store,
+    );
+    let first_cert = certs.ca_signed(HOSTNAME);
+    let mut pod = Pod::new(root, &certs.ca, &first_cert);
+
+    // A fresh install: no policy published. relay-init still succeeds, Postfix starts on
+    // the base configuration, and the agent is not ready.
+    let out = pod.init();
+    assert!(
+        out.contains("no relay configuration published yet"),
+        "{out}"
+    );
+    pod.start();
+    let (code, body) = http_get("/readyz").expect("/readyz");
+    assert_eq!(code, 503, "ready before any policy was applied: {body}");
+
+    // The policy appears: applied by the running agent, which becomes ready.
+    pod.publish(&policies());
+    wait_for(30, "the agent to apply the policy", || {
+        http_get("/readyz").filter(|(code, _)| *code == 200)
+    });
+
+    // The greeting names relay.hostname.
+    let (_, out) = send(
+        OUTSIDER,
+        "a@elsewhere.test",
+        "nobody@corp.test",
+        "greeting",
+        false,
+    );
+    assert!(out.contains(&format!("220 {HOSTNAME} ESMTP")), "{out}");
+
+    // A client outside clientCIDRs may not relay: 554, not Debian's 4xx that would make it
+    // retry for days.
+    let (ok, out) = send(
+        OUTSIDER,
+        "a@corp.test",
+        "x@elsewhere.test",
+        "outsider",
+        false,
+    );
+    assert!(!ok && out.contains("554 5.7.1"), "outsider relayed:\n{out}");
+    // A client inside them may, and the policy routes it through the verified gateway.
+    let (ok, out) = send(CLIENT, "a@corp.test", "x@elsewhere.test", "relayed", false);
+    assert!(ok, "allowed client refused:\n{out}");
+    assert!(arrived(&store, GATEWAY.0, "relayed"), "not over TLS");
+
+    // Inbound: anyone may send to the organisation's domains; a listed sender only over
+    // TLS (550 in plaintext), with the Secret's certificate.
+    let (ok, out) = send(
+        OUTSIDER,
+        "someone@other.test",
+        "boss@corp.test",
+        "inbound",
+        false,
+    );
+    assert!(ok, "inbound mail refused:\n{out}");
+    let tls = arrived(&store, CORP_MX.0, "inbound");
+    assert!(!tls, "the organisation's server offers no TLS");
+    let (ok, out) = send(
+        OUTSIDER,
+        "a@partner.test",
+        "boss@corp.test",
+        "partner-plain",
+        false,
+    );
+    assert!(
+        !ok && out.contains("550"),
+        "listed sender accepted in plaintext:\n{out}"
+    );
+    let (ok, out) = send(
+        OUTSIDER,
+        "a@partner.test",
+        "boss@corp.test",
+        "partner-tls",
+        true,
+    );
+    assert!(ok, "listed sender refused over STARTTLS:\n{out}");
+    arrived(&store, CORP_MX.0, "partner-tls");
+    assert_eq!(offered_certificate(), der(&first_cert));
+
+    // The Secret is renewed: the agent reloads Postfix and the new certificate is offered,
+    // with no restart.
+    let second_cert = certs.ca_signed(HOSTNAME);
+    pod.publish_cert(&second_cert, 2);
+    wait_for(30, "the renewed certificate to be offered", || {
+        (offered_certificate() == der(&second_cert)).then_some(())
+    });
+
+    // Mail that cannot be delivered now: the gateway goes away.
+    drop(rt);
+    let (ok, out) = send(CLIENT, "a@corp.test", "y@elsewhere.test", "kept", false);
+    assert!(ok, "{out}");
+    wait_for(30, "the message to be deferred", || {
+        pod.queue()
+            .contains("\"queue_name\": \"deferred\"")
+            .then_some(())
+    });
+
+    // The pod stops: relay-drain refuses new connections and leaves the deferred mail.
+    let (ok, out) = sh(mailtls()
+        .arg("relay-drain")
+        .arg("--postfix-dir")
+        .arg(&pod.live)
+        .arg("--within=5s"));
+    assert!(ok, "relay-drain failed:\n{out}");
+    assert!(out.contains("deferred=1"), "{out}");
+    wait_for(20, "port 25 to close", || {
+        std::net::TcpStream::connect((RELAY, 25)).err()
+    });
+    pod.stop_agent();
+    must(Command::new("postfix").arg("-c").arg(&pod.live).arg("stop"));
+
+    // The next pod: a fresh live config from the image over the same queue. The gateway is
+    // back; the message kept in the queue is delivered, once.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store: Store = Arc::default();
+    start_sink(
+        &rt,
+        GATEWAY,
+        Some(tls_config(&certs.ca_signed("gateway.test"))),
+        &store,
+    );
+    let out = pod.init();
+    assert!(out.contains("configuration applied"), "{out}");
+    pod.start();
+    assert_eq!(http_get("/readyz").map(|(c, _)| c), Some(200));
+    must(Command::new("postqueue").arg("-c").arg(&pod.live).arg("-f"));
+    assert!(arrived(&store, GATEWAY.0, "kept"), "not over TLS");
+    let count = store.lock().map(|s| s.len()).unwrap_or_default();
+    assert_eq!(count, 1, "delivered more than once");
+}
