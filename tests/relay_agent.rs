@@ -644,3 +644,94 @@ fn a_skipping_test_fails_under_ci() {
     assert!(local.status.success(), "{local:?}");
     assert!(String::from_utf8_lossy(&local.stderr).contains("skipped: asked to"));
 }
+
+/// The relay pod's init container never blocks the pod: with no configuration published it
+/// seeds the base and succeeds; with a refused one it says so, succeeds, and leaves the
+/// base configuration (nothing mandatory, no mailtls maps), on which the pod is not Ready;
+/// with a good one it applies it. The image's own config is never modified.
+#[test]
+fn relay_init_never_blocks_the_pod_and_applies_what_it_can() {
+    let (tmp, image, _) = setup();
+    let work = tmp.path();
+    let live = work.join("live");
+    let maps = live.join("mailtls");
+    let cm = work.join("configmap");
+    std::fs::create_dir_all(&cm).expect("configmap");
+    let image_main = std::fs::read_to_string(image.join("main.cf")).expect("image main.cf");
+    let init = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailtls"))
+            .arg("relay-init")
+            .arg("--image-config")
+            .arg(&image)
+            .arg("--postfix-dir")
+            .arg(&live)
+            .arg("--maps-dir")
+            .arg(&maps)
+            .arg("--watch-dir")
+            .arg(&cm)
+            .args(extra)
+            .output()
+            .expect("relay-init");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+
+    // Nothing published: the base, with the relay's settings.
+    let (code, out) = init(&["--client-cidr=10.0.0.0/8", "--hostname=relay.example.com"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("no relay configuration published yet"),
+        "{out}"
+    );
+    assert_eq!(
+        postconf(&live, "mynetworks"),
+        "127.0.0.0/8 [::1]/128 10.0.0.0/8"
+    );
+    assert_eq!(postconf(&live, "myhostname"), "relay.example.com");
+    assert_eq!(postconf(&live, "smtpd_tls_security_level"), "none");
+    assert!(!maps.exists());
+
+    // A damaged configuration: refused, said, and the pod still starts on the base.
+    render(&first_policy(), work, &cm, "..v1", &maps);
+    common::kubelet_swap(&cm, "..v1");
+    rewrite(&cm.join("..v1"), "master.cf", |m| {
+        m + "evil unix - n n - - pipe\n  flags=F user=nobody argv=/bin/sh -c id\n"
+    });
+    let (code, out) = init(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("configuration refused"), "{out}");
+    assert!(
+        !maps.exists(),
+        "nothing of the refused configuration installed"
+    );
+    assert!(!postconf(&live, "smtp_tls_policy_maps").contains("mailtls"));
+    // Seeding starts from the image every time: the previous run's settings are gone.
+    assert_eq!(postconf(&live, "mynetworks"), "127.0.0.0/8 [::1]/128");
+
+    // A good one: applied before Postfix starts.
+    render(&first_policy(), work, &cm, "..v2", &maps);
+    common::kubelet_swap(&cm, "..v2");
+    let (code, out) = init(&["--client-cidr=10.0.0.0/8"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("configuration applied"), "{out}");
+    assert_eq!(hash_of(&maps), hash_of(&cm.join("..v2")));
+    assert!(postconf(&live, "smtp_tls_policy_maps").contains(&maps.display().to_string()));
+    assert_eq!(
+        postconf(&live, "mynetworks"),
+        "127.0.0.0/8 [::1]/128 10.0.0.0/8"
+    );
+    assert_eq!(
+        std::fs::read_to_string(image.join("main.cf")).expect("image main.cf"),
+        image_main
+    );
+
+    // Bad settings: every problem at once, exit 2, nothing touched.
+    let (code, out) = init(&["--client-cidr=10.1.2.3/8", "--hostname=relay"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("host bits set") && out.contains("fully qualified"),
+        "{out}"
+    );
+    assert_eq!(hash_of(&maps), hash_of(&cm.join("..v2")));
+}
