@@ -873,6 +873,7 @@ async fn printer_columns_show_in_table_form() {
                     "conditions": [
                         condition("Ready", "True", generation),
                         condition("Compliant", "False", generation),
+                        condition("Applied", "True", generation),
                     ],
                 }})),
             )
@@ -886,13 +887,13 @@ async fn printer_columns_show_in_table_form() {
         let table = get_table(&client, policies.resource_url()).await;
         assert_eq!(
             column_names(&table),
-            ["Name", "Direction", "Enforcement", "Ready", "Compliant", "Age"]
+            ["Name", "Direction", "Enforcement", "Ready", "Compliant", "Applied", "Age"]
         );
         assert_eq!(
             row(&table, "partners"),
-            ["partners", "Outbound", "Enforce", "True", "False"]
+            ["partners", "Outbound", "Enforce", "True", "False", "True"]
         );
-        let age = &table["columnDefinitions"][5];
+        let age = &table["columnDefinitions"][6];
         assert_eq!(age["type"], "date", "{age}");
 
         // Resolved through the short name, as `kubectl get tlsc` does.
@@ -928,11 +929,11 @@ async fn printer_columns_show_in_table_form() {
         let table = get_table(&client, gateways.resource_url()).await;
         assert_eq!(
             column_names(&table),
-            ["Name", "Host", "Port", "Applies To", "Ready", "Age"]
+            ["Name", "Host", "Port", "Applies To", "Ready", "Applied", "Age"]
         );
         assert_eq!(
             row(&table, "smarthost"),
-            ["smarthost", "relay.example.net", "587", "SecureTransportRequired", ""]
+            ["smarthost", "relay.example.net", "587", "SecureTransportRequired", "", ""]
         );
 
         // AddressList: counts come from status
@@ -954,7 +955,7 @@ async fn printer_columns_show_in_table_form() {
                 &PatchParams::default(),
                 &Patch::Merge(json!({"status": {
                     "observedGeneration": 1,
-                    "conditions": [condition("Ready", "True", 1)],
+                    "conditions": [condition("Ready", "True", 1), condition("Applied", "Unknown", 1)],
                     "addresses": 1, "domains": 2, "duplicates": 0, "invalidCount": 0,
                 }})),
             )
@@ -963,9 +964,12 @@ async fn printer_columns_show_in_table_form() {
         let table = get_table(&client, lists.resource_url()).await;
         assert_eq!(
             column_names(&table),
-            ["Name", "Addresses", "Domains", "Invalid", "Ready", "Age"]
+            ["Name", "Addresses", "Domains", "Invalid", "Ready", "Applied", "Age"]
         );
-        assert_eq!(row(&table, "partners"), ["partners", "1", "2", "0", "True"]);
+        assert_eq!(
+            row(&table, "partners"),
+            ["partners", "1", "2", "0", "True", "Unknown"]
+        );
     })
     .await;
 }

@@ -96,10 +96,7 @@ impl Entry {
             Entry::Address(_) => Some(self.domain()),
             _ => None,
         };
-        let base = match self {
-            Entry::Subdomains(s) => &s[1..],
-            _ => self.domain(),
-        };
+        let base = self.domain();
         let parents = base
             .char_indices()
             .filter(|(_, c)| *c == '.')
@@ -357,6 +354,51 @@ mod tests {
     fn bulk_splits_on_space_comma_semicolon_newline() {
         let items: Vec<&str> = split_bulk(" a@x.example,b@x.example;\n\tc.example  ,, ").collect();
         assert_eq!(items, ["a@x.example", "b@x.example", "c.example"]);
+    }
+
+    #[test]
+    fn lookup_chain_is_the_keys_as_entries() {
+        assert_eq!(
+            e("bob@a.example").lookup_chain(),
+            [
+                Entry::Address("bob@a.example".into()),
+                Entry::Domain("a.example".into()),
+                Entry::Subdomains(".example".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn display_pads_for_tables() {
+        assert_eq!(format!("[{:<12}]", e("a.example")), "[a.example   ]");
+    }
+
+    #[test]
+    fn limits_hold_at_the_boundary() {
+        let local = "l".repeat(MAX_LOCAL);
+        assert!(parse_entry(&format!("{local}@example.com")).is_ok());
+        let error = parse_entry(&format!("{local}x@example.com")).expect_err("65 characters");
+        assert!(error.contains("longer than 64"), "{error}");
+        // 253 characters: three labels of 63 and one of 61, dots between.
+        let label = "a".repeat(MAX_LABEL);
+        let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(longest.len(), MAX_DOMAIN);
+        assert!(check_ascii_domain(&longest, 2).is_ok());
+        let error = check_ascii_domain(&format!("a{longest}"), 2).expect_err("254");
+        assert!(error.contains("longer than 253"), "{error}");
+        let error = check_ascii_domain(&format!("{label}a.example"), 2).expect_err("64");
+        assert!(error.contains("label is longer than 63"), "{error}");
+    }
+
+    #[test]
+    fn a_leading_dot_needs_a_domain_after_it() {
+        for raw in [".", "..example.com"] {
+            let error = parse_entry(raw).expect_err(raw);
+            assert!(
+                error.contains("needs a domain after the leading dot"),
+                "{raw}: {error}"
+            );
+        }
     }
 
     #[test]
