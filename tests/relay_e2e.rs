@@ -12,7 +12,7 @@
 mod common;
 
 use common::mail::{
-    Certs, Msg, Netns, Store, dnsmasq, must, sh, start_sink, tls_config, tls_config_with, wait_for,
+    Certs, Msg, Store, dnsmasq, must, sh, start_sink, tls_config, tls_config_with, wait_for,
 };
 use common::{gateway, list, policy};
 use std::collections::BTreeMap;
@@ -63,27 +63,7 @@ fn relay_delivers_by_policy_on_real_postfix() {
         inside();
         return;
     }
-    let uid = sh(Command::new("id").arg("-u")).1;
-    if uid.trim() != "0" {
-        common::skip::skip("the relay e2e test needs root (network namespaces, port 25)");
-        return;
-    }
-    let ns = Netns::create(
-        &format!("mailtls-e2e-{}", std::process::id()),
-        ADDRESSES,
-        DNS,
-    );
-    let exe = std::env::current_exe().expect("test binary path");
-    let started = Instant::now();
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .arg(exe)
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INSIDE, &ns.name)
-        .status()
-        .expect("run the test inside the namespace");
-    eprintln!("e2e inside the namespace took {:?}", started.elapsed());
-    assert!(status.success(), "the e2e run inside {} failed", ns.name);
+    common::mail::run_in_netns(TEST_NAME, INSIDE, ADDRESSES, DNS);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::mail::{Certs, Netns, Pem, Store, dnsmasq, must, sh, start_sink, tls_config, wait_for};
+use common::mail::{Certs, Pem, Store, dnsmasq, must, sh, start_sink, tls_config, wait_for};
 use common::{gateway, list, policy};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,23 +39,12 @@ fn relay_settings_and_lifecycle_on_real_postfix() {
         inside();
         return;
     }
-    if sh(Command::new("id").arg("-u")).1.trim() != "0" {
-        common::skip::skip("the relay settings test needs root (network namespaces, port 25)");
-        return;
-    }
-    let ns = Netns::create(
-        &format!("mailtls-rs-{}", std::process::id()),
+    common::mail::run_in_netns(
+        TEST_NAME,
+        INSIDE,
         &[DNS, RELAY, CLIENT, OUTSIDER, CORP_MX.1, GATEWAY.1],
         DNS,
     );
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .arg(std::env::current_exe().expect("test binary path"))
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INSIDE, &ns.name)
-        .status()
-        .expect("run the test inside the namespace");
-    assert!(status.success(), "the run inside {} failed", ns.name);
 }
 
 fn mailtls() -> Command {
@@ -178,19 +167,26 @@ impl Pod {
         common::kubelet_swap(&self.cm, &format!("..v{}", self.version));
     }
 
-    /// The init container: `relay-init` with the chart's values.
-    fn init(&self) -> String {
-        let tls = |f: &str| self.tls.join(f).display().to_string();
-        let (ok, out) = sh(mailtls()
-            .arg("relay-init")
-            .arg("--image-config")
-            .arg(&self.image)
+    /// `mailtls COMMAND` with this pod's watch, config and maps directories.
+    fn dirs(&self, command: &str) -> Command {
+        let mut cmd = mailtls();
+        cmd.arg(command)
+            .arg("--watch-dir")
+            .arg(&self.cm)
             .arg("--postfix-dir")
             .arg(&self.live)
             .arg("--maps-dir")
-            .arg(self.live.join("mailtls"))
-            .arg("--watch-dir")
-            .arg(&self.cm)
+            .arg(self.live.join("mailtls"));
+        cmd
+    }
+
+    /// The init container: `relay-init` with the chart's values.
+    fn init(&self) -> String {
+        let tls = |f: &str| self.tls.join(f).display().to_string();
+        let (ok, out) = sh(self
+            .dirs("relay-init")
+            .arg("--image-config")
+            .arg(&self.image)
             .arg(format!("--client-cidr={CLIENT}/32"))
             .arg(format!("--hostname={HOSTNAME}"))
             .arg(format!("--tls-cert={}", tls("tls.crt")))
@@ -210,14 +206,8 @@ impl Pod {
         wait_for(20, "the relay to listen", || {
             std::net::TcpStream::connect((RELAY, 25)).ok()
         });
-        let agent = mailtls()
-            .arg("relay-agent")
-            .arg("--watch-dir")
-            .arg(&self.cm)
-            .arg("--postfix-dir")
-            .arg(&self.live)
-            .arg("--maps-dir")
-            .arg(self.live.join("mailtls"))
+        let agent = self
+            .dirs("relay-agent")
             .arg("--tls-dir")
             .arg(&self.tls)
             .arg(format!("--status-addr={STATUS}"))

@@ -37,6 +37,32 @@ pub fn wait_for<T>(secs: u64, what: &str, mut cond: impl FnMut() -> Option<T>) -
     }
 }
 
+/// Run `test` (this test binary's own test of that name) again inside a fresh network
+/// namespace with `addresses` on loopback and `dns` as its resolver, so every socket and
+/// process it starts lives there; `inside_env` tells the run inside that it is there. Skips
+/// (an error under `CI=true`) without root. The namespace goes when the run ends.
+pub fn run_in_netns(test: &str, inside_env: &str, addresses: &[&str], dns: &str) {
+    if sh(Command::new("id").arg("-u")).1.trim() != "0" {
+        crate::common::skip::skip(&format!("{test} needs root (network namespaces, port 25)"));
+        return;
+    }
+    let ns = Netns::create(
+        &format!("mailtls-{test}-{}", std::process::id()),
+        addresses,
+        dns,
+    );
+    let started = Instant::now();
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(std::env::current_exe().expect("test binary path"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(inside_env, &ns.name)
+        .status()
+        .expect("run the test inside the namespace");
+    eprintln!("{test} inside the namespace took {:?}", started.elapsed());
+    assert!(status.success(), "the run inside {} failed", ns.name);
+}
+
 /// A network namespace with loopback up and the test addresses; deleted on drop, after
 /// ending whatever this test left running in it.
 pub struct Netns {
