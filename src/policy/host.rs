@@ -94,6 +94,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn displays_as_normalised() {
+        let shown = |raw: &str| Host::parse(raw).expect(raw).to_string();
+        assert_eq!(shown("Relay.Example.NET."), "relay.example.net");
+        assert_eq!(shown("[192.0.2.1]"), "192.0.2.1");
+        assert_eq!(shown("ipv6:2001:DB8::1"), "2001:db8::1");
+    }
+
+    #[test]
     fn nexthop_forms() {
         let h = Host::parse("Relay.Example.NET.").expect("name");
         assert_eq!(h.nexthop(25, false), "[relay.example.net]");
