@@ -74,6 +74,11 @@ impl LastValid {
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string_pretty(self)
     }
+
+    /// Whether no resource has a generation kept.
+    pub fn is_empty(&self) -> bool {
+        self.address_lists.is_empty() && self.policies.is_empty() && self.gateways.is_empty()
+    }
 }
 
 /// The three kinds alike: their spec and where the snapshot keeps it.
