@@ -2,11 +2,13 @@
 # Installs what the tests need on Debian: Postfix with the lmdb, cdb and pcre map types
 # (the real-Postfix tests), dnsmasq-base and iproute2 (local DNS and network namespaces),
 # openssl (test certificates for the API server), swaks (sends mail into the relay in the
-# end-to-end test), lua5.4 (runs the documented Argo CD health check). Does nothing when
-# all is present.
+# end-to-end test), lua5.4 (runs the documented Argo CD health check), podman and
+# debootstrap (the relay pod test builds the images without a registry, see
+# scripts/test-images.sh). Does nothing when all is present.
 set -euo pipefail
 
-packages=(postfix postfix-lmdb postfix-cdb postfix-pcre dnsmasq-base iproute2 openssl swaks lua5.4)
+packages=(postfix postfix-lmdb postfix-cdb postfix-pcre dnsmasq-base iproute2 openssl swaks lua5.4
+    podman debootstrap)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

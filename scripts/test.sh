@@ -17,6 +17,12 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+# The relay pod test (tests/relay_pod.rs) templates the chart with helm: build it first
+# (cached). The test builds its images itself (scripts/test-images.sh, cached in podman's
+# storage).
+if scripts/test-cluster.sh check >/dev/null; then
+    scripts/test-cluster.sh build
+fi
 echo "== cargo test"
 cargo test
 

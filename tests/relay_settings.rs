@@ -12,7 +12,10 @@
 
 mod common;
 
-use common::mail::{Certs, Pem, Store, dnsmasq, must, sh, start_sink, tls_config, wait_for};
+use common::mail::{
+    Certs, Pem, Store, der, dnsmasq, must, offered_certificate, sh, start_sink, tls_config,
+    wait_for,
+};
 use common::{gateway, list, policy};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -285,101 +288,6 @@ fn arrived(store: &Store, sink: &str, subject: &str) -> bool {
     tls
 }
 
-/// The certificate the relay offers after STARTTLS (DER), fetched with a client that
-/// accepts any certificate and keeps it.
-fn offered_certificate() -> Vec<u8> {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use std::io::{BufRead, BufReader, Write};
-    use std::sync::Mutex;
-
-    #[derive(Debug, Default)]
-    struct Keep(Mutex<Vec<u8>>);
-    impl ServerCertVerifier for Keep {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            if let Ok(mut kept) = self.0.lock() {
-                *kept = end_entity.to_vec();
-            }
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
-
-    let keep = Arc::new(Keep::default());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .dangerous()
-    .with_custom_certificate_verifier(keep.clone())
-    .with_no_client_auth();
-    let mut tcp = std::net::TcpStream::connect((RELAY, 25)).expect("connect to the relay");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut reader = BufReader::new(tcp.try_clone().expect("clone"));
-    let mut reply = || {
-        let mut last = String::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("read reply");
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return last + &line;
-            }
-            last.push_str(&line);
-        }
-    };
-    let greeting = reply();
-    assert!(greeting.starts_with("220 "), "{greeting}");
-    write!(tcp, "EHLO client.test\r\n").expect("ehlo");
-    let ehlo = reply();
-    assert!(ehlo.contains("STARTTLS"), "no STARTTLS offered:\n{ehlo}");
-    write!(tcp, "STARTTLS\r\n").expect("starttls");
-    assert!(reply().starts_with("220"), "STARTTLS refused");
-    let name = ServerName::try_from(HOSTNAME).expect("name");
-    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-    while tls.is_handshaking() {
-        tls.complete_io(&mut tcp)
-            .expect("TLS handshake with the relay");
-    }
-    keep.0.lock().map(|k| k.clone()).unwrap_or_default()
-}
-
-fn der(pem: &Pem) -> Vec<u8> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(pem.cert.as_bytes())
-        .expect("cert")
-        .to_vec()
-}
-
 fn policies() -> String {
     [
         list("partners", &["partner.test"]),
@@ -489,14 +397,14 @@ fn inside() {
     );
     assert!(ok, "listed sender refused over STARTTLS:\n{out}");
     arrived(&store, CORP_MX.0, "partner-tls");
-    assert_eq!(offered_certificate(), der(&first_cert));
+    assert_eq!(offered_certificate(RELAY, HOSTNAME), der(&first_cert));
 
     // The Secret is renewed: the agent reloads Postfix and the new certificate is offered,
     // with no restart.
     let second_cert = certs.ca_signed(HOSTNAME);
     pod.publish_cert(&second_cert, 2);
     wait_for(30, "the renewed certificate to be offered", || {
-        (offered_certificate() == der(&second_cert)).then_some(())
+        (offered_certificate(RELAY, HOSTNAME) == der(&second_cert)).then_some(())
     });
 
     // Mail that cannot be delivered now: the gateway goes away.

@@ -177,6 +177,101 @@ impl Certs {
     }
 }
 
+/// The certificate the relay offers after STARTTLS (DER), fetched with a client that
+/// accepts any certificate and keeps it. `hostname` is the name sent in SNI.
+pub fn offered_certificate(relay: &str, hostname: &str) -> Vec<u8> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::Mutex;
+
+    #[derive(Debug, Default)]
+    struct Keep(Mutex<Vec<u8>>);
+    impl ServerCertVerifier for Keep {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            if let Ok(mut kept) = self.0.lock() {
+                *kept = end_entity.to_vec();
+            }
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    let keep = Arc::new(Keep::default());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .dangerous()
+    .with_custom_certificate_verifier(keep.clone())
+    .with_no_client_auth();
+    let mut tcp = std::net::TcpStream::connect((relay, 25)).expect("connect to the relay");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(tcp.try_clone().expect("clone"));
+    let mut reply = || {
+        let mut last = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read reply");
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return last + &line;
+            }
+            last.push_str(&line);
+        }
+    };
+    let greeting = reply();
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    write!(tcp, "EHLO client.test\r\n").expect("ehlo");
+    let ehlo = reply();
+    assert!(ehlo.contains("STARTTLS"), "no STARTTLS offered:\n{ehlo}");
+    write!(tcp, "STARTTLS\r\n").expect("starttls");
+    assert!(reply().starts_with("220"), "STARTTLS refused");
+    let name = ServerName::try_from(hostname.to_string()).expect("name");
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp)
+            .expect("TLS handshake with the relay");
+    }
+    keep.0.lock().map(|k| k.clone()).unwrap_or_default()
+}
+
+pub fn der(pem: &Pem) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.cert.as_bytes())
+        .expect("cert")
+        .to_vec()
+}
+
 // ---------------------------------------------------------------------------------------
 // SMTP receivers: record every message and whether it came over TLS.
 
@@ -313,13 +408,24 @@ where
 
 pub fn start_sink(
     rt: &tokio::runtime::Runtime,
+    sink: (&'static str, &str),
+    tls: Option<Arc<rustls::ServerConfig>>,
+    store: &Store,
+) {
+    start_sink_on(rt, sink, 25, tls, store);
+}
+
+/// [`start_sink`] on another port than 25.
+pub fn start_sink_on(
+    rt: &tokio::runtime::Runtime,
     (sink, addr): (&'static str, &str),
+    port: u16,
     tls: Option<Arc<rustls::ServerConfig>>,
     store: &Store,
 ) {
     let listener = rt
-        .block_on(tokio::net::TcpListener::bind((addr, 25)))
-        .unwrap_or_else(|e| panic!("bind {addr}:25: {e}"));
+        .block_on(tokio::net::TcpListener::bind((addr, port)))
+        .unwrap_or_else(|e| panic!("bind {addr}:{port}: {e}"));
     let store = store.clone();
     rt.spawn(async move {
         loop {
