@@ -106,6 +106,28 @@ fn a_list_counts_its_entries_and_bulk_items_as_written_duplicates_included() {
     );
 }
 
+/// Each limit admits exactly its size: a bulk text of 1,000,000 characters holding 100,000
+/// items, and a namespace of exactly 100,000 entries; one character more is refused.
+#[test]
+fn limits_admit_exactly_their_size() {
+    let problems = |yaml: &str| -> Vec<String> {
+        eval(yaml)
+            .findings
+            .problems()
+            .map(|(id, p)| format!("{id}: {}", p.field))
+            .collect()
+    };
+    let full = bulk_list("a", 100_000);
+    assert!(full.contains(&"x.example ".repeat(100_000)));
+    assert_eq!(problems(&full), Vec::<String>::new());
+    assert_eq!(
+        problems(&(bulk_list("a", 60_000) + &bulk_list("b", 40_000))),
+        Vec::<String>::new()
+    );
+    let one_more = full.replacen("bulk: \"", "bulk: \"y", 1);
+    assert_eq!(problems(&one_more), ["AddressList/a: spec.bulk"]);
+}
+
 #[test]
 fn deeply_nested_yaml_is_refused_before_parsing_with_file_and_line() {
     let text = format!(

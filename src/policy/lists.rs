@@ -220,3 +220,59 @@ pub fn list_entries(list: &AddressList) -> Vec<Entry> {
     entries.sort_unstable();
     entries
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AddressList, LocalRef};
+
+    fn lists() -> (Lists, Findings) {
+        let mut findings = Findings::default();
+        let input = [
+            AddressList::with_entries("a", &["x.example", "y.example"]),
+            AddressList::with_entries("b", &["y.example", "z.example"]),
+        ];
+        (normalize(&input, &mut findings), findings)
+    }
+
+    fn refs(names: &[&str]) -> Vec<LocalRef> {
+        names
+            .iter()
+            .map(|n| LocalRef {
+                name: n.to_string(),
+            })
+            .collect()
+    }
+
+    /// The ids of the referenced lists come once each, however often a list or an entry is
+    /// referenced (`refs.len() > 1` picks the de-duplicating path; with one reference there
+    /// is nothing to repeat, so `>= 1` would only cost a vector: not a test's business).
+    #[test]
+    fn referenced_ids_come_once() {
+        let (lists, mut findings) = lists();
+        let me = ResourceId::new(Kind::TlsCompliance, "p");
+        let texts = |ids: Vec<u32>| -> Vec<String> {
+            ids.into_iter()
+                .map(|id| lists.entry(id).as_str().to_string())
+                .collect()
+        };
+        assert_eq!(
+            texts(lists.referenced(&me, &refs(&["a", "a", "b"]), &mut findings)),
+            ["x.example", "y.example", "z.example"]
+        );
+        assert_eq!(
+            texts(lists.referenced(&me, &refs(&["b"]), &mut findings)),
+            ["y.example", "z.example"]
+        );
+        assert_eq!(
+            lists.id("z.example").map(|id| lists.entry(id).as_str()),
+            Some("z.example")
+        );
+        assert_eq!(lists.id("nowhere.example"), None);
+        let used_by = &findings
+            .get(&ResourceId::new(Kind::AddressList, "a"))
+            .expect("a")
+            .used_by;
+        assert!(used_by.contains(&me));
+    }
+}

@@ -335,3 +335,38 @@ impl Findings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_read_as_explain_prints_them() {
+        let r = |ca, host| Requirement::new(ca, host, TlsVersion::V1_2).to_string();
+        assert_eq!(r(false, false), "TLS required, TLS 1.2 or newer");
+        assert_eq!(
+            r(true, false),
+            "TLS with a CA-signed certificate, TLS 1.2 or newer"
+        );
+        assert_eq!(
+            r(true, true),
+            "TLS with a CA-signed certificate matching the host name, TLS 1.2 or newer"
+        );
+    }
+
+    #[test]
+    fn a_problems_reason_drops_the_quoted_entry() {
+        let p = |message: &str| Problem {
+            field: "spec.entries[3]".into(),
+            message: message.into(),
+        };
+        assert_eq!(
+            p("'bad..example': domain has an empty label").reason(),
+            "domain has an empty label"
+        );
+        assert_eq!(
+            p("AddressList 'x' does not exist").reason(),
+            "AddressList 'x' does not exist"
+        );
+    }
+}
