@@ -178,8 +178,18 @@ fn a_missing_or_renamed_list_keeps_its_entries() {
 #[test]
 fn an_edit_with_one_invalid_entry_keeps_the_previous_list() {
     let (mut inputs, before, last) = baseline();
+    let kept_duplicates = findings(&evaluate(&inputs), Kind::AddressList, "partners")
+        .list
+        .clone()
+        .expect("stats")
+        .duplicates;
     let list = list_mut(&mut inputs, "partners");
-    list.spec.entries = vec!["a@@b.example".into(), "logistics.example".into()];
+    list.spec.entries = vec![
+        "a@@b.example".into(),
+        "logistics.example".into(),
+        "logistics.example".into(),
+        "logistics.example".into(),
+    ];
     list.spec.bulk = None;
     bump(list);
     assert!(transport_for(&config(&evaluate(&inputs)), "partner.example").is_none());
@@ -187,10 +197,21 @@ fn an_edit_with_one_invalid_entry_keeps_the_previous_list() {
     assert_eq!(config(&e).files, before.files);
     let f = findings(&e, Kind::AddressList, "partners");
     assert_eq!(f.in_force, Some(InForce::Earlier(1)));
+    // The counts describe what is rendered (the kept generation); the invalid entries are
+    // the current generation's.
     let stats = f.list.clone().expect("stats");
     assert_eq!(
-        (stats.invalid_total, stats.addresses, stats.domains),
-        (1, 4, 4)
+        (
+            stats.invalid_total,
+            stats.addresses,
+            stats.domains,
+            stats.duplicates
+        ),
+        (1, 4, 4, kept_duplicates)
+    );
+    assert_ne!(
+        kept_duplicates, 2,
+        "the current generation's duplicates must differ"
     );
     assert_eq!(next.address_lists["partners"].generation, 1);
 }
@@ -343,4 +364,109 @@ fn empty_means_no_kind_has_anything_kept() {
     ] {
         assert!(!kept.is_empty(), "{kind}");
     }
+}
+
+#[test]
+fn a_valid_edit_of_a_list_is_kept_as_the_new_generation() {
+    let (mut inputs, _, last) = baseline();
+    let list = list_mut(&mut inputs, "partners");
+    list.spec.entries = vec!["new-partner.example".into()];
+    list.spec.bulk = None;
+    bump(list);
+    // A second referrer of the same list: it is one list, kept once.
+    let mut second = policy_mut(&mut inputs, "partners").clone();
+    second.metadata.name = Some("partners-too".into());
+    second.metadata.uid = Some("tlsc-partners-too".into());
+    inputs.policies.push(second);
+    let (e, next) = evaluate_fail_closed(&inputs, &last);
+    assert!(e.findings.problems().next().is_none());
+    assert_eq!(next.address_lists["partners"].generation, 2);
+    assert_eq!(e.policy, evaluate(&inputs).policy);
+    assert!(transport_for(&config(&e), "new-partner.example").is_some());
+    assert!(transport_for(&config(&e), "partner.example").is_none());
+}
+
+#[test]
+fn a_kept_policy_uses_the_current_generation_of_its_lists() {
+    let (mut inputs, _, last) = baseline();
+    let list = list_mut(&mut inputs, "partners");
+    list.spec.entries = vec!["new-partner.example".into()];
+    list.spec.bulk = None;
+    bump(list);
+    let p = policy_mut(&mut inputs, "partners");
+    p.spec.test.interval = "30s".into();
+    bump(p);
+    let (e, next) = evaluate_fail_closed(&inputs, &last);
+    let f = findings(&e, Kind::TlsCompliance, "partners");
+    assert_eq!(f.in_force, Some(InForce::Earlier(1)));
+    // The policy's generation 1 with the list as it is now, not as it was then.
+    assert_eq!(next.address_lists["partners"].generation, 2);
+    let c = config(&e);
+    assert!(transport_for(&c, "new-partner.example").is_some());
+    assert!(transport_for(&c, "partner.example").is_none());
+    assert_eq!(f.matched, Some((0, 1)));
+}
+
+#[test]
+fn a_kept_gateway_that_loses_again_contributes_nothing() {
+    let (mut inputs, _, last) = baseline();
+    // A valid AllMail gateway older than the smart host appears...
+    let mut older = gateway_mut(&mut inputs, "smarthost").clone();
+    older.metadata.name = Some("older-all-mail".into());
+    older.metadata.uid = Some("ogw-older".into());
+    older.metadata.creation_timestamp = Some(Time("2025-12-31T00:00:00Z".parse().expect("time")));
+    older.spec.host = "older.example.net".into();
+    inputs.gateways.push(older);
+    // ...while the smart host's current generation is invalid: its kept generation competes
+    // for AllMail again, and loses again.
+    let g = gateway_mut(&mut inputs, "smarthost");
+    g.spec.test.interval = "30s".into();
+    bump(g);
+    let (e, next) = evaluate_fail_closed(&inputs, &last);
+    let f = findings(&e, Kind::OutboundGateway, "smarthost");
+    assert_eq!(f.in_force, Some(InForce::Nothing));
+    assert!(!f.rendered);
+    // Still its last valid generation: should the older gateway go, it counts again.
+    assert_eq!(next.gateways["smarthost"].generation, 1);
+    let main_cf = &config(&e).files["main.cf"];
+    assert!(
+        main_cf.contains("relayhost = older.example.net"),
+        "{main_cf}"
+    );
+}
+
+#[test]
+fn a_winner_hears_of_a_loser_only_its_kept_generation_brings() {
+    let gateway = |name: &str, day: u32, applies_to: crate::api::AppliesTo| {
+        let mut g = OutboundGateway::all_mail(name, &format!("{name}.example.net"));
+        g.spec.applies_to = applies_to;
+        g.metadata.uid = Some(format!("ogw-{name}"));
+        g.metadata.generation = Some(1);
+        let t = format!("2026-01-0{day}T00:00:00Z");
+        g.metadata.creation_timestamp = Some(Time(t.parse().expect("time")));
+        g
+    };
+    use crate::api::AppliesTo::{AllMail, SecureTransportRequired};
+    let mut inputs = Inputs {
+        namespace: "default".into(),
+        gateways: vec![
+            gateway("a", 1, SecureTransportRequired),
+            gateway("b", 2, AllMail),
+        ],
+        ..Default::default()
+    };
+    let (e, last) = evaluate_fail_closed(&inputs, &LastValid::default());
+    assert!(e.findings.problems().next().is_none());
+    // Now the older one wants all mail too, and the newer one's edit is invalid: only its
+    // kept generation (AllMail) competes, and loses to the older one, which must say so.
+    inputs.gateways[0].spec.applies_to = AllMail;
+    bump(&mut inputs.gateways[0]);
+    inputs.gateways[1].spec.test.interval = "30s".into();
+    bump(&mut inputs.gateways[1]);
+    let (e, _) = evaluate_fail_closed(&inputs, &last);
+    let a = findings(&e, Kind::OutboundGateway, "a");
+    assert_eq!(a.conflicts.len(), 1, "{:?}", a.conflicts);
+    assert_eq!(a.conflicts[0].winner.name, "a");
+    let b = findings(&e, Kind::OutboundGateway, "b");
+    assert_eq!(b.in_force, Some(InForce::Nothing));
 }
