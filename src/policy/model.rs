@@ -355,6 +355,58 @@ mod tests {
     }
 
     #[test]
+    fn a_hop_is_its_postfix_next_hop() {
+        let hop = Hop {
+            gateway: "relay".into(),
+            host: Host::parse("relay.example.net").expect("host"),
+            port: 587,
+            mx_lookup: false,
+            tls: None,
+        };
+        assert_eq!(hop.nexthop(), "[relay.example.net]:587");
+    }
+
+    #[test]
+    fn the_most_specific_key_covering_an_address_decides() {
+        let (loaded, errors) = crate::cli::load::load_str(
+            "p.yaml",
+            "apiVersion: mailtls.io/v1alpha1\nkind: AddressList\nmetadata: {name: l}\n\
+             spec: {entries: [.partner.example, a.partner.example]}\n---\n\
+             apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata: {name: out}\n\
+             spec: {direction: Outbound, addressLists: [{name: l}]}\n---\n\
+             apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata: {name: in}\n\
+             spec: {direction: Inbound, addressLists: [{name: l}]}\n",
+            "default",
+        );
+        assert!(errors.is_empty());
+        let policy = crate::policy::evaluate(&loaded.namespaces["default"]).policy;
+        let key = |found: Option<&Entry>| found.map(|e| e.as_str().to_string());
+        let e = |s: &str| crate::policy::parse_entry(s).expect(s);
+        assert_eq!(
+            key(policy
+                .outbound_for(&e("bob@b.partner.example"))
+                .map(|(k, _)| k))
+            .as_deref(),
+            Some(".partner.example")
+        );
+        assert_eq!(
+            key(policy
+                .outbound_for(&e("bob@a.partner.example"))
+                .map(|(k, _)| k))
+            .as_deref(),
+            Some("a.partner.example")
+        );
+        assert_eq!(
+            key(policy
+                .inbound_for(&e("eve@x.a.partner.example"))
+                .map(|(k, _)| k))
+            .as_deref(),
+            Some(".partner.example")
+        );
+        assert!(policy.outbound_for(&e("bob@elsewhere.example")).is_none());
+    }
+
+    #[test]
     fn a_problems_reason_drops_the_quoted_entry() {
         let p = |message: &str| Problem {
             field: "spec.entries[3]".into(),
