@@ -46,8 +46,8 @@
 mod common;
 
 use common::mail::{
-    Certs, Netns, Pem, Store, der, dnsmasq, must, offered_certificate, sh, start_sink_on,
-    tls_config, wait_for,
+    Certs, Netns, Pem, Store, arrived, der, dnsmasq, http_get, must, offered_certificate, send, sh,
+    start_sink_on, tls_config, wait_for,
 };
 use common::{gateway, list, policy};
 use serde_json::{Value, json};
@@ -55,7 +55,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 const INSIDE: &str = "MAILTLS_RELAY_POD_NETNS";
 const TEST_NAME: &str = "relay_pod_from_the_chart_on_podman";
@@ -633,10 +632,12 @@ impl Probe {
     fn passes(&self, hash: &str) -> bool {
         match self {
             Probe::Tcp(port) => std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok(),
-            Probe::Http(path, port) => http_get(*port, path).is_some_and(|(code, body)| {
-                let body: Value = serde_json::from_str(&body).unwrap_or_default();
-                code == 200 && body["applied"] == hash
-            }),
+            Probe::Http(path, port) => {
+                http_get(&format!("127.0.0.1:{port}"), path).is_some_and(|(code, body)| {
+                    let body: Value = serde_json::from_str(&body).unwrap_or_default();
+                    code == 200 && body["applied"] == hash
+                })
+            }
         }
     }
 }
@@ -646,58 +647,6 @@ fn volume_dir(volume: &str) -> String {
     must(podman().args(["volume", "inspect", "--format", "{{.Mountpoint}}", volume]))
         .trim()
         .to_string()
-}
-
-/// `GET path` on the agent: (status code, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
-/// Send one message from `client` to the pod; (accepted, swaks transcript).
-fn send(client: &str, from: &str, to: &str, subject: &str, tls: bool) -> (bool, String) {
-    let mut cmd = Command::new("swaks");
-    cmd.args([
-        "--server",
-        RELAY,
-        "--port",
-        "25",
-        "--local-interface",
-        client,
-    ])
-    .args(["--helo", "client.test", "--from", from, "--to", to])
-    .args(["--header", &format!("Subject: {subject}")])
-    .args(["--body", "mailtls relay pod test", "--timeout", "30"]);
-    if tls {
-        cmd.arg("--tls");
-    }
-    sh(&mut cmd)
-}
-
-/// Wait until a message with `subject` arrived; assert it reached `sink`; whether it came
-/// over TLS.
-fn arrived(store: &Store, sink: &str, subject: &str) -> bool {
-    let needle = format!("Subject: {subject}");
-    let (at, tls) = wait_for(60, &format!("{subject} at {sink}"), || {
-        store.lock().ok().and_then(|s| {
-            s.iter()
-                .find(|m| m.data.contains(&needle))
-                .map(|m| (m.sink, m.tls))
-        })
-    });
-    assert_eq!(at, sink, "{subject} arrived at the wrong receiver");
-    tls
 }
 
 fn count(store: &Store, subject: &str) -> usize {
@@ -766,6 +715,7 @@ fn inside() {
     // 2. A client outside relay.clientCIDRs may not relay: 554, not a 4xx that would make
     // it retry for days.
     let (ok, out) = send(
+        RELAY,
         OUTSIDER,
         "a@corp.test",
         "x@elsewhere.test",
@@ -777,13 +727,21 @@ fn inside() {
 
     // 1. A client inside them may, and the policy sends it through the gateway over
     // verified TLS.
-    let (ok, out) = send(CLIENT, "a@corp.test", "x@elsewhere.test", "relayed", false);
+    let (ok, out) = send(
+        RELAY,
+        CLIENT,
+        "a@corp.test",
+        "x@elsewhere.test",
+        "relayed",
+        false,
+    );
     assert!(ok, "allowed client refused:\n{out}");
     assert!(arrived(&store, GATEWAY.0, "relayed"), "not over TLS");
 
     // 3. Inbound: a listed sender only over TLS (550 in plaintext), with the Secret's
     // certificate; the message goes on to the organisation's server.
     let (ok, out) = send(
+        RELAY,
         OUTSIDER,
         "a@partner.test",
         "boss@corp.test",
@@ -795,6 +753,7 @@ fn inside() {
         "listed sender accepted in plaintext:\n{out}"
     );
     let (ok, out) = send(
+        RELAY,
         OUTSIDER,
         "a@partner.test",
         "boss@corp.test",
@@ -812,6 +771,7 @@ fn inside() {
     // 5. A new ConfigMap is in force for the next message: newpartner.test may send in
     // plaintext under version 1, not under version 2.
     let (ok, out) = send(
+        RELAY,
         OUTSIDER,
         "a@newpartner.test",
         "boss@corp.test",
@@ -824,6 +784,7 @@ fn inside() {
     relay.publish(files);
     relay.wait_applied(&v2);
     let (ok, out) = send(
+        RELAY,
         OUTSIDER,
         "a@newpartner.test",
         "boss@corp.test",
@@ -839,7 +800,14 @@ fn inside() {
     drop(gateway_rt);
     let plain_rt = runtime();
     start_sink_on(&plain_rt, GATEWAY, SINK_PORT, None, &store);
-    let (ok, out) = send(CLIENT, "a@corp.test", "y@elsewhere.test", "kept", false);
+    let (ok, out) = send(
+        RELAY,
+        CLIENT,
+        "a@corp.test",
+        "y@elsewhere.test",
+        "kept",
+        false,
+    );
     assert!(ok, "{out}");
     let queued = wait_for(60, "the message to be deferred", || {
         let q = relay.queue();

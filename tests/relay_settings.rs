@@ -13,14 +13,13 @@
 mod common;
 
 use common::mail::{
-    Certs, Pem, Store, der, dnsmasq, must, offered_certificate, sh, start_sink, tls_config,
-    wait_for,
+    Certs, Pem, Store, arrived, der, dnsmasq, http_get, must, offered_certificate, send, sh,
+    start_sink, tls_config, wait_for,
 };
 use common::{gateway, list, policy};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 const INSIDE: &str = "MAILTLS_RELAY_SETTINGS_NETNS";
 const TEST_NAME: &str = "relay_settings_and_lifecycle_on_real_postfix";
@@ -220,7 +219,7 @@ impl Pod {
             .expect("start relay-agent");
         self.agent = Some(agent);
         wait_for(20, "the agent's /healthz", || {
-            http_get("/healthz").filter(|(code, _)| *code == 200)
+            http_get(STATUS, "/healthz").filter(|(code, _)| *code == 200)
         });
     }
 
@@ -238,54 +237,6 @@ impl Pod {
             .arg("-j"))
         .1
     }
-}
-
-/// `GET path` on the agent: (status code, body).
-fn http_get(path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(STATUS).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(conn, "GET {path} HTTP/1.1\r\nhost: agent\r\n\r\n").ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
-/// Send one message from `client`; (accepted, swaks transcript).
-fn send(client: &str, from: &str, to: &str, subject: &str, tls: bool) -> (bool, String) {
-    let mut cmd = Command::new("swaks");
-    cmd.args([
-        "--server",
-        RELAY,
-        "--port",
-        "25",
-        "--local-interface",
-        client,
-    ])
-    .args(["--helo", "client.test", "--from", from, "--to", to])
-    .args(["--header", &format!("Subject: {subject}")])
-    .args(["--body", "mailtls relay settings test", "--timeout", "20"]);
-    if tls {
-        cmd.arg("--tls");
-    }
-    sh(&mut cmd)
-}
-
-/// Wait until a message with `subject` arrived; assert it reached `sink`; whether it came
-/// over TLS.
-fn arrived(store: &Store, sink: &str, subject: &str) -> bool {
-    let needle = format!("Subject: {subject}");
-    let (at, tls) = wait_for(30, &format!("{subject} at {sink}"), || {
-        store.lock().ok().and_then(|s| {
-            s.iter()
-                .find(|m| m.data.contains(&needle))
-                .map(|m| (m.sink, m.tls))
-        })
-    });
-    assert_eq!(at, sink, "{subject} arrived at the wrong receiver");
-    tls
 }
 
 fn policies() -> String {
@@ -331,17 +282,18 @@ fn inside() {
         "{out}"
     );
     pod.start();
-    let (code, body) = http_get("/readyz").expect("/readyz");
+    let (code, body) = http_get(STATUS, "/readyz").expect("/readyz");
     assert_eq!(code, 503, "ready before any policy was applied: {body}");
 
     // The policy appears: applied by the running agent, which becomes ready.
     pod.publish(&policies());
     wait_for(30, "the agent to apply the policy", || {
-        http_get("/readyz").filter(|(code, _)| *code == 200)
+        http_get(STATUS, "/readyz").filter(|(code, _)| *code == 200)
     });
 
     // The greeting names relay.hostname.
     let (_, out) = send(
+        RELAY,
         OUTSIDER,
         "a@elsewhere.test",
         "nobody@corp.test",
@@ -353,6 +305,7 @@ fn inside() {
     // A client outside clientCIDRs may not relay: 554, not Debian's 4xx that would make it
     // retry for days.
     let (ok, out) = send(
+        RELAY,
         OUTSIDER,
         "a@corp.test",
         "x@elsewhere.test",
@@ -361,13 +314,21 @@ fn inside() {
     );
     assert!(!ok && out.contains("554 5.7.1"), "outsider relayed:\n{out}");
     // A client inside them may, and the policy routes it through the verified gateway.
-    let (ok, out) = send(CLIENT, "a@corp.test", "x@elsewhere.test", "relayed", false);
+    let (ok, out) = send(
+        RELAY,
+        CLIENT,
+        "a@corp.test",
+        "x@elsewhere.test",
+        "relayed",
+        false,
+    );
     assert!(ok, "allowed client refused:\n{out}");
     assert!(arrived(&store, GATEWAY.0, "relayed"), "not over TLS");
 
     // Inbound: anyone may send to the organisation's domains; a listed sender only over
     // TLS (550 in plaintext), with the Secret's certificate.
     let (ok, out) = send(
+        RELAY,
         OUTSIDER,
         "someone@other.test",
         "boss@corp.test",
@@ -378,6 +339,7 @@ fn inside() {
     let tls = arrived(&store, CORP_MX.0, "inbound");
     assert!(!tls, "the organisation's server offers no TLS");
     let (ok, out) = send(
+        RELAY,
         OUTSIDER,
         "a@partner.test",
         "boss@corp.test",
@@ -389,6 +351,7 @@ fn inside() {
         "listed sender accepted in plaintext:\n{out}"
     );
     let (ok, out) = send(
+        RELAY,
         OUTSIDER,
         "a@partner.test",
         "boss@corp.test",
@@ -409,7 +372,14 @@ fn inside() {
 
     // Mail that cannot be delivered now: the gateway goes away.
     drop(rt);
-    let (ok, out) = send(CLIENT, "a@corp.test", "y@elsewhere.test", "kept", false);
+    let (ok, out) = send(
+        RELAY,
+        CLIENT,
+        "a@corp.test",
+        "y@elsewhere.test",
+        "kept",
+        false,
+    );
     assert!(ok, "{out}");
     wait_for(30, "the message to be deferred", || {
         pod.queue()
@@ -448,7 +418,7 @@ fn inside() {
     let out = pod.init();
     assert!(out.contains("configuration applied"), "{out}");
     pod.start();
-    assert_eq!(http_get("/readyz").map(|(c, _)| c), Some(200));
+    assert_eq!(http_get(STATUS, "/readyz").map(|(c, _)| c), Some(200));
     must(Command::new("postqueue").arg("-c").arg(&pod.live).arg("-f"));
     assert!(arrived(&store, GATEWAY.0, "kept"), "not over TLS");
     let count = store.lock().map(|s| s.len()).unwrap_or_default();

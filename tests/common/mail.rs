@@ -490,3 +490,63 @@ pub fn dnsmasq(dns: &str, records: &[(&str, &str)], mx: &[(&str, &str)]) -> Kill
     });
     child
 }
+
+/// `GET path` on an agent's status port at `addr`: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// Send one message with swaks to `server`:25 from the local address `client`;
+/// (accepted, transcript).
+pub fn send(
+    server: &str,
+    client: &str,
+    from: &str,
+    to: &str,
+    subject: &str,
+    tls: bool,
+) -> (bool, String) {
+    let mut cmd = Command::new("swaks");
+    cmd.args([
+        "--server",
+        server,
+        "--port",
+        "25",
+        "--local-interface",
+        client,
+    ])
+    .args(["--helo", "client.test", "--from", from, "--to", to])
+    .args(["--header", &format!("Subject: {subject}")])
+    .args(["--body", "mailtls relay test", "--timeout", "30"]);
+    if tls {
+        cmd.arg("--tls");
+    }
+    sh(&mut cmd)
+}
+
+/// Wait until a message with `subject` arrived; assert it reached `sink`; whether it came
+/// over TLS.
+pub fn arrived(store: &Store, sink: &str, subject: &str) -> bool {
+    let needle = format!("Subject: {subject}");
+    let (at, tls) = wait_for(60, &format!("{subject} at {sink}"), || {
+        store.lock().ok().and_then(|s| {
+            s.iter()
+                .find(|m| m.data.contains(&needle))
+                .map(|m| (m.sink, m.tls))
+        })
+    });
+    assert_eq!(at, sink, "{subject} arrived at the wrong receiver");
+    tls
+}
