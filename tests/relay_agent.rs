@@ -647,8 +647,8 @@ fn a_skipping_test_fails_under_ci() {
 
 /// The relay pod's init container never blocks the pod: with no configuration published it
 /// seeds the base and succeeds; with a refused one it says so, succeeds, and leaves the
-/// base configuration (nothing mandatory, no mailtls maps), on which the pod is not Ready;
-/// with a good one it applies it. The image's own config is never modified.
+/// base configuration (nothing mandatory, no mailtls maps) with delivery held, on which the
+/// pod is not Ready; with a good one it applies it, which releases the hold. The image's own config is never modified.
 #[test]
 fn relay_init_never_blocks_the_pod_and_applies_what_it_can() {
     let (tmp, image, _) = setup();
@@ -690,6 +690,7 @@ fn relay_init_never_blocks_the_pod_and_applies_what_it_can() {
     );
     assert_eq!(postconf(&live, "myhostname"), "relay.example.com");
     assert_eq!(postconf(&live, "smtpd_tls_security_level"), "none");
+    assert_eq!(postconf(&live, "defer_transports"), "lmtp relay smtp");
     assert!(!maps.exists());
 
     // A damaged configuration: refused, said, and the pod still starts on the base.
@@ -706,6 +707,7 @@ fn relay_init_never_blocks_the_pod_and_applies_what_it_can() {
         "nothing of the refused configuration installed"
     );
     assert!(!postconf(&live, "smtp_tls_policy_maps").contains("mailtls"));
+    assert_eq!(postconf(&live, "defer_transports"), "lmtp relay smtp");
     // Seeding starts from the image every time: the previous run's settings are gone.
     assert_eq!(postconf(&live, "mynetworks"), "127.0.0.0/8 [::1]/128");
 
@@ -717,6 +719,7 @@ fn relay_init_never_blocks_the_pod_and_applies_what_it_can() {
     assert!(out.contains("configuration applied"), "{out}");
     assert_eq!(hash_of(&maps), hash_of(&cm.join("..v2")));
     assert!(postconf(&live, "smtp_tls_policy_maps").contains(&maps.display().to_string()));
+    assert_eq!(postconf(&live, "defer_transports"), "");
     assert_eq!(
         postconf(&live, "mynetworks"),
         "127.0.0.0/8 [::1]/128 10.0.0.0/8"

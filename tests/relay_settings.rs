@@ -281,15 +281,60 @@ fn inside() {
         out.contains("no relay configuration published yet"),
         "{out}"
     );
+    assert!(out.contains("delivery held"), "{out}");
     pod.start();
     let (code, body) = http_get(STATUS, "/readyz").expect("/readyz");
     assert_eq!(code, 503, "ready before any policy was applied: {body}");
 
-    // The policy appears: applied by the running agent, which becomes ready.
+    // Mail a client gives the relay now is queued, never sent: the base configuration
+    // requires no TLS, so without the hold it would go straight to gateway.test.
+    let (ok, out) = send(
+        RELAY,
+        CLIENT,
+        "a@corp.test",
+        "early@gateway.test",
+        "held",
+        false,
+    );
+    assert!(ok, "{out}");
+    wait_for(30, "the message to be held", || {
+        pod.queue().contains("deferred transport").then_some(())
+    });
+    // The pod is replaced before any policy appears: the drain flushes nothing (a flush
+    // would override the hold), and the next pod holds the queue it inherits.
+    let (ok, out) = sh(mailtls()
+        .arg("relay-drain")
+        .arg("--postfix-dir")
+        .arg(&pod.live)
+        .arg("--within=5s"));
+    assert!(ok, "relay-drain failed:\n{out}");
+    assert!(
+        out.contains("held=true") && out.contains("deferred=1"),
+        "{out}"
+    );
+    pod.stop_agent();
+    must(Command::new("postfix").arg("-c").arg(&pod.live).arg("stop"));
+    let holds = |pod: &Pod| pod.log().matches("(deferred transport)").count();
+    let before = holds(&pod);
+    pod.init();
+    pod.start();
+    wait_for(30, "the next pod to hold the message again", || {
+        (holds(&pod) > before).then_some(())
+    });
+    let sent = store.lock().map(|s| s.len()).unwrap_or_default();
+    assert_eq!(sent, 0, "mail sent before a policy was in force");
+    assert!(
+        pod.queue().contains("\"queue_name\": \"deferred\""),
+        "the held message left the queue"
+    );
+
+    // The policy appears: applied by the running agent, which becomes ready and releases
+    // the held message, sent over verified TLS as the policy requires.
     pod.publish(&policies());
     wait_for(30, "the agent to apply the policy", || {
         http_get(STATUS, "/readyz").filter(|(code, _)| *code == 200)
     });
+    assert!(arrived(&store, GATEWAY.0, "held"), "not over TLS");
 
     // The greeting names relay.hostname.
     let (_, out) = send(

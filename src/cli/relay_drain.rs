@@ -8,7 +8,8 @@ use std::time::Duration;
 #[command(
     after_help = "The relay pod's preStop hook: new connections on port 25 are refused \
 (master_service_disable = inet, then postfix reload), every queued message is tried once more, \
-and the command waits until nothing is being delivered or --within has passed. Deferred mail \
+and the command waits until nothing is being delivered or --within has passed. When delivery \
+is held because no policy was ever applied in this pod, nothing is flushed. Deferred mail \
 stays in the queue on the pod's volume for the next pod; nothing is dropped.\n\nExample:\n  \
 mailtls relay-drain --postfix-dir /etc/postfix --within 50s"
 )]
@@ -38,7 +39,14 @@ pub fn run(args: RelayDrainArgs) -> ExitCode {
             tracing::info!(
                 in_flight = left.in_flight,
                 deferred = left.deferred,
-                "stopped accepting mail and flushed the queue; what is left stays queued"
+                held = left.held,
+                "{}",
+                if left.held {
+                    "stopped accepting mail; delivery is held (no policy applied), so the queue \
+                     stays for the next pod"
+                } else {
+                    "stopped accepting mail and flushed the queue; what is left stays queued"
+                }
             );
             ExitCode::SUCCESS
         }

@@ -1,5 +1,5 @@
 use crate::relay::base::{BaseSettings, RawSettings};
-use crate::relay::{Agent, Paths, bundle, seed, serve};
+use crate::relay::{Agent, Paths, bundle, hold, seed, serve};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,10 +9,11 @@ use std::process::ExitCode;
     after_help = "Runs as the relay pod's init container. The live config directory is \
 replaced by a copy of the image's configuration, the relay's own settings are set in main.cf, \
 and the current policy is applied when one is published. Without one (a fresh install) or when \
-it is refused, Postfix starts on the base configuration, which makes nothing mandatory; the \
-relay-agent sidecar keeps trying, and the pod becomes Ready only once a policy is applied. So a \
-missing or refused ConfigMap never keeps a pod from starting, and never makes it carry mail \
-under a weaker policy than the one it could not apply.\n\nExample:\n  mailtls relay-init \
+it is refused, Postfix starts on the base configuration with delivery held (defer_transports): \
+mail may be accepted and queued, including the previous pod's queue, but none is sent. The \
+relay-agent sidecar keeps trying; its first apply releases the hold, and the pod becomes Ready \
+only then. So a missing or refused ConfigMap never keeps a pod from starting, and never makes \
+it send mail under a weaker policy than the one it could not apply.\n\nExample:\n  mailtls relay-init \
 --watch-dir /etc/mailtls/config --client-cidr 10.0.0.0/8 --hostname relay.example.com \\\n    \
 --tls-cert /etc/mailtls/tls/tls.crt --tls-key /etc/mailtls/tls/tls.key \\\n    \
 --inbound-domain example.com --inbound-next-hop mail.example.internal:25"
@@ -88,6 +89,16 @@ pub fn run(args: RelayInitArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     tracing::info!(dir = %paths.postfix_dir.display(), "relay settings set");
+    match hold::hold(&paths) {
+        Ok(services) => tracing::info!(
+            services = %services.join(" "),
+            "delivery held until a policy is applied"
+        ),
+        Err(e) => {
+            eprintln!("error: cannot hold delivery until a policy is applied: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let Some(watch_dir) = args.watch_dir else {
         return ExitCode::SUCCESS;
     };
@@ -95,14 +106,14 @@ pub fn run(args: RelayInitArgs) -> ExitCode {
         tracing::warn!(
             dir = %watch_dir.display(),
             "no relay configuration published yet: Postfix starts on the base configuration \
-             (nothing mandatory) and the pod becomes Ready once the agent applies one"
+             with delivery held; the agent's first apply releases it and makes the pod Ready"
         );
         return ExitCode::SUCCESS;
     }
     match std::path::absolute(&watch_dir) {
         Ok(dir) => {
             // A refusal is logged (and reported on the agent's /status once it runs); the
-            // pod still starts, not Ready, on the base configuration.
+            // pod still starts, not Ready, on the base configuration with delivery held.
             serve::apply_and_log(&Agent::new(dir, paths));
             ExitCode::SUCCESS
         }

@@ -1,11 +1,11 @@
 //! Graceful stop of a relay pod (edge): stop accepting mail, try every queued message once
-//! more, and wait (up to a deadline inside the pod's grace period) until nothing is being
+//! more (unless delivery is held, see [`super::hold`]), and wait (up to a deadline inside the pod's grace period) until nothing is being
 //! delivered. Whatever is still deferred stays in the queue, which lives on the pod's
 //! persistent volume, and is tried again by the next pod.
 
 use super::Paths;
 use super::install::{reload, run_checked};
-use super::seed;
+use super::{hold, seed};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ pub struct Left {
     pub in_flight: u32,
     /// Waiting for a retry (deferred, hold): kept for the next pod.
     pub deferred: u32,
+    /// Delivery was held (no policy applied yet), so nothing was flushed.
+    pub held: bool,
 }
 
 /// Stop accepting, flush, wait until no message is in flight or `within` has passed.
@@ -30,11 +32,16 @@ pub fn drain(paths: &Paths, within: Duration) -> Result<Left, String> {
         cmd.arg("-c").arg(&paths.postfix_dir).arg(arg);
         cmd
     };
-    run_checked(&mut postqueue("-f"), true)?;
+    // A flush overrides defer_transports: never flush mail held for want of a policy
+    // (see hold); it stays queued for the next pod.
+    let held = hold::is_held(paths);
+    if !held {
+        run_checked(&mut postqueue("-f"), true)?;
+    }
     loop {
         let left = queued(&run_checked(&mut postqueue("-j"), false)?);
         if left.in_flight == 0 || started.elapsed() >= within {
-            return Ok(left);
+            return Ok(Left { held, ..left });
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -77,7 +84,8 @@ mod tests {
             queued(lines),
             Left {
                 in_flight: 2,
-                deferred: 2
+                deferred: 2,
+                held: false
             }
         );
         assert_eq!(queued(""), Left::default());

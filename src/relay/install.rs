@@ -260,7 +260,9 @@ fn stage(
     write(&staging.join(MASTER_CF), &master)?;
     settle(staging);
     cross_check(&master, checked)?;
-    let main_cf = for_version(&checked.main_cf, local_version(staging)?);
+    let mut main_cf = for_version(&checked.main_cf, local_version(staging)?);
+    // A policy is in force from now on: release the hold relay-init put on delivery.
+    main_cf.push(format!("{}=", super::hold::PARAM));
     run_checked(
         Command::new("postconf")
             .arg("-c")
@@ -541,10 +543,12 @@ fn routing_processes(paths: &Paths) -> Vec<u32> {
 const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `postfix reload`, then wait until the routing processes that ran before have exited, so
-/// no mail is routed by the previous configuration any more.
-pub fn reload_and_wait(paths: &Paths) -> Result<(), String> {
+/// no mail is routed by the previous configuration any more. False: Postfix does not run.
+pub fn reload_and_wait(paths: &Paths) -> Result<bool, String> {
     let before = routing_processes(paths);
-    reload(paths)?;
+    if !reload(paths)? {
+        return Ok(false);
+    }
     let deadline = std::time::Instant::now() + RELOAD_WAIT;
     while before
         .iter()
@@ -559,7 +563,7 @@ pub fn reload_and_wait(paths: &Paths) -> Result<(), String> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod base;
 pub mod bundle;
 pub mod drain;
+pub mod hold;
 mod install;
 pub mod mirror;
 pub mod seed;
@@ -166,7 +167,7 @@ impl Agent {
         let refuse = |reason: String| Refusal::new(Some(bundle.hash.clone()), reason);
         if install::installed_hash(&self.paths).as_deref() == Some(bundle.hash.as_str()) {
             if self.reload_pending.load(Ordering::SeqCst) {
-                let reloaded = self.reload(&bundle.hash)?;
+                let reloaded = self.reload(&bundle.hash, false)?;
                 return Ok(Outcome::Applied {
                     hash: bundle.hash,
                     reloaded,
@@ -181,6 +182,7 @@ impl Agent {
             ))
         })?;
         let checked = validate::check(&bundle, maps_dir).map_err(refuse)?;
+        let held = hold::is_held(&self.paths);
         // Two swaps while Postfix runs, so no row of the TLS policy table disappears before
         // the reload (see install::widened_policy).
         if install::running(&self.paths).map_err(refuse)?
@@ -197,15 +199,28 @@ impl Agent {
             tracing::info!(hash = %bundle.hash, "reloaded with the previous TLS policy rows kept; removing them now");
         }
         install::install(&bundle, &checked, &self.paths, None).map_err(refuse)?;
-        let reloaded = self.reload(&bundle.hash)?;
+        // Released mail must be routed by the new configuration only: wait for the
+        // previous queue manager and resolver to go before flushing.
+        let reloaded = self.reload(&bundle.hash, held)?;
+        if held && reloaded {
+            match hold::flush(&self.paths) {
+                Ok(()) => tracing::info!("delivery released: queued mail is tried now"),
+                // Not an apply failure: the mail goes at its next retry.
+                Err(e) => tracing::warn!("delivery released, but the queue was not flushed: {e}"),
+            }
+        }
         Ok(Outcome::Applied {
             hash: bundle.hash,
             reloaded,
         })
     }
 
-    fn reload(&self, hash: &str) -> Result<bool, ApplyError> {
-        let result = install::reload(&self.paths);
+    fn reload(&self, hash: &str, wait: bool) -> Result<bool, ApplyError> {
+        let result = if wait {
+            install::reload_and_wait(&self.paths)
+        } else {
+            install::reload(&self.paths)
+        };
         self.reload_pending.store(result.is_err(), Ordering::SeqCst);
         result.map_err(|reason| ApplyError::NotReloaded {
             hash: hash.to_string(),
