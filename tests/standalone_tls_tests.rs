@@ -142,11 +142,27 @@ spec:
   addressLists: [{{name: legacy}}]
 ---
 apiVersion: mailtls.io/v1alpha1
+kind: AddressList
+metadata: {{name: routed}}
+spec:
+  entries: [routed.test, .wild-routed.test]
+---
+apiVersion: mailtls.io/v1alpha1
+kind: TlsCompliance
+metadata: {{name: routed}}
+spec:
+  direction: Outbound
+  addressLists: [{{name: routed}}]
+  requireCASigned: true
+---
+apiVersion: mailtls.io/v1alpha1
 kind: OutboundGateway
 metadata: {{name: gw}}
 spec:
   host: "{gw}"
   port: {port}
+  appliesTo: Recipients
+  addressLists: [{{name: routed}}]
   tls: {{require: true, requireCASigned: true}}
 "#,
             gw = self.gateway,
@@ -266,6 +282,51 @@ async fn tests_write_results_into_status_and_follow_interval_and_test_now() {
     let gw = w.resource("outboundgateway-gw.yaml");
     assert_eq!(gw["status"]["lastTest"]["passed"], 1, "{}", gw["status"]);
     assert_eq!(condition(&gw, "Compliant").0, "True");
+
+    // Mail to the routed destinations goes through the gateway, so that is the hop tested
+    // (routed.test has no DNS at all), wildcard included; `explain` names the same hop.
+    let routed = w.resource("tlscompliance-routed.yaml");
+    let last = &routed["status"]["lastTest"];
+    assert_eq!(
+        (last["destinations"].as_u64(), last["passed"].as_u64()),
+        (Some(2), Some(2)),
+        "{}",
+        routed["status"]
+    );
+    assert!(last["untestable"].is_null(), "{last}");
+    let via = format!("[{}]:{} (OutboundGateway/gw)", w.gateway, w.port);
+    let results = routed["status"]["results"].as_array().expect("results");
+    let tested: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["destination"].as_str().unwrap_or_default(),
+                r["via"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tested,
+        [
+            (".wild-routed.test", via.as_str()),
+            ("routed.test", via.as_str())
+        ]
+    );
+    assert!(
+        w.resource("tlscompliance-fast.yaml")["status"]["results"][0]["via"].is_null(),
+        "direct destinations are tested on their own MX hosts"
+    );
+    let explain = std::process::Command::new(env!("CARGO_BIN_EXE_mailtls"))
+        .arg("explain")
+        .arg(w.input())
+        .arg("someone@routed.test")
+        .output()
+        .expect("explain");
+    let explain = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        explain.contains(&format!("Tested on: {via}, requiring TLS with a CA-signed")),
+        "{explain}"
+    );
 
     let soon = w.resource("tlscompliance-soon.yaml");
     let (status, reason, message) = condition(&soon, "Compliant");

@@ -67,6 +67,10 @@ pub struct TestSummary {
 pub struct DestinationResult {
     /// The destination as tested (`example.com`, `[gw.example.net]:587`).
     pub destination: String,
+    /// The next hop tested for it when its mail goes through a gateway
+    /// (`[gw.example.net]:587 (OutboundGateway/gw)`); absent: its own MX hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// The host actually connected to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,

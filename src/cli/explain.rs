@@ -2,6 +2,7 @@ use super::output::RenderFlags;
 use super::render::{Evaluated, finding_errors, load_and_evaluate};
 use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::api::{AppliesTo, OnFailure};
+use crate::engine::plan::routed_test;
 use crate::policy::{
     EffectivePolicy, Entry, Kind, Requirement, ResourceId, Route, list_entries, parse_entry,
 };
@@ -177,11 +178,11 @@ fn explain_outbound(
     files: &std::collections::BTreeMap<String, String>,
     out: &mut String,
 ) {
-    let found = policy.outbound_for(target);
-    let (route, enforced, monitored) = match found {
-        Some((_, r)) => (r.route.clone(), r.enforced, r.monitored),
-        None => (policy.default_route(), None, None),
-    };
+    let delivery = policy.delivery(target);
+    let found = delivery.key.zip(delivery.rule);
+    let route = &delivery.route;
+    let enforced = delivery.rule.and_then(|r| r.enforced);
+    let monitored = delivery.rule.and_then(|r| r.monitored);
     match enforced {
         Some(e) => out.push_str(&format!(
             "Effective: mandatory {}; on failure {}\n",
@@ -205,8 +206,8 @@ fn explain_outbound(
             ));
         }
     }
-    let hop = policy.hop(&route);
-    let next = match (&route, hop) {
+    let hop = delivery.hop;
+    let next = match (route, hop) {
         (Route::Direct, _) | (_, None) => {
             format!("the MX hosts of {} (direct delivery)", target.domain())
         }
@@ -231,6 +232,17 @@ fn explain_outbound(
     if let Some(h) = hop {
         let tls = h.tls.map_or("opportunistic".to_string(), |r| r.to_string());
         out.push_str(&format!("Gateway hop TLS (its own setting): {tls}\n"));
+    }
+    // The same function plans the periodic tests, so both name the same hop.
+    match routed_test(policy, target, None) {
+        Some(test) => out.push_str(&format!(
+            "Tested on: {}, requiring {}\n",
+            test.via.unwrap_or_else(|| test.target.display()),
+            delivery
+                .required
+                .map_or("nothing (opportunistic)".to_string(), |r| r.to_string())
+        )),
+        None => out.push_str("Tested on: nothing (a wildcard delivered directly names no host)\n"),
     }
     out.push_str("\nPostfix sees:\n");
     let mut shown = false;

@@ -120,7 +120,7 @@ async fn once(
             .iter()
             .flat_map(|inputs| namespace_plans(inputs, now))
             .collect();
-        let n: usize = plans.iter().map(|p| p.items.len()).sum();
+        let n: usize = plans.iter().map(|p| p.destinations.len()).sum();
         eprintln!(
             "testing TLS of {n} destinations for {} resources",
             plans.len()

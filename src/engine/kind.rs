@@ -1,6 +1,6 @@
 //! The managed kinds: what the engine needs of each, implemented once per kind.
 
-use super::plan::{self, TestPlan};
+use super::plan::{self, PlanInputs, TestPlan};
 use super::statuses;
 use crate::api::{AddressList, Condition, OutboundGateway, RelayConfigRef, TlsCompliance};
 use crate::api::{Enforcement, TestSummary};
@@ -41,7 +41,7 @@ pub trait Managed:
     fn with_status(&self, f: &ResourceFindings, relay: &RelayConfigRef, now: &Time) -> Self;
 
     /// What to test now, if a test is due (never for kinds that are not tested).
-    fn test_plan(&self, _inputs: &Inputs, _now: Timestamp) -> Option<TestPlan> {
+    fn test_plan(&self, _ns: &PlanInputs, _now: Timestamp) -> Option<TestPlan> {
         None
     }
 
@@ -103,8 +103,8 @@ impl Managed for TlsCompliance {
         r.status = Some(status);
         r
     }
-    fn test_plan(&self, inputs: &Inputs, now: Timestamp) -> Option<TestPlan> {
-        plan::compliance_plan(self, &inputs.address_lists, now)
+    fn test_plan(&self, ns: &PlanInputs, now: Timestamp) -> Option<TestPlan> {
+        plan::compliance_plan(self, ns, now)
     }
     fn record_test(&mut self, plan: &TestPlan, reports: &[DestinationReport], now: &Time) {
         let monitor = self.spec.enforcement == Enforcement::Monitor;
@@ -146,7 +146,7 @@ impl Managed for OutboundGateway {
         r.status = Some(status);
         r
     }
-    fn test_plan(&self, _inputs: &Inputs, now: Timestamp) -> Option<TestPlan> {
+    fn test_plan(&self, _ns: &PlanInputs, now: Timestamp) -> Option<TestPlan> {
         plan::gateway_plan(self, now)
     }
     fn record_test(&mut self, plan: &TestPlan, reports: &[DestinationReport], now: &Time) {
@@ -184,12 +184,16 @@ fn record(
 
 /// Every test plan due now in one namespace.
 pub fn namespace_plans(inputs: &Inputs, now: Timestamp) -> Vec<TestPlan> {
-    fn of<K: Managed>(inputs: &Inputs, now: Timestamp) -> impl Iterator<Item = TestPlan> + '_ {
-        K::of(inputs)
+    fn of<'a, K: Managed>(
+        ns: &'a PlanInputs,
+        now: Timestamp,
+    ) -> impl Iterator<Item = TestPlan> + 'a {
+        K::of(ns.inputs)
             .iter()
-            .filter_map(move |r| r.test_plan(inputs, now))
+            .filter_map(move |r| r.test_plan(ns, now))
     }
-    of::<TlsCompliance>(inputs, now)
-        .chain(of::<OutboundGateway>(inputs, now))
+    let ns = PlanInputs::new(inputs);
+    of::<TlsCompliance>(&ns, now)
+        .chain(of::<OutboundGateway>(&ns, now))
         .collect()
 }

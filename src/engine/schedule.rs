@@ -160,7 +160,7 @@ pub fn start_due<B: Backend, T: Tester>(
             let key = (namespace.clone(), test.id.clone());
             let (backend, tester, scheduler) = (backend.clone(), tester.clone(), scheduler.clone());
             let task = tokio::spawn(async move {
-                let reports = tester.test(test.items.clone()).await;
+                let reports = test.expand(&tester.test(test.items.clone()).await);
                 let now = Time(scheduler.now());
                 record(&*backend, &namespace, &test, &reports, &now).await;
                 scheduler.done(&namespace, &test.id);

@@ -182,6 +182,27 @@ impl EffectivePolicy {
             .find_map(|k| self.inbound.get_key_value(&k))
     }
 
+    /// Where mail for `recipient` goes and what Postfix enforces on that hop: the one answer
+    /// `mailtls explain` prints and the periodic tests follow.
+    pub fn delivery(&self, recipient: &Entry) -> Delivery<'_> {
+        let found = self.outbound_for(recipient);
+        let route = found.map_or_else(|| self.default_route(), |(_, r)| r.route.clone());
+        let hop = self.hop(&route);
+        let enforced = found.and_then(|(_, r)| r.enforced);
+        Delivery {
+            key: found.map(|(k, _)| k),
+            rule: found.map(|(_, r)| r),
+            // What the rendered transport demands of the hop: the destination's requirement
+            // and the gateway's own, whichever is stricter.
+            required: match (enforced.map(|e| e.requirement), hop.and_then(|h| h.tls)) {
+                (Some(a), Some(b)) => Some(a.strictest(b)),
+                (a, b) => a.or(b),
+            },
+            route,
+            hop,
+        }
+    }
+
     /// The route mail takes when no key covers the recipient.
     pub fn default_route(&self) -> Route {
         self.relayhost
@@ -192,6 +213,19 @@ impl EffectivePolicy {
     pub fn hop(&self, route: &Route) -> Option<&Hop> {
         route.gateway().and_then(|g| self.gateways.get(g))
     }
+}
+
+/// The answer of [`EffectivePolicy::delivery`] for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery<'a> {
+    /// The most specific key covering the recipient, and its rule.
+    pub key: Option<&'a Entry>,
+    pub rule: Option<&'a OutboundRule>,
+    pub route: Route,
+    /// The gateway of the route; `None` for direct delivery to the MX hosts.
+    pub hop: Option<&'a Hop>,
+    /// The mandatory TLS on the next hop, if any.
+    pub required: Option<Requirement>,
 }
 
 /// The kinds of resource, in the order their files are reported.

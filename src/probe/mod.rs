@@ -75,6 +75,19 @@ impl Expected {
     }
 }
 
+/// What a policy requirement asks of a probe (TLS always required).
+impl From<crate::policy::Requirement> for Expected {
+    fn from(r: crate::policy::Requirement) -> Expected {
+        use crate::policy::Level;
+        Expected {
+            require_tls: true,
+            require_ca_signed: r.level >= Level::CaSigned,
+            validate_hostname: r.level == Level::Hostname,
+            min_tls: r.min_tls,
+        }
+    }
+}
+
 /// What to probe.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -454,6 +467,9 @@ pub enum MxKind {
 pub struct DestinationReport {
     /// The destination as tested (`example.com`, `[gw.example.net]:587`).
     pub destination: String,
+    /// The gateway hop tested for this destination, when its mail goes through one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     pub requirement: Expected,
     pub outcome: Outcome,
     pub passed: bool,
@@ -472,6 +488,7 @@ impl DestinationReport {
     pub(crate) fn new(target: &Target, req: &Expected) -> DestinationReport {
         DestinationReport {
             destination: target.display(),
+            via: None,
             requirement: *req,
             outcome: Outcome::Pass,
             passed: true,
@@ -522,6 +539,7 @@ impl DestinationReport {
         }
         DestinationResult {
             destination: self.destination.clone(),
+            via: self.via.clone(),
             host: host.map(|h| h.host.clone()),
             outcome: self.outcome.as_str().to_string(),
             passed: self.passed,
