@@ -738,3 +738,94 @@ fn relay_init_never_blocks_the_pod_and_applies_what_it_can() {
     );
     assert_eq!(hash_of(&maps), hash_of(&cm.join("..v2")));
 }
+
+/// The agent follows Postfix's own log file (written by the real postlogd) through many
+/// rotations of its own: every delivery line is counted and echoed exactly once, the file
+/// stays near its size limit, and no rotated file is left behind. Local parts never reach
+/// `/observed` or `/metrics`.
+#[test]
+fn the_mail_log_is_counted_once_across_rotations() {
+    let (tmp, etc, maps) = setup();
+    let work = tmp.path();
+    let log = work.join("maillog");
+    let _postfix = Running::start(&etc, &log);
+    let cm = work.join("cm");
+    std::fs::create_dir_all(&cm).expect("cm");
+    let addr = free_addr();
+    let echo = std::fs::File::create(work.join("echo.log")).expect("echo file");
+    let _agent = Kill(
+        Command::new(env!("CARGO_BIN_EXE_mailtls"))
+            .arg("relay-agent")
+            .arg("--watch-dir")
+            .arg(&cm)
+            .arg("--postfix-dir")
+            .arg(&etc)
+            .arg("--maps-dir")
+            .arg(&maps)
+            .args(["--status-addr", &addr])
+            .arg("--mail-log")
+            .arg(&log)
+            .args(["--echo-mail-log", "--mail-log-max-size", "4KiB"])
+            .stdout(echo)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start relay-agent"),
+    );
+    const N: usize = 300;
+    for i in 0..N {
+        let out = Command::new("postlog")
+            .arg("-c")
+            .arg(&etc)
+            .args(["-t", "postfix/smtp"])
+            .arg(format!(
+                "Q{i:05X}: to=<person{i}@d{}.test>, relay=mx.d.test[192.0.2.1]:25, delay=0.1, \
+                 delays=0/0/0/0.1, dsn=2.0.0, status=sent (250 2.0.0 Ok)",
+                i % 7
+            ))
+            .output()
+            .expect("postlog");
+        assert!(out.status.success(), "postlog: {out:?}");
+    }
+    let counted = |s: &serde_json::Value| s["observed"]["totals"]["plaintext"].as_u64();
+    wait_status(&addr, "every line counted", |s| {
+        counted(s) == Some(N as u64)
+    });
+    wait_for_quiet(&work.join("maillog.mailtls-old"));
+
+    let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    assert!(size < 16 * 1024, "the log was not rotated: {size} bytes");
+    let echoed = std::fs::read_to_string(work.join("echo.log")).expect("echo");
+    for i in 0..N {
+        let id = format!("Q{i:05X}: to=");
+        assert_eq!(echoed.matches(&id).count(), 1, "{id} echoed not once");
+    }
+    let (_, observed) = get(&addr, "/observed?hours=1").expect("/observed");
+    assert!(!observed.contains("person"), "{observed}");
+    let observed: serde_json::Value = serde_json::from_str(&observed).expect("json");
+    let per_domain: Vec<u64> = observed["domains"]
+        .as_array()
+        .expect("domains")
+        .iter()
+        .map(|d| d["plaintext"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(per_domain.len(), 7);
+    assert_eq!(per_domain.iter().sum::<u64>(), N as u64);
+    let (_, metrics) = get(&addr, "/metrics").expect("/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "mailtls_relay_delivered_total{{tls=\"none\"}} {N}"
+        )),
+        "{metrics}"
+    );
+    let (code, _) = get(&addr, "/observed?hours=0").expect("/observed");
+    assert!(code.contains("400"), "{code}");
+}
+
+/// Wait until `path` does not exist (a rotation still being read).
+fn wait_for_quiet(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while path.exists() {
+        assert!(Instant::now() < deadline, "{} left behind", path.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -595,11 +595,86 @@ fn inside() {
     );
     assert!(received(&store, "a-defer").is_empty());
 
+    observed_matches_what_was_sent(&relay);
+
     eprintln!("e2e scenarios took {:?}", started.elapsed());
     if std::env::var_os("MAILTLS_E2E_LOG").is_some() {
         eprintln!("relay log:\n{}", relay.log());
     }
     let _ = std::io::stderr().flush();
+}
+
+/// `mailtls observe` on the relay's log counts exactly the mail sent above, per domain:
+/// delivered over TLS (verified where the policy asked for it), in plaintext, bounced or
+/// deferred for TLS; and it names no local part.
+fn observed_matches_what_was_sent(relay: &Relay) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailtls"))
+        .arg("observe")
+        .arg(relay.root.join("maillog"))
+        .arg("--json")
+        .output()
+        .expect("mailtls observe");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for local in ["alice", "bob", "sender@"] {
+        assert!(!text.contains(local), "{local} in:\n{text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let domain = |d: &str| {
+        v["perDomain"]
+            .as_array()
+            .expect("perDomain")
+            .iter()
+            .find(|x| x["domain"] == d)
+            .cloned()
+            .unwrap_or_else(|| panic!("{d} not observed:\n{text}"))
+    };
+    let n = |x: &serde_json::Value, k: &str| x[k].as_u64().unwrap_or(0);
+    let tls = |x: &serde_json::Value| {
+        x["tls"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum::<u64>())
+    };
+    for bounced in [
+        "nostarttls-bounce.test",
+        "tls13.test",
+        "selfsigned.test",
+        "wrongname.test",
+    ] {
+        let d = domain(bounced);
+        assert_eq!(
+            (n(&d, "tlsBounced"), tls(&d), n(&d, "plaintext")),
+            (1, 0, 0),
+            "{bounced}: {d}"
+        );
+    }
+    let mixed = domain("mixed.test");
+    assert_eq!(
+        (n(&mixed, "tlsBounced"), n(&mixed, "plaintext")),
+        (1, 1),
+        "{mixed}"
+    );
+    // One attempt so far (Postfix's default backoff is minutes).
+    let deferred = domain("nostarttls-defer.test");
+    assert_eq!(
+        (n(&deferred, "tlsDeferred"), tls(&deferred)),
+        (1, 0),
+        "{deferred}"
+    );
+    let good = domain("good.test");
+    assert_eq!(good["tls"]["Verified"], 1, "{good}");
+    assert_eq!(n(&domain("monitored.test"), "plaintext"), 1);
+    assert_eq!(tls(&domain("routed.test")), 1);
+    let edit = domain("edit.test");
+    assert_eq!((n(&edit, "plaintext"), tls(&edit)), (1, 2), "{edit}");
+    let direct = domain("direct.test");
+    assert_eq!((n(&direct, "plaintext"), tls(&direct)), (2, 2), "{direct}");
+    // The five bounce notices went back to the sender's domain.
+    assert_eq!(n(&domain("origin.test"), "plaintext"), 5);
+    let failures = v["summary"]["recentTlsFailures"]
+        .as_array()
+        .expect("failures");
+    assert_eq!(failures.len(), 6, "{failures:?}");
 }
 
 /// Configurations the agent must refuse, each leaving `good_hash` installed.

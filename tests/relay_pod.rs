@@ -737,6 +737,24 @@ fn inside() {
     );
     assert!(ok, "allowed client refused:\n{out}");
     assert!(arrived(&store, GATEWAY.0, "relayed"), "not over TLS");
+    // The agent read it from Postfix's log file on the pod's mail-log volume.
+    let agent = relay
+        .readiness
+        .iter()
+        .find_map(|p| match p {
+            Probe::Http(_, port) => Some(format!("127.0.0.1:{port}")),
+            Probe::Tcp(_) => None,
+        })
+        .expect("the agent's port");
+    wait_for(30, "the agent to count the relayed message", || {
+        let (_, body) = http_get(&agent, "/observed")?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["domains"]
+            .as_array()?
+            .iter()
+            .any(|d| d["domain"] == "elsewhere.test" && d["tls"]["Verified"] == 1)
+            .then_some(())
+    });
 
     // 3. Inbound: a listed sender only over TLS (550 in plaintext), with the Secret's
     // certificate; the message goes on to the organisation's server.

@@ -87,7 +87,6 @@ impl Pod {
         let image_settings = [
             format!("queue_directory={}", p(&root.join("queue"))),
             format!("data_directory={}", p(&root.join("data"))),
-            format!("maillog_file={}", p(&root.join("maillog"))),
             format!("maillog_file_prefixes={}", p(root)),
             "syslog_name=mailtls-relay-settings".into(),
             format!("inet_interfaces={RELAY}"),
@@ -194,7 +193,11 @@ impl Pod {
             .arg(format!("--tls-cert={}", tls("tls.crt")))
             .arg(format!("--tls-key={}", tls("tls.key")))
             .arg("--inbound-domain=corp.test")
-            .arg(format!("--inbound-next-hop={}:25", CORP_MX.1)));
+            .arg(format!("--inbound-next-hop={}:25", CORP_MX.1))
+            .arg(format!(
+                "--mail-log={}",
+                self.root.join("maillog").display()
+            )));
         assert!(ok, "relay-init failed:\n{out}");
         out
     }
@@ -213,6 +216,8 @@ impl Pod {
             .arg("--tls-dir")
             .arg(&self.tls)
             .arg(format!("--status-addr={STATUS}"))
+            .arg("--mail-log")
+            .arg(self.root.join("maillog"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -406,6 +411,35 @@ fn inside() {
     assert!(ok, "listed sender refused over STARTTLS:\n{out}");
     arrived(&store, CORP_MX.0, "partner-tls");
     assert_eq!(offered_certificate(RELAY, HOSTNAME), der(&first_cert));
+
+    // What the relay did, read from Postfix's log by the agent: the held message and the
+    // relayed one went out over verified TLS, the three inbound ones in plaintext to the
+    // organisation's server (greeting, inbound, partner-tls).
+    let observed = wait_for(30, "the agent to count every delivery", || {
+        let (_, body) = http_get(STATUS, "/observed")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let count = |domain: &str, key: &str| {
+            v["domains"]
+                .as_array()?
+                .iter()
+                .find(|d| d["domain"] == domain)
+                .map(|d| {
+                    let c = &d[key];
+                    c.as_u64()
+                        .unwrap_or_else(|| c["Verified"].as_u64().unwrap_or(0))
+                })
+        };
+        let seen = (
+            count("gateway.test", "tls")?,
+            count("elsewhere.test", "tls")?,
+            count("corp.test", "plaintext")?,
+        );
+        (seen == (1, 1, 3)).then_some(body)
+    });
+    assert!(
+        !observed.contains("early") && !observed.contains("boss"),
+        "{observed}"
+    );
 
     // The Secret is renewed: the agent reloads Postfix and the new certificate is offered,
     // with no restart.

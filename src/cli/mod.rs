@@ -5,6 +5,7 @@ mod crds;
 mod directory;
 mod explain;
 pub mod load;
+mod observe;
 mod output;
 pub mod probe;
 mod probe_flags;
@@ -37,6 +38,9 @@ enum Command {
     Standalone(standalone::StandaloneArgs),
     /// Say which policies apply to an address, the effective settings, the next hop and why.
     Explain(explain::ExplainArgs),
+    /// What the relay did with real mail, from Postfix's log: per recipient domain,
+    /// delivered over TLS (by trust level and protocol), in plaintext, or failed for TLS.
+    Observe(observe::ObserveArgs),
     // about/long_about come from ProbeArgs' own #[command] attributes.
     Probe(probe::ProbeArgs),
     /// Print the CustomResourceDefinitions (or write them to a directory).
@@ -65,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Render(args) => render::run(args),
         Command::Standalone(args) => standalone::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Observe(args) => observe::run(args),
         Command::Probe(args) => probe::main(args),
         Command::Crds(args) => crds::run(args),
         Command::RelayAgent(args) => relay_agent::run(args),

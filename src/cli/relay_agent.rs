@@ -24,8 +24,9 @@ pub struct RelayAgentArgs {
     /// Where the maps are installed; must equal the render's --config-dir.
     #[arg(long, value_name = "DIR", default_value = "/etc/postfix/mailtls")]
     maps_dir: PathBuf,
-    /// Address for HTTP `/status` (applied hash, last refusal, counters), `/healthz` and
-    /// `/readyz` (200 once a configuration is applied).
+    /// Address for HTTP `/status` (applied hash, last refusal, counters, what the relay
+    /// delivered), `/observed` (per recipient domain, `?hours=N`, default 24), `/metrics`
+    /// (Prometheus), `/healthz` and `/readyz` (200 once a configuration is applied).
     #[arg(long, value_name = "ADDR")]
     status_addr: Option<SocketAddr>,
     /// Directory of the STARTTLS certificate (the mounted Secret): Postfix is reloaded when
@@ -48,6 +49,19 @@ pub struct RelayAgentArgs {
         requires = "configmap"
     )]
     api_dir: PathBuf,
+    /// Postfix's log file (its maillog_file; see `relay-init --mail-log`): followed from its
+    /// start, its delivery and TLS lines counted per recipient domain for `/metrics`,
+    /// `/status` and `/observed`. Counts are kept in memory: no mail content, no local part.
+    #[arg(long, value_name = "FILE")]
+    mail_log: Option<PathBuf>,
+    /// Also write every --mail-log line to standard output (the container's log).
+    #[arg(long, requires = "mail_log")]
+    echo_mail_log: bool,
+    /// Rotate --mail-log past this size (`KiB`, `MiB`, `GiB`; at least 4KiB): renamed,
+    /// Postfix reloaded so it opens a new file, the old one read to its end and deleted.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", requires = "mail_log",
+          value_parser = parse_size)]
+    mail_log_max_size: u64,
     /// Apply once and exit: 0 when applied or unchanged, 1 when refused or none published.
     #[arg(long)]
     once: bool,
@@ -117,10 +131,21 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
         },
         None => None,
     };
+    let observed = crate::observe::Shared::default();
+    if let Some(path) = args.mail_log {
+        let follow = crate::observe::follow::Follow {
+            path,
+            echo: args.echo_mail_log,
+            rotate_at: args.mail_log_max_size,
+            postfix: agent.paths.clone(),
+        };
+        let observed = observed.clone();
+        std::thread::spawn(move || crate::observe::follow::follow(&follow, &observed));
+    }
     if let Some(addr) = args.status_addr {
         let agent = agent.clone();
         runtime.spawn(async move {
-            if let Err(e) = serve::serve_status(agent, addr).await {
+            if let Err(e) = serve::serve_status(agent, observed, addr).await {
                 tracing::error!("{e}");
                 std::process::exit(1);
             }
@@ -136,6 +161,41 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `4096`, `64KiB`, `16MiB`, `1GiB` → bytes (at least 4 KiB).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let factor: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("unknown unit {unit:?} (use KiB, MiB or GiB)")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .filter(|n| *n >= 4096)
+        .ok_or_else(|| format!("{s:?} is not a size of at least 4KiB"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(super::parse_size("4KiB"), Ok(4096));
+        assert_eq!(super::parse_size("8192"), Ok(8192));
+        for bad in ["1KiB", "", "MiB", "3MB", "-1", "99999999999GiB"] {
+            assert!(super::parse_size(bad).is_err(), "{bad}");
         }
     }
 }

@@ -51,6 +51,10 @@ pub struct RelayInitArgs {
     /// The organisation's mail server: host, host:port or [v6]:port (no MX lookup).
     #[arg(long, value_name = "HOST")]
     inbound_next_hop: Option<String>,
+    /// Make Postfix write its log to this file (maillog_file), where `relay-agent
+    /// --mail-log` reads what the relay delivered. Default: the image's setting.
+    #[arg(long, value_name = "FILE")]
+    mail_log: Option<PathBuf>,
 }
 
 pub fn run(args: RelayInitArgs) -> ExitCode {
@@ -61,6 +65,7 @@ pub fn run(args: RelayInitArgs) -> ExitCode {
         tls_key: args.tls_key,
         inbound_domains: args.inbound_domains,
         inbound_next_hop: args.inbound_next_hop,
+        mail_log: args.mail_log,
     });
     let settings = match settings {
         Ok(s) => s,

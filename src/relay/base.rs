@@ -33,6 +33,8 @@ pub struct BaseSettings {
     pub hostname: Option<String>,
     pub tls: Option<TlsFiles>,
     pub inbound: Option<Inbound>,
+    /// `maillog_file`: where Postfix writes its log, for the agent to read.
+    pub mail_log: Option<PathBuf>,
 }
 
 /// Settings as given on the command line, before validation.
@@ -44,6 +46,7 @@ pub struct RawSettings {
     pub tls_key: Option<PathBuf>,
     pub inbound_domains: Vec<String>,
     pub inbound_next_hop: Option<String>,
+    pub mail_log: Option<PathBuf>,
 }
 
 /// The pod itself: always allowed, so the agent and local tools can submit mail.
@@ -88,7 +91,10 @@ impl BaseSettings {
                 None
             }
         };
-        for path in [&raw.tls_cert, &raw.tls_key].into_iter().flatten() {
+        for path in [&raw.tls_cert, &raw.tls_key, &raw.mail_log]
+            .into_iter()
+            .flatten()
+        {
             if !path.is_absolute() || path.to_str().is_none_or(unsafe_value) {
                 problems.push(format!(
                     "{} must be an absolute path without spaces, commas or '$'",
@@ -144,6 +150,7 @@ impl BaseSettings {
             hostname,
             tls,
             inbound,
+            mail_log: raw.mail_log.clone(),
         })
     }
 
@@ -185,6 +192,10 @@ impl BaseSettings {
                 ));
             }
             None => out.push(("relay_domains", String::new())),
+        }
+        // Otherwise the image's own (standard output in the published image).
+        if let Some(log) = &self.mail_log {
+            out.push(("maillog_file", log.display().to_string()));
         }
         out
     }
@@ -279,8 +290,14 @@ mod tests {
                 "example.com".into(),
             ],
             inbound_next_hop: Some("mail.internal:2525".into()),
+            mail_log: Some("/var/log/mailtls/maillog".into()),
         })
         .expect("valid");
+        assert_eq!(
+            param(&s, "maillog_file").as_deref(),
+            Some("/var/log/mailtls/maillog")
+        );
+        assert_eq!(param(&BaseSettings::default(), "maillog_file"), None);
         assert_eq!(
             param(&s, "mynetworks").as_deref(),
             Some("127.0.0.0/8 [::1]/128 10.0.0.0/8 [fd00::]/8 192.0.2.7/32")
@@ -343,6 +360,7 @@ mod tests {
             tls_key: None,
             inbound_domains: vec!["bad domain".into()],
             inbound_next_hop: Some("mail.internal:99999".into()),
+            mail_log: Some("maillog".into()),
         })
         .expect_err("invalid");
         for wanted in [
@@ -351,6 +369,7 @@ mod tests {
             "fully qualified",
             "--tls-cert and --tls-key go together",
             "relative.crt must be an absolute path",
+            "maillog must be an absolute path",
             "--inbound-domain \"bad domain\"",
             "\"99999\" is not a port number",
         ] {
@@ -398,7 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_paths_cannot_extend_the_value() {
+    fn paths_cannot_extend_the_value() {
         for bad in [
             "/etc/a b.crt",
             "/etc/a,b.crt",
@@ -408,6 +427,12 @@ mod tests {
             let e = BaseSettings::parse(&RawSettings {
                 tls_cert: Some(bad.into()),
                 tls_key: Some("/etc/k".into()),
+                ..raw()
+            })
+            .expect_err(bad);
+            assert!(e.contains("absolute path without spaces"), "{bad:?}: {e}");
+            let e = BaseSettings::parse(&RawSettings {
+                mail_log: Some(bad.into()),
                 ..raw()
             })
             .expect_err(bad);

@@ -190,18 +190,22 @@ pub fn watch(agent: &Agent, mut sources: Sources, mut tls: Option<TlsFiles>) -> 
     }
 }
 
-/// Serve `GET /status` (JSON), `GET /healthz` and `GET /readyz` on `addr` until the process
-/// ends.
-pub async fn serve_status(agent: Agent, addr: SocketAddr) -> Result<(), String> {
+/// Serve `GET /status` (JSON), `/observed`, `/metrics`, `/healthz` and `/readyz` on `addr`
+/// until the process ends.
+pub async fn serve_status(
+    agent: Agent,
+    observed: crate::observe::Shared,
+    addr: SocketAddr,
+) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(%addr, "serving /status, /healthz and /readyz");
+    tracing::info!(%addr, "serving /status, /observed, /metrics, /healthz and /readyz");
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;
         };
-        let agent = agent.clone();
+        let (agent, observed) = (agent.clone(), observed.clone());
         tokio::spawn(async move {
             // Requests are one small line; anything longer is cut off and answered anyway.
             let mut buf = [0u8; 1024];
@@ -211,31 +215,88 @@ pub async fn serve_status(agent: Agent, addr: SocketAddr) -> Result<(), String> 
                 .and_then(Result::ok)
                 .unwrap_or(0);
             let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (code, body) = match path {
-                "/status" => (
-                    "200 OK",
-                    serde_json::to_string_pretty(&agent.status()).unwrap_or_default(),
-                ),
-                "/healthz" => ("200 OK", "{\"ok\":true}".to_string()),
-                // Ready once a configuration is in force: until then the pod runs on the
-                // base configuration and must not be sent mail.
-                "/readyz" => match agent.status().applied_hash {
-                    Some(hash) => ("200 OK", serde_json::json!({"applied": hash}).to_string()),
-                    None => (
-                        "503 Service Unavailable",
-                        serde_json::json!({"applied": null, "reason": "no relay configuration applied yet"})
-                            .to_string(),
-                    ),
-                },
-                _ => ("404 Not Found", "{\"error\":\"not found\"}".to_string()),
-            };
+            let target = request.split_whitespace().nth(1).unwrap_or("");
+            let (code, content_type, body) = respond(&agent, &observed, target);
             let response = format!(
-                "HTTP/1.1 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {code}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
             );
             let _ = conn.write_all(response.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
             let _ = conn.shutdown().await;
         });
     }
+}
+
+const JSON: &str = "application/json";
+
+/// The answer to `GET target`: status line, content type, body.
+fn respond(
+    agent: &Agent,
+    observed: &crate::observe::Shared,
+    target: &str,
+) -> (&'static str, &'static str, String) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let Ok(observed) = observed.lock() else {
+        return ("500 Internal Server Error", JSON, "{}".into());
+    };
+    match path {
+        "/status" => {
+            let mut body = serde_json::to_value(agent.status()).unwrap_or_default();
+            body["observed"] = serde_json::to_value(observed.summary()).unwrap_or_default();
+            ("200 OK", JSON, pretty(&body))
+        }
+        "/observed" => {
+            let hours = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("hours="))
+                .and_then(|h| h.parse::<i64>().ok())
+                .filter(|h| (1..=crate::observe::observed::HOURS_KEPT).contains(h));
+            match (hours, query.is_empty()) {
+                (None, false) => (
+                    "400 Bad Request",
+                    JSON,
+                    format!(
+                        "{{\"error\":\"hours must be 1 to {}\"}}",
+                        crate::observe::observed::HOURS_KEPT
+                    ),
+                ),
+                (hours, _) => {
+                    let hours = hours.unwrap_or(24);
+                    let now = crate::observe::follow::now();
+                    let window = crate::observe::Window {
+                        hours,
+                        domains: observed.window(now, hours),
+                    };
+                    ("200 OK", JSON, pretty(&window))
+                }
+            }
+        }
+        "/metrics" => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::observe::metrics::render(&agent.status(), &observed),
+        ),
+        "/healthz" => ("200 OK", JSON, "{\"ok\":true}".to_string()),
+        // Ready once a configuration is in force: until then the pod runs on the base
+        // configuration and must not be sent mail.
+        "/readyz" => match agent.status().applied_hash {
+            Some(hash) => (
+                "200 OK",
+                JSON,
+                serde_json::json!({"applied": hash}).to_string(),
+            ),
+            None => (
+                "503 Service Unavailable",
+                JSON,
+                serde_json::json!({"applied": null, "reason": "no relay configuration applied yet"})
+                    .to_string(),
+            ),
+        },
+        _ => ("404 Not Found", JSON, "{\"error\":\"not found\"}".to_string()),
+    }
+}
+
+fn pretty(v: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
 }

@@ -1,0 +1,460 @@
+//! What the relay did with real mail (pure): per recipient domain, messages delivered over
+//! TLS by trust level and protocol, delivered in plaintext, and bounced or deferred because
+//! a TLS requirement was not met, in hourly buckets; running totals; and a bounded list of
+//! recent TLS failures. Fed one log line at a time with the time it was read.
+
+use super::parse::{Line, Protocol, Status, Trust, is_tls_failure, parse};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Distinct domains kept; the rest are counted together under [`OTHER`], so a flood of
+/// random domains cannot exhaust the sidecar's memory.
+pub const MAX_DOMAINS: usize = 200_000;
+/// Where domains beyond [`MAX_DOMAINS`] are counted.
+pub const OTHER: &str = "(other domains)";
+/// Hourly buckets kept per domain: a whole previous UTC day (for TLS reports) and today.
+pub const HOURS_KEPT: i64 = 48;
+/// Recent TLS failures kept.
+pub const RECENT_FAILURES: usize = 100;
+/// SMTP client processes remembered between their TLS line and their delivery lines.
+const MAX_SESSIONS: usize = 10_000;
+
+/// Message counts of one domain (or of all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Delivered over TLS, by [`Trust`] (in `Trust::ALL` order).
+    pub by_trust: [u64; 4],
+    /// Delivered over TLS, by [`Protocol`] (in `Protocol::ALL` order).
+    pub by_protocol: [u64; 5],
+    pub plaintext: u64,
+    /// Bounced because a TLS requirement was not met.
+    pub tls_bounced: u64,
+    /// Deferred because a TLS requirement was not met (one per attempt).
+    pub tls_deferred: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: &Counts) {
+        for (a, b) in self.by_trust.iter_mut().zip(o.by_trust) {
+            *a += b;
+        }
+        for (a, b) in self.by_protocol.iter_mut().zip(o.by_protocol) {
+            *a += b;
+        }
+        self.plaintext += o.plaintext;
+        self.tls_bounced += o.tls_bounced;
+        self.tls_deferred += o.tls_deferred;
+    }
+
+    pub fn delivered_tls(&self) -> u64 {
+        self.by_trust.iter().sum()
+    }
+
+    pub fn tls_failed(&self) -> u64 {
+        self.tls_bounced + self.tls_deferred
+    }
+}
+
+/// A TLS failure of a real message. No local part: the recipient's domain only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// Unix seconds when the line was read.
+    #[serde(serialize_with = "rfc3339")]
+    pub at: i64,
+    pub queue_id: String,
+    pub domain: String,
+    /// The next hop tried (`host[address]:port`, or `none`).
+    pub hop: String,
+    pub reason: String,
+    /// Bounced (true) or deferred for another attempt.
+    pub bounced: bool,
+}
+
+fn rfc3339<S: serde::Serializer>(at: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::probe::rfc3339(*at))
+}
+
+#[derive(Debug, Default)]
+struct DomainStats {
+    /// (hour since the epoch, counts), oldest first.
+    hours: Vec<(i64, Counts)>,
+    last_failure: Option<Box<Failure>>,
+}
+
+/// The observations of one relay.
+#[derive(Debug, Default)]
+pub struct Observed {
+    domains: HashMap<Box<str>, DomainStats>,
+    /// Since the agent started.
+    totals: Counts,
+    recent: VecDeque<Failure>,
+    /// pid → the TLS session its next delivery lines belong to.
+    sessions: HashMap<u32, (String, Trust, Protocol)>,
+    lines: u64,
+}
+
+/// One domain's counts over a window, with its last TLS failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainSummary {
+    pub domain: String,
+    #[serde(flatten)]
+    pub counts: CountsView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+}
+
+/// [`Counts`] as JSON: named keys, zeros left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CountsView {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tls: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub protocols: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub plaintext: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tls_bounced: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tls_deferred: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl From<&Counts> for CountsView {
+    fn from(c: &Counts) -> CountsView {
+        let named = |names: &[&'static str], values: &[u64]| {
+            names
+                .iter()
+                .zip(values)
+                .filter(|(_, v)| **v > 0)
+                .map(|(n, v)| (*n, *v))
+                .collect()
+        };
+        CountsView {
+            tls: named(&Trust::ALL.map(Trust::as_str), &c.by_trust),
+            protocols: named(&Protocol::ALL.map(Protocol::as_str), &c.by_protocol),
+            plaintext: c.plaintext,
+            tls_bounced: c.tls_bounced,
+            tls_deferred: c.tls_deferred,
+        }
+    }
+}
+
+impl Observed {
+    /// Take one log line read at `now` (Unix seconds).
+    pub fn feed(&mut self, line: &str, now: i64) {
+        self.lines += 1;
+        match parse(line) {
+            Some(Line::Tls {
+                pid,
+                peer,
+                trust,
+                protocol,
+            }) => {
+                if self.sessions.len() >= MAX_SESSIONS {
+                    self.sessions.clear();
+                }
+                self.sessions
+                    .insert(pid, (peer.to_string(), trust, protocol));
+            }
+            Some(Line::Delivery {
+                pid,
+                queue_id,
+                domain,
+                relay,
+                status,
+                reason,
+            }) => {
+                let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+                if domain.is_empty() {
+                    return;
+                }
+                let mut counts = Counts::default();
+                let mut failure = None;
+                match status {
+                    Status::Sent => match self.sessions.get(&pid) {
+                        // The session this process opened to the same peer: no TLS session is
+                        // ever passed between processes (smtp_tls_connection_reuse is off).
+                        Some((peer, trust, protocol)) if peer == relay => {
+                            counts.by_trust[*trust as usize] = 1;
+                            counts.by_protocol[*protocol as usize] = 1;
+                        }
+                        _ => counts.plaintext = 1,
+                    },
+                    Status::Deferred | Status::Bounced if is_tls_failure(reason) => {
+                        let bounced = status == Status::Bounced;
+                        if bounced {
+                            counts.tls_bounced = 1;
+                        } else {
+                            counts.tls_deferred = 1;
+                        }
+                        failure = Some(Failure {
+                            at: now,
+                            queue_id: queue_id.to_string(),
+                            domain: domain.clone(),
+                            hop: relay.to_string(),
+                            reason: reason.to_string(),
+                            bounced,
+                        });
+                    }
+                    Status::Deferred | Status::Bounced => return,
+                }
+                self.count(domain, counts, failure, now);
+            }
+            None => {}
+        }
+    }
+
+    fn count(&mut self, domain: String, counts: Counts, failure: Option<Failure>, now: i64) {
+        self.totals.add(&counts);
+        let key: Box<str> =
+            if self.domains.len() >= MAX_DOMAINS && !self.domains.contains_key(domain.as_str()) {
+                OTHER.into()
+            } else {
+                domain.into_boxed_str()
+            };
+        let stats = self.domains.entry(key).or_default();
+        let hour = now.div_euclid(3600);
+        match stats.hours.last_mut() {
+            Some((h, c)) if *h == hour => c.add(&counts),
+            _ => {
+                stats.hours.retain(|(h, _)| *h > hour - HOURS_KEPT);
+                stats.hours.push((hour, counts));
+            }
+        }
+        if let Some(f) = failure {
+            stats.last_failure = Some(Box::new(f.clone()));
+            if self.recent.len() >= RECENT_FAILURES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(f);
+        }
+    }
+
+    /// Forget domains with nothing in the last [`HOURS_KEPT`] hours.
+    pub fn prune(&mut self, now: i64) {
+        let oldest = now.div_euclid(3600) - HOURS_KEPT;
+        self.domains
+            .retain(|_, s| s.hours.last().is_some_and(|(h, _)| *h > oldest));
+    }
+
+    /// Counts per domain over the `hours` hours up to `now` (the current hour included),
+    /// domains with nothing in that window left out, sorted by domain.
+    pub fn window(&self, now: i64, hours: i64) -> Vec<DomainSummary> {
+        self.between(now.div_euclid(3600) - hours + 1, now.div_euclid(3600))
+    }
+
+    /// Counts per domain in the hours `first..=last` (since the epoch).
+    pub fn between(&self, first: i64, last: i64) -> Vec<DomainSummary> {
+        let mut out: Vec<DomainSummary> = self
+            .domains
+            .iter()
+            .filter_map(|(domain, s)| {
+                let mut sum = Counts::default();
+                for (_, c) in s.hours.iter().filter(|(h, _)| (first..=last).contains(h)) {
+                    sum.add(c);
+                }
+                (sum != Counts::default()).then(|| DomainSummary {
+                    domain: domain.to_string(),
+                    counts: (&sum).into(),
+                    last_failure: s.last_failure.as_deref().cloned(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.domain.cmp(&b.domain));
+        out
+    }
+
+    /// Since the agent started.
+    pub fn totals(&self) -> &Counts {
+        &self.totals
+    }
+
+    /// The most recent TLS failures, oldest first.
+    pub fn recent_failures(&self) -> impl Iterator<Item = &Failure> {
+        self.recent.iter()
+    }
+
+    pub fn domains(&self) -> usize {
+        self.domains.len()
+    }
+
+    /// Lines read, of any kind.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_796_000_000;
+
+    fn tls(pid: u32, peer: &str, trust: &str, proto: &str) -> String {
+        format!(
+            "Dec  2 16:35:01 relay postfix/smtp[{pid}]: {trust} TLS connection established to {peer}: {proto} with cipher X (256/256 bits)"
+        )
+    }
+
+    fn status(pid: u32, qid: &str, to: &str, relay: &str, status: &str, why: &str) -> String {
+        format!(
+            "Dec  2 16:35:01 relay postfix/smtp[{pid}]: {qid}: to=<{to}>, relay={relay}, delay=0.2, delays=0/0/0.1/0.1, dsn=2.0.0, status={status} ({why})"
+        )
+    }
+
+    fn summary(o: &Observed, domain: &str) -> CountsView {
+        o.window(T0, 24)
+            .into_iter()
+            .find(|d| d.domain == domain)
+            .map(|d| d.counts)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_delivery_counts_by_the_session_its_process_opened() {
+        let mut o = Observed::default();
+        let mx = "mx.good.test[127.0.0.12]:25";
+        o.feed(&tls(10, mx, "Verified", "TLSv1.3"), T0);
+        o.feed(
+            &status(10, "A1", "bob@Good.Test.", mx, "sent", "250 ok"),
+            T0,
+        );
+        o.feed(
+            &status(10, "A2", "carol@good.test", mx, "sent", "250 ok"),
+            T0,
+        );
+        // Another process, no TLS line: plaintext; same pid but another peer: plaintext.
+        o.feed(&status(11, "B1", "x@good.test", mx, "sent", "250 ok"), T0);
+        o.feed(
+            &status(
+                10,
+                "B2",
+                "x@plain.test",
+                "mx.plain.test[127.0.0.14]:25",
+                "sent",
+                "ok",
+            ),
+            T0,
+        );
+        let good = summary(&o, "good.test");
+        assert_eq!(good.tls, BTreeMap::from([("Verified", 2)]));
+        assert_eq!(good.protocols, BTreeMap::from([("TLSv1.3", 2)]));
+        assert_eq!(good.plaintext, 1);
+        assert_eq!(summary(&o, "plain.test").plaintext, 1);
+        assert_eq!(o.totals().delivered_tls(), 2);
+        assert_eq!(o.totals().plaintext, 2);
+    }
+
+    #[test]
+    fn tls_failures_are_counted_and_listed_without_local_parts() {
+        let mut o = Observed::default();
+        let hop = "mx.selfsigned.test[127.0.0.13]:25";
+        o.feed(
+            &status(
+                1,
+                "C1",
+                "secret.person@selfsigned.test",
+                hop,
+                "bounced",
+                "Server certificate not verified",
+            ),
+            T0,
+        );
+        o.feed(
+            &status(
+                2,
+                "C2",
+                "u@nostarttls.test",
+                "mx[127.0.0.14]:25",
+                "deferred",
+                "TLS is required, but was not offered by host mx[127.0.0.14]",
+            ),
+            T0 + 1,
+        );
+        // Not a TLS failure: not counted at all.
+        o.feed(
+            &status(
+                3,
+                "C3",
+                "u@down.test",
+                "none",
+                "deferred",
+                "connect to mx.down.test[127.0.0.15]:25: Connection refused",
+            ),
+            T0,
+        );
+        assert_eq!(summary(&o, "selfsigned.test").tls_bounced, 1);
+        assert_eq!(summary(&o, "nostarttls.test").tls_deferred, 1);
+        assert_eq!(summary(&o, "down.test"), CountsView::default());
+        let recent: Vec<&Failure> = o.recent_failures().collect();
+        assert_eq!(recent.len(), 2);
+        assert_eq!(
+            (
+                recent[0].queue_id.as_str(),
+                recent[0].hop.as_str(),
+                recent[0].bounced
+            ),
+            ("C1", hop, true)
+        );
+        let json = serde_json::to_string(&o.window(T0, 24)).expect("json");
+        assert!(!json.contains("secret.person"), "{json}");
+        assert!(json.contains("\"lastFailure\""), "{json}");
+    }
+
+    #[test]
+    fn windows_buckets_and_bounds() {
+        let mut o = Observed::default();
+        let mx = "mx[1]:25";
+        for (i, at) in [T0 - 30 * 3600, T0 - 3600, T0].into_iter().enumerate() {
+            o.feed(
+                &status(1, &format!("Q{i}"), "u@a.test", mx, "sent", "ok"),
+                at,
+            );
+        }
+        assert_eq!(summary(&o, "a.test").plaintext, 2, "the last 24 hours");
+        assert_eq!(o.window(T0, 48)[0].counts.plaintext, 3);
+        assert!(o.window(T0 + 100 * 3600, 24).is_empty());
+        o.prune(T0 + 100 * 3600);
+        assert_eq!(o.domains(), 0);
+
+        for i in 0..RECENT_FAILURES + 5 {
+            o.feed(
+                &status(
+                    1,
+                    &format!("F{i}"),
+                    "u@b.test",
+                    mx,
+                    "bounced",
+                    "Cannot start TLS: handshake failure",
+                ),
+                T0,
+            );
+        }
+        assert_eq!(o.recent_failures().count(), RECENT_FAILURES);
+        assert_eq!(
+            o.recent_failures().next().map(|f| f.queue_id.as_str()),
+            Some("F5")
+        );
+        assert_eq!(o.lines(), 3 + RECENT_FAILURES as u64 + 5);
+    }
+
+    #[test]
+    fn domains_beyond_the_cap_are_counted_together() {
+        let mut o = Observed::default();
+        for i in 0..MAX_DOMAINS + 3 {
+            o.feed(
+                &status(1, "Q", &format!("u@d{i}.test"), "none", "sent", "ok"),
+                T0,
+            );
+        }
+        assert_eq!(o.domains(), MAX_DOMAINS + 1);
+        assert_eq!(summary(&o, OTHER).plaintext, 3);
+        assert_eq!(o.totals().plaintext, MAX_DOMAINS as u64 + 3);
+    }
+}
