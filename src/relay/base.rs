@@ -375,7 +375,7 @@ mod tests {
         ] {
             assert!(e.contains(wanted), "{wanted:?} missing from:\n{e}");
         }
-        assert_eq!(e.lines().count(), 7, "{e}");
+        assert_eq!(e.lines().count(), 8, "{e}");
     }
 
     #[test]
