@@ -56,14 +56,14 @@ pub fn run(args: ObserveArgs) -> ExitCode {
         "TLS-DEFERRED"
     );
     for d in &domains {
-        let tls = |k: &str| d.counts.tls.get(k).copied().unwrap_or(0);
+        let tls = d.counts.tls;
         println!(
             "{:<40} {:>8} {:>8} {:>9} {:>9} {:>9} {:>11} {:>12}",
             d.domain,
-            tls("Verified"),
-            tls("Trusted"),
-            tls("Untrusted"),
-            tls("Anonymous"),
+            tls.verified,
+            tls.trusted,
+            tls.untrusted,
+            tls.anonymous,
             d.counts.plaintext,
             d.counts.tls_bounced,
             d.counts.tls_deferred

@@ -5,11 +5,12 @@
 
 use super::parse::{Line, Protocol, Status, Trust, is_tls_failure, parse};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// Distinct domains kept; the rest are counted together under [`OTHER`], so a flood of
-/// random domains cannot exhaust the sidecar's memory.
-pub const MAX_DOMAINS: usize = 200_000;
+/// random domains cannot exhaust the sidecar's memory (128 MiB in the chart): 100k domains
+/// take about 19 MB, and building `/observed` for them about 44 MB more (BENCHMARKS.md).
+pub const MAX_DOMAINS: usize = 100_000;
 /// Where domains beyond [`MAX_DOMAINS`] are counted.
 pub const OTHER: &str = "(other domains)";
 /// Hourly buckets kept per domain: a whole previous UTC day (for TLS reports) and today.
@@ -75,10 +76,49 @@ fn rfc3339<S: serde::Serializer>(at: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::probe::rfc3339(*at))
 }
 
+/// One hour of one domain, compact: u32 counts in [`Counts`] field order (4 trust levels,
+/// 5 protocols, plaintext, TLS bounced, TLS deferred).
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    hour: i32,
+    n: [u32; 12],
+}
+
+impl Bucket {
+    fn new(hour: i64) -> Bucket {
+        Bucket {
+            hour: i32::try_from(hour).unwrap_or(i32::MAX),
+            n: [0; 12],
+        }
+    }
+
+    fn add(&mut self, c: &Counts) {
+        let flat = c.by_trust.iter().chain(&c.by_protocol).chain([
+            &c.plaintext,
+            &c.tls_bounced,
+            &c.tls_deferred,
+        ]);
+        for (slot, v) in self.n.iter_mut().zip(flat) {
+            *slot = slot.saturating_add(u32::try_from(*v).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        let n = self.n.map(u64::from);
+        Counts {
+            by_trust: [n[0], n[1], n[2], n[3]],
+            by_protocol: [n[4], n[5], n[6], n[7], n[8]],
+            plaintext: n[9],
+            tls_bounced: n[10],
+            tls_deferred: n[11],
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct DomainStats {
-    /// (hour since the epoch, counts), oldest first.
-    hours: Vec<(i64, Counts)>,
+    /// Oldest first; grown one at a time (most domains see one hour only).
+    hours: Vec<Bucket>,
     last_failure: Option<Box<Failure>>,
 }
 
@@ -109,10 +149,10 @@ pub struct DomainSummary {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CountsView {
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub tls: BTreeMap<&'static str, u64>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub protocols: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "ByTrust::is_empty")]
+    pub tls: ByTrust,
+    #[serde(skip_serializing_if = "ByProtocol::is_empty")]
+    pub protocols: ByProtocol,
     #[serde(skip_serializing_if = "is_zero")]
     pub plaintext: u64,
     #[serde(skip_serializing_if = "is_zero")]
@@ -121,23 +161,68 @@ pub struct CountsView {
     pub tls_deferred: u64,
 }
 
+/// Delivered over TLS by trust level (named as Postfix logs them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ByTrust {
+    #[serde(rename = "Verified", skip_serializing_if = "is_zero")]
+    pub verified: u64,
+    #[serde(rename = "Trusted", skip_serializing_if = "is_zero")]
+    pub trusted: u64,
+    #[serde(rename = "Untrusted", skip_serializing_if = "is_zero")]
+    pub untrusted: u64,
+    #[serde(rename = "Anonymous", skip_serializing_if = "is_zero")]
+    pub anonymous: u64,
+}
+
+impl ByTrust {
+    fn is_empty(&self) -> bool {
+        *self == ByTrust::default()
+    }
+}
+
+/// Delivered over TLS by protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ByProtocol {
+    #[serde(rename = "TLSv1", skip_serializing_if = "is_zero")]
+    pub tls10: u64,
+    #[serde(rename = "TLSv1.1", skip_serializing_if = "is_zero")]
+    pub tls11: u64,
+    #[serde(rename = "TLSv1.2", skip_serializing_if = "is_zero")]
+    pub tls12: u64,
+    #[serde(rename = "TLSv1.3", skip_serializing_if = "is_zero")]
+    pub tls13: u64,
+    #[serde(rename = "other", skip_serializing_if = "is_zero")]
+    pub other: u64,
+}
+
+impl ByProtocol {
+    fn is_empty(&self) -> bool {
+        *self == ByProtocol::default()
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
 impl From<&Counts> for CountsView {
     fn from(c: &Counts) -> CountsView {
-        let named = |names: &[&'static str], values: &[u64]| {
-            names
-                .iter()
-                .zip(values)
-                .filter(|(_, v)| **v > 0)
-                .map(|(n, v)| (*n, *v))
-                .collect()
-        };
+        let [anonymous, untrusted, trusted, verified] = c.by_trust;
+        let [tls10, tls11, tls12, tls13, other] = c.by_protocol;
         CountsView {
-            tls: named(&Trust::ALL.map(Trust::as_str), &c.by_trust),
-            protocols: named(&Protocol::ALL.map(Protocol::as_str), &c.by_protocol),
+            tls: ByTrust {
+                verified,
+                trusted,
+                untrusted,
+                anonymous,
+            },
+            protocols: ByProtocol {
+                tls10,
+                tls11,
+                tls12,
+                tls13,
+                other,
+            },
             plaintext: c.plaintext,
             tls_bounced: c.tls_bounced,
             tls_deferred: c.tls_deferred,
@@ -221,10 +306,16 @@ impl Observed {
         let stats = self.domains.entry(key).or_default();
         let hour = now.div_euclid(3600);
         match stats.hours.last_mut() {
-            Some((h, c)) if *h == hour => c.add(&counts),
+            Some(b) if i64::from(b.hour) == hour => b.add(&counts),
             _ => {
-                stats.hours.retain(|(h, _)| *h > hour - HOURS_KEPT);
-                stats.hours.push((hour, counts));
+                stats
+                    .hours
+                    .retain(|b| i64::from(b.hour) > hour - HOURS_KEPT);
+                // Exactly one more: a Vec's first growth would make room for four.
+                stats.hours.reserve_exact(1);
+                let mut b = Bucket::new(hour);
+                b.add(&counts);
+                stats.hours.push(b);
             }
         }
         if let Some(f) = failure {
@@ -240,7 +331,7 @@ impl Observed {
     pub fn prune(&mut self, now: i64) {
         let oldest = now.div_euclid(3600) - HOURS_KEPT;
         self.domains
-            .retain(|_, s| s.hours.last().is_some_and(|(h, _)| *h > oldest));
+            .retain(|_, s| s.hours.last().is_some_and(|b| i64::from(b.hour) > oldest));
     }
 
     /// Counts per domain over the `hours` hours up to `now` (the current hour included),
@@ -256,8 +347,12 @@ impl Observed {
             .iter()
             .filter_map(|(domain, s)| {
                 let mut sum = Counts::default();
-                for (_, c) in s.hours.iter().filter(|(h, _)| (first..=last).contains(h)) {
-                    sum.add(c);
+                for b in s
+                    .hours
+                    .iter()
+                    .filter(|b| (first..=last).contains(&i64::from(b.hour)))
+                {
+                    sum.add(&b.counts());
                 }
                 (sum != Counts::default()).then(|| DomainSummary {
                     domain: domain.to_string(),
@@ -343,8 +438,25 @@ mod tests {
             T0,
         );
         let good = summary(&o, "good.test");
-        assert_eq!(good.tls, BTreeMap::from([("Verified", 2)]));
-        assert_eq!(good.protocols, BTreeMap::from([("TLSv1.3", 2)]));
+        assert_eq!(
+            good.tls,
+            ByTrust {
+                verified: 2,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            good.protocols,
+            ByProtocol {
+                tls13: 2,
+                ..Default::default()
+            }
+        );
+        let json = serde_json::to_value(&good).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"tls": {"Verified": 2}, "protocols": {"TLSv1.3": 2}, "plaintext": 1})
+        );
         assert_eq!(good.plaintext, 1);
         assert_eq!(summary(&o, "plain.test").plaintext, 1);
         assert_eq!(o.totals().delivered_tls(), 2);

@@ -268,7 +268,12 @@ fn respond(
                         hours,
                         domains: observed.window(now, hours),
                     };
-                    ("200 OK", JSON, pretty(&window))
+                    // Compact: it may list a hundred thousand domains.
+                    (
+                        "200 OK",
+                        JSON,
+                        serde_json::to_string(&window).unwrap_or_default(),
+                    )
                 }
             }
         }
