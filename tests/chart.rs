@@ -562,6 +562,7 @@ async fn the_controller_works_with_exactly_the_charts_rbac() {
             relays: Some(mailtls::controller::RelaySettings {
                 selector: mailtls::controller::DEFAULT_RELAY_SELECTOR.into(),
                 interval: std::time::Duration::from_secs(1),
+                observed_interval: std::time::Duration::from_secs(60),
             }),
         };
         let (stop, shutdown) = tokio::sync::watch::channel(false);

@@ -857,6 +857,8 @@ async fn a_compressed_configuration_reaches_the_relay_agent_and_its_pod_is_count
                 .arg("--maps-dir")
                 .arg(&maps)
                 .args(["--status-addr", &format!("{there}:{port_a}")])
+                .arg("--mail-log")
+                .arg(tmp.path().join("maillog"))
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .expect("start relay-agent"),
@@ -883,6 +885,7 @@ async fn a_compressed_configuration_reaches_the_relay_agent_and_its_pod_is_count
             relays: Some(mailtls::controller::RelaySettings {
                 selector: "app=relay-status-under-test".into(),
                 interval: std::time::Duration::from_millis(300),
+                observed_interval: std::time::Duration::from_millis(500),
             }),
         };
         let controller = Running::start_with(&client, settings);
@@ -980,6 +983,51 @@ async fn a_compressed_configuration_reaches_the_relay_agent_and_its_pod_is_count
         .expect("policy");
         let stalled = conditions_of(&p).into_iter().find(|c| c.type_ == "Stalled");
         assert_eq!(stalled.map(|c| c.status), Some("False".to_string()));
+
+        // What the relay did with real mail, from the agent's mail log, lands in the
+        // policy's status; a bounce for TLS is an Event, once.
+        let t = "Dec  2 16:35:01 relay postfix/smtp";
+        std::fs::write(
+            tmp.path().join("maillog"),
+            format!(
+                "{t}[7]: Verified TLS connection established to mx.partner1.test[192.0.2.1]:25: TLSv1.3 with cipher X\n\
+                 {t}[7]: A1: to=<someone@partner1.test>, relay=mx.partner1.test[192.0.2.1]:25, dsn=2.0.0, status=sent (250 ok)\n\
+                 {t}[8]: B2: to=<someone@partner5.test>, relay=mx.partner5.test[192.0.2.5]:25, dsn=5.7.5, status=bounced (Server certificate not verified)\n\
+                 {t}[9]: C3: to=<someone@unlisted.test>, relay=mx.unlisted.test[192.0.2.9]:25, dsn=2.0.0, status=sent (250 ok)\n"
+            ),
+        )
+        .expect("mail log");
+        let p = wait_for(&policies, "partners", "observed mail", |p| {
+            p.and_then(|p| p.status.as_ref()?.observed.as_ref())
+                .is_some_and(|o| o.verified == 1 && o.tls_bounced == 1)
+        })
+        .await
+        .expect("policy");
+        let observed = p.status.and_then(|s| s.observed).expect("observed");
+        assert_eq!(
+            (observed.window.as_str(), observed.relay_pods, observed.plaintext),
+            ("24h", 1, 0),
+            "{observed:?}"
+        );
+        let failure = observed.last_tls_failure.expect("last failure");
+        assert_eq!(
+            (failure.domain.as_str(), failure.bounced),
+            ("partner5.test", true)
+        );
+        let bounced = |e: &[Event]| {
+            e.iter()
+                .filter(|e| e.reason.as_deref() == Some("TLSBounced"))
+                .count()
+        };
+        let events = events_when(&client, &ns, |e| bounced(e) >= 1).await;
+        assert_eq!(bounced(&events), 1, "{events:?}");
+        let note = events
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("TLSBounced"))
+            .and_then(|e| e.note.clone())
+            .unwrap_or_default();
+        assert!(note.contains("mail to partner5.test bounced for TLS"), "{note}");
+        assert!(!note.contains("someone"), "{note}");
 
         // The next configuration reaches the relay damaged (a key that does not match the
         // manifest): the agent refuses it and keeps the last one; the policy says so, with

@@ -18,7 +18,9 @@ pub use address_list::{
 pub use outbound_gateway::{
     AppliesTo, GatewayTls, OutboundGateway, OutboundGatewaySpec, OutboundGatewayStatus,
 };
-pub use status_parts::{DestinationResult, MatchedCounts, RelayConfigRef, TestSummary};
+pub use status_parts::{
+    DestinationResult, MatchedCounts, ObservedFailure, ObservedMail, RelayConfigRef, TestSummary,
+};
 pub use tls_compliance::{
     Direction, Enforcement, OnFailure, TestSpec, TlsCompliance, TlsComplianceSpec,
     TlsComplianceStatus,

@@ -1,7 +1,7 @@
 // kube-derive takes one `printcolumn(...)` per column; clippy reads the repeats as duplicates.
 #![allow(clippy::duplicated_attributes)]
 
-use super::{DestinationResult, LocalRef, TestSpec, TestSummary, TlsVersion};
+use super::{DestinationResult, LocalRef, ObservedMail, TestSpec, TestSummary, TlsVersion};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -157,4 +157,7 @@ pub struct OutboundGatewayStatus {
     /// Result of the last test.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<DestinationResult>,
+    /// What the relay pods did with real mail for these destinations, from their mail logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<ObservedMail>,
 }

@@ -92,3 +92,57 @@ pub struct DestinationResult {
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
+
+/// What the relay pods did with real mail for a resource's destinations (or through a
+/// gateway), read from their mail logs by the relay agents: message counts over the window.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedMail {
+    /// The window counted, up to the last poll (`24h`).
+    pub window: String,
+    /// Relay pods whose counts are included.
+    pub relay_pods: u32,
+    /// Delivered over TLS with the server's certificate verified: chain and host name.
+    #[serde(default)]
+    pub verified: u32,
+    /// Delivered over TLS with a certificate chaining to a trusted CA (name not checked).
+    #[serde(default)]
+    pub trusted: u32,
+    /// Delivered over TLS with an unchecked or untrusted certificate, or none.
+    #[serde(default)]
+    pub untrusted: u32,
+    /// Delivered without TLS.
+    #[serde(default)]
+    pub plaintext: u32,
+    /// Bounced because a TLS requirement was not met.
+    #[serde(default)]
+    pub tls_bounced: u32,
+    /// Delivery attempts deferred because a TLS requirement was not met.
+    #[serde(default)]
+    pub tls_deferred: u32,
+    /// Monitor policies: delivered messages that would have bounced or been deferred under
+    /// Enforce: every plaintext one, and those whose certificate did not chain to a trusted CA
+    /// when the policy asks for that. A lower bound: the host name match is logged only
+    /// where it is enforced, so the TLS tests decide that part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_fail: Option<u32>,
+    /// The most recent TLS failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tls_failure: Option<ObservedFailure>,
+}
+
+/// One real message that failed a TLS requirement (no local part is ever kept).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedFailure {
+    /// RFC 3339.
+    pub time: String,
+    /// The recipient domain.
+    pub domain: String,
+    /// The next hop tried (`host[address]:port`).
+    pub hop: String,
+    /// Postfix's reason.
+    pub reason: String,
+    /// Bounced (true) or deferred for another attempt.
+    pub bounced: bool,
+}

@@ -1,7 +1,10 @@
 // kube-derive takes one `printcolumn(...)` per column; clippy reads the repeats as duplicates.
 #![allow(clippy::duplicated_attributes)]
 
-use super::{DestinationResult, LocalRef, MatchedCounts, RelayConfigRef, TestSummary, TlsVersion};
+use super::{
+    DestinationResult, LocalRef, MatchedCounts, ObservedMail, RelayConfigRef, TestSummary,
+    TlsVersion,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -187,4 +190,7 @@ pub struct TlsComplianceStatus {
     /// Per-destination results of the last test, failures first (at most 50).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<DestinationResult>,
+    /// What the relay pods did with real mail for these destinations, from their mail logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<ObservedMail>,
 }

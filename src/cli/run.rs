@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// How often the relay agents are asked.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::probe::parse_duration)]
     pub relay_poll_interval: std::time::Duration,
+    /// How often the relay agents are asked what they observed of real mail (GET
+    /// /observed, the last 24 hours), summed into every policy's and gateway's
+    /// status.observed. Every change rewrites those statuses, so not too often.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::probe::parse_duration)]
+    pub relay_observed_interval: std::time::Duration,
     /// Do not ask the relay agents what they applied (appliedPods and totalPods stay unset).
     #[arg(long)]
     pub no_relay_status: bool,
@@ -119,6 +124,7 @@ impl RunArgs {
             relays: (!self.no_relay_status).then(|| RelaySettings {
                 selector: self.relay_selector.clone(),
                 interval: self.relay_poll_interval,
+                observed_interval: self.relay_observed_interval,
             }),
         })
     }

@@ -80,6 +80,10 @@ impl Backend for Context {
         }
     }
 
+    fn observed(&self, namespace: &str) -> Option<Arc<crate::observe::PodsObserved>> {
+        self.relays.as_ref()?.observed(namespace)
+    }
+
     async fn write_status<K: Managed>(
         &self,
         namespace: &str,

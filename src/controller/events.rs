@@ -25,7 +25,14 @@ const CONTROLLER: &str = "mailtls-controller";
 
 pub struct Events {
     recorder: Recorder,
+    /// (resource uid, domain) already reported as bouncing for TLS.
+    bounced: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
+
+/// Event reason when real mail to a destination bounced for TLS.
+const TLS_BOUNCED: &str = "TLSBounced";
+/// Bounced destinations remembered (then forgotten all at once: a repeat Event at worst).
+const BOUNCED_KEPT: usize = 10_000;
 
 impl Events {
     pub fn new(client: kube::Client, instance: Option<String>) -> Self {
@@ -35,6 +42,7 @@ impl Events {
         };
         Events {
             recorder: Recorder::new(client, reporter),
+            bounced: Default::default(),
         }
     }
 
@@ -99,6 +107,39 @@ impl Events {
         );
         self.publish_ref(&per_version(cm), EventType::Warning, STATE_REPAIRED, note)
             .await;
+    }
+
+    /// Real mail bounced for TLS: a Warning the first time a destination does, per resource
+    /// (for as long as this controller runs).
+    pub async fn tls_bounce<K: Resource<DynamicType = ()>>(
+        &self,
+        regarding: &K,
+        failure: &crate::api::ObservedFailure,
+    ) {
+        if !failure.bounced {
+            return;
+        }
+        let key = (
+            regarding.meta().uid.clone().unwrap_or_default(),
+            failure.domain.clone(),
+        );
+        let first = match self.bounced.lock() {
+            Ok(mut seen) => {
+                if seen.len() >= BOUNCED_KEPT {
+                    seen.clear();
+                }
+                seen.insert(key)
+            }
+            Err(_) => false,
+        };
+        if first {
+            let note = format!(
+                "mail to {} bounced for TLS at {} via {}: {}",
+                failure.domain, failure.time, failure.hop, failure.reason
+            );
+            self.publish(regarding, EventType::Warning, TLS_BOUNCED, note)
+                .await;
+        }
     }
 
     /// A resource's conditions changed: warn about new conflicts and new reasons for not

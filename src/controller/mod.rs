@@ -194,7 +194,7 @@ pub async fn run(
             .map(tokio::spawn)
             .chain([tokio::spawn(relays::poll(
                 pods.clone(),
-                r.interval,
+                r.clone(),
                 queue.sender(),
                 leader_rx.clone(),
             ))])

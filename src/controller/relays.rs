@@ -9,6 +9,7 @@
 //! cluster-wide would also expose every workload's spec (environment values included).
 
 use super::queue::Sender;
+use crate::observe::{DomainSummary, PodsObserved};
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -37,6 +38,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const BODY_LIMIT: usize = 64 * 1024;
 /// Pods asked at the same time.
 const PARALLEL: usize = 16;
+/// The window asked for.
+const OBSERVED_HOURS: i64 = 24;
+/// Largest `/observed` body read (100,000 domains take about 9 MB) and how long it may take.
+const OBSERVED_LIMIT: usize = 32 * 1024 * 1024;
+const OBSERVED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where relay pods are and how often they are asked.
 #[derive(Clone, Debug)]
@@ -44,6 +50,9 @@ pub struct RelaySettings {
     /// Label selector of the EndpointSlices of relay pods.
     pub selector: String,
     pub interval: Duration,
+    /// How often each agent is asked what it observed of real mail (`/observed`): the
+    /// counts move with every message, and each change rewrites statuses.
+    pub observed_interval: Duration,
 }
 
 /// Relay pods of one namespace: how many there are, how many report each hash as applied,
@@ -115,6 +124,8 @@ impl Report {
 pub struct RelayPods {
     stores: Vec<Store<EndpointSlice>>,
     counts: Mutex<HashMap<String, Counts>>,
+    /// Per namespace, what its relay pods observed (only pods that answered `/observed`).
+    observed: Mutex<HashMap<String, Arc<PodsObserved>>>,
 }
 
 /// A watcher not yet polled.
@@ -150,6 +161,7 @@ impl RelayPods {
         let pods = RelayPods {
             stores,
             counts: Mutex::new(HashMap::new()),
+            observed: Mutex::new(HashMap::new()),
         };
         (Arc::new(pods), watchers)
     }
@@ -158,6 +170,11 @@ impl RelayPods {
     /// first poll).
     pub fn counts(&self, namespace: &str) -> Option<Counts> {
         self.counts.lock().ok()?.get(namespace).cloned()
+    }
+
+    /// What a namespace's relay pods observed of real mail; `None` when none reports it.
+    pub fn observed(&self, namespace: &str) -> Option<Arc<PodsObserved>> {
+        self.observed.lock().ok()?.get(namespace).cloned()
     }
 
     /// Relay pods that are not terminating: (namespace, the agent's address), each pod once
@@ -206,22 +223,32 @@ pub fn endpoints(slice: &EndpointSlice) -> Vec<(String, Option<SocketAddr>)> {
         .collect()
 }
 
-/// Ask every relay pod for its applied hash every `interval`; namespaces whose counts
+/// Ask every relay pod for its applied hash every `interval`, and what it observed of real
+/// mail every `observed_interval`; namespaces whose counts or observations
 /// changed are queued, so their statuses are rewritten. Only the leader polls.
 pub async fn poll(
     pods: Arc<RelayPods>,
-    interval: Duration,
+    settings: RelaySettings,
     queue: Sender,
     leader: watch::Receiver<bool>,
 ) {
     let http: HttpClient<HttpConnector, Empty<Bytes>> =
         HttpClient::builder(TokioExecutor::new()).build_http();
-    let mut tick = tokio::time::interval(interval);
+    let observed_interval = settings.observed_interval;
+    let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut observed_at: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
         if !*leader.borrow() {
             continue;
+        }
+        if observed_at.is_none_or(|at| at.elapsed() >= observed_interval) {
+            observed_at = Some(tokio::time::Instant::now());
+            for ns in poll_observed(&pods, &http).await {
+                tracing::debug!(namespace = %ns, "observed mail changed");
+                queue.send(ns);
+            }
         }
         let asked: Vec<(String, Option<Report>)> = futures::stream::iter(pods.pods())
             .map(|(ns, addr)| {
@@ -262,29 +289,92 @@ pub async fn poll(
     }
 }
 
+type Http = HttpClient<HttpConnector, Empty<Bytes>>;
+
 /// What an agent reports on `/status`; `None` when it cannot be asked.
-async fn ask(http: &HttpClient<HttpConnector, Empty<Bytes>>, addr: SocketAddr) -> Option<Report> {
-    let uri: http::Uri = format!("http://{addr}/status").parse().ok()?;
-    let ask = async {
+async fn ask(http: &Http, addr: SocketAddr) -> Option<Report> {
+    let body = get(http, addr, "/status", BODY_LIMIT, REQUEST_TIMEOUT).await?;
+    let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    Some(Report::parse(&status))
+}
+
+/// GET `path` from an agent: the body of a 2xx answer within `limit` bytes and `timeout`.
+async fn get(
+    http: &Http,
+    addr: SocketAddr,
+    path: &str,
+    limit: usize,
+    timeout: Duration,
+) -> Option<Bytes> {
+    let uri: http::Uri = format!("http://{addr}{path}").parse().ok()?;
+    let get = async {
         let response = http.get(uri).await.ok()?;
         if !response.status().is_success() {
             return None;
         }
-        let body = Limited::new(response.into_body(), BODY_LIMIT)
-            .collect()
-            .await
-            .ok()?
-            .to_bytes();
-        let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        Some(Report::parse(&status))
+        Some(
+            Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .ok()?
+                .to_bytes(),
+        )
     };
-    match tokio::time::timeout(REQUEST_TIMEOUT, ask).await {
-        Ok(report) => report,
+    match tokio::time::timeout(timeout, get).await {
+        Ok(body) => body,
         Err(_) => {
-            tracing::debug!(%addr, "relay agent did not answer /status in time");
+            tracing::debug!(%addr, path, "relay agent did not answer in time");
             None
         }
     }
+}
+
+/// Ask every agent what it observed; returns the namespaces whose sums changed.
+async fn poll_observed(pods: &RelayPods, http: &Http) -> BTreeSet<String> {
+    let path = format!("/observed?hours={OBSERVED_HOURS}");
+    let asked: Vec<(String, Option<Vec<DomainSummary>>)> = futures::stream::iter(pods.pods())
+        .map(|(ns, addr)| {
+            let path = path.clone();
+            async move {
+                let Some(addr) = addr else {
+                    return (ns, None);
+                };
+                let body = get(http, addr, &path, OBSERVED_LIMIT, OBSERVED_TIMEOUT).await;
+                let window = body.and_then(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b)
+                        .ok()
+                        .and_then(|v| serde_json::from_value(v.get("domains")?.clone()).ok())
+                });
+                (ns, window)
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    let mut fresh: HashMap<String, PodsObserved> = HashMap::new();
+    for (ns, window) in asked {
+        // An agent without a mail log (or an older one) has nothing to add.
+        if let Some(domains) = window {
+            fresh
+                .entry(ns)
+                .or_insert_with(|| PodsObserved {
+                    hours: OBSERVED_HOURS,
+                    ..Default::default()
+                })
+                .add_pod(domains);
+        }
+    }
+    let Ok(mut observed) = pods.observed.lock() else {
+        return BTreeSet::new();
+    };
+    let changed = fresh
+        .keys()
+        .chain(observed.keys())
+        .filter(|ns| fresh.get(*ns) != observed.get(*ns).map(|o| &**o))
+        .cloned()
+        .collect();
+    *observed = fresh.into_iter().map(|(ns, o)| (ns, Arc::new(o))).collect();
+    changed
 }
 
 #[cfg(test)]

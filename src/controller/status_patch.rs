@@ -66,6 +66,9 @@ pub async fn update<K: Managed>(
     ctx.events
         .conditions_changed(old, old.conditions().to_vec(), new.conditions().to_vec())
         .await;
+    if let Some(failure) = new.observed().and_then(|o| o.last_tls_failure.as_ref()) {
+        ctx.events.tls_bounce(new, failure).await;
+    }
     Ok(())
 }
 

@@ -51,6 +51,12 @@ pub trait Backend: Send + Sync + 'static {
     /// propagated.
     fn relay_ref(&self, namespace: &str, hash: &str) -> RelayConfigRef;
 
+    /// What the namespace's relay pods observed of real mail (from their mail logs), when
+    /// this backend knows of relay pods that report it.
+    fn observed(&self, _namespace: &str) -> Option<Arc<crate::observe::PodsObserved>> {
+        None
+    }
+
     /// Write `new`'s status when it differs from `old`'s.
     fn write_status<K: Managed>(
         &self,

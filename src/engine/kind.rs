@@ -3,7 +3,7 @@
 use super::plan::{self, PlanInputs, TestPlan};
 use super::statuses;
 use crate::api::{AddressList, Condition, OutboundGateway, RelayConfigRef, TlsCompliance};
-use crate::api::{Enforcement, TestSummary};
+use crate::api::{Enforcement, ObservedMail, TestSummary};
 use crate::policy::{Inputs, Kind, ResourceFindings};
 use crate::probe::DestinationReport;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -47,6 +47,11 @@ pub trait Managed:
 
     /// Record a finished test's results in the status.
     fn record_test(&mut self, _plan: &TestPlan, _reports: &[DestinationReport], _now: &Time) {}
+
+    /// What the relay pods observed of real mail, as in the status.
+    fn observed(&self) -> Option<&ObservedMail> {
+        None
+    }
 }
 
 impl Managed for AddressList {
@@ -106,6 +111,9 @@ impl Managed for TlsCompliance {
     fn test_plan(&self, ns: &PlanInputs, now: Timestamp) -> Option<TestPlan> {
         plan::compliance_plan(self, ns, now)
     }
+    fn observed(&self) -> Option<&ObservedMail> {
+        self.status.as_ref()?.observed.as_ref()
+    }
     fn record_test(&mut self, plan: &TestPlan, reports: &[DestinationReport], now: &Time) {
         let monitor = self.spec.enforcement == Enforcement::Monitor;
         let generation = statuses::generation(self);
@@ -148,6 +156,9 @@ impl Managed for OutboundGateway {
     }
     fn test_plan(&self, _ns: &PlanInputs, now: Timestamp) -> Option<TestPlan> {
         plan::gateway_plan(self, now)
+    }
+    fn observed(&self) -> Option<&ObservedMail> {
+        self.status.as_ref()?.observed.as_ref()
     }
     fn record_test(&mut self, plan: &TestPlan, reports: &[DestinationReport], now: &Time) {
         let generation = statuses::generation(self);

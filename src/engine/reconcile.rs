@@ -60,6 +60,11 @@ pub async fn reconcile<B: Backend>(
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let relay = backend.relay_ref(ns, &config.hash);
     let mut updated = namespace_statuses(inputs, &evaluation, &relay, &now);
+    let observed = backend
+        .observed(ns)
+        .map(|seen| super::observed::attribute(inputs, &evaluation.policy, &seen))
+        .unwrap_or_default();
+    set_observed(&mut updated, &observed);
     if let Some(e) = &config_error {
         not_written(&mut updated, inputs, &e.to_string(), &now);
     }
@@ -178,6 +183,27 @@ pub fn namespace_statuses(
         address_lists: each(inputs, evaluation, relay, now),
         policies: each(inputs, evaluation, relay, now),
         gateways: each(inputs, evaluation, relay, now),
+    }
+}
+
+/// `status.observed` of each policy and gateway: what the relay pods report, or nothing
+/// when no relay pod reports.
+fn set_observed(
+    updated: &mut Updated,
+    observed: &std::collections::BTreeMap<ResourceId, crate::api::ObservedMail>,
+) {
+    let of = |kind, name: &str| observed.get(&ResourceId::new(kind, name)).cloned();
+    for p in &mut updated.policies {
+        let seen = of(crate::policy::Kind::TlsCompliance, &p.name_any());
+        if let Some(s) = p.status.as_mut() {
+            s.observed = seen;
+        }
+    }
+    for g in &mut updated.gateways {
+        let seen = of(crate::policy::Kind::OutboundGateway, &g.name_any());
+        if let Some(s) = g.status.as_mut() {
+            s.observed = seen;
+        }
     }
 }
 

@@ -7,7 +7,7 @@ pub mod metrics;
 pub mod observed;
 pub mod parse;
 
-pub use observed::{Counts, DomainSummary, Failure, Observed};
+pub use observed::{Counts, DomainSummary, Failure, Observed, PodsObserved};
 
 /// Observations shared between the log reader and the HTTP endpoints.
 pub type Shared = std::sync::Arc<std::sync::Mutex<Observed>>;

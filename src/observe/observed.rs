@@ -4,8 +4,8 @@
 //! recent TLS failures. Fed one log line at a time with the time it was read.
 
 use super::parse::{Line, Protocol, Status, Trust, is_tls_failure, parse};
-use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Distinct domains kept; the rest are counted together under [`OTHER`], so a flood of
 /// random domains cannot exhaust the sidecar's memory (128 MiB in the chart): 100k domains
@@ -57,11 +57,11 @@ impl Counts {
 }
 
 /// A TLS failure of a real message. No local part: the recipient's domain only.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Failure {
     /// Unix seconds when the line was read.
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "unix")]
     pub at: i64,
     pub queue_id: String,
     pub domain: String,
@@ -74,6 +74,13 @@ pub struct Failure {
 
 fn rfc3339<S: serde::Serializer>(at: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::probe::rfc3339(*at))
+}
+
+fn unix<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse::<k8s_openapi::jiff::Timestamp>()
+        .map(|t| t.as_second())
+        .map_err(serde::de::Error::custom)
 }
 
 /// One hour of one domain, compact: u32 counts in [`Counts`] field order (4 trust levels,
@@ -135,19 +142,19 @@ pub struct Observed {
 }
 
 /// One domain's counts over a window, with its last TLS failure.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DomainSummary {
     pub domain: String,
     #[serde(flatten)]
     pub counts: CountsView,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,
 }
 
 /// [`Counts`] as JSON: named keys, zeros left out.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct CountsView {
     #[serde(skip_serializing_if = "ByTrust::is_empty")]
     pub tls: ByTrust,
@@ -162,7 +169,8 @@ pub struct CountsView {
 }
 
 /// Delivered over TLS by trust level (named as Postfix logs them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ByTrust {
     #[serde(rename = "Verified", skip_serializing_if = "is_zero")]
     pub verified: u64,
@@ -181,7 +189,8 @@ impl ByTrust {
 }
 
 /// Delivered over TLS by protocol.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ByProtocol {
     #[serde(rename = "TLSv1", skip_serializing_if = "is_zero")]
     pub tls10: u64,
@@ -226,6 +235,46 @@ impl From<&Counts> for CountsView {
             plaintext: c.plaintext,
             tls_bounced: c.tls_bounced,
             tls_deferred: c.tls_deferred,
+        }
+    }
+}
+
+impl From<&CountsView> for Counts {
+    fn from(v: &CountsView) -> Counts {
+        let (t, p) = (v.tls, v.protocols);
+        Counts {
+            by_trust: [t.anonymous, t.untrusted, t.trusted, t.verified],
+            by_protocol: [p.tls10, p.tls11, p.tls12, p.tls13, p.other],
+            plaintext: v.plaintext,
+            tls_bounced: v.tls_bounced,
+            tls_deferred: v.tls_deferred,
+        }
+    }
+}
+
+/// What the relay pods of one namespace observed over a window, summed over the pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodsObserved {
+    /// The window, in hours.
+    pub hours: i64,
+    /// Pods whose counts are included.
+    pub pods: u32,
+    /// Per recipient domain: counts and the most recent TLS failure.
+    pub domains: BTreeMap<String, (Counts, Option<Failure>)>,
+}
+
+impl PodsObserved {
+    /// Add one pod's `/observed` answer.
+    pub fn add_pod(&mut self, domains: Vec<DomainSummary>) {
+        self.pods += 1;
+        for d in domains {
+            let (counts, last) = self.domains.entry(d.domain).or_default();
+            counts.add(&Counts::from(&d.counts));
+            if let Some(f) = d.last_failure
+                && last.as_ref().is_none_or(|l| l.at < f.at)
+            {
+                *last = Some(f);
+            }
         }
     }
 }
