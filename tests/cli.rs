@@ -605,3 +605,72 @@ fn standalone_continues_other_namespaces_when_one_cannot_be_written() {
         )
     );
 }
+
+/// `mailtls report tls-rpt --output-dir` writes the gzip'd report under the name RFC 8460
+/// section 5.3 gives it; a bad day or domain is a usage error, a missing log exit 1.
+#[test]
+fn tls_rpt_report_file_is_named_and_gzipped_as_the_rfc_says() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("maillog");
+    std::fs::write(
+        &log,
+        "2026-11-30T10:00:00+00:00 relay postfix/smtp[1]: Q1: to=<u@b.test>, relay=mx.b.test[192.0.2.2]:25, dsn=5.7.5, status=bounced (Server certificate not trusted)\n",
+    )
+    .expect("log");
+    let out_dir = dir.path().join("reports");
+    let args = |day: &str, domain: &str| {
+        vec![
+            "report".to_string(),
+            "tls-rpt".into(),
+            log.display().to_string(),
+            "--domain".into(),
+            domain.into(),
+            "--day".into(),
+            day.into(),
+            "--organization".into(),
+            "Example".into(),
+            "--contact".into(),
+            "tls@corp.example".into(),
+            "--output-dir".into(),
+            out_dir.display().to_string(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        mailtls(&refs)
+    };
+    let out = run(args("2026-11-30", "B.test"));
+    assert!(out.status.success(), "{out:?}");
+    let name = "corp.example!b.test!1795996800!1796083199.json.gz";
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        out_dir.join(name).display().to_string()
+    );
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(out_dir.join(name)).expect("report"))
+        .read_to_string(&mut json)
+        .expect("gunzip");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(
+        report["policies"][0]["summary"]["total-failure-session-count"],
+        1
+    );
+    assert_eq!(run(args("2026-13-01", "b.test")).status.code(), Some(2));
+    assert_eq!(
+        run(args("2026-11-30", "not a domain")).status.code(),
+        Some(2)
+    );
+    let missing = mailtls(&[
+        "report",
+        "tls-rpt",
+        "/nonexistent/log",
+        "--domain",
+        "b.test",
+        "--organization",
+        "x",
+        "--contact",
+        "y",
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+}

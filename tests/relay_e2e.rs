@@ -465,6 +465,7 @@ fn inside() {
 
     let mut relay = Relay::new(&root.join("relay"), &certs);
     let started = Instant::now();
+    let day_at_start = utc_day();
 
     // Phase A: configured by render + agent before Postfix starts.
     relay.apply(&policy_a());
@@ -596,12 +597,98 @@ fn inside() {
     assert!(received(&store, "a-defer").is_empty());
 
     observed_matches_what_was_sent(&relay);
+    tls_reports_follow_the_rfc(&relay, &day_at_start);
 
     eprintln!("e2e scenarios took {:?}", started.elapsed());
     if std::env::var_os("MAILTLS_E2E_LOG").is_some() {
         eprintln!("relay log:\n{}", relay.log());
     }
     let _ = std::io::stderr().flush();
+}
+
+/// The UTC day now, YYYY-MM-DD.
+fn utc_day() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string()
+}
+
+/// `mailtls report tls-rpt` for domains of the mix above: valid against RFC 8460's report
+/// (docs/tls-rpt.schema.json) and counting exactly its sessions. Summed over the days the
+/// test ran on, in case it crossed midnight.
+fn tls_reports_follow_the_rfc(relay: &Relay, day_at_start: &str) {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/tls-rpt.schema.json"),
+        )
+        .expect("schema"),
+    )
+    .expect("schema json");
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("schema compiles");
+    let mut days = vec![day_at_start.to_string(), utc_day()];
+    days.dedup();
+    let report = |domain: &str, day: &str| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailtls"))
+            .args(["report", "tls-rpt"])
+            .arg(relay.root.join("maillog"))
+            .args(["--domain", domain, "--day", day])
+            .args([
+                "--organization",
+                "mailtls e2e",
+                "--contact",
+                "tls@origin.test",
+            ])
+            .output()
+            .expect("mailtls report");
+        assert!(out.status.success(), "{out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let errors: Vec<String> = validator
+            .iter_errors(&report)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}\n{report:#}");
+        report
+    };
+    // (successful, failed, result types)
+    let totals = |domain: &str| {
+        let mut sum = (0, 0, Vec::new());
+        for day in &days {
+            let r = report(domain, day);
+            let policy = &r["policies"][0];
+            sum.0 += policy["summary"]["total-successful-session-count"]
+                .as_u64()
+                .unwrap_or(0);
+            sum.1 += policy["summary"]["total-failure-session-count"]
+                .as_u64()
+                .unwrap_or(0);
+            for d in policy["failure-details"].as_array().into_iter().flatten() {
+                sum.2
+                    .push(d["result-type"].as_str().unwrap_or("").to_string());
+            }
+        }
+        sum
+    };
+    assert_eq!(totals("good.test"), (1, 0, vec![]));
+    assert_eq!(
+        totals("nostarttls-bounce.test"),
+        (0, 1, vec!["starttls-not-supported".to_string()])
+    );
+    assert_eq!(
+        totals("tls13.test"),
+        (0, 1, vec!["validation-failure".to_string()])
+    );
+    let (ok, failed, kinds) = totals("wrongname.test");
+    assert_eq!((ok, failed), (0, 1));
+    assert_eq!(kinds, ["certificate-host-mismatch"]);
+    assert_eq!(totals("edit.test").0, 2, "TLS through the secure route");
+    // The validator is not vacuous.
+    let mut broken = report("good.test", &days[0]);
+    broken["policies"][0]["policy"]["policy-type"] = "local".into();
+    assert!(!validator.is_valid(&broken));
 }
 
 /// `mailtls observe` on the relay's log counts exactly the mail sent above, per domain:

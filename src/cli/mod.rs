@@ -13,6 +13,7 @@ mod relay_agent;
 mod relay_drain;
 mod relay_init;
 mod render;
+mod report;
 mod run;
 mod standalone;
 pub mod yaml_limits;
@@ -41,6 +42,8 @@ enum Command {
     /// What the relay did with real mail, from Postfix's log: per recipient domain,
     /// delivered over TLS (by trust level and protocol), in plaintext, or failed for TLS.
     Observe(observe::ObserveArgs),
+    /// Reports from Postfix's log: `tls-rpt`, an RFC 8460 aggregate report.
+    Report(report::ReportArgs),
     // about/long_about come from ProbeArgs' own #[command] attributes.
     Probe(probe::ProbeArgs),
     /// Print the CustomResourceDefinitions (or write them to a directory).
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Standalone(args) => standalone::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Observe(args) => observe::run(args),
+        Command::Report(args) => report::run(args),
         Command::Probe(args) => probe::main(args),
         Command::Crds(args) => crds::run(args),
         Command::RelayAgent(args) => relay_agent::run(args),

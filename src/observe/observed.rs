@@ -3,7 +3,7 @@
 //! a TLS requirement was not met, in hourly buckets; running totals; and a bounded list of
 //! recent TLS failures. Fed one log line at a time with the time it was read.
 
-use super::parse::{Line, Protocol, Status, Trust, is_tls_failure, parse};
+use super::parse::{Delivery, Sessions};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -17,8 +17,6 @@ pub const OTHER: &str = "(other domains)";
 pub const HOURS_KEPT: i64 = 48;
 /// Recent TLS failures kept.
 pub const RECENT_FAILURES: usize = 100;
-/// SMTP client processes remembered between their TLS line and their delivery lines.
-const MAX_SESSIONS: usize = 10_000;
 
 /// Message counts of one domain (or of all).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -136,8 +134,7 @@ pub struct Observed {
     /// Since the agent started.
     totals: Counts,
     recent: VecDeque<Failure>,
-    /// pid → the TLS session its next delivery lines belong to.
-    sessions: HashMap<u32, (String, Trust, Protocol)>,
+    sessions: Sessions,
     lines: u64,
 }
 
@@ -283,65 +280,47 @@ impl Observed {
     /// Take one log line read at `now` (Unix seconds).
     pub fn feed(&mut self, line: &str, now: i64) {
         self.lines += 1;
-        match parse(line) {
-            Some(Line::Tls {
-                pid,
-                peer,
+        let mut counts = Counts::default();
+        let mut failure = None;
+        let domain = match self.sessions.classify(line) {
+            None => return,
+            Some(Delivery::Tls {
+                domain,
                 trust,
                 protocol,
             }) => {
-                if self.sessions.len() >= MAX_SESSIONS {
-                    self.sessions.clear();
-                }
-                self.sessions
-                    .insert(pid, (peer.to_string(), trust, protocol));
+                counts.by_trust[trust as usize] = 1;
+                counts.by_protocol[protocol as usize] = 1;
+                domain
             }
-            Some(Line::Delivery {
-                pid,
-                queue_id,
+            Some(Delivery::Plaintext { domain }) => {
+                counts.plaintext = 1;
+                domain
+            }
+            Some(Delivery::TlsFailure {
                 domain,
-                relay,
-                status,
+                queue_id,
+                hop,
                 reason,
+                bounced,
             }) => {
-                let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-                if domain.is_empty() {
-                    return;
+                if bounced {
+                    counts.tls_bounced = 1;
+                } else {
+                    counts.tls_deferred = 1;
                 }
-                let mut counts = Counts::default();
-                let mut failure = None;
-                match status {
-                    Status::Sent => match self.sessions.get(&pid) {
-                        // The session this process opened to the same peer: no TLS session is
-                        // ever passed between processes (smtp_tls_connection_reuse is off).
-                        Some((peer, trust, protocol)) if peer == relay => {
-                            counts.by_trust[*trust as usize] = 1;
-                            counts.by_protocol[*protocol as usize] = 1;
-                        }
-                        _ => counts.plaintext = 1,
-                    },
-                    Status::Deferred | Status::Bounced if is_tls_failure(reason) => {
-                        let bounced = status == Status::Bounced;
-                        if bounced {
-                            counts.tls_bounced = 1;
-                        } else {
-                            counts.tls_deferred = 1;
-                        }
-                        failure = Some(Failure {
-                            at: now,
-                            queue_id: queue_id.to_string(),
-                            domain: domain.clone(),
-                            hop: relay.to_string(),
-                            reason: reason.to_string(),
-                            bounced,
-                        });
-                    }
-                    Status::Deferred | Status::Bounced => return,
-                }
-                self.count(domain, counts, failure, now);
+                failure = Some(Failure {
+                    at: now,
+                    queue_id: queue_id.to_string(),
+                    domain: domain.clone(),
+                    hop: hop.to_string(),
+                    reason: reason.to_string(),
+                    bounced,
+                });
+                domain
             }
-            None => {}
-        }
+        };
+        self.count(domain, counts, failure, now);
     }
 
     fn count(&mut self, domain: String, counts: Counts, failure: Option<Failure>, now: i64) {

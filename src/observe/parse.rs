@@ -117,6 +117,149 @@ pub fn is_tls_failure(reason: &str) -> bool {
     TLS_FAILURES.iter().any(|t| reason.starts_with(t))
 }
 
+/// What one delivery line says, with the TLS session it went over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery<'a> {
+    Tls {
+        domain: String,
+        trust: Trust,
+        protocol: Protocol,
+    },
+    Plaintext {
+        domain: String,
+    },
+    /// Bounced or deferred because a TLS requirement was not met.
+    TlsFailure {
+        domain: String,
+        queue_id: &'a str,
+        /// `host[address]:port`, or `none`.
+        hop: &'a str,
+        reason: &'a str,
+        bounced: bool,
+    },
+}
+
+/// SMTP client processes remembered between their TLS line and their delivery lines.
+const MAX_SESSIONS: usize = 10_000;
+
+/// Pairs each delivery line with the TLS session its process opened just before.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    /// pid → (peer, trust, protocol).
+    open: std::collections::HashMap<u32, (String, Trust, Protocol)>,
+}
+
+impl Sessions {
+    /// The delivery a line reports, if it reports one that counts: sent, or failed for
+    /// TLS. Other failures (a refused connection, a full mailbox) are not about TLS.
+    pub fn classify<'a>(&mut self, line: &'a str) -> Option<Delivery<'a>> {
+        match parse(line)? {
+            Line::Tls {
+                pid,
+                peer,
+                trust,
+                protocol,
+            } => {
+                if self.open.len() >= MAX_SESSIONS {
+                    self.open.clear();
+                }
+                self.open.insert(pid, (peer.to_string(), trust, protocol));
+                None
+            }
+            Line::Delivery {
+                pid,
+                queue_id,
+                domain,
+                relay,
+                status,
+                reason,
+            } => {
+                let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+                if domain.is_empty() {
+                    return None;
+                }
+                match status {
+                    Status::Sent => Some(match self.open.get(&pid) {
+                        // The session this process opened to the same peer: no TLS session
+                        // is passed between processes (smtp_tls_connection_reuse is off).
+                        Some((peer, trust, protocol)) if peer == relay => Delivery::Tls {
+                            domain,
+                            trust: *trust,
+                            protocol: *protocol,
+                        },
+                        _ => Delivery::Plaintext { domain },
+                    }),
+                    Status::Deferred | Status::Bounced if is_tls_failure(reason) => {
+                        Some(Delivery::TlsFailure {
+                            domain,
+                            queue_id,
+                            hop: relay,
+                            reason,
+                            bounced: status == Status::Bounced,
+                        })
+                    }
+                    Status::Deferred | Status::Bounced => None,
+                }
+            }
+        }
+    }
+}
+
+/// When a line was written, in Unix seconds (UTC): an RFC 3339 stamp (rsyslog's high
+/// precision format), or the traditional `Dec 02 17:07:39` of Postfix's own log file, which
+/// has no year: the latest one not after `now` is taken.
+pub fn timestamp(line: &str, now: i64) -> Option<i64> {
+    let first = line.split(' ').next()?;
+    if first.len() > 10 && first.as_bytes()[4] == b'-' {
+        return first
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_second());
+    }
+    let mut words = line.split_whitespace();
+    let month = match words.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let day: i8 = words.next()?.parse().ok()?;
+    let time: Vec<i8> = words
+        .next()?
+        .split(':')
+        .map(|n| n.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = time.as_slice() else {
+        return None;
+    };
+    let year = k8s_openapi::jiff::Timestamp::from_second(now)
+        .ok()?
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+        .year();
+    let time = k8s_openapi::jiff::civil::Time::new(*h, *m, *sec, 0).ok()?;
+    let at = |year: i16| {
+        k8s_openapi::jiff::civil::Date::new(year, month, day)
+            .ok()?
+            .to_datetime(time)
+            .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp().as_second())
+    };
+    match at(year)? {
+        t if t <= now + 86_400 => Some(t),
+        _ => at(year - 1),
+    }
+}
+
 /// Parse one log line; `None` for lines of no interest (and for damaged ones).
 pub fn parse(line: &str) -> Option<Line<'_>> {
     let (program, message) = program_and_message(line)?;
@@ -264,6 +407,39 @@ mod tests {
             "Dec  2 16:35:01 relay postfix/local[1]: 3F: to=<a@b>, relay=local, status=sent (delivered)",
         ] {
             assert_eq!(parse(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_with_and_without_a_year() {
+        let at = |s: &str| {
+            s.parse::<k8s_openapi::jiff::Timestamp>()
+                .expect("timestamp")
+                .as_second()
+        };
+        let now = at("2026-11-30T00:53:20Z");
+        assert_eq!(
+            timestamp(
+                "2026-11-29T10:00:00.123456+00:00 relay postfix/smtp[1]: x",
+                now
+            ),
+            Some(at("2026-11-29T10:00:00Z"))
+        );
+        assert_eq!(
+            timestamp("Nov 29 10:00:00 relay postfix/smtp[1]: x", now),
+            Some(at("2026-11-29T10:00:00Z"))
+        );
+        assert_eq!(
+            timestamp("Nov  2 10:00:00 relay postfix/smtp[1]: x", now),
+            Some(at("2026-11-02T10:00:00Z"))
+        );
+        // December seen at the end of November: last year's.
+        assert_eq!(
+            timestamp("Dec 31 23:59:59 relay postfix/smtp[1]: x", now),
+            Some(at("2025-12-31T23:59:59Z"))
+        );
+        for bad in ["", "Foo 1 10:00:00 x", "Nov 31 10:00:00 x", "Nov 1 25:00 x"] {
+            assert_eq!(timestamp(bad, now), None, "{bad:?}");
         }
     }
 
