@@ -275,4 +275,25 @@ mod tests {
             .used_by;
         assert!(used_by.contains(&me));
     }
+
+    /// Duplicates are counted one by one, and rejected entries are all counted but only
+    /// the first [`MAX_LISTED_INVALID`] listed with their reason.
+    #[test]
+    fn duplicates_and_invalid_entries_are_counted() {
+        let mut entries: Vec<String> = ["a.example", "a.example", "a.example", "b.example"]
+            .map(String::from)
+            .to_vec();
+        entries.extend((0..MAX_LISTED_INVALID + 2).map(|i| format!("bad entry {i}")));
+        let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+        let mut findings = Findings::default();
+        normalize(&[AddressList::with_entries("l", &refs)], &mut findings);
+        let stats = findings
+            .get(&ResourceId::new(Kind::AddressList, "l"))
+            .and_then(|f| f.list.clone())
+            .expect("stats");
+        assert_eq!((stats.duplicates, stats.domains), (2, 2));
+        assert_eq!(stats.invalid_total, MAX_LISTED_INVALID as u64 + 2);
+        assert_eq!(stats.invalid.len(), MAX_LISTED_INVALID);
+        assert_eq!(stats.invalid[0].1.field, "spec.entries[4]");
+    }
 }

@@ -108,3 +108,18 @@ pub fn evaluate(inputs: &Inputs) -> Evaluation {
     merge::record_gateway_use(&policy, &mut findings);
     Evaluation { policy, findings }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The namespace goes into the rendered files' header and the manifest.
+    #[test]
+    fn the_policy_knows_its_namespace() {
+        let inputs = Inputs {
+            namespace: "mail-eu".into(),
+            ..Default::default()
+        };
+        assert_eq!(evaluate(&inputs).policy.namespace, "mail-eu");
+    }
+}
