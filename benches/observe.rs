@@ -6,8 +6,10 @@
 //! over 5,000 domains; 70% verified TLS, 20% plaintext, 10% deferred for TLS. Each part runs
 //! in its own child process so its peak RSS (VmHWM) is its own.
 
+mod support;
 use mailtls::observe::Observed;
 use std::time::Instant;
+use support::vm_hwm_kib;
 
 /// Lines of one message; `n` makes ids, pids and domains vary.
 fn message(n: usize, domains: usize, out: &mut Vec<String>) {
@@ -43,17 +45,6 @@ fn message(n: usize, domains: usize, out: &mut Vec<String>) {
         )),
     }
     out.push(format!("{t} postfix/qmgr[902]: {qid}: removed"));
-}
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Lines per second through `Observed::feed`, median of 7 passes over 200k messages.

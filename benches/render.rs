@@ -2,6 +2,7 @@
 //! core (normalise, merge, route, render). Run: `cargo bench --bench render`.
 //! Each size runs in its own child process so its peak RSS (VmHWM) is its own.
 
+mod support;
 use mailtls::api::{
     AddressList, AddressListSpec, Direction, Enforcement, LocalRef, OnFailure, OutboundGateway,
     OutboundGatewaySpec, TestSpec, TlsCompliance, TlsComplianceSpec, TlsVersion,
@@ -9,6 +10,7 @@ use mailtls::api::{
 use mailtls::policy::{Inputs, evaluate};
 use mailtls::render::{RenderOptions, render};
 use std::time::{Duration, Instant};
+use support::vm_hwm_kib;
 
 fn inputs(total: usize) -> Inputs {
     let lists = 10;
@@ -70,17 +72,6 @@ fn inputs(total: usize) -> Inputs {
         policies,
         gateways,
     }
-}
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn child(total: usize) {
