@@ -1,7 +1,8 @@
 //! Graceful stop of a relay pod (edge): stop accepting mail, try every queued message once
-//! more (unless delivery is held, see [`super::hold`]), and wait (up to a deadline inside the pod's grace period) until nothing is being
-//! delivered. Whatever is still deferred stays in the queue, which lives on the pod's
-//! persistent volume, and is tried again by the next pod.
+//! more (unless delivery is held, see [`super::hold`]), and wait (up to a deadline inside
+//! the pod's grace period) until nothing is being delivered. Whatever is still deferred
+//! stays in the queue, which lives on the pod's persistent volume, and is tried again by
+//! the next pod.
 
 use super::Paths;
 use super::install::{reload, run_checked};
