@@ -375,6 +375,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn problems_are_errors_then_invalid_entries_per_resource() {
+        let mut f = Findings::default();
+        let problem = |field: &str| Problem {
+            field: field.into(),
+            message: "bad".into(),
+        };
+        let list = ResourceId::new(Kind::AddressList, "l");
+        let policy = ResourceId::new(Kind::TlsCompliance, "p");
+        f.get_mut(&policy)
+            .errors
+            .push(problem("spec.addressLists[0].name"));
+        f.get_mut(&list).errors.push(problem("spec.bulk"));
+        f.get_mut(&list).list = Some(ListStats {
+            invalid: vec![("x".into(), problem("spec.entries[3]"))],
+            ..Default::default()
+        });
+        let seen: Vec<(String, String)> = f
+            .problems()
+            .map(|(id, p)| (id.to_string(), p.field.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("AddressList/l".to_string(), "spec.bulk".to_string()),
+                ("AddressList/l".into(), "spec.entries[3]".into()),
+                ("TlsCompliance/p".into(), "spec.addressLists[0].name".into()),
+            ]
+        );
+    }
+
+    #[test]
     fn requirements_read_as_explain_prints_them() {
         let r = |ca, host| Requirement::new(ca, host, TlsVersion::V1_2).to_string();
         assert_eq!(r(false, false), "TLS required, TLS 1.2 or newer");
