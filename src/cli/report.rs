@@ -1,6 +1,7 @@
+use crate::observe::follow::for_each_line;
 use crate::observe::tlsrpt::Collector;
 use clap::{Args, Subcommand};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -75,17 +76,7 @@ fn tls_rpt(args: TlsRptArgs) -> ExitCode {
     };
     let mut collector = Collector::new(&domain, start);
     for log in &args.logs {
-        let read = std::fs::File::open(log).and_then(|f| {
-            let mut reader = std::io::BufReader::new(f);
-            let mut bytes = Vec::new();
-            loop {
-                bytes.clear();
-                if reader.read_until(b'\n', &mut bytes)? == 0 {
-                    return Ok(());
-                }
-                collector.feed(String::from_utf8_lossy(&bytes).trim_end(), now);
-            }
-        });
+        let read = for_each_line(log, |line| collector.feed(line.trim_end(), now));
         if let Err(e) = read {
             eprintln!("error: cannot read {}: {e}", log.display());
             return ExitCode::from(super::EXIT_INVALID);

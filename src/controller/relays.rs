@@ -9,7 +9,7 @@
 //! cluster-wide would also expose every workload's spec (environment values included).
 
 use super::queue::Sender;
-use crate::observe::{DomainSummary, PodsObserved};
+use crate::observe::{DomainSummary, PodsObserved, Window};
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -340,11 +340,9 @@ async fn poll_observed(pods: &RelayPods, http: &Http) -> BTreeSet<String> {
                     return (ns, None);
                 };
                 let body = get(http, addr, &path, OBSERVED_LIMIT, OBSERVED_TIMEOUT).await;
-                let window = body.and_then(|b| {
-                    serde_json::from_slice::<serde_json::Value>(&b)
-                        .ok()
-                        .and_then(|v| serde_json::from_value(v.get("domains")?.clone()).ok())
-                });
+                let window = body
+                    .and_then(|b| serde_json::from_slice::<Window>(&b).ok())
+                    .map(|w| w.domains);
                 (ns, window)
             }
         })

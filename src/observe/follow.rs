@@ -38,6 +38,11 @@ pub fn now() -> i64 {
 
 /// Feed every complete line of `path` to `observed`, read at `now`.
 pub fn read_all(path: &Path, observed: &mut Observed, now: i64) -> std::io::Result<()> {
+    for_each_line(path, |line| observed.feed(line, now))
+}
+
+/// Call `f` with every line of `path` (without its newline), invalid UTF-8 taken lossily.
+pub fn for_each_line(path: &Path, mut f: impl FnMut(&str)) -> std::io::Result<()> {
     let mut reader = BufReader::new(File::open(path)?);
     let mut line = String::new();
     loop {
@@ -45,7 +50,7 @@ pub fn read_all(path: &Path, observed: &mut Observed, now: i64) -> std::io::Resu
         if read_line(&mut reader, &mut line)? == 0 {
             return Ok(());
         }
-        observed.feed(line.trim_end_matches('\n'), now);
+        f(line.trim_end_matches('\n'));
     }
 }
 

@@ -39,7 +39,7 @@ impl Observed {
 }
 
 /// What `/observed` answers: per recipient domain over the last `hours` hours.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Window {
     pub hours: i64,
