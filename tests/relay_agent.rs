@@ -771,6 +771,11 @@ fn the_mail_log_is_counted_once_across_rotations() {
             .spawn()
             .expect("start relay-agent"),
     );
+    // Lines already in the file when the agent opens it are counted, not echoed: write only
+    // once it has read Postfix's start-up lines.
+    wait_status(&addr, "the agent to read the log", |s| {
+        s["observed"]["logLines"].as_u64() > Some(0)
+    });
     const N: usize = 300;
     for i in 0..N {
         let out = Command::new("postlog")

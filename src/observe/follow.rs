@@ -67,6 +67,9 @@ struct Reader {
     reader: BufReader<File>,
     inode: u64,
     pos: u64,
+    /// Lines ending at or before this offset were in the file when the agent started: they
+    /// are counted but not echoed, so a restarted agent does not repeat the log it showed.
+    quiet_until: u64,
     /// A line whose end has not been written yet.
     partial: String,
 }
@@ -79,14 +82,17 @@ impl Reader {
             reader: BufReader::new(file),
             inode,
             pos: 0,
+            quiet_until: 0,
             partial: String::new(),
         })
     }
 
-    /// Complete lines available now (at most [`BATCH`]).
-    fn lines(&mut self) -> std::io::Result<Vec<String>> {
+    /// Complete lines available now (at most [`BATCH`]), and whether they are quiet (see
+    /// `quiet_until`; a batch never mixes quiet lines and others).
+    fn lines(&mut self) -> std::io::Result<(Vec<String>, bool)> {
+        let quiet = self.pos < self.quiet_until;
         let mut out = Vec::new();
-        while out.len() < BATCH {
+        while out.len() < BATCH && !(quiet && self.pos >= self.quiet_until) {
             let n = read_line(&mut self.reader, &mut self.partial)?;
             if n == 0 {
                 break;
@@ -97,7 +103,14 @@ impl Reader {
                 out.push(std::mem::take(&mut self.partial));
             }
         }
-        Ok(out)
+        Ok((out, quiet))
+    }
+
+    /// Take what `lines` returned: counted, and echoed unless quiet.
+    fn take(&mut self, echo: bool, observed: &Shared) -> std::io::Result<bool> {
+        let (lines, quiet) = self.lines()?;
+        take(&lines, echo && !quiet, observed);
+        Ok(!lines.is_empty())
     }
 }
 
@@ -110,8 +123,6 @@ pub fn follow(opts: &Follow, observed: &Shared) {
         let _ = std::fs::remove_file(&old);
     }
     let mut waiting_said = false;
-    // What the file holds at start is counted but not echoed: a restarted agent does not
-    // repeat the log it showed before.
     let mut first = true;
     loop {
         let mut reader = match Reader::open(&opts.path) {
@@ -128,17 +139,7 @@ pub fn follow(opts: &Follow, observed: &Shared) {
         waiting_said = false;
         tracing::info!(path = %opts.path.display(), "reading the mail log");
         if std::mem::take(&mut first) {
-            let quiet = loop {
-                match reader.lines() {
-                    Ok(lines) if lines.is_empty() => break Ok(()),
-                    Ok(lines) => take(&lines, false, observed),
-                    Err(e) => break Err(e),
-                }
-            };
-            if let Err(e) = quiet {
-                tracing::warn!(path = %opts.path.display(), "mail log: {e}; reopening");
-                continue;
-            }
+            reader.quiet_until = std::fs::metadata(&opts.path).map_or(0, |m| m.len());
         }
         if let Err(e) = follow_one(opts, observed, &mut reader) {
             tracing::warn!(path = %opts.path.display(), "mail log: {e}; reopening");
@@ -150,9 +151,7 @@ pub fn follow(opts: &Follow, observed: &Shared) {
 /// Read one file until it is replaced, removed or rotated (then `Ok`).
 fn follow_one(opts: &Follow, observed: &Shared, reader: &mut Reader) -> std::io::Result<()> {
     loop {
-        let lines = reader.lines()?;
-        if !lines.is_empty() {
-            take(&lines, opts.echo, observed);
+        if reader.take(opts.echo, observed)? {
             continue;
         }
         match std::fs::metadata(&opts.path) {
@@ -185,7 +184,7 @@ fn rotate(opts: &Follow, observed: &Shared, reader: &mut Reader) -> std::io::Res
         if opts.path.exists() {
             break;
         }
-        take(&reader.lines()?, opts.echo, observed);
+        reader.take(opts.echo, observed)?;
         std::thread::sleep(POLL);
     }
     drain(reader, opts.echo, observed)?;
@@ -197,13 +196,7 @@ fn rotate(opts: &Follow, observed: &Shared, reader: &mut Reader) -> std::io::Res
 /// Read what is left, once more after a pause for writes still in flight.
 fn drain(reader: &mut Reader, echo: bool, observed: &Shared) -> std::io::Result<()> {
     for _ in 0..2 {
-        loop {
-            let lines = reader.lines()?;
-            if lines.is_empty() {
-                break;
-            }
-            take(&lines, echo, observed);
-        }
+        while reader.take(echo, observed)? {}
         std::thread::sleep(POLL);
     }
     if !reader.partial.is_empty() {
@@ -264,7 +257,7 @@ mod tests {
         let path = dir.path().join("maillog");
         std::fs::write(&path, sent(0)).expect("write");
         let mut r = Reader::open(&path).expect("open");
-        assert_eq!(r.lines().expect("read").len(), 1);
+        assert_eq!(r.lines().expect("read").0.len(), 1);
         let line = sent(1);
         let (a, b) = line.split_at(20);
         let mut f = std::fs::OpenOptions::new()
@@ -272,9 +265,9 @@ mod tests {
             .open(&path)
             .expect("append");
         f.write_all(a.as_bytes()).expect("write");
-        assert!(r.lines().expect("read").is_empty(), "half a line");
+        assert!(r.lines().expect("read").0.is_empty(), "half a line");
         f.write_all(b.as_bytes()).expect("write");
-        assert_eq!(r.lines().expect("read"), [line.trim_end()]);
+        assert_eq!(r.lines().expect("read").0, [line.trim_end()]);
 
         let observed: Shared = Default::default();
         let opts = Follow {
@@ -298,7 +291,27 @@ mod tests {
             "the old file's last line"
         );
         let mut r = Reader::open(&path).expect("reopen");
-        assert_eq!(r.lines().expect("read").len(), 1);
+        assert_eq!(r.lines().expect("read").0.len(), 1);
+    }
+
+    /// What the file held when the agent started is counted but never echoed; what comes
+    /// after is both, and one batch never mixes the two.
+    #[test]
+    fn lines_present_at_start_are_quiet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("maillog");
+        std::fs::write(&path, sent(0) + &sent(1)).expect("write");
+        let mut r = Reader::open(&path).expect("open");
+        r.quiet_until = std::fs::metadata(&path).expect("len").len();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("append");
+        f.write_all(sent(2).as_bytes()).expect("write");
+        let (old, quiet) = r.lines().expect("read");
+        assert_eq!((old.len(), quiet), (2, true));
+        let (new, quiet) = r.lines().expect("read");
+        assert_eq!((new, quiet), (vec![sent(2).trim_end().to_string()], false));
     }
 
     #[test]
