@@ -4,7 +4,8 @@
 //! The log is what a busy relay writes: per message an smtpd connect, cleanup, qmgr from=,
 //! the smtp client's TLS line (for TLS deliveries) and its status line, and qmgr removed,
 //! over 5,000 domains; 70% verified TLS, 20% plaintext, 10% deferred for TLS. Each part runs
-//! in its own child process so its peak RSS (VmHWM) is its own.
+//! in its own child process so its peak RSS (VmHWM) is its own. Each part runs again with
+//! the days kept for TLS reports (`relay-agent --tls-rpt-organization`).
 
 mod support;
 use mailtls::observe::Observed;
@@ -47,8 +48,16 @@ fn message(n: usize, domains: usize, out: &mut Vec<String>) {
     out.push(format!("{t} postfix/qmgr[902]: {qid}: removed"));
 }
 
+fn observed(days: bool) -> Observed {
+    let mut o = Observed::default();
+    if days {
+        o.keep_days();
+    }
+    o
+}
+
 /// Lines per second through `Observed::feed`, median of 7 passes over 200k messages.
-fn throughput() {
+fn throughput(days: bool) {
     let mut lines = Vec::new();
     for n in 0..200_000 {
         message(n, 5_000, &mut lines);
@@ -56,7 +65,7 @@ fn throughput() {
     let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
     let mut rates = Vec::new();
     for _ in 0..7 {
-        let mut o = Observed::default();
+        let mut o = observed(days);
         let start = Instant::now();
         for l in &lines {
             o.feed(l, 1_796_000_000);
@@ -69,7 +78,8 @@ fn throughput() {
     let median = rates[rates.len() / 2];
     let busy = 1000.0 * lines.len() as f64 / 200_000.0;
     println!(
-        "throughput\t{} lines ({:.0} MB)\tmedian {:.0} lines/s (min {:.0}, max {:.0})\t{:.1} MB/s\t{:.0}x a relay delivering 1,000 messages/s ({busy:.0} lines/s)",
+        "throughput{}\t{} lines ({:.0} MB)\tmedian {:.0} lines/s (min {:.0}, max {:.0})\t{:.1} MB/s\t{:.0}x a relay delivering 1,000 messages/s ({busy:.0} lines/s)",
+        if days { " (TLS-report days kept)" } else { "" },
         lines.len(),
         bytes as f64 / 1e6,
         median,
@@ -81,12 +91,12 @@ fn throughput() {
 }
 
 /// Peak memory growth with `domains` distinct recipient domains, one TLS delivery each.
-fn memory(domains: usize) {
+fn memory(domains: usize, days: bool) {
     let mut lines = Vec::new();
     for n in 0..domains {
         message(n, domains, &mut lines);
     }
-    let mut o = Observed::default();
+    let mut o = observed(days);
     let baseline = vm_hwm_kib();
     for l in &lines {
         o.feed(l, 1_796_000_000);
@@ -98,7 +108,8 @@ fn memory(domains: usize) {
     let json = serde_json::to_string(&window).map(|s| s.len()).unwrap_or(0);
     let served = start.elapsed();
     println!(
-        "memory\t{} domains tracked\t+{} KiB peak RSS ({:.0} B per domain)\t/observed: {} domains, {:.1} MB JSON in {:.0} ms\t+{} KiB with the view",
+        "memory{}\t{} domains tracked\t+{} KiB peak RSS ({:.0} B per domain)\t/observed: {} domains, {:.1} MB JSON in {:.0} ms\t+{} KiB with the view",
+        if days { " (TLS-report days kept)" } else { "" },
         o.domains(),
         grown,
         grown as f64 * 1024.0 / o.domains() as f64,
@@ -112,15 +123,22 @@ fn memory(domains: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--child-throughput") => return throughput(),
-        Some("--child-memory") => return memory(100_000),
+        Some("--child-throughput") => return throughput(false),
+        Some("--child-memory") => return memory(100_000, false),
+        Some("--child-throughput-days") => return throughput(true),
+        Some("--child-memory-days") => return memory(100_000, true),
         _ => {}
     }
     if args.iter().any(|a| a == "--test" || a == "--list") {
         return; // `cargo test --benches` probes bench binaries; nothing to test here.
     }
     let exe = std::env::current_exe().expect("own path");
-    for part in ["--child-throughput", "--child-memory"] {
+    for part in [
+        "--child-throughput",
+        "--child-memory",
+        "--child-throughput-days",
+        "--child-memory-days",
+    ] {
         let out = std::process::Command::new(&exe)
             .arg(part)
             .output()

@@ -154,6 +154,23 @@ fn values_schema_and_chart_rules_reject_bad_values() {
             "relay.enabled=true,relay.tls.certManager.issuerRef.name=le",
             "relay.hostname",
         ),
+        (
+            "relay.enabled=true,relay.tlsReports.enabled=true,relay.tlsReports.contact=tls@example.com",
+            "relay.tlsReports.organization",
+        ),
+        (
+            "relay.enabled=true,relay.tlsReports.enabled=true,relay.tlsReports.organization=X",
+            "relay.tlsReports.contact",
+        ),
+        (
+            "relay.enabled=true,relay.tlsReports.enabled=true,relay.tlsReports.organization=X,relay.tlsReports.contact=tls@example.com,relay.mailLog.enabled=false",
+            "relay.mailLog.enabled",
+        ),
+        (
+            "relay.tlsReports.contact=https://example.com/tls",
+            "contact",
+        ),
+        ("relay.tlsReports.at=24:00", "at"),
     ] {
         let (ok, _, err) = run_helm(&["template", "mailtls", "charts/mailtls", "--set", set]);
         assert!(!ok, "{set} was accepted");
@@ -263,6 +280,7 @@ async fn relay_values_reach_the_pod_and_are_accepted() {
             "relay.inbound.domains={example.com,example.org},relay.inbound.nextHop=mx.corp.internal:2525",
             "relay.inbound.from={198.51.100.0/24},relay.networkPolicy.enabled=true",
             "relay.persistence.size=5Gi,relay.persistence.storageClass=fast,relay.terminationGracePeriodSeconds=120",
+            "relay.tlsReports.enabled=true,relay.tlsReports.organization=Example Corp,relay.tlsReports.contact=tls@example.com,relay.tlsReports.at=02:30",
         ]);
         let (applied, unserved) = dry_run(&client, &yaml, &ns).await;
         assert_eq!(unserved, ["Certificate"], "only cert-manager's kind is not served here");
@@ -306,7 +324,18 @@ async fn relay_values_reach_the_pod_and_are_accepted() {
         // The agent: ready only once a policy is applied; reloads on a renewed certificate.
         let agent = &pod["containers"][1];
         assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
-        assert!(agent["args"].as_array().expect("args").iter().any(|a| a == "--tls-dir=/etc/mailtls/tls"));
+        let agent_args: Vec<&str> = agent["args"].as_array().expect("args").iter().filter_map(|a| a.as_str()).collect();
+        for want in [
+            "--tls-dir=/etc/mailtls/tls",
+            "--tls-rpt-organization=Example Corp",
+            "--tls-rpt-contact=tls@example.com",
+            "--tls-rpt-at=02:30",
+            "--tls-rpt-state=/var/spool/postfix/mailtls-tls-rpt-sent",
+        ] {
+            assert!(agent_args.contains(&want), "{want} missing from {agent_args:?}");
+        }
+        // Two days of TLS sessions kept for the reports: room for them.
+        assert_eq!(agent["resources"]["limits"]["memory"], "192Mi");
         let tls_volume = pod["volumes"].as_array().expect("volumes").iter()
             .find(|v| v["name"] == "tls").expect("tls volume");
         assert_eq!(tls_volume["secret"]["secretName"], "mailtls-relay-tls");
@@ -334,6 +363,7 @@ async fn relay_values_reach_the_pod_and_are_accepted() {
         assert!(sts["spec"]["volumeClaimTemplates"].is_null());
         assert!(yaml.contains("emptyDir"));
         assert!(!yaml.contains("--tls-cert"));
+        assert!(!yaml.contains("--tls-rpt"), "TLS reports are opt-in");
         let (_, unserved) = dry_run(&client, &yaml, &ns).await;
         assert!(unserved.is_empty(), "{unserved:?}");
     })

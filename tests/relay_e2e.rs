@@ -12,13 +12,14 @@
 mod common;
 
 use common::mail::{
-    Certs, Msg, Store, dnsmasq, must, sh, start_sink, tls_config, tls_config_with, wait_for,
+    Certs, Kill, Msg, Posts, Store, dnsmasq_with, must, sh, start_https_sink, start_sink,
+    tls_config, tls_config_with, wait_for,
 };
 use common::{gateway, list, policy};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,7 +39,10 @@ const SECURE_GW: (&str, &str) = ("secure-gw", "127.0.0.21");
 const SMARTHOST: (&str, &str) = ("smarthost", "127.0.0.22");
 const DIRECT_GW: (&str, &str) = ("direct-gw", "127.0.0.23");
 const ORIGIN: (&str, &str) = ("origin", "127.0.0.30");
+/// The HTTPS endpoint that takes TLS reports (reports.good.test:8443).
+const REPORTS: &str = "127.0.0.40";
 const ADDRESSES: &[&str] = &[
+    REPORTS,
     DNS,
     PLAIN.1,
     SELF_SIGNED.1,
@@ -395,9 +399,12 @@ fn inside() {
     must(Command::new("chmod").arg("755").arg(root));
     let certs = Certs::new();
 
-    let _dns = dnsmasq(
+    let _dns = dnsmasq_with(
         DNS,
         &[
+            ("reports.good.test", REPORTS),
+            // A report endpoint inside the network: never posted to.
+            ("internal.test", "10.1.2.3"),
             ("mx.plain.test", PLAIN.1),
             ("mx.selfsigned.test", SELF_SIGNED.1),
             ("mx.wrongname.test", WRONG_NAME.1),
@@ -429,6 +436,25 @@ fn inside() {
             // lookup that should not have happened.
             ("gw-direct.test", "mx.plain.test"),
             ("origin.test", "mx.origin.test"),
+            ("reports.test", "mx.origin.test"),
+        ],
+        &[
+            (
+                "_smtp._tls.good.test",
+                "v=TLSRPTv1; rua=https://reports.good.test:8443/tlsrpt",
+            ),
+            (
+                "_smtp._tls.wrongname.test",
+                "v=TLSRPTv1;rua=mailto:tlsrpt@reports.test",
+            ),
+            (
+                "_smtp._tls.tls13.test",
+                "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test, https://reports.good.test:8443/tls13",
+            ),
+            (
+                "_smtp._tls.selfsigned.test",
+                "v=TLSRPTv1; rua=https://internal.test:8443/x",
+            ),
         ],
     );
 
@@ -462,6 +488,12 @@ fn inside() {
     start_sink(&rt, SMARTHOST, ca_cfg("mx.smarthost.test"), &store);
     start_sink(&rt, DIRECT_GW, ca_cfg("gw-direct.test"), &store);
     start_sink(&rt, ORIGIN, None, &store);
+    let posts = start_https_sink(
+        &rt,
+        REPORTS,
+        8443,
+        ca_cfg("reports.good.test").expect("tls"),
+    );
 
     let mut relay = Relay::new(&root.join("relay"), &certs);
     let started = Instant::now();
@@ -597,7 +629,10 @@ fn inside() {
     assert!(received(&store, "a-defer").is_empty());
 
     observed_matches_what_was_sent(&relay);
+    status_observed_matches_what_was_sent(root, &relay);
     tls_reports_follow_the_rfc(&relay, &day_at_start);
+    tls_reports_are_sent_where_the_domains_ask(&relay, &store, &posts, &day_at_start);
+    the_agent_sends_yesterdays_reports_once(root, &relay, &store, &posts);
 
     eprintln!("e2e scenarios took {:?}", started.elapsed());
     if std::env::var_os("MAILTLS_E2E_LOG").is_some() {
@@ -618,17 +653,7 @@ fn utc_day() -> String {
 /// (docs/tls-rpt.schema.json) and counting exactly its sessions. Summed over the days the
 /// test ran on, in case it crossed midnight.
 fn tls_reports_follow_the_rfc(relay: &Relay, day_at_start: &str) {
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/tls-rpt.schema.json"),
-        )
-        .expect("schema"),
-    )
-    .expect("schema json");
-    let validator = jsonschema::options()
-        .should_validate_formats(true)
-        .build(&schema)
-        .expect("schema compiles");
+    let validator = report_validator();
     let mut days = vec![day_at_start.to_string(), utc_day()];
     days.dedup();
     let report = |domain: &str, day: &str| -> serde_json::Value {
@@ -689,6 +714,317 @@ fn tls_reports_follow_the_rfc(relay: &Relay, day_at_start: &str) {
     let mut broken = report("good.test", &days[0]);
     broken["policies"][0]["policy"]["policy-type"] = "local".into();
     assert!(!validator.is_valid(&broken));
+}
+
+/// RFC 8460's report schema (docs/tls-rpt.schema.json), compiled.
+fn report_validator() -> jsonschema::Validator {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/tls-rpt.schema.json"),
+        )
+        .expect("schema"),
+    )
+    .expect("schema json");
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("schema compiles")
+}
+
+/// A gzip'd report, valid against the RFC's schema.
+fn unzip_report(gz: &[u8]) -> serde_json::Value {
+    use std::io::Read as _;
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut json)
+        .expect("gzip");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("report json");
+    let errors: Vec<String> = report_validator()
+        .iter_errors(&report)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}\n{report:#}");
+    report
+}
+
+/// The reports mailed to `to` whose subject names `domain`, decoded from their attachment.
+fn mailed_reports(store: &Store, domain: &str) -> Vec<serde_json::Value> {
+    use base64::Engine as _;
+    let needle = format!("Subject: Report Domain: {domain} ");
+    let msgs: Vec<Msg> = store
+        .lock()
+        .expect("store")
+        .iter()
+        .filter(|m| m.data.contains(&needle))
+        .cloned()
+        .collect();
+    msgs.iter()
+        .map(|m| {
+            assert_eq!(m.rcpts, ["tlsrpt@reports.test"], "{}", m.data);
+            assert!(
+                m.data.contains(&format!("TLS-Report-Domain: {domain}\r\n")),
+                "{}",
+                m.data
+            );
+            assert!(m.data.contains("report-type=\"tlsrpt\""), "{}", m.data);
+            let part = m
+                .data
+                .split("Content-Type: application/tlsrpt+gzip")
+                .nth(1)
+                .expect("attachment");
+            let b64: String = part
+                .split("\r\n\r\n")
+                .nth(1)
+                .expect("attachment body")
+                .lines()
+                .take_while(|l| !l.starts_with("--"))
+                .collect();
+            unzip_report(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .expect("base64"),
+            )
+        })
+        .collect()
+}
+
+/// The report POSTed to `path`, if any.
+fn posted_reports(posts: &Posts, path: &str) -> Vec<serde_json::Value> {
+    let got: Vec<(String, Vec<u8>)> = posts.lock().expect("posts").clone();
+    got.iter()
+        .filter(|(head, _)| head.starts_with(&format!("POST {path} HTTP/1.1\r\n")))
+        .map(|(head, body)| {
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("content-type: application/tlsrpt+gzip"),
+                "{head}"
+            );
+            unzip_report(body)
+        })
+        .collect()
+}
+
+/// `mailtls report tls-rpt --send`: each report goes where its domain's `_smtp._tls` record
+/// says, POSTed over HTTPS or mailed through the relay itself; the same report `mailtls
+/// report tls-rpt` prints. A domain without a record gets nothing; an endpoint inside the
+/// network is refused.
+fn tls_reports_are_sent_where_the_domains_ask(
+    relay: &Relay,
+    store: &Store,
+    posts: &Posts,
+    day: &str,
+) {
+    let ca = relay.root.join("ca.pem");
+    let report_cmd = |domains: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailtls"));
+        cmd.args(["report", "tls-rpt"])
+            .arg(relay.root.join("maillog"))
+            .args(["--day", day])
+            .args([
+                "--organization",
+                "mailtls e2e",
+                "--contact",
+                "tls@origin.test",
+            ]);
+        for d in domains {
+            cmd.args(["--domain", d]);
+        }
+        cmd
+    };
+    let printed = |domain: &str| -> serde_json::Value {
+        let out = report_cmd(&[domain]).output().expect("mailtls report");
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let send = |domains: &[&str]| {
+        sh(report_cmd(domains)
+            .args([
+                "--send",
+                "--resolver",
+                "127.0.0.53:53",
+                "--smtp",
+                "127.0.0.1:25",
+            ])
+            .arg("--ca-file")
+            .arg(&ca)
+            .args(["--allow-address", "127.0.0.0/8", "--send-timeout", "10s"]))
+    };
+    let (ok, out) = send(&["good.test", "wrongname.test", "tls13.test", "edit.test"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("good.test: sent to https://reports.good.test:8443/tlsrpt"),
+        "{out}"
+    );
+    assert!(
+        out.contains("wrongname.test: sent to mailto:tlsrpt@reports.test"),
+        "{out}"
+    );
+    assert!(
+        out.contains("tls13.test: sent to mailto:tlsrpt@reports.test; sent to https://reports.good.test:8443/tls13"),
+        "{out}"
+    );
+    assert!(
+        out.contains("edit.test: no TLSRPT record, not sent"),
+        "{out}"
+    );
+
+    assert_eq!(posted_reports(posts, "/tlsrpt"), [printed("good.test")]);
+    assert_eq!(posted_reports(posts, "/tls13"), [printed("tls13.test")]);
+    // Mailed through the relay, which delivers them like any mail.
+    for domain in ["wrongname.test", "tls13.test"] {
+        let mailed = wait_for(60, &format!("the report on {domain} to arrive"), || {
+            let m = mailed_reports(store, domain);
+            (!m.is_empty()).then_some(m)
+        });
+        assert_eq!(mailed, [printed(domain)]);
+    }
+    let wrong = printed("wrongname.test");
+    assert_eq!(
+        wrong["policies"][0]["failure-details"][0]["result-type"], "certificate-host-mismatch",
+        "{wrong:#}"
+    );
+
+    // The record points into the network: refused, nothing posted, and the exit says so.
+    let before = posts.lock().expect("posts").len();
+    let (ok, out) = send(&["selfsigned.test"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("https://internal.test:8443/x failed: internal.test has no address it may be sent to: refused 10.1.2.3 (private"),
+        "{out}"
+    );
+    assert_eq!(posts.lock().expect("posts").len(), before);
+}
+
+/// `relay-agent --tls-rpt-organization`: once the day is over, its reports go by
+/// themselves, from what the agent read of the log; a restarted agent does not send them
+/// again.
+fn the_agent_sends_yesterdays_reports_once(
+    root: &Path,
+    relay: &Relay,
+    store: &Store,
+    posts: &Posts,
+) {
+    let dir = root.join("reporting-agent");
+    let etc = dir.join("etc");
+    common::private_postfix_config(&etc);
+    std::fs::create_dir_all(dir.join("configmap")).expect("watch dir");
+    // The agent must see the same "yesterday" as this test: not across midnight.
+    let into_day = k8s_openapi::jiff::Timestamp::now()
+        .as_second()
+        .rem_euclid(86_400);
+    if into_day > 86_340 {
+        std::thread::sleep(std::time::Duration::from_secs((86_405 - into_day) as u64));
+    }
+    let yesterday = k8s_openapi::jiff::Timestamp::now()
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+        .date()
+        .yesterday()
+        .expect("yesterday")
+        .to_string();
+    let today = utc_day();
+    let t = |day: &str, time: &str| format!("{day}T{time}+00:00 relay postfix/smtp");
+    std::fs::write(
+        dir.join("maillog"),
+        format!(
+            "{y}[1]: Verified TLS connection established to mx.good.test[127.0.0.13]:25: TLSv1.3 with cipher X\n\
+             {y}[1]: Q1: to=<u@good.test>, relay=mx.good.test[127.0.0.13]:25, dsn=2.0.0, status=sent (ok)\n\
+             {y2}[2]: Q2: to=<u@wrongname.test>, relay=mx.wrongname.test[127.0.0.12]:25, dsn=5.7.5, status=bounced (Server certificate not verified)\n\
+             {n}[3]: Verified TLS connection established to mx.good.test[127.0.0.13]:25: TLSv1.3 with cipher X\n\
+             {n}[3]: Q3: to=<u@good.test>, relay=mx.good.test[127.0.0.13]:25, dsn=2.0.0, status=sent (ok)\n",
+            y = t(&yesterday, "10:00:00"),
+            y2 = t(&yesterday, "23:59:59"),
+            n = t(&today, "00:00:00"),
+        ),
+    )
+    .expect("mail log");
+    let state = dir.join("tls-rpt-sent");
+    let log_of = |n: usize| dir.join(format!("agent-{n}.log"));
+    let start = |n: usize| {
+        let log = std::fs::File::create(log_of(n)).expect("agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_mailtls"))
+            .arg("relay-agent")
+            .arg("--watch-dir")
+            .arg(dir.join("configmap"))
+            .arg("--postfix-dir")
+            .arg(&etc)
+            .arg("--maps-dir")
+            .arg(etc.join("mailtls"))
+            .arg("--mail-log")
+            .arg(dir.join("maillog"))
+            .args(["--tls-rpt-organization", "mailtls e2e"])
+            .args(["--tls-rpt-contact", "tls@origin.test"])
+            .arg("--tls-rpt-state")
+            .arg(&state)
+            .args(["--tls-rpt-at", "00:00", "--tls-rpt-instance", "relay-x"])
+            .args(["--tls-rpt-resolver", "127.0.0.53:53"])
+            .args(["--tls-rpt-smtp", "127.0.0.1:25"])
+            .arg("--tls-rpt-ca-file")
+            .arg(relay.root.join("ca.pem"))
+            .args(["--tls-rpt-allow-address", "127.0.0.0/8"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start relay-agent");
+        Kill(child)
+    };
+    let read_log = |n: usize| std::fs::read_to_string(log_of(n)).unwrap_or_default();
+    let agent = start(0);
+    let posted = wait_for(60, "the agent's report on good.test", || {
+        posted_reports(posts, "/tlsrpt").into_iter().find(|r| {
+            r["report-id"]
+                .as_str()
+                .is_some_and(|id| id.contains("_relay-x@"))
+        })
+    });
+    assert_eq!(
+        posted["date-range"]["start-datetime"],
+        format!("{yesterday}T00:00:00Z")
+    );
+    assert_eq!(
+        posted["report-id"],
+        format!("{yesterday}_good.test_relay-x@origin.test")
+    );
+    let summary = &posted["policies"][0]["summary"];
+    assert_eq!(
+        (
+            summary["total-successful-session-count"].as_u64(),
+            summary["total-failure-session-count"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{posted:#}"
+    );
+    let mailed = wait_for(60, "the agent's report on wrongname.test", || {
+        mailed_reports(store, "wrongname.test")
+            .into_iter()
+            .find(|r| {
+                r["report-id"]
+                    .as_str()
+                    .is_some_and(|id| id.contains("_relay-x@"))
+            })
+    });
+    assert_eq!(
+        mailed["policies"][0]["summary"]["total-failure-session-count"],
+        1
+    );
+    wait_for(30, "the agent to keep the day sent", || {
+        std::fs::read_to_string(&state)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    });
+    drop(agent);
+    let first_log = read_log(0);
+    assert!(first_log.contains("TLS reports done"), "{first_log}");
+
+    // Restarted: the day is not sent again.
+    let before = posts.lock().expect("posts").len();
+    let again = start(1);
+    wait_for(30, "the restarted agent to see the day sent", || {
+        read_log(1)
+            .contains("TLS reports already sent")
+            .then_some(())
+    });
+    drop(again);
+    assert_eq!(posts.lock().expect("posts").len(), before);
 }
 
 /// `mailtls observe` on the relay's log counts exactly the mail sent above, per domain:
@@ -762,6 +1098,68 @@ fn observed_matches_what_was_sent(relay: &Relay) {
         .as_array()
         .expect("failures");
     assert_eq!(failures.len(), 6, "{failures:?}");
+}
+
+/// `mailtls standalone --mail-log` on the relay's log: each policy's and gateway's
+/// `status.observed` (the same engine code the controller runs on what relay pods report)
+/// sums exactly the mail sent to its domains above.
+fn status_observed_matches_what_was_sent(root: &Path, relay: &Relay) {
+    let input = root.join("observed-in");
+    let out = root.join("observed-out");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::write(input.join("policies.yaml"), policy_a()).expect("write");
+    let (ok, output) = sh(Command::new(env!("CARGO_BIN_EXE_mailtls"))
+        .args(["standalone", "--postfix-version", "auto", "--mail-log"])
+        .arg(relay.root.join("maillog"))
+        .arg("--dir")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out));
+    assert!(ok, "{output}");
+    let observed = |file: &str| -> serde_json::Value {
+        let path = out.join("default/resources").join(file);
+        let r: serde_json::Value =
+            serde_norway::from_str(&std::fs::read_to_string(&path).expect("status")).expect("yaml");
+        r["status"]["observed"].clone()
+    };
+    let counts = |o: &serde_json::Value| {
+        let n = |k: &str| o[k].as_u64().unwrap_or(0);
+        (
+            n("verified") + n("trusted") + n("untrusted"),
+            n("plaintext"),
+            n("tlsBounced"),
+            n("tlsDeferred"),
+        )
+    };
+    // (over TLS, plaintext, bounced for TLS, deferred for TLS)
+    for (file, want) in [
+        ("tlscompliance-bounce.yaml", (0, 0, 1, 0)),
+        ("tlscompliance-defer.yaml", (0, 0, 0, 1)),
+        ("tlscompliance-verified.yaml", (1, 0, 2, 0)),
+        ("tlscompliance-tls13.yaml", (0, 0, 1, 0)),
+        ("tlscompliance-monitor.yaml", (0, 1, 0, 0)),
+        // Counts are per domain (no local part is kept): a one-address policy gets none.
+        ("tlscompliance-one-address.yaml", (0, 0, 0, 0)),
+        ("outboundgateway-route.yaml", (1, 0, 0, 0)),
+    ] {
+        let o = observed(file);
+        assert_eq!(
+            (o["window"].as_str(), o["relayPods"].as_u64()),
+            (Some("24h"), Some(1)),
+            "{file}: {o}"
+        );
+        assert_eq!(counts(&o), want, "{file}: {o}");
+    }
+    let verified = observed("tlscompliance-verified.yaml");
+    assert_eq!(verified["verified"], 1, "{verified}");
+    let last = &verified["lastTlsFailure"];
+    assert!(
+        ["selfsigned.test", "wrongname.test"].contains(&last["domain"].as_str().unwrap_or("")),
+        "{verified}"
+    );
+    // The Monitor policy's plaintext message would have failed under Enforce.
+    assert_eq!(observed("tlscompliance-monitor.yaml")["wouldFail"], 1);
+    assert!(observed("tlscompliance-inbound.yaml").is_null());
 }
 
 /// Configurations the agent must refuse, each leaving `good_hash` installed.

@@ -26,14 +26,53 @@ pub struct DirError(pub String);
 pub struct Directory {
     out: PathBuf,
     pub lock: tokio::sync::Mutex<()>,
+    /// The relay's mail logs (`--mail-log`), read again on each pass.
+    mail_logs: Vec<PathBuf>,
+    /// What they said on the last pass: the relay's one "pod".
+    observed: std::sync::Mutex<Option<Arc<crate::observe::PodsObserved>>>,
 }
 
+/// The window of `status.observed`, as the controller asks relay pods for it.
+const OBSERVED_HOURS: i64 = 24;
+
 impl Directory {
-    pub fn new(out: &Path) -> Directory {
+    /// `out`, whose statuses also say what the relay writing `mail_logs` did (if any).
+    pub fn new(out: &Path, mail_logs: Vec<PathBuf>) -> Directory {
         Directory {
             out: out.to_path_buf(),
             lock: tokio::sync::Mutex::new(()),
+            mail_logs,
+            observed: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Read the mail logs again (the last [`OBSERVED_HOURS`] hours of them). One that cannot
+    /// be read leaves `status.observed` out, rather than counting too little.
+    pub fn read_mail_logs(&self) -> Result<(), String> {
+        if self.mail_logs.is_empty() {
+            return Ok(());
+        }
+        let now = crate::observe::follow::now();
+        let mut seen = crate::observe::Observed::default();
+        let mut result = Ok(());
+        for log in &self.mail_logs {
+            if let Err(e) = crate::observe::follow::read_all(log, &mut seen, now) {
+                result = Err(format!("--mail-log {}: {e}", log.display()));
+                break;
+            }
+        }
+        let pods = result.is_ok().then(|| {
+            let mut pods = crate::observe::PodsObserved {
+                hours: OBSERVED_HOURS,
+                ..Default::default()
+            };
+            pods.add_pod(seen.window(now, OBSERVED_HOURS));
+            Arc::new(pods)
+        });
+        if let Ok(mut o) = self.observed.lock() {
+            *o = pods;
+        }
+        result
     }
 
     fn namespace(&self, namespace: &str) -> PathBuf {
@@ -194,6 +233,10 @@ impl Backend for Directory {
         write_files(&dir, config.files.clone(), Some(MANIFEST)).map_err(DirError)?;
         tracing::info!(namespace, hash = %config.hash, "relay configuration written");
         Ok(())
+    }
+
+    fn observed(&self, _namespace: &str) -> Option<Arc<crate::observe::PodsObserved>> {
+        self.observed.lock().ok()?.clone()
     }
 
     fn relay_ref(&self, namespace: &str, hash: &str) -> RelayConfigRef {

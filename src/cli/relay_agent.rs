@@ -1,8 +1,10 @@
+use crate::probe::Cidr;
 use crate::relay::{Agent, Paths, mirror, serve};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 #[command(
@@ -62,6 +64,39 @@ pub struct RelayAgentArgs {
     #[arg(long, value_name = "SIZE", default_value = "16MiB", requires = "mail_log",
           value_parser = parse_size)]
     mail_log_max_size: u64,
+    /// Send SMTP TLS reports (RFC 8460) as this organisation: each day, yesterday's
+    /// sessions (from --mail-log) to every recipient domain whose _smtp._tls TXT record
+    /// asks for them, POSTed over HTTPS or mailed through this relay. Off by default.
+    #[arg(long, value_name = "NAME", requires_all = ["mail_log", "tls_rpt_contact", "tls_rpt_state"])]
+    tls_rpt_organization: Option<String>,
+    /// The reports' contact: an email address, which mailed reports come from.
+    #[arg(long, value_name = "EMAIL", requires = "tls_rpt_organization")]
+    tls_rpt_contact: Option<String>,
+    /// File keeping the last day whose reports were sent; put it on the queue volume, so
+    /// a restarted pod does not send them again.
+    #[arg(long, value_name = "FILE", requires = "tls_rpt_organization")]
+    tls_rpt_state: Option<PathBuf>,
+    /// When (UTC, HH:MM) the previous day's reports go; one that is missed (the pod was
+    /// down) goes as soon as the agent is back that day.
+    #[arg(long, value_name = "HH:MM", default_value = "01:00", value_parser = parse_time_of_day)]
+    tls_rpt_at: i64,
+    /// Names this pod in report ids and file names, as each relay pod reports its own
+    /// sessions (default: $HOSTNAME, the pod's name).
+    #[arg(long, value_name = "NAME")]
+    tls_rpt_instance: Option<String>,
+    /// SMTP server that takes mailed reports: this relay.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:25")]
+    tls_rpt_smtp: SocketAddr,
+    /// DNS server for the report lookups instead of the system resolver.
+    #[arg(long, value_name = "IP:PORT")]
+    tls_rpt_resolver: Option<SocketAddr>,
+    /// Extra trusted CA certificates (PEM) for HTTPS report endpoints.
+    #[arg(long, value_name = "PEM")]
+    tls_rpt_ca_file: Option<PathBuf>,
+    /// Also POST reports to HTTPS endpoints in this range, though loopback, private or
+    /// reserved (by default only public addresses: the records are anyone's).
+    #[arg(long, value_name = "CIDR")]
+    tls_rpt_allow_address: Vec<Cidr>,
     /// Apply once and exit: 0 when applied or unchanged, 1 when refused or none published.
     #[arg(long)]
     once: bool,
@@ -72,12 +107,12 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
     let absolute = |flag: &str, path: PathBuf| {
         std::path::absolute(&path).map_err(|e| format!("{flag} {}: {e}", path.display()))
     };
-    let paths = absolute("--watch-dir", args.watch_dir).and_then(|watch| {
+    let paths = absolute("--watch-dir", args.watch_dir.clone()).and_then(|watch| {
         Ok((
             watch,
             Paths {
-                postfix_dir: absolute("--postfix-dir", args.postfix_dir)?,
-                maps_dir: absolute("--maps-dir", args.maps_dir)?,
+                postfix_dir: absolute("--postfix-dir", args.postfix_dir.clone())?,
+                maps_dir: absolute("--maps-dir", args.maps_dir.clone())?,
             },
         ))
     });
@@ -107,7 +142,15 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if args.configmap.is_some() {
+    // The resolver is made inside the runtime it uses.
+    let daily = match runtime.block_on(async { tls_reports(&args) }) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(super::EXIT_USAGE);
+        }
+    };
+    if args.configmap.is_some() || daily.is_some() {
         crate::probe::tls::install_crypto_provider();
     }
     let api_dir = match &args.configmap {
@@ -132,6 +175,12 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
         None => None,
     };
     let observed = crate::observe::Shared::default();
+    if let Some(daily) = daily {
+        if let Ok(mut o) = observed.lock() {
+            o.keep_days();
+        }
+        runtime.spawn(daily.run(observed.clone()));
+    }
     if let Some(path) = args.mail_log {
         let follow = crate::observe::follow::Follow {
             path,
@@ -165,6 +214,55 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
     }
 }
 
+/// The daily TLS reports, when asked for.
+fn tls_reports(args: &RelayAgentArgs) -> Result<Option<crate::observe::send::Daily>, String> {
+    let (Some(organization), Some(contact), Some(state)) = (
+        &args.tls_rpt_organization,
+        &args.tls_rpt_contact,
+        &args.tls_rpt_state,
+    ) else {
+        return Ok(None);
+    };
+    if crate::observe::send::from_address(contact).is_none() {
+        return Err(format!(
+            "--tls-rpt-contact {contact:?}: reports are mailed from it, so it must be an email address"
+        ));
+    }
+    let config = super::report::send_config(
+        args.tls_rpt_resolver,
+        args.tls_rpt_ca_file.as_deref(),
+        &args.tls_rpt_allow_address,
+        args.tls_rpt_smtp,
+        Duration::from_secs(30),
+    )?;
+    let instance = args
+        .tls_rpt_instance
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|i| !i.is_empty());
+    Ok(Some(crate::observe::send::Daily {
+        sender: crate::observe::send::Sender::new(config)?,
+        reporter: crate::observe::tlsrpt::Reporter {
+            organization: organization.clone(),
+            contact: contact.clone(),
+            instance,
+        },
+        after: args.tls_rpt_at,
+        state: state.clone(),
+    }))
+}
+
+/// `HH:MM` → seconds after midnight.
+fn parse_time_of_day(s: &str) -> Result<i64, String> {
+    let bad = || format!("{s:?} is not a time of day like 01:00");
+    let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+    let (h, m): (i64, i64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if !(0..24).contains(&h) || !(0..60).contains(&m) || s.trim().len() != 5 {
+        return Err(bad());
+    }
+    Ok(h * 3600 + m * 60)
+}
+
 /// `4096`, `64KiB`, `16MiB`, `1GiB` → bytes (at least 4 KiB).
 fn parse_size(s: &str) -> Result<u64, String> {
     let (digits, unit) = s.trim().split_at(
@@ -189,6 +287,16 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn times_of_day() {
+        assert_eq!(super::parse_time_of_day("01:00"), Ok(3600));
+        assert_eq!(super::parse_time_of_day("23:59"), Ok(86_340));
+        assert_eq!(super::parse_time_of_day("00:00"), Ok(0));
+        for bad in ["24:00", "1:00", "01:60", "01", "-1:00", "01:00:00", ""] {
+            assert!(super::parse_time_of_day(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(super::parse_size("16MiB"), Ok(16 << 20));

@@ -44,6 +44,12 @@ pub struct StandaloneArgs {
     /// resource's spec.test.interval and whenever its mailtls.io/test-now annotation changes.
     #[arg(long)]
     tests: bool,
+    /// The mail log of the relay these policies drive (Postfix's maillog_file, or syslog's
+    /// mail log; repeat for rotated files, oldest first): what it did with real mail in the
+    /// last 24 hours goes into each policy's and gateway's status.observed, as relay pods
+    /// report it in a cluster. Read again on every pass.
+    #[arg(long, value_name = "FILE")]
+    mail_log: Vec<PathBuf>,
     #[command(flatten)]
     probe: ProbeFlags,
     #[command(flatten)]
@@ -70,10 +76,11 @@ pub fn run(args: StandaloneArgs) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
+    let backend = Arc::new(Directory::new(&args.out, args.mail_log));
     let result = if args.watch {
-        runtime.block_on(watch(&args.dir, &args.out, &opts, prober))
+        runtime.block_on(watch(&args.dir, backend, &opts, prober))
     } else {
-        runtime.block_on(once(&args.dir, &args.out, &opts, prober))
+        runtime.block_on(once(&args.dir, backend, &opts, prober))
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,11 +113,10 @@ fn check_dirs(dir: &Path, out: &Path) -> Result<(), String> {
 /// One reconcile, then the tests due now (if on), waiting for them.
 async fn once(
     dir: &Path,
-    out: &Path,
+    backend: Arc<Directory>,
     opts: &RenderOptions,
     prober: Option<Prober>,
 ) -> Result<(), String> {
-    let backend = Arc::new(Directory::new(out));
     let reconciled = reconcile_dir(&backend, dir, opts).await;
     if let Some(prober) = prober {
         let scheduler = Arc::new(Scheduler::new(RESOURCES_AT_ONCE));
@@ -135,7 +141,7 @@ async fn once(
 /// due, in the background, so a slow test never delays a reconcile.
 async fn watch(
     dir: &Path,
-    out: &Path,
+    backend: Arc<Directory>,
     opts: &RenderOptions,
     prober: Option<Prober>,
 ) -> Result<(), String> {
@@ -149,7 +155,6 @@ async fn watch(
         .watch(dir, RecursiveMode::Recursive)
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
     tracing::info!(dir = %dir.display(), "watching for changes");
-    let backend = Arc::new(Directory::new(out));
     let scheduler = Arc::new(Scheduler::new(RESOURCES_AT_ONCE));
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     tick.tick().await;
@@ -221,6 +226,10 @@ pub async fn reconcile_dir(backend: &Directory, dir: &Path, opts: &RenderOptions
         namespaces: Vec::new(),
         errors: Vec::new(),
     };
+    if let Err(e) = backend.read_mail_logs() {
+        done.errors
+            .push(format!("{e}: status.observed is left out"));
+    }
     for ns in namespaces {
         let mut inputs = loaded
             .namespaces

@@ -131,6 +131,8 @@ pub fn follow(opts: &Follow, observed: &Shared) {
                 if !waiting_said {
                     tracing::info!(path = %opts.path.display(), "waiting for the mail log: {e}");
                     waiting_said = true;
+                    // No log: nothing to catch up on.
+                    caught_up(observed);
                 }
                 std::thread::sleep(POLL);
                 continue;
@@ -153,6 +155,9 @@ fn follow_one(opts: &Follow, observed: &Shared, reader: &mut Reader) -> std::io:
     loop {
         if reader.take(opts.echo, observed)? {
             continue;
+        }
+        if reader.pos >= reader.quiet_until {
+            caught_up(observed);
         }
         match std::fs::metadata(&opts.path) {
             Ok(m) if m.ino() != reader.inode => return drain(reader, opts.echo, observed),
@@ -229,6 +234,12 @@ fn take(lines: &[String], echo: bool, observed: &Shared) {
             o.feed(l, now);
         }
         o.prune(now);
+    }
+}
+
+fn caught_up(observed: &Shared) {
+    if let Ok(mut o) = observed.lock() {
+        o.set_caught_up();
     }
 }
 

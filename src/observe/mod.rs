@@ -6,6 +6,7 @@ pub mod follow;
 pub mod metrics;
 pub mod observed;
 pub mod parse;
+pub mod send;
 pub mod tlsrpt;
 
 pub use observed::{Counts, DomainSummary, Failure, Observed, PodsObserved};

@@ -3,7 +3,8 @@
 //! a TLS requirement was not met, in hourly buckets; running totals; and a bounded list of
 //! recent TLS failures. Fed one log line at a time with the time it was read.
 
-use super::parse::{Delivery, Sessions};
+use super::parse::{Delivery, Sessions, timestamp};
+use super::tlsrpt::Day;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -136,6 +137,11 @@ pub struct Observed {
     recent: VecDeque<Failure>,
     sessions: Sessions,
     lines: u64,
+    /// TLS sessions of the current and the previous UTC day (by the lines' own times), for
+    /// TLS reports; kept only when asked for ([`Observed::keep_days`]).
+    days: Option<VecDeque<Day>>,
+    /// The log as it was when the agent started has been read (or there was none).
+    caught_up: bool,
 }
 
 /// One domain's counts over a window, with its last TLS failure.
@@ -282,28 +288,35 @@ impl Observed {
         self.lines += 1;
         let mut counts = Counts::default();
         let mut failure = None;
-        let domain = match self.sessions.classify(line) {
-            None => return,
-            Some(Delivery::Tls {
+        let Some(delivery) = self.sessions.classify(line) else {
+            return;
+        };
+        if !matches!(delivery, Delivery::Plaintext { .. })
+            && let Some(day) = timestamp(line, now).and_then(|at| self.day_of(at))
+        {
+            day.add(&delivery);
+        }
+        let domain = match delivery {
+            Delivery::Tls {
                 domain,
                 trust,
                 protocol,
-            }) => {
+            } => {
                 counts.by_trust[trust as usize] = 1;
                 counts.by_protocol[protocol as usize] = 1;
                 domain
             }
-            Some(Delivery::Plaintext { domain }) => {
+            Delivery::Plaintext { domain } => {
                 counts.plaintext = 1;
                 domain
             }
-            Some(Delivery::TlsFailure {
+            Delivery::TlsFailure {
                 domain,
                 queue_id,
                 hop,
                 reason,
                 bounced,
-            }) => {
+            } => {
                 if bounced {
                     counts.tls_bounced = 1;
                 } else {
@@ -353,6 +366,44 @@ impl Observed {
             }
             self.recent.push_back(f);
         }
+    }
+
+    /// Say that the log present at start has been read.
+    pub fn set_caught_up(&mut self) {
+        self.caught_up = true;
+    }
+
+    /// Whether the log present at start has been read: until then a day's counts are not
+    /// complete.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+
+    /// Keep each UTC day's TLS sessions per domain (today's and yesterday's) for TLS reports.
+    pub fn keep_days(&mut self) {
+        self.days.get_or_insert_with(VecDeque::new);
+    }
+
+    /// The kept day that starts at `start` (a UTC midnight).
+    pub fn day(&self, start: i64) -> Option<&Day> {
+        self.days.as_ref()?.iter().find(|d| d.start() == start)
+    }
+
+    /// The kept day holding `at`, started when it is the newest; none when days are not
+    /// kept or `at` is older than yesterday of the newest.
+    fn day_of(&mut self, at: i64) -> Option<&mut Day> {
+        let days = self.days.as_mut()?;
+        let start = Day::start_of(at);
+        if days.back().is_none_or(|d| d.start() < start) {
+            days.push_back(Day::new(start));
+            while days
+                .front()
+                .is_some_and(|d| d.start() < start - super::tlsrpt::DAY)
+            {
+                days.pop_front();
+            }
+        }
+        days.iter_mut().find(|d| d.start() == start)
     }
 
     /// Forget domains with nothing in the last [`HOURS_KEPT`] hours.
@@ -429,6 +480,58 @@ mod tests {
         format!(
             "Dec  2 16:35:01 relay postfix/smtp[{pid}]: {qid}: to=<{to}>, relay={relay}, delay=0.2, delays=0/0/0.1/0.1, dsn=2.0.0, status={status} ({why})"
         )
+    }
+
+    #[test]
+    fn days_are_kept_by_the_lines_own_time_when_asked() {
+        use crate::observe::tlsrpt::Reporter;
+        const DAY0: i64 = 1_795_996_800; // 2026-11-30T00:00:00Z
+        let sent = |when: &str, pid: u32, domain: &str| {
+            [
+                format!(
+                    "2026-{when}+00:00 relay postfix/smtp[{pid}]: Verified TLS connection established to mx.{domain}[192.0.2.1]:25: TLSv1.3 with cipher X"
+                ),
+                format!(
+                    "2026-{when}+00:00 relay postfix/smtp[{pid}]: Q{pid}: to=<u@{domain}>, relay=mx.{domain}[192.0.2.1]:25, dsn=2.0.0, status=sent (ok)"
+                ),
+                format!(
+                    "2026-{when}+00:00 relay postfix/smtp[9{pid}]: P{pid}: to=<u@plain.{domain}>, relay=mx.{domain}[192.0.2.1]:25, dsn=2.0.0, status=sent (ok)"
+                ),
+            ]
+        };
+        let now = DAY0 + 3 * 86_400;
+        let mut plain = Observed::default();
+        let mut o = Observed::default();
+        o.keep_days();
+        for l in sent("11-29T23:59:59", 1, "a.test")
+            .iter()
+            .chain(&sent("11-30T00:00:00", 2, "a.test"))
+            .chain(&sent("11-30T23:59:59", 3, "b.test"))
+            .chain(&sent("12-01T00:00:00", 4, "a.test"))
+        {
+            o.feed(l, now);
+            plain.feed(l, now);
+        }
+        assert!(plain.day(DAY0).is_none());
+        // 11-29 was the newest day's day before yesterday once 12-01 began.
+        assert!(o.day(DAY0 - 86_400).is_none());
+        let day = o.day(DAY0).expect("11-30");
+        assert_eq!(day.domains(), ["a.test", "b.test"]);
+        let reporter = Reporter {
+            organization: "o".into(),
+            contact: "c@d.test".into(),
+            instance: None,
+        };
+        let ok = |d: &Day, domain: &str| {
+            d.report(domain, &reporter).policies[0]
+                .summary
+                .total_successful_session_count
+        };
+        assert_eq!((ok(day, "a.test"), ok(day, "b.test")), (1, 1));
+        assert_eq!(ok(o.day(DAY0 + 86_400).expect("12-01"), "a.test"), 1);
+        // A line older than the kept days changes nothing.
+        o.feed(&sent("11-28T12:00:00", 5, "a.test")[1], now);
+        assert_eq!(ok(o.day(DAY0).expect("11-30"), "a.test"), 1);
     }
 
     fn summary(o: &Observed, domain: &str) -> CountsView {

@@ -459,13 +459,22 @@ impl Drop for Kill {
 
 /// dnsmasq answering for `.test` on `dns`:53 with these A and MX records.
 pub fn dnsmasq(dns: &str, records: &[(&str, &str)], mx: &[(&str, &str)]) -> Kill {
+    dnsmasq_with(dns, records, mx, &[])
+}
+
+/// [`dnsmasq`] with TXT records too (one string each).
+pub fn dnsmasq_with(
+    dns: &str,
+    records: &[(&str, &str)],
+    mx: &[(&str, &str)],
+    txt: &[(&str, &str)],
+) -> Kill {
     let mut cmd = Command::new("dnsmasq");
     cmd.args([
         "--keep-in-foreground",
         "--no-resolv",
         "--no-hosts",
         "--no-daemon",
-        "--conf-file=/dev/null",
         "--pid-file=",
         "--bind-interfaces",
         "--port=53",
@@ -481,6 +490,20 @@ pub fn dnsmasq(dns: &str, records: &[(&str, &str)], mx: &[(&str, &str)]) -> Kill
     for (domain, host) in mx {
         cmd.arg(format!("--mx-host={domain},{host},10"));
     }
+    if !txt.is_empty() {
+        // In a configuration file, where quotes keep a comma in one string (on the command
+        // line they would be taken literally).
+        let conf =
+            std::env::temp_dir().join(format!("mailtls-dnsmasq-{}-{dns}.conf", std::process::id()));
+        let lines: String = txt
+            .iter()
+            .map(|(name, text)| format!("txt-record={name},\"{text}\"\n"))
+            .collect();
+        std::fs::write(&conf, lines).expect("dnsmasq configuration");
+        cmd.arg(format!("--conf-file={}", conf.display()));
+    } else {
+        cmd.arg("--conf-file=/dev/null");
+    }
     let child = Kill(
         cmd.spawn()
             .expect("start dnsmasq (scripts/install-test-deps.sh)"),
@@ -489,6 +512,70 @@ pub fn dnsmasq(dns: &str, records: &[(&str, &str)], mx: &[(&str, &str)]) -> Kill
         std::net::TcpStream::connect((dns, 53)).ok()
     });
     child
+}
+
+/// Requests an HTTPS receiver got: (request head, body).
+pub type Posts = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An HTTPS server on `addr`:`port` that records every request and answers 200 (TLS
+/// report endpoints).
+pub fn start_https_sink(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    port: u16,
+    tls: Arc<rustls::ServerConfig>,
+) -> Posts {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind((addr, port)))
+        .unwrap_or_else(|e| panic!("bind {addr}:{port}: {e}"));
+    let posts: Posts = Arc::default();
+    let store = posts.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let (store, tls) = (store.clone(), tls.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = tokio_rustls::TlsAcceptor::from(tls).accept(conn).await else {
+                    return;
+                };
+                let mut raw = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    raw.extend_from_slice(&chunk[..n]);
+                    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if raw.len() >= end + 4 + len {
+                        break (head, raw[end + 4..end + 4 + len].to_vec());
+                    }
+                };
+                store.lock().expect("posts").push((head, body));
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    posts
 }
 
 /// `GET path` on an agent's status port at `addr`: (status code, body).
