@@ -18,3 +18,4 @@ pub mod policy;
 pub mod probe;
 pub mod relay;
 pub mod render;
+pub mod sts;

@@ -5,6 +5,7 @@ mod crds;
 mod directory;
 mod explain;
 pub mod load;
+mod mta_sts;
 mod observe;
 mod output;
 pub mod probe;
@@ -46,6 +47,9 @@ enum Command {
     Report(report::ReportArgs),
     // about/long_about come from ProbeArgs' own #[command] attributes.
     Probe(probe::ProbeArgs),
+    /// MTA-STS policy server for Postfix (socketmap), as the relay agent runs it with
+    /// --mta-sts-listen.
+    MtaStsServer(mta_sts::MtaStsServerArgs),
     /// Print the CustomResourceDefinitions (or write them to a directory).
     Crds(crds::CrdsArgs),
     /// Sidecar beside Postfix: apply the rendered configuration from a watched directory
@@ -76,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Report(args) => report::run(args),
         Command::Probe(args) => probe::main(args),
         Command::Crds(args) => crds::run(args),
+        Command::MtaStsServer(args) => mta_sts::run(args),
         Command::RelayAgent(args) => relay_agent::run(args),
         Command::RelayInit(args) => relay_init::run(args),
         Command::RelayDrain(args) => relay_drain::run(args),

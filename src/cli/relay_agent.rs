@@ -97,6 +97,8 @@ pub struct RelayAgentArgs {
     /// reserved (by default only public addresses: the records are anyone's).
     #[arg(long, value_name = "CIDR")]
     tls_rpt_allow_address: Vec<Cidr>,
+    #[command(flatten)]
+    mta_sts: super::mta_sts::MtaStsArgs,
     /// Apply once and exit: 0 when applied or unchanged, 1 when refused or none published.
     #[arg(long)]
     once: bool,
@@ -150,6 +152,10 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
+    if let Err(e) = runtime.block_on(args.mta_sts.start()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(super::EXIT_USAGE);
+    }
     if args.configmap.is_some() || daily.is_some() {
         crate::probe::tls::install_crypto_provider();
     }

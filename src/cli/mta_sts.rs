@@ -1,0 +1,107 @@
+//! `mailtls mta-sts-server` and the relay agent's `--mta-sts-listen`: the MTA-STS policy
+//! server Postfix asks through `socketmap:inet:HOST:PORT:postfix`.
+
+use super::probe::parse_duration;
+use crate::probe::{AddressPolicy, Cidr};
+use crate::sts::server::{Config, PolicyServer};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct MtaStsArgs {
+    /// Serve MTA-STS policies (RFC 8461) to Postfix on this address, for
+    /// `smtp_tls_policy_maps = ... socketmap:inet:ADDR:postfix`: a domain whose policy is
+    /// `enforce` gets `secure match=<its mx patterns> servername=hostname`; `testing`,
+    /// `none` or no policy get nothing (NOTFOUND).
+    #[arg(long, value_name = "IP:PORT")]
+    pub mta_sts_listen: Option<SocketAddr>,
+    /// DNS server for the `_mta-sts` and policy host lookups instead of the system resolver.
+    #[arg(long, value_name = "IP:PORT")]
+    pub mta_sts_resolver: Option<SocketAddr>,
+    /// Extra trusted CA certificates (PEM) for policy hosts.
+    #[arg(long, value_name = "PEM")]
+    pub mta_sts_ca_file: Option<PathBuf>,
+    /// Also fetch policies from hosts in this range, though loopback, private or reserved
+    /// (by default only public addresses: a TXT record is anyone's).
+    #[arg(long, value_name = "CIDR")]
+    pub mta_sts_allow_address: Vec<Cidr>,
+    /// Time limit of a TXT lookup and of a policy fetch; meanwhile Postfix waits.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub mta_sts_timeout: Duration,
+    /// A domain asked about again within this time is answered from the cache alone.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub mta_sts_recheck: Duration,
+    /// HTTPS port of policy hosts (always 443 in real use; tests override it).
+    #[arg(long, default_value_t = 443, hide = true)]
+    pub mta_sts_port: u16,
+}
+
+impl MtaStsArgs {
+    /// Start the server these flags describe on the current runtime, when
+    /// `--mta-sts-listen` is given (then `Ok(true)`, once it listens).
+    pub async fn start(&self) -> Result<bool, String> {
+        let Some(listen) = self.mta_sts_listen else {
+            return Ok(false);
+        };
+        let extra_roots = match &self.mta_sts_ca_file {
+            Some(path) => super::probe::read_pem_certs(path).map_err(|e| e.0)?,
+            None => Vec::new(),
+        };
+        crate::probe::tls::install_crypto_provider();
+        let server = PolicyServer::new(Config {
+            resolver: self.mta_sts_resolver,
+            extra_roots,
+            addresses: AddressPolicy::public_only(self.mta_sts_allow_address.clone(), Vec::new()),
+            https_port: self.mta_sts_port,
+            timeout: self.mta_sts_timeout,
+            grace: self.mta_sts_recheck,
+            ..Config::default()
+        })?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("--mta-sts-listen {listen}: {e}"))?;
+        tracing::info!(%listen, "serving MTA-STS policies");
+        tokio::spawn(server.serve(listener));
+        Ok(true)
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "For a Postfix kept by hand (the relay agent runs the same server with \
+--mta-sts-listen). Postfix asks it per next-hop domain; add it after your own policy table:\n  \
+smtp_tls_policy_maps = lmdb:/etc/postfix/tls_policy, socketmap:inet:127.0.0.1:8461:postfix\n\n\
+Policies are cached for their max_age; a failed lookup or fetch keeps a cached policy while it \
+holds (RFC 8461 section 5.1), and policies in use are looked up again hourly in the \
+background.\n\nExample:\n  mailtls mta-sts-server --mta-sts-listen 127.0.0.1:8461"
+)]
+pub struct MtaStsServerArgs {
+    #[command(flatten)]
+    sts: MtaStsArgs,
+}
+
+pub fn run(args: MtaStsServerArgs) -> ExitCode {
+    if args.sts.mta_sts_listen.is_none() {
+        eprintln!("error: --mta-sts-listen is required");
+        return ExitCode::from(super::EXIT_USAGE);
+    }
+    let runtime = match super::runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        match args.sts.start().await {
+            Ok(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(super::EXIT_USAGE)
+            }
+        }
+    })
+}

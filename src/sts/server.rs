@@ -1,0 +1,284 @@
+//! The MTA-STS policy server (edge): answers Postfix's socketmap lookups from the cache,
+//! and looks a domain up (the `_mta-sts` TXT record, then the HTTPS policy when its id is
+//! new) when it was not asked about for a while. Policies are refreshed ahead of need.
+
+use super::cache::Cache;
+use super::socketmap::{self, Reply};
+use crate::probe::dns::Dns;
+use crate::probe::{AddressPolicy, sts, tls};
+use rustls::ClientConfig;
+use rustls::pki_types::CertificateDer;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the server looks policies up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// DNS server instead of the system's.
+    pub resolver: Option<SocketAddr>,
+    /// Trusted in addition to the webpki roots for policy hosts.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Where policy hosts may be: public addresses unless allowed.
+    pub addresses: AddressPolicy,
+    /// HTTPS port of policy hosts (443; tests override it).
+    pub https_port: u16,
+    /// Time limit of a TXT lookup, and of a whole policy fetch.
+    pub timeout: Duration,
+    /// A domain asked about again within this time is answered from the cache alone.
+    pub grace: Duration,
+    /// Policies not looked up for this long are refreshed in the background.
+    pub refresh_after: Duration,
+    /// Most domains cached.
+    pub max_domains: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            resolver: None,
+            extra_roots: Vec::new(),
+            addresses: AddressPolicy::default(),
+            https_port: 443,
+            timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(60),
+            refresh_after: Duration::from_secs(3600),
+            max_domains: 100_000,
+        }
+    }
+}
+
+pub struct PolicyServer {
+    dns: Dns,
+    tls: Arc<ClientConfig>,
+    config: Config,
+    cache: Mutex<Cache>,
+}
+
+fn now() -> i64 {
+    crate::observe::follow::now()
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl PolicyServer {
+    pub fn new(config: Config) -> Result<Arc<PolicyServer>, String> {
+        let dns = Dns::new(config.resolver, config.timeout).map_err(|e| e.to_string())?;
+        let (roots, rejected) = tls::root_store(&config.extra_roots);
+        if rejected > 0 {
+            return Err(format!("{rejected} extra CA certificates cannot be used"));
+        }
+        let tls = tls::validating_client_config(tls::provider(), Arc::new(roots))
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(PolicyServer {
+            dns,
+            tls,
+            cache: Mutex::new(Cache::new(config.max_domains)),
+            config,
+        }))
+    }
+
+    /// Serve socketmap lookups on `listener` for good, and refresh policies ahead of need.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let refresher = self.clone();
+        tokio::spawn(async move { refresher.refresh_ahead().await });
+        loop {
+            match listener.accept().await {
+                Ok((conn, _)) => {
+                    let server = self.clone();
+                    tokio::spawn(async move { server.connection(conn).await });
+                }
+                Err(e) => {
+                    tracing::warn!("MTA-STS policy server: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// One Postfix connection: requests in order, each answered before the next is read.
+    async fn connection(&self, mut conn: TcpStream) {
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 1024];
+        loop {
+            match socketmap::parse(&buf) {
+                Ok(Some((request, used))) => {
+                    buf.drain(..used);
+                    let reply = self.lookup(&request.key).await;
+                    if conn.write_all(&reply.encode()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Postfix closes and reconnects on a broken reply; so do we here.
+                    tracing::warn!("MTA-STS policy server: bad request: {e}");
+                    let _ = conn.write_all(&Reply::Perm(e.to_string()).encode()).await;
+                    return;
+                }
+            }
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The policy for a next-hop domain.
+    pub async fn lookup(&self, key: &str) -> Reply {
+        let Some(domain) = domain_of(key) else {
+            // `[host]:port`, an address, a parent-domain lookup: no MTA-STS there.
+            return Reply::NotFound;
+        };
+        let grace = secs(self.config.grace);
+        let stale = self
+            .cache
+            .lock()
+            .map(|c| c.needs_check(&domain, now(), grace))
+            .unwrap_or(true);
+        if stale {
+            self.refresh(&domain).await;
+        }
+        self.cache
+            .lock()
+            .map(|c| c.reply(&domain, now()))
+            .unwrap_or_else(|_| Reply::Temp("policy cache unavailable".into()))
+    }
+
+    /// Look `domain` up now: its TXT record, and the policy when the id is new.
+    async fn refresh(&self, domain: &str) {
+        let fetched = tokio::time::timeout(self.config.timeout * 2, self.discover(domain)).await;
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        let now = now();
+        match fetched {
+            Ok(Found::Policy(id, policy)) => {
+                tracing::info!(domain, id, mode = ?policy.mode, "MTA-STS policy fetched");
+                cache.store(domain, &id, *policy, now);
+            }
+            Ok(Found::Unchanged) => cache.confirm(domain, now),
+            Ok(Found::Nothing) => cache.nothing_new(domain, now),
+            Ok(Found::Failed(why)) => {
+                tracing::warn!(
+                    domain,
+                    "MTA-STS lookup failed: {why}; a cached policy is kept while it holds"
+                );
+                cache.nothing_new(domain, now);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    domain,
+                    "MTA-STS lookup timed out; a cached policy is kept while it holds"
+                );
+                cache.nothing_new(domain, now);
+            }
+        }
+    }
+
+    async fn discover(&self, domain: &str) -> Found {
+        let txts = match self.dns.txt(&format!("_mta-sts.{domain}")).await {
+            Ok(t) => t,
+            Err(crate::probe::dns::DnsError::NxDomain { .. }) => return Found::Nothing,
+            Err(e) => return Found::Failed(e.to_string()),
+        };
+        let ours: Vec<&String> = txts.iter().filter(|t| t.starts_with("v=STSv1")).collect();
+        let id = match ours.as_slice() {
+            [] => return Found::Nothing,
+            [one] => match sts::parse_txt(one) {
+                Ok(id) => id,
+                Err(e) => return Found::Failed(e),
+            },
+            many => return Found::Failed(format!("{} _mta-sts TXT records", many.len())),
+        };
+        let held = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.id(domain, now()).map(str::to_string));
+        if held.as_deref() == Some(id.as_str()) {
+            return Found::Unchanged;
+        }
+        let host = format!("mta-sts.{domain}");
+        let addrs = match self.dns.addresses(&host).await {
+            Ok(a) => a,
+            Err(e) => return Found::Failed(e.to_string()),
+        };
+        let Some(ip) = addrs
+            .iter()
+            .copied()
+            .find(|ip| self.config.addresses.check(*ip).is_ok())
+        else {
+            return Found::Failed(format!(
+                "{host} has no address a policy may be fetched from"
+            ));
+        };
+        let addr = SocketAddr::new(ip, self.config.https_port);
+        let body = match sts::fetch_policy(self.tls.clone(), &host, addr, self.config.timeout).await
+        {
+            Ok(b) => b,
+            Err(e) => return Found::Failed(e.to_string()),
+        };
+        match sts::parse_policy(&body) {
+            Ok(p) => Found::Policy(id, Box::new(p)),
+            Err(e) => Found::Failed(format!("policy of {domain}: {e}")),
+        }
+    }
+
+    /// Every minute, look up again the policies not asked about for `refresh_after`, so
+    /// they do not expire while mail keeps flowing (RFC 8461 §10.3).
+    async fn refresh_ahead(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let due = self
+                .cache
+                .lock()
+                .map(|c| c.due(now() - secs(self.config.refresh_after), now()))
+                .unwrap_or_default();
+            for domain in due {
+                self.refresh(&domain).await;
+            }
+        }
+    }
+}
+
+enum Found {
+    Policy(String, Box<crate::probe::StsPolicy>),
+    Unchanged,
+    Nothing,
+    Failed(String),
+}
+
+/// The domain of a policy lookup key, lowercase without a trailing dot; none for what
+/// MTA-STS does not cover.
+fn domain_of(key: &str) -> Option<String> {
+    let key = key.trim_end_matches('.');
+    if key.is_empty() || key.starts_with(['.', '[']) || key.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    crate::policy::entry::normalize_domain(key, 2).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_that_are_domains() {
+        use super::domain_of;
+        assert_eq!(domain_of("Example.COM.").as_deref(), Some("example.com"));
+        for none in [
+            ".example.com",
+            "[192.0.2.1]:25",
+            "192.0.2.1",
+            "",
+            "com",
+            "a b.test",
+        ] {
+            assert_eq!(domain_of(none), None, "{none}");
+        }
+    }
+}
