@@ -229,6 +229,34 @@ fn inside() {
         "{}",
         server_log()
     );
+    // The same over a Unix socket (socketmap:unix:PATH:postfix).
+    let socket = tmp.path().join("mta-sts.sock");
+    let _unix_server = Kill(
+        Command::new(env!("CARGO_BIN_EXE_mailtls"))
+            .args(["mta-sts-server", "--mta-sts-listen"])
+            .arg(format!("unix:{}", socket.display()))
+            .args(["--mta-sts-resolver", "127.0.0.53:53"])
+            .arg("--mta-sts-ca-file")
+            .arg(&ca)
+            .args(["--mta-sts-allow-address", "127.0.0.0/8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the policy server on a Unix socket"),
+    );
+    wait_for(10, "the Unix socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).ok()
+    });
+    let out = Command::new("postmap")
+        .args(["-q", "enforce.test"])
+        .arg(format!("socketmap:unix:{}:postfix", socket.display()))
+        .output()
+        .expect("postmap");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        enforced,
+        "{out:?}"
+    );
     // testing, no TXT record, and next hops that are not domains: nothing.
     for key in [
         "testing.test",

@@ -15,6 +15,8 @@ enum Known {
         policy: StsPolicy,
         /// Until then the policy holds, whatever lookups say.
         expires: i64,
+        /// What Postfix gets while it holds (made once: lookups are many).
+        reply: Reply,
     },
     /// No policy found (no TXT record, or none could be fetched and none was cached).
     Nothing,
@@ -67,6 +69,7 @@ impl Cache {
             Entry {
                 known: Known::Policy {
                     id: id.to_string(),
+                    reply: reply(&policy),
                     policy,
                     expires,
                 },
@@ -114,11 +117,14 @@ impl Cache {
     /// What Postfix gets for `domain` at `now`.
     pub fn reply(&self, domain: &str, now: i64) -> Reply {
         match self.map.get(domain).map(|e| &e.known) {
-            Some(Known::Policy {
-                policy, expires, ..
-            }) if *expires > now => reply(policy),
+            Some(Known::Policy { reply, expires, .. }) if *expires > now => reply.clone(),
             _ => Reply::NotFound,
         }
+    }
+
+    /// The reply for `domain` when it needs no lookup (asked within `grace`), in one step.
+    pub fn fresh_reply(&self, domain: &str, now: i64, grace: i64) -> Option<Reply> {
+        (!self.needs_check(domain, now, grace)).then(|| self.reply(domain, now))
     }
 
     /// Domains last asked before `before` whose policy holds: refreshed ahead of need.

@@ -11,8 +11,20 @@ use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// Where Postfix connects: `socketmap:inet:HOST:PORT:name` or `socketmap:unix:PATH:name`
+/// (cheaper: no TCP on loopback).
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
 
 /// How the server looks policies up.
 #[derive(Clone, Debug)]
@@ -83,14 +95,23 @@ impl PolicyServer {
     }
 
     /// Serve socketmap lookups on `listener` for good, and refresh policies ahead of need.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub async fn serve(self: Arc<Self>, listener: Listener) {
         let refresher = self.clone();
         tokio::spawn(async move { refresher.refresh_ahead().await });
         loop {
-            match listener.accept().await {
-                Ok((conn, _)) => {
+            let accepted = match &listener {
+                Listener::Tcp(l) => l.accept().await.map(|(c, _)| Conn::Tcp(c)),
+                Listener::Unix(l) => l.accept().await.map(|(c, _)| Conn::Unix(c)),
+            };
+            match accepted {
+                Ok(conn) => {
                     let server = self.clone();
-                    tokio::spawn(async move { server.connection(conn).await });
+                    tokio::spawn(async move {
+                        match conn {
+                            Conn::Tcp(c) => server.connection(c).await,
+                            Conn::Unix(c) => server.connection(c).await,
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("MTA-STS policy server: accept: {e}");
@@ -101,7 +122,7 @@ impl PolicyServer {
     }
 
     /// One Postfix connection: requests in order, each answered before the next is read.
-    async fn connection(&self, mut conn: TcpStream) {
+    async fn connection<S: AsyncRead + AsyncWrite + Unpin>(&self, mut conn: S) {
         let mut buf = Vec::with_capacity(256);
         let mut chunk = [0u8; 1024];
         loop {
@@ -136,14 +157,15 @@ impl PolicyServer {
             return Reply::NotFound;
         };
         let grace = secs(self.config.grace);
-        let stale = self
+        let fresh = self
             .cache
             .lock()
-            .map(|c| c.needs_check(&domain, now(), grace))
-            .unwrap_or(true);
-        if stale {
-            self.refresh(&domain).await;
+            .ok()
+            .and_then(|c| c.fresh_reply(&domain, now(), grace));
+        if let Some(reply) = fresh {
+            return reply;
         }
+        self.refresh(&domain).await;
         self.cache
             .lock()
             .map(|c| c.reply(&domain, now()))
