@@ -218,12 +218,18 @@ mod tests {
         let mut c = Cache::new(10);
         let t = 1_000_000;
         assert!(c.needs_check("a.test", t, 60));
+        assert_eq!(c.fresh_reply("a.test", t, 60), None);
         c.store(
             "a.test",
             "id1",
             policy(StsMode::Enforce, &["mx.a.test"], 3600),
             t,
         );
+        assert_eq!(
+            c.fresh_reply("a.test", t + 59, 60),
+            Some(c.reply("a.test", t + 59))
+        );
+        assert_eq!(c.fresh_reply("a.test", t + 60, 60), None);
         assert!(!c.needs_check("a.test", t + 59, 60));
         assert!(c.needs_check("a.test", t + 60, 60));
         assert_eq!(c.id("a.test", t + 10), Some("id1"));
@@ -247,12 +253,23 @@ mod tests {
     #[test]
     fn bounded_and_refreshed_ahead() {
         let mut c = Cache::new(2);
-        let p = || policy(StsMode::Enforce, &["mx.test"], 86400);
-        c.store("a.test", "1", p(), 10);
-        c.store("b.test", "1", p(), 20);
+        assert!(c.is_empty());
+        let p = |max_age| policy(StsMode::Enforce, &["mx.test"], max_age);
+        c.store("a.test", "1", p(86400), 10);
+        c.store("b.test", "1", p(86400), 20);
         c.nothing_new("c.test", 30);
-        assert_eq!(c.len(), 2);
+        assert_eq!((c.len(), c.is_empty()), (2, false));
         assert!(c.needs_check("a.test", 31, 60), "the oldest went");
+        // Due: asked before the limit (not at it), and still holding; never "nothing".
         assert_eq!(c.due(25, 40), vec!["b.test".to_string()]);
+        assert_eq!(c.due(20, 40), Vec::<String>::new());
+        assert_eq!(c.due(100, 40), vec!["b.test".to_string()]);
+        let mut c = Cache::new(10);
+        c.store("short.test", "1", p(5), 10);
+        assert_eq!(
+            c.due(100, 16),
+            Vec::<String>::new(),
+            "expired: not refreshed ahead"
+        );
     }
 }

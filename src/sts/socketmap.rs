@@ -26,21 +26,23 @@ pub struct Request {
     pub key: String,
 }
 
+/// Digits of the longest length taken ([`MAX_REQUEST`]).
+const MAX_DIGITS: usize = 4;
+
 /// The first complete request in `buf` and how many bytes it took; `Ok(None)` when more
 /// bytes are needed.
 pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, FrameError> {
-    let Some(colon) = buf.iter().position(|&b| b == b':') else {
-        // `1024:` is five bytes; more digits than that cannot be a length we take.
-        return if buf.len() > 5 || !buf.iter().all(u8::is_ascii_digit) {
-            Err(FrameError::Length)
-        } else {
-            Ok(None)
-        };
-    };
-    let digits = &buf[..colon];
-    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+    let colon = buf.iter().position(|&b| b == b':');
+    let digits = &buf[..colon.unwrap_or(buf.len())];
+    if !digits.iter().all(u8::is_ascii_digit) {
         return Err(FrameError::Length);
     }
+    if digits.len() > MAX_DIGITS {
+        return Err(FrameError::TooLong);
+    }
+    let Some(colon) = colon else {
+        return Ok(None);
+    };
     let len: usize = std::str::from_utf8(digits)
         .ok()
         .and_then(|d| d.parse().ok())
@@ -112,10 +114,18 @@ mod tests {
         let (a, used) = parse(two).expect("ok").expect("a");
         let (b, _) = parse(&two[used..]).expect("ok").expect("b");
         assert_eq!((a.key.as_str(), b.key.as_str()), ("a", "b"));
+        // The longest request taken, and one byte more.
+        let longest = format!("1024:postfix {},", "a".repeat(1016));
+        let (req, used) = parse(longest.as_bytes()).expect("ok").expect("complete");
+        assert_eq!((req.key.len(), used), (1016, longest.len()));
+        assert_eq!(parse(b"1025:"), Err(FrameError::TooLong));
+        assert_eq!(parse(b"1024"), Ok(None));
         for (bad, err) in [
             (&b"x:postfix a,"[..], FrameError::Length),
+            (b"1x", FrameError::Length),
             (b":postfix a,", FrameError::Length),
-            (b"123456", FrameError::Length),
+            (b"12345", FrameError::TooLong),
+            (b"01024:", FrameError::TooLong),
             (b"9999:", FrameError::TooLong),
             (b"9:postfix a;", FrameError::NoComma),
             (b"7:postfix,", FrameError::Request),
