@@ -84,12 +84,7 @@ const MAX_RESPONSE_BYTES: usize = 16 * 1024;
 impl Sender {
     pub fn new(config: SendConfig) -> Result<Sender, String> {
         let dns = Dns::new(config.resolver, config.timeout).map_err(|e| e.to_string())?;
-        let (roots, rejected) = tls::root_store(&config.extra_roots);
-        if rejected > 0 {
-            return Err(format!("{rejected} extra CA certificates cannot be used"));
-        }
-        let tls = tls::validating_client_config(tls::provider(), Arc::new(roots))
-            .map_err(|e| e.to_string())?;
+        let tls = tls::validating_config_with(&config.extra_roots)?;
         Ok(Sender { dns, tls, config })
     }
 

@@ -102,6 +102,18 @@ pub(crate) fn validating_client_config(
     Ok(Arc::new(config))
 }
 
+/// A validating client configuration trusting the webpki roots and `extra` (policy and
+/// report endpoints over HTTPS); an extra root that cannot be used is an error.
+pub(crate) fn validating_config_with(
+    extra: &[CertificateDer<'static>],
+) -> Result<Arc<ClientConfig>, String> {
+    let (roots, rejected) = root_store(extra);
+    if rejected > 0 {
+        return Err(format!("{rejected} extra CA certificates cannot be used"));
+    }
+    validating_client_config(provider(), Arc::new(roots)).map_err(|e| e.to_string())
+}
+
 /// webpki roots plus the extra roots (e.g. `--ca-file`). Returns the store and how many
 /// extra roots were rejected as unparsable.
 pub(crate) fn root_store(extra: &[CertificateDer<'static>]) -> (RootCertStore, usize) {

@@ -80,12 +80,7 @@ fn secs(d: Duration) -> i64 {
 impl PolicyServer {
     pub fn new(config: Config) -> Result<Arc<PolicyServer>, String> {
         let dns = Dns::new(config.resolver, config.timeout).map_err(|e| e.to_string())?;
-        let (roots, rejected) = tls::root_store(&config.extra_roots);
-        if rejected > 0 {
-            return Err(format!("{rejected} extra CA certificates cannot be used"));
-        }
-        let tls = tls::validating_client_config(tls::provider(), Arc::new(roots))
-            .map_err(|e| e.to_string())?;
+        let tls = tls::validating_config_with(&config.extra_roots)?;
         Ok(Arc::new(PolicyServer {
             dns,
             tls,
