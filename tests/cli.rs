@@ -260,6 +260,30 @@ fn render_reports_every_error_with_file_line_resource_and_field() {
 }
 
 #[test]
+fn an_unquoted_version_is_explained() {
+    let input = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        input.path().join("a.yaml"),
+        list("l", &["ok.example"]) + &policy("p", &["l"], "  minTlsVersion: 1.2"),
+    )
+    .expect("write");
+    let out = input.path().join("out");
+    let o = mailtls(&[
+        "render",
+        input.path().to_str().expect("utf-8"),
+        "--output",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(
+        t.contains("spec.minTlsVersion: invalid type: the number `1.2`, expected one of the allowed strings: put the value in quotes"),
+        "{t}"
+    );
+    assert!(!t.contains("Value::Tagged"), "{t}");
+}
+
+#[test]
 fn render_needs_a_namespace_choice_for_mixed_input() {
     let input = tempfile::tempdir().expect("tempdir");
     std::fs::write(

@@ -887,13 +887,33 @@ async fn printer_columns_show_in_table_form() {
         let table = get_table(&client, policies.resource_url()).await;
         assert_eq!(
             column_names(&table),
-            ["Name", "Direction", "Enforcement", "Ready", "Compliant", "Applied", "Age"]
+            [
+                "Name",
+                "Direction",
+                "Enforcement",
+                "Ready",
+                "Compliant",
+                "Applied",
+                "Reason",
+                "Message",
+                "Age"
+            ]
         );
         assert_eq!(
             row(&table, "partners"),
-            ["partners", "Outbound", "Enforce", "True", "False", "True"]
+            [
+                "partners",
+                "Outbound",
+                "Enforce",
+                "True",
+                "False",
+                "True",
+                "Test",
+                "Ready set by the cluster test"
+            ]
         );
-        let age = &table["columnDefinitions"][6];
+        let age = &table["columnDefinitions"][8];
+        assert_eq!(table["columnDefinitions"][6]["priority"], 1, "{table:#}");
         assert_eq!(age["type"], "date", "{age}");
 
         // Resolved through the short name, as `kubectl get tlsc` does.
@@ -929,11 +949,32 @@ async fn printer_columns_show_in_table_form() {
         let table = get_table(&client, gateways.resource_url()).await;
         assert_eq!(
             column_names(&table),
-            ["Name", "Host", "Port", "Applies To", "Ready", "Applied", "Age"]
+            [
+                "Name",
+                "Host",
+                "Port",
+                "Applies To",
+                "Ready",
+                "Compliant",
+                "Applied",
+                "Reason",
+                "Message",
+                "Age"
+            ]
         );
         assert_eq!(
             row(&table, "smarthost"),
-            ["smarthost", "relay.example.net", "587", "SecureTransportRequired", "", ""]
+            [
+                "smarthost",
+                "relay.example.net",
+                "587",
+                "SecureTransportRequired",
+                "",
+                "",
+                "",
+                "",
+                ""
+            ]
         );
 
         // AddressList: counts come from status
@@ -964,11 +1005,30 @@ async fn printer_columns_show_in_table_form() {
         let table = get_table(&client, lists.resource_url()).await;
         assert_eq!(
             column_names(&table),
-            ["Name", "Addresses", "Domains", "Invalid", "Ready", "Applied", "Age"]
+            [
+                "Name",
+                "Addresses",
+                "Domains",
+                "Invalid",
+                "Ready",
+                "Applied",
+                "Reason",
+                "Message",
+                "Age"
+            ]
         );
         assert_eq!(
             row(&table, "partners"),
-            ["partners", "1", "2", "0", "True", "Unknown"]
+            [
+                "partners",
+                "1",
+                "2",
+                "0",
+                "True",
+                "Unknown",
+                "Test",
+                "Ready set by the cluster test"
+            ]
         );
     })
     .await;

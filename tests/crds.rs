@@ -92,8 +92,30 @@ fn crds_command_output_deserialises_as_v1_crds() {
             "Ready",
             "Compliant",
             "Applied",
+            "Reason",
+            "Message",
             "Age"
         ]
+    );
+    // Reason and message of Ready only at `-o wide`, for every kind; gateways say whether
+    // they are compliant.
+    for crd in &crds {
+        let cols = crd.spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten();
+        let wide: Vec<&str> = cols
+            .filter(|c| c.priority == Some(1))
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(wide, ["Reason", "Message"], "{}", crd.spec.names.kind);
+    }
+    assert!(
+        by_kind("OutboundGateway").spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .any(|c| c.name == "Compliant" && c.priority.is_none())
     );
     assert_eq!(
         by_kind("AddressList").spec.names.short_names.as_deref(),

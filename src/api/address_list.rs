@@ -56,6 +56,18 @@ pub const LIST_SIZE_MESSAGE: &str =
         json_path = ".status.conditions[?(@.type==\"Applied\")].status"
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = "1",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        priority = "1",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

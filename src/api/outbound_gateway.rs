@@ -35,9 +35,26 @@ pub(crate) const HOST_PATTERN: &str = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Compliant",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Compliant\")].status"
+    ),
+    printcolumn(
         name = "Applied",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Applied\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = "1",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        priority = "1",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.spec.appliesTo != 'Recipients' || (has(self.spec.addressLists) && size(self.spec.addressLists) > 0)")

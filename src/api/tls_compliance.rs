@@ -40,6 +40,18 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Applied\")].status"
     ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = "1",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        priority = "1",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("!self.spec.validateHostname || self.spec.requireCASigned")
         .message("validateHostname requires requireCASigned: a host name is only checked on a CA-signed certificate")

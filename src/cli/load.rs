@@ -390,8 +390,21 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<(T, Vec<String>), (Option<
         )),
         Err(e) => {
             let path = track.path().to_string();
-            Err(((path != ".").then_some(path), e.to_string()))
+            Err(((path != ".").then_some(path), plain_message(&e.to_string())))
         }
+    }
+}
+
+/// The deserializer's words for a scalar where one of fixed strings belongs, said plainly:
+/// YAML reads an unquoted `1.2` as a number and `yes` as a boolean.
+fn plain_message(message: &str) -> String {
+    match message.strip_suffix(", expected a Value::Tagged enum") {
+        Some(found) => format!(
+            "{}, expected one of the allowed strings: put the value in quotes (YAML reads an \
+             unquoted 1.2 as a number)",
+            found.replace("invalid type: floating point", "invalid type: the number")
+        ),
+        None => message.to_string(),
     }
 }
 
