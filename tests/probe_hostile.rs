@@ -124,7 +124,7 @@ async fn hostile_servers_library() {
 async fn hostile_servers_cli() {
     let w = hostile_world().await;
     let mut args = probe_args(w.dns, w.port, &w.ca_file, "2s");
-    args.extend(["--validate-hostname", "--output", "json"].map(String::from));
+    args.extend(["--validate-hostname", "--format", "json"].map(String::from));
     args.extend(CASES.iter().map(|(d, _, _)| d.to_string()));
     let out = tokio::time::timeout(
         Duration::from_secs(60),

@@ -571,7 +571,7 @@ async fn cli_strict_verdicts() {
             "--require-tls",
             "--require-ca-signed",
             "--validate-hostname",
-            "--output",
+            "--format",
             "json",
         ]
         .map(String::from),
@@ -661,7 +661,7 @@ async fn cli_weaker_requirements_and_usage() {
     args.extend(
         [
             "--require-tls",
-            "--output",
+            "--format",
             "json",
             "selfsigned.test",
             "nostarttls.test",
@@ -683,7 +683,7 @@ async fn cli_weaker_requirements_and_usage() {
             "--require-tls",
             "--min-tls",
             "1.3",
-            "--output",
+            "--format",
             "json",
             "--file",
         ]
@@ -703,7 +703,7 @@ async fn cli_weaker_requirements_and_usage() {
             "--require-ca-signed",
             "--min-tls",
             "1.0",
-            "--output",
+            "--format",
             "json",
             "legacy.test",
         ]
@@ -748,7 +748,7 @@ async fn cli_weaker_requirements_and_usage() {
         vec!["probe".into(), "--file".into(), "/nonexistent/list".into()],
         vec![
             "probe".into(),
-            "--output".into(),
+            "--format".into(),
             "xml".into(),
             "good.test".into(),
         ],
@@ -770,7 +770,7 @@ async fn cli_weaker_requirements_and_usage() {
         "--min-tls",
         "--concurrency",
         "--timeout",
-        "--output",
+        "--format",
         "--helo",
     ] {
         assert!(stdout.contains(flag), "--help lacks {flag}");
@@ -815,6 +815,7 @@ async fn ipv6_gateway_library_and_cli() {
         "--ca-file".into(),
         ca_file.display().to_string(),
         "--validate-hostname".into(),
+        // The old spelling still works, with a notice.
         "--output".into(),
         "json".into(),
         dest.clone(),
@@ -822,4 +823,8 @@ async fn ipv6_gateway_library_and_cli() {
     .await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(json_outcomes(&stdout).1[&dest], "pass");
+    assert!(
+        stderr.contains("--output json is deprecated, use --format json"),
+        "{stderr}"
+    );
 }

@@ -100,9 +100,18 @@ fn init_logging(json: bool) {
         builder.json().with_current_span(false).try_init()
     } else {
         builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(colour(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
             .try_init()
     };
+}
+
+/// Whether log lines get colours: on a terminal, unless `NO_COLOR` is set and not empty
+/// (no-color.org).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The async runtime for the subcommands that need one, or the exit code after saying why.
@@ -117,3 +126,15 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 pub(crate) const EXIT_INVALID: u8 = 1;
 /// Exit code for usage errors (clap uses the same).
 pub(crate) const EXIT_USAGE: u8 = 2;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn no_color_turns_colours_off() {
+        use std::ffi::OsStr;
+        assert!(super::colour(true, None));
+        assert!(super::colour(true, Some(OsStr::new(""))));
+        assert!(!super::colour(true, Some(OsStr::new("1"))));
+        assert!(!super::colour(false, None));
+    }
+}

@@ -34,7 +34,7 @@ RFC 8460 (TLS-RPT) names such as starttls-not-supported, certificate-not-trusted
 certificate-host-mismatch or certificate-expired.",
     after_help = "Exit status: 0 when every destination meets the policy, 1 when any fails, 2 on usage errors.\n\n\
 Examples:\n  mailtls probe example.com\n  mailtls probe --require-ca-signed --validate-hostname example.com example.org\n  \
-mailtls probe '[smtp.gateway.example]:587' --require-tls --output json\n  mailtls probe --file partners.txt --concurrency 32"
+mailtls probe '[smtp.gateway.example]:587' --require-tls --format json\n  mailtls probe --file partners.txt --concurrency 32"
 )]
 pub struct ProbeArgs {
     /// Destinations: DOMAIN (MX lookup), HOST:PORT, [HOST] or [HOST]:PORT (this host only).
@@ -83,9 +83,19 @@ pub struct ProbeArgs {
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    /// Output format: a table, or JSON (docs/probe-json.md).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<Output>,
+
+    /// Deprecated spelling of --format (elsewhere --output names a directory).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        hide = true,
+        conflicts_with = "format"
+    )]
+    pub output: Option<Output>,
 
     /// Name to send in EHLO (default: this machine's host name).
     #[arg(long, value_name = "NAME")]
@@ -239,7 +249,7 @@ pub fn main(args: ProbeArgs) -> ExitCode {
     }
 }
 
-/// The JSON document printed by `--output json` (see docs/probe-json.md).
+/// The JSON document printed by `--format json` (see docs/probe-json.md).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct JsonOutput<'a> {
@@ -251,6 +261,17 @@ struct JsonOutput<'a> {
 
 /// Run `mailtls probe`.
 pub async fn run(args: ProbeArgs) -> ExitCode {
+    if let Some(format) = args.output {
+        let name = if format == Output::Json {
+            "json"
+        } else {
+            "table"
+        };
+        eprintln!(
+            "mailtls probe: warning: --output {name} is deprecated, use --format {name} \
+             (--output names a directory in render and crds)"
+        );
+    }
     let (targets, config) = match args.targets().and_then(|t| Ok((t, args.config()?))) {
         Ok(v) => v,
         Err(UsageError(m)) => {
@@ -288,7 +309,7 @@ pub async fn run(args: ProbeArgs) -> ExitCode {
     }
     let reports: Vec<DestinationReport> = slots.into_iter().flatten().collect();
     let summary = summarize(&reports, &rfc3339_now());
-    let text = match args.output {
+    let text = match args.format.or(args.output).unwrap_or(Output::Table) {
         Output::Json => {
             let doc = JsonOutput {
                 schema: "mailtls.io/probe/v1",
