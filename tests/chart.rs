@@ -171,11 +171,94 @@ fn values_schema_and_chart_rules_reject_bad_values() {
             "contact",
         ),
         ("relay.tlsReports.at=24:00", "at"),
+        ("relay.agentExtraArgs[0].x=1", "agentExtraArgs"),
+        ("relay.nodeSelector.zone[0]=a", "nodeSelector"),
+        ("extraArgs=--no-tests", "extraArgs"),
     ] {
         let (ok, _, err) = run_helm(&["template", "mailtls", "charts/mailtls", "--set", set]);
         assert!(!ok, "{set} was accepted");
         assert!(err.contains(expected), "{set}: {err}");
     }
+}
+
+/// The `args` of the container `name` in a pod spec.
+fn container_args<'a>(pod: &'a Value, name: &str) -> Vec<&'a str> {
+    pod["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+        .and_then(|c| c["args"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
+async fn placement_and_extension_values_reach_both_pods_and_are_accepted() {
+    in_namespace("chart-extras", |client, ns| async move {
+        let yaml = template(&ns, &[
+            // A parent chart's globals are allowed (and not read).
+            "global.imageRegistry=registry.example",
+            "extraArgs={--no-tests,--test-ca-file=/etc/mailtls-ca/ca.pem},podLabels.team=mail",
+            "priorityClassName=system-cluster-critical",
+            "extraVolumes[0].name=ca,extraVolumes[0].configMap.name=corp-ca",
+            "extraVolumeMounts[0].name=ca,extraVolumeMounts[0].mountPath=/etc/mailtls-ca",
+            "topologySpreadConstraints[0].maxSkew=1,topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname,topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+            "relay.enabled=true,relay.nodeSelector.egress=fixed-ip,relay.priorityClassName=system-node-critical",
+            "relay.tolerations[0].key=egress,relay.tolerations[0].operator=Exists,relay.tolerations[0].effect=NoSchedule",
+            "relay.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=egress,relay.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+            "relay.podAnnotations.backup=skip,relay.podLabels.team=mail",
+            "relay.topologySpreadConstraints[0].maxSkew=1,relay.topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone,relay.topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+            "relay.topologySpreadConstraints[0].labelSelector.matchLabels.team=mail",
+            "relay.agentExtraArgs={--mail-log-max-size=32MiB}",
+        ]);
+        let (applied, unserved) = dry_run(&client, &yaml, &ns).await;
+        assert!(unserved.is_empty(), "{unserved:?}");
+        for kind in ["Deployment", "StatefulSet"] {
+            assert!(applied.iter().any(|k| k == kind), "{kind} missing from {applied:?}");
+        }
+        let docs = documents(&yaml);
+        let template_of = |kind: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == kind)
+                .map(|d| d["spec"]["template"].clone())
+                .unwrap_or_else(|| panic!("{kind}"))
+        };
+        let operator = template_of("Deployment");
+        let pod = &operator["spec"];
+        let args = container_args(pod, "operator");
+        assert!(args.contains(&"--no-tests") && args.contains(&"--test-ca-file=/etc/mailtls-ca/ca.pem"), "{args:?}");
+        assert_eq!(operator["metadata"]["labels"]["team"], "mail");
+        assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+        assert_eq!(pod["volumes"][0]["configMap"]["name"], "corp-ca");
+        assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/etc/mailtls-ca");
+        assert_eq!(pod["topologySpreadConstraints"][0]["topologyKey"], "kubernetes.io/hostname");
+
+        let relay = template_of("StatefulSet");
+        let pod = &relay["spec"];
+        assert_eq!(pod["nodeSelector"]["egress"], "fixed-ip");
+        assert_eq!(pod["tolerations"][0]["key"], "egress");
+        assert_eq!(pod["priorityClassName"], "system-node-critical");
+        assert!(pod["affinity"]["nodeAffinity"].is_object(), "{pod:#}");
+        assert_eq!(pod["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]["team"], "mail");
+        assert_eq!(relay["metadata"]["annotations"]["backup"], "skip");
+        assert_eq!(relay["metadata"]["labels"]["team"], "mail");
+        // The selector stays the chart's own.
+        assert!(docs.iter().any(|d| d["kind"] == "StatefulSet" && d["spec"]["selector"]["matchLabels"]["team"].is_null()));
+        assert!(container_args(pod, "relay-agent").contains(&"--mail-log-max-size=32MiB"));
+        // Init containers are sized too (a ResourceQuota refuses pods without).
+        assert!(pod["initContainers"][0]["resources"]["limits"]["memory"].is_string(), "{pod:#}");
+
+        // Unset, none of it appears.
+        let plain = template(&ns, &["relay.enabled=true"]);
+        for absent in ["priorityClassName", "topologySpreadConstraints", "tolerations", "nodeSelector"] {
+            assert!(!plain.contains(absent), "{absent} in the default chart");
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
