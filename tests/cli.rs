@@ -377,6 +377,20 @@ fn explain_says_which_policies_apply_the_next_hop_and_why() {
 
     let o = mailtls(&["explain", EXAMPLES, "chair@board.example", "--inbound"]);
     assert!(text(&o).contains("rejected with 550"), "{}", text(&o));
+    // A subdomain of a listed domain: Postfix's access table matches it, and so does explain.
+    let o = mailtls(&[
+        "explain",
+        EXAMPLES,
+        "clerk@minutes.board.example",
+        "--inbound",
+    ]);
+    let t = text(&o);
+    assert!(
+        t.contains("rejected with 550")
+            && t.contains("board.example")
+            && t.contains("in AddressList/board-members"),
+        "{t}"
+    );
     let o = mailtls(&["explain", EXAMPLES, "not an address"]);
     assert_eq!(o.status.code(), Some(2));
 }

@@ -62,7 +62,13 @@ pub fn run(args: ExplainArgs) -> ExitCode {
     for e in errors.iter().chain(&finding_errors(&loaded, &evaluation)) {
         eprintln!("warning: {e} (left out of the explanation)");
     }
-    let chain = target.lookup_chain();
+    // Inbound keys match as Postfix's access table does, outbound ones as its TLS policy
+    // and transport tables do.
+    let chain = if args.inbound {
+        target.access_chain()
+    } else {
+        target.lookup_chain()
+    };
     let mut out = String::new();
     let direction = if args.inbound {
         "from sender"

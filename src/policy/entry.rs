@@ -104,6 +104,25 @@ impl Entry {
         std::iter::once(text).chain(domain).chain(parents)
     }
 
+    /// The entries that cover `self` as a sender in Postfix's access table
+    /// (`check_sender_access` with the default `parent_domain_matches_subdomains`), most
+    /// specific first: the address, then its domain and each parent domain in turn, where a
+    /// listed domain covers its subdomains and a listed `.domain`, rendered as `domain`,
+    /// covers the domain too.
+    pub fn access_chain(&self) -> Vec<Entry> {
+        let mut keys = Vec::new();
+        if self.is_address() {
+            keys.push(self.clone());
+        }
+        let mut domain = Some(self.domain());
+        while let Some(d) = domain {
+            keys.push(Entry::Domain(d.to_string()));
+            keys.push(Entry::Subdomains(format!(".{d}")));
+            domain = d.split_once('.').map(|(_, parent)| parent);
+        }
+        keys
+    }
+
     /// [`lookup_keys`](Self::lookup_keys) as owned entries.
     pub fn lookup_chain(&self) -> Vec<Entry> {
         self.lookup_keys()

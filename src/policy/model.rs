@@ -174,12 +174,13 @@ impl EffectivePolicy {
             .find_map(|k| self.outbound.get_key_value(&k))
     }
 
-    /// The inbound rule for a sender: the most specific key covering it.
+    /// The inbound rule for a sender, found as Postfix's access table finds it (see
+    /// [`Entry::access_chain`]).
     pub fn inbound_for(&self, sender: &Entry) -> Option<(&Entry, &InboundRule)> {
         sender
-            .lookup_chain()
-            .into_iter()
-            .find_map(|k| self.inbound.get_key_value(&k))
+            .access_chain()
+            .iter()
+            .find_map(|k| self.inbound.get_key_value(k))
     }
 
     /// Where mail for `recipient` goes and what Postfix enforces on that hop: the one answer
@@ -461,13 +462,26 @@ mod tests {
             .as_deref(),
             Some("a.partner.example")
         );
+        // Inbound goes by Postfix's access table, where a listed domain covers its
+        // subdomains and `.partner.example` is written as `partner.example`.
+        let inbound = |s: &str| key(policy.inbound_for(&e(s)).map(|(k, _)| k));
         assert_eq!(
-            key(policy
-                .inbound_for(&e("eve@x.a.partner.example"))
-                .map(|(k, _)| k))
-            .as_deref(),
+            inbound("eve@x.a.partner.example").as_deref(),
+            Some("a.partner.example")
+        );
+        assert_eq!(
+            inbound("eve@b.partner.example").as_deref(),
             Some(".partner.example")
         );
+        assert_eq!(
+            inbound("eve@partner.example").as_deref(),
+            Some(".partner.example")
+        );
+        assert_eq!(
+            inbound("partner.example").as_deref(),
+            Some(".partner.example")
+        );
+        assert_eq!(inbound("eve@elsewhere.example"), None);
         assert!(policy.outbound_for(&e("bob@elsewhere.example")).is_none());
     }
 
