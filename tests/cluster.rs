@@ -363,6 +363,11 @@ fn invalid_cases() -> Vec<Invalid> {
                 "validateHostname requires requireCASigned: a host name is only checked on a CA-signed certificate",
             ],
         ),
+        invalid::<TlsCompliance>(
+            "an outbound option on an Inbound policy",
+            json!({"direction": "Inbound", "addressLists": lists(), "minTlsVersion": "1.3"}),
+            &["spec.direction", "apply to outbound mail only"],
+        ),
         invalid::<OutboundGateway>(
             "appliesTo Recipients without addressLists",
             json!({"host": "relay.example.net", "appliesTo": "Recipients"}),

@@ -22,7 +22,7 @@ pub use status_parts::{
     DestinationResult, MatchedCounts, ObservedFailure, ObservedMail, RelayConfigRef, TestSummary,
 };
 pub use tls_compliance::{
-    Direction, Enforcement, OnFailure, TestSpec, TlsCompliance, TlsComplianceSpec,
+    Direction, Enforcement, INBOUND_MESSAGE, OnFailure, TestSpec, TlsCompliance, TlsComplianceSpec,
     TlsComplianceStatus,
 };
 

@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 /// Mail to and/or from the listed addresses and domains must use TLS.
 ///
 /// Outbound matches recipients, inbound matches envelope senders.
+/// CEL: the certificate and version settings concern servers the relay sends to, so an
+/// Inbound policy may not set them (`minTlsVersion` only at its default, which the API
+/// server fills in).
+const INBOUND_RULE: &str = "self.spec.direction != 'Inbound' || (!self.spec.requireCASigned && !self.spec.validateHostname && self.spec.minTlsVersion == '1.2')";
+/// What [`INBOUND_RULE`] says when broken; the engine says the same.
+pub const INBOUND_MESSAGE: &str = "requireCASigned, validateHostname and minTlsVersion apply to outbound mail only; an Inbound policy requires TLS from its senders, nothing more (use direction: Both to set them for mail to these addresses)";
+
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "mailtls.io",
@@ -55,7 +62,10 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("!self.spec.validateHostname || self.spec.requireCASigned")
         .message("validateHostname requires requireCASigned: a host name is only checked on a CA-signed certificate")
-        .field_path(".spec.validateHostname")
+        .field_path(".spec.validateHostname"),
+    validation = Rule::new(INBOUND_RULE)
+        .message(INBOUND_MESSAGE)
+        .field_path(".spec.direction")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TlsComplianceSpec {

@@ -3,7 +3,9 @@
 
 use super::entry;
 use super::{Hop, Host, Problem, Requirement};
-use crate::api::{AppliesTo, OutboundGateway, TestSpec, TlsCompliance};
+use crate::api::{
+    AppliesTo, Direction, INBOUND_MESSAGE, OutboundGateway, TestSpec, TlsCompliance, TlsVersion,
+};
 use kube::ResourceExt;
 use std::time::Duration;
 
@@ -21,6 +23,21 @@ pub(super) fn check_policy(p: &TlsCompliance) -> Vec<Problem> {
             "spec.validateHostname",
             "validateHostname requires requireCASigned: a host name is only checked on a CA-signed certificate",
         ));
+    }
+    if spec.direction == Direction::Inbound {
+        let outbound_only = [
+            ("spec.requireCASigned", spec.require_ca_signed),
+            ("spec.validateHostname", spec.validate_hostname),
+            (
+                "spec.minTlsVersion",
+                spec.min_tls_version != TlsVersion::default(),
+            ),
+        ];
+        for (field, set) in outbound_only {
+            if set {
+                problems.push(problem(field, INBOUND_MESSAGE));
+            }
+        }
     }
     problems.extend(check_test(&spec.test));
     problems
@@ -179,6 +196,37 @@ mod tests {
         ] {
             assert!(parse_interval(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn inbound_policies_set_no_outbound_options() {
+        use crate::api::{Direction, TlsCompliance};
+        let policy = |direction: &str, extra: &str| -> TlsCompliance {
+            serde_norway::from_str(&format!(
+                "apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata: {{name: p}}\n\
+                 spec: {{direction: {direction}, addressLists: [{{name: l}}]{extra}}}\n"
+            ))
+            .expect("policy")
+        };
+        let fields = |p: &TlsCompliance| -> Vec<String> {
+            super::check_policy(p)
+                .into_iter()
+                .map(|p| p.field)
+                .collect()
+        };
+        let all = ", requireCASigned: true, validateHostname: true, minTlsVersion: '1.3'";
+        assert_eq!(
+            fields(&policy("Inbound", all)),
+            [
+                "spec.requireCASigned",
+                "spec.validateHostname",
+                "spec.minTlsVersion"
+            ]
+        );
+        assert!(fields(&policy("Inbound", ", minTlsVersion: '1.2'")).is_empty());
+        assert!(fields(&policy("Both", all)).is_empty());
+        assert!(fields(&policy("Outbound", all)).is_empty());
+        assert_eq!(policy("Inbound", "").spec.direction, Direction::Inbound);
     }
 
     #[test]
