@@ -291,7 +291,9 @@ impl Observed {
         let Some(delivery) = self.sessions.classify(line) else {
             return;
         };
-        if !matches!(delivery, Delivery::Plaintext { .. })
+        // The line's own time is read only when days are kept (TLS reports are on).
+        if self.days.is_some()
+            && !matches!(delivery, Delivery::Plaintext { .. })
             && let Some(day) = timestamp(line, now).and_then(|at| self.day_of(at))
         {
             day.add(&delivery);
