@@ -20,6 +20,8 @@ fn entry_strategy() -> impl Strategy<Value = String> {
 
 fn policy_options() -> impl Strategy<Value = String> {
     (any::<bool>(), any::<bool>(), 0..4u8, any::<bool>(), any::<bool>(), 0..3u8).prop_map(|(ca, host, v, bounce, monitor, dir)| {
+        // Inbound policies carry no outbound options (the schema refuses them).
+        let (ca, host, v) = if dir == 1 { (false, false, 2) } else { (ca, host, v) };
         format!(
             "  requireCASigned: {}\n  validateHostname: {}\n  minTlsVersion: \"1.{v}\"\n  onFailure: {}\n  enforcement: {}\n",
             ca || host,

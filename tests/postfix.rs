@@ -223,15 +223,17 @@ fn large_input(dir: &Path) {
         yaml.push_str("---\n");
     }
     for p in 0..24 {
+        // Inbound policies carry no outbound options (the schema refuses them).
+        let inbound = p % 3 == 1;
         let _ = writeln!(
             yaml,
             "apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata:\n  name: policy-{p}\nspec:\n  direction: {}\n  addressLists:\n    - name: list-{}\n    - name: list-{}\n  requireCASigned: {}\n  validateHostname: {}\n  minTlsVersion: \"1.{}\"\n  onFailure: {}\n  enforcement: {}\n---",
             ["Outbound", "Inbound", "Both"][p % 3],
             p % 12,
             (p + 5) % 12,
-            p % 2 == 0,
-            p % 4 == 0,
-            p % 4,
+            p % 2 == 0 && !inbound,
+            p % 4 == 0 && !inbound,
+            if inbound { 2 } else { p % 4 },
             ["Bounce", "Defer"][p % 2],
             if p % 5 == 0 { "Monitor" } else { "Enforce" },
         );
