@@ -227,6 +227,18 @@ fn standalone_watch_rerenders_on_change() {
     assert!(second, "re-render after the edit");
 }
 
+/// `mailtls render DIR --output DIR/out`: its output, and where it would write.
+fn render_into_out(dir: &Path) -> (Output, std::path::PathBuf) {
+    let out = dir.join("out");
+    let o = mailtls(&[
+        "render",
+        dir.to_str().expect("utf-8"),
+        "--output",
+        out.to_str().expect("utf-8"),
+    ]);
+    (o, out)
+}
+
 #[test]
 fn render_reports_every_error_with_file_line_resource_and_field() {
     let input = tempfile::tempdir().expect("tempdir");
@@ -240,13 +252,7 @@ fn render_reports_every_error_with_file_line_resource_and_field() {
         "apiVersion: mailtls.io/v1alpha1\nkind: OutboundGateway\nmetadata:\n  name: g\nspec:\n  host: gw.example.net\n  port: 99999\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n---\nkind: [unclosed\n",
     )
     .expect("write");
-    let out = input.path().join("out");
-    let o = mailtls(&[
-        "render",
-        input.path().to_str().expect("utf-8"),
-        "--output",
-        out.to_str().expect("utf-8"),
-    ]);
+    let (o, out) = render_into_out(input.path());
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
     assert!(
@@ -267,13 +273,7 @@ fn an_unquoted_version_is_explained() {
         list("l", &["ok.example"]) + &policy("p", &["l"], "  minTlsVersion: 1.2"),
     )
     .expect("write");
-    let out = input.path().join("out");
-    let o = mailtls(&[
-        "render",
-        input.path().to_str().expect("utf-8"),
-        "--output",
-        out.to_str().expect("utf-8"),
-    ]);
+    let (o, _) = render_into_out(input.path());
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
     assert!(

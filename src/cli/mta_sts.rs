@@ -42,10 +42,10 @@ pub struct MtaStsArgs {
 
 impl MtaStsArgs {
     /// Start the server these flags describe on the current runtime, when
-    /// `--mta-sts-listen` is given (then `Ok(true)`, once it listens).
-    pub async fn start(&self) -> Result<bool, String> {
+    /// `--mta-sts-listen` is given; `Ok` once it listens.
+    pub async fn start(&self) -> Result<(), String> {
         let Some(listen) = &self.mta_sts_listen else {
-            return Ok(false);
+            return Ok(());
         };
         let extra_roots = match &self.mta_sts_ca_file {
             Some(path) => super::probe::read_pem_certs(path).map_err(|e| e.0)?,
@@ -78,7 +78,7 @@ impl MtaStsArgs {
         let listener = bound.map_err(|e| format!("--mta-sts-listen {listen}: {e}"))?;
         tracing::info!(%listen, "serving MTA-STS policies");
         tokio::spawn(server.serve(listener));
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -145,7 +145,7 @@ pub fn run(args: MtaStsServerArgs) -> ExitCode {
     };
     runtime.block_on(async {
         match args.sts.start().await {
-            Ok(_) => {
+            Ok(()) => {
                 let _ = tokio::signal::ctrl_c().await;
                 ExitCode::SUCCESS
             }
