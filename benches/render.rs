@@ -38,6 +38,8 @@ fn inputs(total: usize) -> Inputs {
                 &format!("policy-{p}"),
                 TlsComplianceSpec {
                     direction: [Direction::Outbound, Direction::Both][p % 2],
+                    scope: Default::default(),
+                    mechanisms: Vec::new(),
                     address_lists: vec![
                         LocalRef {
                             name: format!("list-{p}"),

@@ -171,6 +171,7 @@ fn values_schema_and_chart_rules_reject_bad_values() {
             "contact",
         ),
         ("relay.tlsReports.at=24:00", "at"),
+        ("relay.mtaSts.recheck=soon", "recheck"),
         ("relay.agentExtraArgs[0].x=1", "agentExtraArgs"),
         ("relay.nodeSelector.zone[0]=a", "nodeSelector"),
         ("extraArgs=--no-tests", "extraArgs"),
@@ -257,6 +258,93 @@ async fn placement_and_extension_values_reach_both_pods_and_are_accepted() {
         for absent in ["priorityClassName", "topologySpreadConstraints", "tolerations", "nodeSelector"] {
             assert!(!plain.contains(absent), "{absent} in the default chart");
         }
+    })
+    .await;
+}
+
+/// relay.mtaSts: the agent serves MTA-STS policies on a socket Postfix shares, relay-init
+/// and the operator name the same socket, and the namespace's default TlsCompliance
+/// (every destination honours MTA-STS) is created and accepted by the API server.
+#[tokio::test]
+#[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
+async fn mta_sts_is_served_to_postfix_and_honoured_by_default() {
+    in_namespace("chart-mta-sts", |client, ns| async move {
+        let yaml = template(&ns, &["relay.enabled=true,relay.mtaSts.recheck=5m"]);
+        let (applied, unserved) = dry_run(&client, &yaml, &ns).await;
+        assert!(unserved.is_empty(), "{unserved:?}");
+        assert!(applied.iter().any(|k| k == "TlsCompliance"), "{applied:?}");
+        let docs = documents(&yaml);
+        let policy = docs
+            .iter()
+            .find(|d| d["kind"] == "TlsCompliance")
+            .expect("default policy");
+        assert_eq!(policy["metadata"]["namespace"], ns.as_str());
+        assert_eq!(policy["spec"]["scope"], "Unlisted");
+        assert_eq!(policy["spec"]["mechanisms"][0], "MtaSts");
+        let socket = "/run/mailtls-sts/mta-sts.sock";
+        let relay = docs
+            .iter()
+            .find(|d| d["kind"] == "StatefulSet")
+            .expect("relay");
+        let pod = &relay["spec"]["template"]["spec"];
+        let agent = container_args(pod, "relay-agent");
+        assert!(
+            agent.contains(&format!("--mta-sts-listen=unix:{socket}").as_str()),
+            "{agent:?}"
+        );
+        assert!(agent.contains(&"--mta-sts-recheck=5m"), "{agent:?}");
+        let init = pod["initContainers"][0]["args"]
+            .as_array()
+            .expect("init args");
+        assert!(
+            init.iter()
+                .any(|a| a == format!("--mta-sts-socket={socket}").as_str()),
+            "{init:?}"
+        );
+        let operator = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("operator");
+        let op_args = container_args(&operator["spec"]["template"]["spec"], "operator");
+        assert!(
+            op_args.contains(&format!("--mta-sts-socket={socket}").as_str()),
+            "{op_args:?}"
+        );
+        // Postfix and the agent share the socket's directory.
+        for c in ["postfix", "relay-agent"] {
+            let container = pod["containers"]
+                .as_array()
+                .expect("containers")
+                .iter()
+                .find(|x| x["name"] == c)
+                .expect(c);
+            let mounts = container["volumeMounts"].as_array().expect("mounts");
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m["name"] == "mta-sts" && m["mountPath"] == "/run/mailtls-sts"),
+                "{c}: {mounts:?}"
+            );
+        }
+        assert!(
+            pod["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .any(|v| v["name"] == "mta-sts" && v["emptyDir"].is_object())
+        );
+
+        // Declared by the user instead: the server stays, the policy goes.
+        let own = template(
+            &ns,
+            &["relay.enabled=true,relay.mtaSts.defaultPolicy=false"],
+        );
+        assert!(!documents(&own).iter().any(|d| d["kind"] == "TlsCompliance"));
+        assert!(own.contains("--mta-sts-listen="));
+        // Off: neither (a configuration honouring MTA-STS is then refused by the agent).
+        let off = template(&ns, &["relay.enabled=true,relay.mtaSts.enabled=false"]);
+        assert!(!documents(&off).iter().any(|d| d["kind"] == "TlsCompliance"));
+        assert!(!off.contains("--mta-sts-listen=") && !off.contains("name: mta-sts"));
     })
     .await;
 }

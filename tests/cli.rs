@@ -395,6 +395,56 @@ fn explain_says_which_policies_apply_the_next_hop_and_why() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// With the namespace's default honouring MTA-STS, explain says which mechanism decides,
+/// for a listed and an unlisted recipient, and where it does not apply (a gateway).
+#[test]
+fn explain_names_mta_sts_where_it_decides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["address-lists.yaml", "tls-compliance.yaml", "gateways.yaml"] {
+        std::fs::copy(format!("{EXAMPLES}/{f}"), dir.path().join(f)).expect("copy");
+    }
+    std::fs::write(
+        dir.path().join("published.yaml"),
+        "apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata:\n  name: published\n\
+         spec:\n  direction: Outbound\n  scope: Unlisted\n  mechanisms: [MtaSts]\n",
+    )
+    .expect("write");
+    let d = dir.path().to_str().expect("utf-8");
+    // Through the AllMail gateway: MTA-STS is honoured but not the one deciding.
+    let t = text(&mailtls(&["explain", d, "someone@unlisted.example"]));
+    assert!(
+        t.contains("TlsCompliance/published (Unlisted): honours MTA-STS"),
+        "{t}"
+    );
+    assert!(
+        t.contains("does not apply here: the mail goes to a gateway"),
+        "{t}"
+    );
+    // Without gateways, straight to the MX hosts: MTA-STS decides where published.
+    std::fs::remove_file(dir.path().join("gateways.yaml")).expect("rm");
+    let t = text(&mailtls(&["explain", d, "someone@unlisted.example"]));
+    assert!(
+        t.contains(
+            "Published: MTA-STS decides when unlisted.example publishes an `enforce` policy"
+        ) && t.contains("Otherwise opportunistic TLS applies"),
+        "{t}"
+    );
+    let t = text(&mailtls(&["explain", d, "bob@sales.partner.example"]));
+    assert!(
+        t.contains("verified TLS 1.2 or newer")
+            && t.contains("Otherwise the listed requirement above applies"),
+        "{t}"
+    );
+    assert!(
+        t.contains("main.cf: smtp_tls_policy_maps = socketmap:unix:"),
+        "{t}"
+    );
+    assert!(
+        t.contains("mta_sts: .partner.example protocols=>=TLSv1.2"),
+        "{t}"
+    );
+}
+
 #[test]
 fn help_explains_every_subcommand() {
     let o = mailtls(&["--help"]);

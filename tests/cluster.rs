@@ -16,8 +16,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use mailtls::api::{
-    AddressList, AddressListSpec, AppliesTo, Direction, Enforcement, GatewayTls, OnFailure,
-    OutboundGateway, OutboundGatewaySpec, TestSpec, TlsCompliance, TlsComplianceSpec, TlsVersion,
+    AddressList, AddressListSpec, AppliesTo, Direction, Enforcement, GatewayTls, Mechanism,
+    OnFailure, OutboundGateway, OutboundGatewaySpec, Scope, TestSpec, TlsCompliance,
+    TlsComplianceSpec, TlsVersion,
 };
 use serde_json::{Value, json};
 
@@ -138,6 +139,8 @@ async fn valid_resources_are_accepted() {
         // Outbound, CA-signed and host name checked, bounce on failure.
         let outbound = TlsComplianceSpec {
             direction: Direction::Outbound,
+            scope: Default::default(),
+            mechanisms: Vec::new(),
             address_lists: refs(&["partners"]),
             require_ca_signed: true,
             validate_hostname: true,
@@ -149,6 +152,8 @@ async fn valid_resources_are_accepted() {
         // Both directions, TLS 1.3, defer instead of bounce, tested every 90 minutes.
         let both = TlsComplianceSpec {
             direction: Direction::Both,
+            scope: Default::default(),
+            mechanisms: Vec::new(),
             address_lists: refs(&["finance", "partners"]),
             validate_hostname: false,
             min_tls_version: TlsVersion::V1_3,
@@ -170,10 +175,24 @@ async fn valid_resources_are_accepted() {
             },
             ..outbound.clone()
         };
+        // The namespace's default: every destination honours MTA-STS.
+        let published = TlsComplianceSpec {
+            direction: Direction::Outbound,
+            scope: Scope::Unlisted,
+            address_lists: vec![],
+            mechanisms: vec![Mechanism::MtaSts],
+            require_ca_signed: false,
+            validate_hostname: false,
+            min_tls_version: TlsVersion::V1_2,
+            on_failure: OnFailure::Bounce,
+            enforcement: Enforcement::Enforce,
+            test: TestSpec::default(),
+        };
         for (name, spec) in [
             ("partners-outbound", outbound),
             ("finance-both", both),
             ("partners-dry-run", monitor),
+            ("published-policies", published),
         ] {
             let stored = apply(&policies, &TlsCompliance::new(name, spec.clone())).await;
             assert_eq!(stored.spec, spec, "{name}");
@@ -234,7 +253,7 @@ async fn valid_resources_are_accepted() {
         }
 
         let all = policies.list(&ListParams::default()).await.unwrap();
-        assert_eq!(all.items.len(), 3);
+        assert_eq!(all.items.len(), 4);
         let all = gateways.list(&ListParams::default()).await.unwrap();
         assert_eq!(all.items.len(), 3);
     })
@@ -262,6 +281,8 @@ async fn server_fills_in_the_documented_defaults() {
             stored.spec,
             TlsComplianceSpec {
                 direction: Direction::Outbound,
+                scope: Default::default(),
+                mechanisms: Vec::new(),
                 address_lists: refs(&["partners"]),
                 require_ca_signed: false,
                 validate_hostname: false,
@@ -439,13 +460,53 @@ fn invalid_cases() -> Vec<Invalid> {
             "no address lists",
             json!({"direction": "Outbound", "addressLists": []}),
             &[
-                "spec.addressLists: Invalid value: 0: spec.addressLists in body should have at least 1 items",
+                "spec.addressLists",
+                "a Listed policy needs at least one AddressList",
             ],
         ),
         invalid::<TlsCompliance>(
             "addressLists missing",
             json!({"direction": "Outbound"}),
-            &["spec.addressLists: Required value"],
+            &[
+                "spec.addressLists",
+                "a Listed policy needs at least one AddressList",
+            ],
+        ),
+        invalid::<TlsCompliance>(
+            "an Unlisted policy with address lists",
+            json!({"direction": "Outbound", "scope": "Unlisted", "addressLists": lists()}),
+            &[
+                "spec.addressLists",
+                "an Unlisted policy covers every destination no policy lists and takes none",
+            ],
+        ),
+        invalid::<TlsCompliance>(
+            "an Unlisted policy requiring more than what destinations publish",
+            json!({"direction": "Outbound", "scope": "Unlisted", "requireCASigned": true, "mechanisms": ["MtaSts"]}),
+            &[
+                "spec.scope",
+                "an Unlisted policy is Outbound and sets only mechanisms",
+            ],
+        ),
+        invalid::<TlsCompliance>(
+            "an Unlisted Both policy",
+            json!({"direction": "Both", "scope": "Unlisted"}),
+            &["spec.scope", "an Unlisted policy is Outbound"],
+        ),
+        invalid::<TlsCompliance>(
+            "mechanisms on an Inbound policy",
+            json!({"direction": "Inbound", "addressLists": lists(), "mechanisms": ["MtaSts"]}),
+            &["spec.direction", "apply to outbound mail only"],
+        ),
+        invalid::<TlsCompliance>(
+            "an unknown mechanism",
+            json!({"direction": "Outbound", "addressLists": lists(), "mechanisms": ["Smoke"]}),
+            &["spec.mechanisms[0]: Unsupported value: \"Smoke\""],
+        ),
+        invalid::<TlsCompliance>(
+            "a mechanism twice",
+            json!({"direction": "Outbound", "addressLists": lists(), "mechanisms": ["MtaSts", "MtaSts"]}),
+            &["spec.mechanisms"],
         ),
         // patterns: data must never become Postfix configuration
         invalid::<AddressList>(

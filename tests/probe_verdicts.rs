@@ -385,6 +385,12 @@ async fn library_strict_verdicts() {
     );
     assert_eq!(enforce.mx_match, Some(true));
     assert_eq!(enforce.id.as_deref(), Some("20260101T000000"));
+    // Which mechanism decided: the enforce policy; a testing one or a broken one does not.
+    use mailtls::probe::DecidedBy;
+    assert_eq!(got["sts-enforce.test"].decided_by, DecidedBy::MtaSts);
+    assert_ne!(got["sts-testing.test"].decided_by, DecidedBy::MtaSts);
+    assert_ne!(got["sts-webpki.test"].decided_by, DecidedBy::MtaSts);
+    assert_eq!(got["good.test"].decided_by, DecidedBy::Requirement);
     assert!(
         got["sts-testing.test"]
             .warnings
@@ -628,6 +634,7 @@ async fn cli_strict_verdicts() {
     assert_eq!(sts["sts"]["policy"]["maxAge"], 86400);
     assert_eq!(sts["sts"]["policy"]["mode"], "enforce");
     assert_eq!(sts["sts"]["mxMatch"], true);
+    assert_eq!(sts["decidedBy"], "mta-sts");
     assert_eq!(doc["summary"]["byOutcome"]["pass"].as_u64(), Some(8));
 
     // All passing → exit 0, table output.

@@ -657,7 +657,10 @@ fn count(store: &Store, subject: &str) -> usize {
         .unwrap_or_default()
 }
 
-/// Version 1 lists partner.test as an inbound TLS sender, version 2 newpartner.test too.
+/// Version 1 lists partner.test as an inbound TLS sender, version 2 newpartner.test too,
+/// and honours MTA-STS for every destination: Postfix's smtp processes then ask the agent's
+/// policy server (through the chart's shared socket) before each delivery, the gateway's
+/// included, so a message delivered under version 2 proves they reach it.
 fn policies(version: u32) -> String {
     let partners: &[&str] = if version == 1 {
         &["partner.test"]
@@ -676,6 +679,11 @@ fn policies(version: u32) -> String {
         ),
     ]
     .concat()
+        + if version == 1 {
+            ""
+        } else {
+            "apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata:\n  name: published\nspec:\n  direction: Outbound\n  scope: Unlisted\n  mechanisms: [MtaSts]\n---\n"
+        }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -799,6 +807,10 @@ fn inside() {
     assert!(ok, "unlisted sender refused:\n{out}");
     arrived(&store, CORP_MX.0, "new-v1");
     let (files, v2) = relay.render(&policies(2));
+    assert!(
+        files["main.cf"].contains("socketmap:unix:/run/mailtls-sts/mta-sts.sock:mailtls"),
+        "version 2 does not ask the policy server"
+    );
     relay.publish(files);
     relay.wait_applied(&v2);
     let (ok, out) = send(

@@ -27,6 +27,8 @@ impl TlsCompliance {
             name,
             TlsComplianceSpec {
                 direction: Direction::Outbound,
+                scope: Default::default(),
+                mechanisms: Vec::new(),
                 address_lists: lists
                     .iter()
                     .map(|l| LocalRef {

@@ -22,8 +22,8 @@ pub use status_parts::{
     DestinationResult, MatchedCounts, ObservedFailure, ObservedMail, RelayConfigRef, TestSummary,
 };
 pub use tls_compliance::{
-    Direction, Enforcement, INBOUND_MESSAGE, OnFailure, TestSpec, TlsCompliance, TlsComplianceSpec,
-    TlsComplianceStatus,
+    Direction, Enforcement, INBOUND_MESSAGE, LISTS_MESSAGE, Mechanism, OnFailure, Scope, TestSpec,
+    TlsCompliance, TlsComplianceSpec, TlsComplianceStatus, UNLISTED_MESSAGE,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

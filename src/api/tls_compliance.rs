@@ -16,9 +16,19 @@ use serde::{Deserialize, Serialize};
 /// CEL: the certificate and version settings concern servers the relay sends to, so an
 /// Inbound policy may not set them (`minTlsVersion` only at its default, which the API
 /// server fills in).
-const INBOUND_RULE: &str = "self.spec.direction != 'Inbound' || (!self.spec.requireCASigned && !self.spec.validateHostname && self.spec.minTlsVersion == '1.2')";
+const INBOUND_RULE: &str = "self.spec.direction != 'Inbound' || (!self.spec.requireCASigned && !self.spec.validateHostname && self.spec.minTlsVersion == '1.2' && (!has(self.spec.mechanisms) || size(self.spec.mechanisms) == 0))";
 /// What [`INBOUND_RULE`] says when broken; the engine says the same.
-pub const INBOUND_MESSAGE: &str = "requireCASigned, validateHostname and minTlsVersion apply to outbound mail only; an Inbound policy requires TLS from its senders, nothing more (use direction: Both to set them for mail to these addresses)";
+pub const INBOUND_MESSAGE: &str = "requireCASigned, validateHostname, minTlsVersion and mechanisms apply to outbound mail only; an Inbound policy requires TLS from its senders, nothing more (use direction: Both to set them for mail to these addresses)";
+/// CEL: a `Listed` policy names its lists; an `Unlisted` one covers what no list names.
+/// `scope` may be absent (objects stored before it existed), hence `has()`.
+const LISTS_RULE: &str = "has(self.spec.scope) && self.spec.scope == 'Unlisted' ? (!has(self.spec.addressLists) || size(self.spec.addressLists) == 0) : (has(self.spec.addressLists) && size(self.spec.addressLists) > 0)";
+/// What [`LISTS_RULE`] says when broken; the engine says the same.
+pub const LISTS_MESSAGE: &str = "a Listed policy needs at least one AddressList; an Unlisted policy covers every destination no policy lists and takes none";
+/// CEL: the namespace's default for unlisted destinations sets which published policies
+/// are honoured, nothing else: requiring TLS of every destination is not what it is for.
+const UNLISTED_RULE: &str = "!has(self.spec.scope) || self.spec.scope != 'Unlisted' || (self.spec.direction == 'Outbound' && !self.spec.requireCASigned && !self.spec.validateHostname && self.spec.minTlsVersion == '1.2')";
+/// What [`UNLISTED_RULE`] says when broken; the engine says the same.
+pub const UNLISTED_MESSAGE: &str = "an Unlisted policy is Outbound and sets only mechanisms (and enforcement): it says which policies that destinations publish are honoured, and requires nothing of the others";
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -65,15 +75,33 @@ pub const INBOUND_MESSAGE: &str = "requireCASigned, validateHostname and minTlsV
         .field_path(".spec.validateHostname"),
     validation = Rule::new(INBOUND_RULE)
         .message(INBOUND_MESSAGE)
-        .field_path(".spec.direction")
+        .field_path(".spec.direction"),
+    validation = Rule::new(LISTS_RULE)
+        .message(LISTS_MESSAGE)
+        .field_path(".spec.addressLists"),
+    validation = Rule::new(UNLISTED_RULE)
+        .message(UNLISTED_MESSAGE)
+        .field_path(".spec.scope")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TlsComplianceSpec {
     /// `Outbound` (recipients), `Inbound` (senders) or `Both`.
     pub direction: Direction,
-    /// The address lists whose entries this policy applies to.
-    #[schemars(length(min = 1, max = 64))]
+    /// `Listed` (default): the entries of `addressLists`. `Unlisted`: every outbound
+    /// destination no TlsCompliance lists, i.e. the namespace's default; it sets only
+    /// `mechanisms`, which then also apply to the listed destinations (listing never weakens).
+    #[serde(default, skip_serializing_if = "Scope::is_listed")]
+    pub scope: Scope,
+    /// The address lists whose entries this policy applies to (`Listed` only).
+    #[serde(default)]
+    #[schemars(length(max = 64))]
     pub address_lists: Vec<LocalRef>,
+    /// Outbound: the policies destinations publish that the relay enforces, on top of the
+    /// options here (strictest wins). `MtaSts`: a domain whose MTA-STS policy (RFC 8461) is
+    /// `enforce` gets mail only over verified TLS to the MX hosts its policy names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1), extend("x-kubernetes-list-type" = "set"))]
+    pub mechanisms: Vec<Mechanism>,
     /// Outbound: the server certificate must chain to a trusted CA.
     #[serde(default, rename = "requireCASigned")]
     pub require_ca_signed: bool,
@@ -112,6 +140,34 @@ impl Direction {
     pub fn inbound(self) -> bool {
         matches!(self, Direction::Inbound | Direction::Both)
     }
+}
+
+/// Which destinations a TlsCompliance covers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Scope {
+    /// The entries of its address lists.
+    #[default]
+    Listed,
+    /// Every outbound destination no TlsCompliance lists: the namespace's default.
+    Unlisted,
+}
+
+impl Scope {
+    fn is_listed(&self) -> bool {
+        *self == Scope::Listed
+    }
+}
+
+/// A policy a destination publishes that the relay can enforce.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum Mechanism {
+    /// MTA-STS (RFC 8461): the `_mta-sts` TXT record and the policy at
+    /// `https://mta-sts.<domain>/.well-known/mta-sts.txt`. Failures under an `enforce`
+    /// policy of an unlisted destination keep the mail queued (RFC 8461 §5); a listed one's
+    /// `onFailure` applies.
+    MtaSts,
 }
 
 /// What happens to outbound mail that cannot be sent over TLS as required.

@@ -4,7 +4,8 @@ use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::api::{AppliesTo, OnFailure};
 use crate::engine::plan::routed_test;
 use crate::policy::{
-    EffectivePolicy, Entry, Kind, Requirement, ResourceId, Route, list_entries, parse_entry,
+    Delivery, EffectivePolicy, Entry, Kind, Mechanisms, Requirement, ResourceId, Route,
+    list_entries, parse_entry,
 };
 use crate::render::render;
 use clap::Args;
@@ -112,10 +113,16 @@ pub fn run(args: ExplainArgs) -> ExitCode {
                         p.spec.validate_hostname,
                         p.spec.min_tls_version,
                     );
+                    let published = Mechanisms::from_api(&p.spec.mechanisms);
                     format!(
-                        "{:?}: {r}; on failure {}",
+                        "{:?}: {r}; on failure {}{}",
                         p.spec.enforcement,
-                        on_failure(p.spec.on_failure)
+                        on_failure(p.spec.on_failure),
+                        if published.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; honours {published}")
+                        }
                     )
                 };
                 out.push_str(&format!(
@@ -144,6 +151,14 @@ pub fn run(args: ExplainArgs) -> ExitCode {
     }
     if !any {
         out.push_str("  (none)\n");
+    }
+    if !args.inbound && !evaluation.policy.unlisted_policies.is_empty() {
+        out.push_str(&format!(
+            "  {:<30}   {} (Unlisted): honours {}\n",
+            "every destination",
+            names(&evaluation.policy.unlisted_policies),
+            evaluation.policy.unlisted
+        ));
     }
     out.push('\n');
     if args.inbound {
@@ -202,6 +217,7 @@ fn explain_outbound(
             "Monitor:   would require {m}; the periodic test reports whether it would fail\n"
         ));
     }
+    out.push_str(&published(policy, &delivery, target));
     if let Some((key, rule)) = found {
         let n = rule.policies.len();
         if n > 0 {
@@ -252,8 +268,14 @@ fn explain_outbound(
     }
     out.push_str("\nPostfix sees:\n");
     let mut shown = false;
+    if let Some(maps) = files.get("main.cf").and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("smtp_tls_policy_maps = socketmap:"))
+    }) {
+        out.push_str(&format!("  main.cf: {maps}\n"));
+    }
     if let Some((key, _)) = found {
-        for table in ["transport", "tls_policy"] {
+        for table in ["transport", "tls_policy", "mta_sts"] {
             let prefix = format!("{key} ");
             if let Some(line) = files
                 .get(table)
@@ -273,6 +295,33 @@ fn explain_outbound(
             .unwrap_or_default();
         out.push_str(&format!("  no table entry; main.cf relayhost = {relay}\n"));
     }
+}
+
+/// Which published policy decides for this recipient, if any is honoured.
+fn published(policy: &EffectivePolicy, delivery: &Delivery, target: &Entry) -> String {
+    let honoured = match delivery.rule.and_then(|r| r.enforced) {
+        Some(e) => e.mechanisms,
+        None => policy.unlisted,
+    };
+    if !honoured.mta_sts {
+        return String::new();
+    }
+    let domain = target.domain();
+    if delivery.hop.is_some() {
+        return format!(
+            "Published: MTA-STS is honoured, but does not apply here: the mail goes to a gateway, \
+             not to the MX hosts of {domain}\n"
+        );
+    }
+    let (version, otherwise) = match delivery.required {
+        Some(r) => (r.min_tls, "the listed requirement above"),
+        None => (Default::default(), "opportunistic TLS"),
+    };
+    format!(
+        "Published: MTA-STS decides when {domain} publishes an `enforce` policy: verified TLS \
+         {version} or newer to the MX hosts it names, nothing else (the relay agent asks at \
+         delivery). Otherwise {otherwise} applies.\n"
+    )
 }
 
 fn names(policies: &[std::sync::Arc<str>]) -> String {

@@ -3,11 +3,13 @@
 
 use super::probe::parse_duration;
 use crate::probe::{AddressPolicy, Cidr};
+use crate::sts::scope::Scope;
 use crate::sts::server::{Config, Listener, PolicyServer};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
@@ -42,25 +44,32 @@ pub struct MtaStsArgs {
 
 impl MtaStsArgs {
     /// Start the server these flags describe on the current runtime, when
-    /// `--mta-sts-listen` is given; `Ok` once it listens.
-    pub async fn start(&self) -> Result<(), String> {
+    /// `--mta-sts-listen` is given, answering for `scope` (`None`: nobody until it is set);
+    /// the server once it listens.
+    pub async fn start(&self, scope: Option<Scope>) -> Result<Option<Arc<PolicyServer>>, String> {
         let Some(listen) = &self.mta_sts_listen else {
-            return Ok(());
+            return Ok(None);
         };
         let extra_roots = match &self.mta_sts_ca_file {
             Some(path) => super::probe::read_pem_certs(path).map_err(|e| e.0)?,
             None => Vec::new(),
         };
         crate::probe::tls::install_crypto_provider();
-        let server = PolicyServer::new(Config {
-            resolver: self.mta_sts_resolver,
-            extra_roots,
-            addresses: AddressPolicy::public_only(self.mta_sts_allow_address.clone(), Vec::new()),
-            https_port: self.mta_sts_port,
-            timeout: self.mta_sts_timeout,
-            grace: self.mta_sts_recheck,
-            ..Config::default()
-        })?;
+        let server = PolicyServer::new(
+            Config {
+                resolver: self.mta_sts_resolver,
+                extra_roots,
+                addresses: AddressPolicy::public_only(
+                    self.mta_sts_allow_address.clone(),
+                    Vec::new(),
+                ),
+                https_port: self.mta_sts_port,
+                timeout: self.mta_sts_timeout,
+                grace: self.mta_sts_recheck,
+                ..Config::default()
+            },
+            scope,
+        )?;
         let bound = match &listen {
             Listen::Tcp(addr) => tokio::net::TcpListener::bind(*addr)
                 .await
@@ -72,13 +81,29 @@ impl MtaStsArgs {
                 {
                     let _ = std::fs::remove_file(path);
                 }
-                tokio::net::UnixListener::bind(path).map(Listener::Unix)
+                // Postfix's smtp processes run as another user; the directory is what
+                // restricts who may ask.
+                tokio::net::UnixListener::bind(path)
+                    .and_then(|l| {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+                        Ok(l)
+                    })
+                    .map(Listener::Unix)
             }
         };
         let listener = bound.map_err(|e| format!("--mta-sts-listen {listen}: {e}"))?;
         tracing::info!(%listen, "serving MTA-STS policies");
-        tokio::spawn(server.serve(listener));
-        Ok(())
+        tokio::spawn(server.clone().serve(listener));
+        Ok(Some(server))
+    }
+
+    /// The Unix socket the server listens on, which a rendered configuration must name.
+    pub fn socket(&self) -> Option<&std::path::Path> {
+        match &self.mta_sts_listen {
+            Some(Listen::Unix(path)) => Some(path),
+            _ => None,
+        }
     }
 }
 
@@ -144,8 +169,8 @@ pub fn run(args: MtaStsServerArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match args.sts.start().await {
-            Ok(()) => {
+        match args.sts.start(Some(Scope::everything())).await {
+            Ok(_) => {
                 let _ = tokio::signal::ctrl_c().await;
                 ExitCode::SUCCESS
             }

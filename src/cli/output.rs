@@ -69,6 +69,10 @@ pub struct RenderFlags {
     /// the newest (which adds `tls_required_enable = no`).
     #[arg(long, value_name = "VERSION", default_value = "auto")]
     pub postfix_version: String,
+    /// Unix socket of the relay agent's MTA-STS policy server (`relay-agent --mta-sts-listen
+    /// unix:PATH`), used when a TlsCompliance honours MTA-STS.
+    #[arg(long, value_name = "PATH", default_value = crate::render::DEFAULT_MTA_STS_SOCKET)]
+    pub mta_sts_socket: String,
 }
 
 impl RenderFlags {
@@ -86,6 +90,7 @@ impl RenderFlags {
             map_type: self.map_type,
             ca_file: self.ca_file.clone(),
             postfix_version: postfix_version(&self.postfix_version)?,
+            mta_sts_socket: self.mta_sts_socket.clone(),
         };
         opts.validate()?;
         Ok(opts)

@@ -127,6 +127,10 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
     };
     let agent = Agent::new(watch_dir, paths);
     if args.once {
+        let agent = match args.mta_sts.socket() {
+            Some(socket) => agent.with_mta_sts(socket.to_string_lossy().into_owned(), None),
+            None => agent,
+        };
         return if serve::apply_and_log(&agent) {
             ExitCode::SUCCESS
         } else {
@@ -152,10 +156,16 @@ pub fn run(args: RelayAgentArgs) -> ExitCode {
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
-    if let Err(e) = runtime.block_on(args.mta_sts.start()) {
-        eprintln!("error: {e}");
-        return ExitCode::from(super::EXIT_USAGE);
-    }
+    let agent = match runtime.block_on(args.mta_sts.start(None)) {
+        Ok(server) => match args.mta_sts.socket() {
+            Some(socket) => agent.with_mta_sts(socket.to_string_lossy().into_owned(), server),
+            None => agent,
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(super::EXIT_USAGE);
+        }
+    };
     if args.configmap.is_some() || daily.is_some() {
         crate::probe::tls::install_crypto_provider();
     }

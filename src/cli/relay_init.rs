@@ -55,6 +55,11 @@ pub struct RelayInitArgs {
     /// --mail-log` reads what the relay delivered. Default: the image's setting.
     #[arg(long, value_name = "FILE")]
     mail_log: Option<PathBuf>,
+    /// The Unix socket the relay agent will serve MTA-STS policies on (its
+    /// `--mta-sts-listen unix:PATH`): a configuration that names it is applied now instead
+    /// of being refused until the agent runs.
+    #[arg(long, value_name = "PATH")]
+    mta_sts_socket: Option<String>,
 }
 
 pub fn run(args: RelayInitArgs) -> ExitCode {
@@ -119,7 +124,12 @@ pub fn run(args: RelayInitArgs) -> ExitCode {
         Ok(dir) => {
             // A refusal is logged (and reported on the agent's /status once it runs); the
             // pod still starts, not Ready, on the base configuration with delivery held.
-            serve::apply_and_log(&Agent::new(dir, paths));
+            let agent = Agent::new(dir, paths);
+            let agent = match &args.mta_sts_socket {
+                Some(socket) => agent.with_mta_sts(socket.clone(), None),
+                None => agent,
+            };
+            serve::apply_and_log(&agent);
             ExitCode::SUCCESS
         }
         Err(e) => {

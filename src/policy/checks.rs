@@ -4,7 +4,8 @@
 use super::entry;
 use super::{Hop, Host, Problem, Requirement};
 use crate::api::{
-    AppliesTo, Direction, INBOUND_MESSAGE, OutboundGateway, TestSpec, TlsCompliance, TlsVersion,
+    AppliesTo, Direction, INBOUND_MESSAGE, LISTS_MESSAGE, OutboundGateway, Scope, TestSpec,
+    TlsCompliance, TlsVersion, UNLISTED_MESSAGE,
 };
 use kube::ResourceExt;
 use std::time::Duration;
@@ -12,11 +13,15 @@ use std::time::Duration;
 pub(super) fn check_policy(p: &TlsCompliance) -> Vec<Problem> {
     let mut problems = Vec::new();
     let spec = &p.spec;
-    if spec.address_lists.is_empty() {
-        problems.push(problem(
-            "spec.addressLists",
-            "needs at least one AddressList",
-        ));
+    if spec.address_lists.is_empty() == (spec.scope == Scope::Listed) {
+        problems.push(problem("spec.addressLists", LISTS_MESSAGE));
+    }
+    let outbound_options = spec.require_ca_signed
+        || spec.validate_hostname
+        || spec.min_tls_version != TlsVersion::default();
+    if spec.scope == Scope::Unlisted && (spec.direction != Direction::Outbound || outbound_options)
+    {
+        problems.push(problem("spec.scope", UNLISTED_MESSAGE));
     }
     if spec.validate_hostname && !spec.require_ca_signed {
         problems.push(problem(
@@ -32,6 +37,7 @@ pub(super) fn check_policy(p: &TlsCompliance) -> Vec<Problem> {
                 "spec.minTlsVersion",
                 spec.min_tls_version != TlsVersion::default(),
             ),
+            ("spec.mechanisms", !spec.mechanisms.is_empty()),
         ];
         for (field, set) in outbound_only {
             if set {

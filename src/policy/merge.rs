@@ -3,8 +3,8 @@
 
 use super::lists::Lists;
 use super::{
-    Conflict, EffectivePolicy, Enforced, Entry, Findings, InboundRule, Kind, Names, OutboundRule,
-    Requirement, ResourceId, Route, fold,
+    Conflict, EffectivePolicy, Enforced, Entry, Findings, InboundRule, Kind, Mechanisms, Names,
+    OutboundRule, Requirement, ResourceId, Route, fold,
 };
 use crate::api::{AppliesTo, Enforcement, OutboundGateway, TlsCompliance};
 use kube::ResourceExt;
@@ -36,6 +36,18 @@ impl Accumulated {
         }
     }
 
+    /// An `Unlisted` policy: the namespace's default, which listed keys inherit in
+    /// [`Accumulated::resolve`].
+    pub fn add_unlisted(p: &TlsCompliance, policy: &mut EffectivePolicy) {
+        if p.spec.enforcement == Enforcement::Enforce {
+            let name: Arc<str> = Arc::from(p.name_any());
+            add_name(&mut policy.unlisted_policies, &name);
+            policy.unlisted = policy
+                .unlisted
+                .union(Mechanisms::from_api(&p.spec.mechanisms));
+        }
+    }
+
     /// Add one valid policy's entries.
     pub fn add_policy(&mut self, p: &TlsCompliance, ids: &[u32]) {
         let name: Arc<str> = Arc::from(p.name_any());
@@ -54,6 +66,7 @@ impl Accumulated {
                     let e = Enforced {
                         requirement,
                         on_failure: p.spec.on_failure,
+                        mechanisms: Mechanisms::from_api(&p.spec.mechanisms),
                     };
                     tls.enforced = fold(tls.enforced, e, Enforced::strictest);
                 } else {
@@ -165,6 +178,10 @@ impl Accumulated {
                         entry: lists.entries[covering].clone(),
                     });
                 }
+            }
+            // Listing a destination never weakens what the namespace honours for all.
+            if let Some(e) = &mut rule.enforced {
+                e.mechanisms = e.mechanisms.union(policy.unlisted);
             }
             rule.route = match (recipients, &policy.secure_route, rule.enforced) {
                 (Some(r), _, _) => r,

@@ -20,7 +20,7 @@ pub use last_valid::{LastValid, evaluate_fail_closed};
 pub use lists::list_entries;
 pub use model::*;
 
-use crate::api::{AddressList, AppliesTo, OutboundGateway, TlsCompliance};
+use crate::api::{AddressList, AppliesTo, OutboundGateway, Scope, TlsCompliance};
 use kube::ResourceExt;
 
 /// Most entries one AddressList may hold (entries and bulk items together, as written).
@@ -96,6 +96,13 @@ pub fn evaluate(inputs: &Inputs) -> Evaluation {
         let problems = checks::check_policy(p);
         if !problems.is_empty() {
             findings.get_mut(&id).errors.extend(problems);
+            continue;
+        }
+        if p.spec.scope == Scope::Unlisted {
+            let f = findings.get_mut(&id);
+            f.matched = Some(lists.count_kinds(&[]));
+            f.rendered = true;
+            merge::Accumulated::add_unlisted(p, &mut policy);
             continue;
         }
         let ids = lists.referenced(&id, &p.spec.address_lists, &mut findings);

@@ -3,7 +3,7 @@
 
 use super::entry::Entry;
 use super::host::Host;
-use crate::api::{OnFailure, TlsVersion};
+use crate::api::{Mechanism, OnFailure, TlsVersion};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -64,19 +64,57 @@ impl fmt::Display for Requirement {
     }
 }
 
+/// The policies destinations publish that are enforced on top of a requirement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mechanisms {
+    /// A domain's `enforce` MTA-STS policy (RFC 8461), asked of the relay agent's policy
+    /// server at delivery time.
+    pub mta_sts: bool,
+}
+
+impl Mechanisms {
+    pub fn from_api(list: &[Mechanism]) -> Mechanisms {
+        Mechanisms {
+            mta_sts: list.contains(&Mechanism::MtaSts),
+        }
+    }
+
+    /// Both sets: honouring more is stricter.
+    pub fn union(self, other: Mechanisms) -> Mechanisms {
+        Mechanisms {
+            mta_sts: self.mta_sts || other.mta_sts,
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        !self.mta_sts
+    }
+}
+
+impl fmt::Display for Mechanisms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.mta_sts { "MTA-STS" } else { "none" })
+    }
+}
+
 /// An enforced outbound requirement and what happens when it cannot be met.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Enforced {
     pub requirement: Requirement,
     pub on_failure: OnFailure,
+    /// Published policies honoured on top of `requirement` where mail goes straight to
+    /// the destination's MX hosts.
+    pub mechanisms: Mechanisms,
 }
 
 impl Enforced {
-    /// Strictest of both: the higher level and version, and `Bounce` over `Defer`.
+    /// Strictest of both: the higher level and version, `Bounce` over `Defer`, and every
+    /// mechanism either honours.
     pub fn strictest(self, other: Enforced) -> Enforced {
         Enforced {
             requirement: self.requirement.strictest(other.requirement),
             on_failure: self.on_failure.max(other.on_failure),
+            mechanisms: self.mechanisms.union(other.mechanisms),
         }
     }
 }
@@ -163,6 +201,11 @@ pub struct EffectivePolicy {
     pub relayhost: Option<String>,
     /// The winning `SecureTransportRequired` gateway.
     pub secure_route: Option<String>,
+    /// What the namespace's `Unlisted` Enforce policies honour for every destination (and
+    /// so for the listed ones too).
+    pub unlisted: Mechanisms,
+    /// Those `Unlisted` policies (sorted, no duplicates).
+    pub unlisted_policies: Names,
 }
 
 impl EffectivePolicy {

@@ -480,7 +480,46 @@ pub struct DestinationReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sts: Option<StsReport>,
     pub hosts: Vec<HostReport>,
+    /// What the hosts were judged by.
+    pub decided_by: DecidedBy,
     pub duration_ms: u64,
+}
+
+/// What decides the TLS a destination must meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecidedBy {
+    /// The domain's MTA-STS policy in `enforce` mode (with the requirement asked for, the
+    /// stricter of both).
+    MtaSts,
+    /// The requirement asked for (a TlsCompliance's, or the probe's flags).
+    Requirement,
+    /// Nothing mandatory: opportunistic TLS.
+    Opportunistic,
+}
+
+impl DecidedBy {
+    fn of(req: &Expected, sts: Option<&StsReport>) -> DecidedBy {
+        let enforce = sts
+            .filter(|s| s.error.is_none())
+            .and_then(|s| s.policy.as_ref())
+            .is_some_and(|p| p.mode == StsMode::Enforce);
+        if enforce {
+            DecidedBy::MtaSts
+        } else if req.require_tls || req.require_ca_signed || req.validate_hostname {
+            DecidedBy::Requirement
+        } else {
+            DecidedBy::Opportunistic
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecidedBy::MtaSts => "MTA-STS (enforce)",
+            DecidedBy::Requirement => "the requirement",
+            DecidedBy::Opportunistic => "nothing (opportunistic)",
+        }
+    }
 }
 
 impl DestinationReport {
@@ -498,6 +537,7 @@ impl DestinationReport {
             mx: Vec::new(),
             sts: None,
             hosts: Vec::new(),
+            decided_by: DecidedBy::of(req, None),
             duration_ms: 0,
         }
     }

@@ -136,6 +136,7 @@ pub(crate) async fn probe_destination(
         }
     }
 
+    report.decided_by = super::DecidedBy::of(req, report.sts.as_ref());
     let mut first_failure = None;
     for h in &mut report.hosts {
         let j = verdict::judge_host(h, req, report.sts.as_ref());

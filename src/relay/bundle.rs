@@ -5,8 +5,8 @@
 use super::Refusal;
 use crate::render::pack::{GZ_SUFFIX, UNPACKED_LIMIT, gunzip};
 use crate::render::{
-    BOUNCE_FILTER, MAIN_CF, MANIFEST, MASTER_CF, MapType, SENDER_ACCESS, TLS_POLICY, TRANSPORT,
-    content_hash, sha256_hex,
+    BOUNCE_FILTER, MAIN_CF, MANIFEST, MASTER_CF, MTA_STS, MapType, SENDER_ACCESS, TLS_POLICY,
+    TRANSPORT, content_hash, sha256_hex,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,11 @@ pub const KNOWN_FILES: &[&str] = &[
     TRANSPORT,
     SENDER_ACCESS,
     BOUNCE_FILTER,
+    MTA_STS,
 ];
+
+/// Known files a configuration may leave out: rendered only when used.
+const OPTIONAL_FILES: &[&str] = &[MTA_STS];
 
 /// The indexed maps built with `postmap`.
 pub const MAPS: &[&str] = &[TLS_POLICY, TRANSPORT, SENDER_ACCESS];
@@ -272,7 +276,7 @@ pub fn read(watch_dir: &Path) -> Result<Bundle, Refusal> {
         files.insert(name.clone(), content);
     }
     for required in KNOWN_FILES {
-        if !files.contains_key(*required) {
+        if !files.contains_key(*required) && !OPTIONAL_FILES.contains(required) {
             return Err(refuse(format!("{required} is missing from {MANIFEST}")));
         }
     }

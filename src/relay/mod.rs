@@ -92,6 +92,11 @@ pub struct Agent {
     pub status: Arc<Mutex<AgentStatus>>,
     /// Installed but the reload failed: retried on the next apply even when unchanged.
     reload_pending: Arc<std::sync::atomic::AtomicBool>,
+    /// The Unix socket of this pod's MTA-STS policy server: the only one a configuration
+    /// may name. Without it, a configuration that honours MTA-STS is refused.
+    mta_sts_socket: Option<String>,
+    /// The policy server to tell which destinations the installed configuration covers.
+    policy_server: Option<Arc<crate::sts::server::PolicyServer>>,
 }
 
 fn now() -> String {
@@ -109,6 +114,46 @@ impl Agent {
             paths,
             status: Arc::new(Mutex::new(status)),
             reload_pending: Arc::default(),
+            mta_sts_socket: None,
+            policy_server: None,
+        }
+    }
+
+    /// Accept configurations that name the MTA-STS policy server on `socket`, and keep
+    /// `server` (when this process runs it) answering for what the installed one covers.
+    pub fn with_mta_sts(
+        mut self,
+        socket: String,
+        server: Option<Arc<crate::sts::server::PolicyServer>>,
+    ) -> Agent {
+        self.mta_sts_socket = Some(socket);
+        if let Some(server) = &server {
+            match install::installed_mta_sts(&self.paths) {
+                Ok(scope) => server.set_scope(scope),
+                // Postfix then gets TEMP from the server: mail waits, none goes out weaker.
+                Err(e) => tracing::error!("MTA-STS policy server not answering: {e}"),
+            }
+        }
+        self.policy_server = server;
+        self
+    }
+
+    /// After an apply, the policy server answers for what the installed configuration
+    /// covers; while Postfix may still run the previous one (not reloaded), for both.
+    fn update_policy_server(&self, result: &Result<Outcome, ApplyError>) {
+        let Some(server) = &self.policy_server else {
+            return;
+        };
+        let installed = match result {
+            Ok(Outcome::Applied { .. }) | Err(ApplyError::NotReloaded { .. }) => {
+                install::installed_mta_sts(&self.paths)
+            }
+            _ => return,
+        };
+        match (installed, result) {
+            (Ok(scope), Err(_)) => server.widen_scope(&scope),
+            (Ok(scope), Ok(_)) => server.set_scope(scope),
+            (Err(e), _) => tracing::error!("MTA-STS policy server keeps its destinations: {e}"),
         }
     }
 
@@ -132,6 +177,7 @@ impl Agent {
     /// [`mirror`]).
     pub fn apply_from(&self, dir: &std::path::Path) -> Result<Outcome, ApplyError> {
         let result = self.try_apply(dir);
+        self.update_policy_server(&result);
         if let Ok(mut status) = self.status.lock() {
             status.last_check_at = Some(now());
             match &result {
@@ -181,7 +227,8 @@ impl Agent {
                 self.paths.maps_dir.display()
             ))
         })?;
-        let checked = validate::check(&bundle, maps_dir).map_err(refuse)?;
+        let checked =
+            validate::check(&bundle, maps_dir, self.mta_sts_socket.as_deref()).map_err(refuse)?;
         let held = hold::is_held(&self.paths);
         // Two swaps while Postfix runs, so no row of the TLS policy table disappears before
         // the reload (see install::widened_policy).

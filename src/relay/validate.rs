@@ -7,8 +7,8 @@
 
 use super::bundle::Bundle;
 use crate::render::{
-    BOUNCE_FILTER, MAIN_CF, MASTER_CF, OWNED_PARAMS, REQUIRE_TLS_CLASS, SENDER_ACCESS,
-    SERVICE_PREFIX, TLS_POLICY, TRANSPORT,
+    BOUNCE_FILTER, MAIN_CF, MASTER_CF, MTA_STS, MTA_STS_MAP_NAME, OWNED_PARAMS, REQUIRE_TLS_CLASS,
+    SENDER_ACCESS, SERVICE_PREFIX, TLS_POLICY, TRANSPORT, mta_sts_map,
 };
 use std::collections::BTreeSet;
 
@@ -24,8 +24,13 @@ pub struct Checked {
 }
 
 /// Check every file of `bundle`; `maps_dir` is where the agent installs the maps, which is
-/// the only place main.cf and master.cf may point at.
-pub fn check(bundle: &Bundle, maps_dir: &str) -> Result<Checked, String> {
+/// the only place main.cf and master.cf may point at, and `mta_sts_socket` the agent's own
+/// MTA-STS policy server, the only socket they may name (none: MTA-STS is refused).
+pub fn check(
+    bundle: &Bundle,
+    maps_dir: &str,
+    mta_sts_socket: Option<&str>,
+) -> Result<Checked, String> {
     if bundle.config_dir != maps_dir {
         return Err(format!(
             "rendered for maps in {} but this agent installs them in {maps_dir} \
@@ -37,11 +42,17 @@ pub fn check(bundle: &Bundle, maps_dir: &str) -> Result<Checked, String> {
     let services = master_cf(
         bundle.file(MASTER_CF),
         &format!("pcre:{maps_dir}/{BOUNCE_FILTER}"),
+        mta_sts_socket,
     )?;
     let mut checked = Checked {
-        main_cf: main_cf(bundle.file(MAIN_CF), &map)?,
+        main_cf: main_cf(bundle.file(MAIN_CF), &map, mta_sts_socket)?,
         ..Default::default()
     };
+    table(bundle.file(MTA_STS), MTA_STS, |v| {
+        crate::sts::scope::is_attribute(v)
+            .then_some(())
+            .ok_or_else(|| "expected protocols=>=TLSv1.x".to_string())
+    })?;
     table(bundle.file(TLS_POLICY), TLS_POLICY, tls_policy_value)?;
     table(bundle.file(SENDER_ACCESS), SENDER_ACCESS, |v| {
         (v == REQUIRE_TLS_CLASS)
@@ -85,7 +96,25 @@ fn at(file: &str, n: usize, line: &str, why: impl std::fmt::Display) -> String {
     format!("{file} line {}: {why}: \"{shown}\"", n + 1)
 }
 
-fn main_cf(text: &str, map: &dyn Fn(&str) -> String) -> Result<Vec<String>, String> {
+/// Why a configuration that names an MTA-STS policy server is refused.
+fn no_policy_server(named: &str, ours: Option<&str>) -> String {
+    match ours {
+        Some(path) => format!(
+            "names the MTA-STS policy server {named:?}, but this agent serves it on \
+             unix:{path} (render --mta-sts-socket must equal relay-agent --mta-sts-listen)"
+        ),
+        None => format!(
+            "honours MTA-STS through {named:?}, but this agent runs no MTA-STS policy server \
+             (relay-agent --mta-sts-listen unix:PATH); the last good configuration stays"
+        ),
+    }
+}
+
+fn main_cf(
+    text: &str,
+    map: &dyn Fn(&str) -> String,
+    mta_sts_socket: Option<&str>,
+) -> Result<Vec<String>, String> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -107,6 +136,18 @@ fn main_cf(text: &str, map: &dyn Fn(&str) -> String) -> Result<Vec<String>, Stri
         }
         if value.chars().any(|c| c.is_control() || c == '$') {
             return Err(bad("control characters or '$' in the value"));
+        }
+        if name == "smtp_tls_policy_maps"
+            && let Some((first, rest)) = value.split_once(", ")
+            && first.starts_with("socketmap:")
+            && rest == map(TLS_POLICY)
+        {
+            let ours = mta_sts_socket.map(|s| mta_sts_map(s, MTA_STS_MAP_NAME));
+            if ours.as_deref() != Some(first) {
+                return Err(bad(&no_policy_server(first, mta_sts_socket)));
+            }
+            out.push(format!("{name}={value}"));
+            continue;
         }
         let ok = match name {
             "smtp_tls_policy_maps" => value == map(TLS_POLICY),
@@ -196,7 +237,11 @@ fn check_nexthop(hop: &str) -> Result<(), String> {
 
 /// master.cf additions: only `NAME unix - - n - - smtp` services named `mailtls-…`, each
 /// followed by `-o` options mailtls renders.
-fn master_cf(text: &str, filter: &str) -> Result<Vec<String>, String> {
+fn master_cf(
+    text: &str,
+    filter: &str,
+    mta_sts_socket: Option<&str>,
+) -> Result<Vec<String>, String> {
     let mut services: Vec<String> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if is_comment(line) {
@@ -214,7 +259,18 @@ fn master_cf(text: &str, filter: &str) -> Result<Vec<String>, String> {
                 "smtp_tls_security_level" => matches!(value, "encrypt" | "verify" | "secure"),
                 "smtp_tls_verify_cert_match" => is_match_list(value, ','),
                 "smtp_tls_mandatory_protocols" => is_min_protocol(value),
-                "smtp_tls_policy_maps" => value.is_empty(),
+                "smtp_tls_policy_maps" if value.is_empty() => true,
+                // Only this agent's policy server, asked under the service's own name.
+                "smtp_tls_policy_maps" if value.starts_with("socketmap:") => {
+                    let ours = services
+                        .last()
+                        .zip(mta_sts_socket)
+                        .map(|(service, socket)| mta_sts_map(socket, service));
+                    if ours.as_deref() != Some(value) {
+                        return Err(bad(&no_policy_server(value, mta_sts_socket)));
+                    }
+                    true
+                }
                 "smtp_delivery_status_filter" => value == filter,
                 _ => false,
             };
@@ -333,14 +389,25 @@ mod tests {
     use crate::render::{RenderOptions, render};
 
     const MAPS: &str = "/etc/postfix/mailtls";
+    const SOCKET: &str = crate::render::DEFAULT_MTA_STS_SOCKET;
 
     /// The examples rendered, as the agent would read them.
     fn bundle() -> Bundle {
-        let yaml = ["address-lists", "gateways", "tls-compliance"]
+        bundle_of(&["address-lists", "gateways", "tls-compliance"], "")
+    }
+
+    /// The namespace's default for destinations no policy lists: honour MTA-STS.
+    const PUBLISHED: &str = "apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata:\n  name: published\nspec:\n  direction: Outbound\n  scope: Unlisted\n  mechanisms: [MtaSts]\n";
+
+    fn bundle_of(examples: &[&str], extra: &str) -> Bundle {
+        let yaml = examples
+            .iter()
             .map(|f| {
                 std::fs::read_to_string(format!("{}/examples/{f}.yaml", env!("CARGO_MANIFEST_DIR")))
                     .expect("example")
             })
+            .chain([extra.to_string()])
+            .collect::<Vec<_>>()
             .join("\n---\n");
         let (loaded, errors) = crate::cli::load::load_str("examples.yaml", &yaml, "default");
         assert!(errors.is_empty());
@@ -358,24 +425,115 @@ mod tests {
         }
     }
 
-    fn with(file: &str, change: impl FnOnce(&str) -> String) -> Result<Checked, String> {
-        let mut b = bundle();
+    fn with_in(
+        mut b: Bundle,
+        file: &str,
+        change: impl FnOnce(&str) -> String,
+    ) -> Result<Checked, String> {
         let text = change(b.file(file));
         b.files.insert(file.into(), text);
-        check(&b, MAPS)
+        check(&b, MAPS, Some(SOCKET))
     }
 
     #[test]
     fn rendered_output_passes() {
-        let checked = check(&bundle(), MAPS).expect("rendered examples are valid");
+        let checked = check(&bundle(), MAPS, Some(SOCKET)).expect("rendered examples are valid");
         assert!(checked.main_cf.iter().any(|l| l.starts_with("relayhost=")));
         assert!(checked.services.iter().all(|s| s.starts_with("mailtls-")));
         assert!(!checked.transport_services.is_empty());
     }
 
+    /// With MTA-STS honoured for every destination, the examples without their gateways
+    /// name this agent's policy server, in main.cf and in every address's service, and
+    /// nothing else may.
+    #[test]
+    fn mta_sts_needs_this_agents_policy_server() {
+        let b = bundle_of(&["address-lists", "tls-compliance"], PUBLISHED);
+        let sts_main =
+            format!("smtp_tls_policy_maps=socketmap:unix:{SOCKET}:mailtls, lmdb:{MAPS}/tls_policy");
+        let checked = check(&b, MAPS, Some(SOCKET)).expect("valid");
+        assert!(checked.main_cf.contains(&sts_main), "{:?}", checked.main_cf);
+        assert!(
+            b.file(MASTER_CF)
+                .contains(&format!("socketmap:unix:{SOCKET}:mailtls-"))
+        );
+        let err = check(&b, MAPS, None).expect_err("no server");
+        assert!(err.contains("runs no MTA-STS policy server"), "{err}");
+        assert!(err.starts_with("master.cf"), "{err}");
+        let err = check(&b, MAPS, Some("/run/other.sock")).expect_err("other socket");
+        assert!(
+            err.contains("must equal relay-agent --mta-sts-listen"),
+            "{err}"
+        );
+
+        // Another service's name, another socket, another table after it.
+        let first = b
+            .file(MASTER_CF)
+            .lines()
+            .find(|l| l.starts_with("mailtls-") && l.contains("-sts "))
+            .and_then(|l| l.split(' ').next())
+            .expect("an -sts service")
+            .to_string();
+        let swapped = |t: &str| {
+            t.replacen(
+                &format!("{SOCKET}:{first}\n"),
+                &format!("{SOCKET}:mailtls-encrypt-tls10-defer-sts\n"),
+                1,
+            )
+        };
+        refused_in(
+            b.clone(),
+            MASTER_CF,
+            swapped,
+            "names the MTA-STS policy server",
+            "tls10",
+        );
+        let other = |t: &str| t.replacen(&format!("unix:{SOCKET}:"), "unix:/tmp/x.sock:", 1);
+        refused_in(
+            b.clone(),
+            MASTER_CF,
+            other,
+            "names the MTA-STS policy server",
+            "/tmp/x.sock",
+        );
+        let line =
+            format!("smtp_tls_policy_maps = socketmap:unix:{SOCKET}:mailtls, lmdb:/etc/passwd");
+        refused_in(
+            b.clone(),
+            MAIN_CF,
+            replace("smtp_tls_policy_maps =", &line),
+            MAIN_FORM,
+            "/etc/passwd",
+        );
+        let line = format!(
+            "smtp_tls_policy_maps = socketmap:inet:10.0.0.1:25:mailtls, lmdb:{MAPS}/tls_policy"
+        );
+        refused_in(
+            b.clone(),
+            MAIN_CF,
+            replace("smtp_tls_policy_maps =", &line),
+            "names the MTA-STS policy server",
+            "10.0.0.1",
+        );
+        refused_in(
+            b.clone(),
+            MTA_STS,
+            append("example.com secure\n"),
+            "protocols=>=TLSv1.x",
+            "secure",
+        );
+        refused_in(
+            b.clone(),
+            MTA_STS,
+            append("a,b.example protocols=>=TLSv1.2\n"),
+            "bad key",
+            "a,b",
+        );
+    }
+
     #[test]
     fn other_maps_dir_is_refused() {
-        let err = check(&bundle(), "/elsewhere").expect_err("mismatch");
+        let err = check(&bundle(), "/elsewhere", Some(SOCKET)).expect_err("mismatch");
         assert!(err.contains("--config-dir"), "{err}");
     }
 
@@ -409,7 +567,17 @@ mod tests {
     /// show the offending line, so a case refused for another reason (say, "set twice")
     /// fails here.
     fn refused(file: &str, change: impl Fn(&str) -> String, reason: &str, shown: &str) {
-        let err = match with(file, change) {
+        refused_in(bundle(), file, change, reason, shown);
+    }
+
+    fn refused_in(
+        b: Bundle,
+        file: &str,
+        change: impl Fn(&str) -> String,
+        reason: &str,
+        shown: &str,
+    ) {
+        let err = match with_in(b, file, change) {
             Ok(_) => panic!("a change to {file} ({shown:?}) was accepted"),
             Err(e) => e,
         };

@@ -5,10 +5,10 @@ mod options;
 pub mod pack;
 mod postfix;
 
-pub use options::{MapType, PostfixVersion, RenderOptions};
+pub use options::{DEFAULT_MTA_STS_SOCKET, MapType, PostfixVersion, RenderOptions};
 pub use postfix::{
-    BOUNCE_FILTER, MAIN_CF, MASTER_CF, OWNED_PARAMS, REQUIRE_TLS_CLASS, SENDER_ACCESS,
-    SERVICE_PREFIX, TLS_POLICY, TRANSPORT, render,
+    BOUNCE_FILTER, MAIN_CF, MASTER_CF, MTA_STS, MTA_STS_MAP_NAME, OWNED_PARAMS, REQUIRE_TLS_CLASS,
+    SENDER_ACCESS, SERVICE_PREFIX, TLS_POLICY, TRANSPORT, mta_sts_map, render, service_min_tls,
 };
 
 use sha2::{Digest, Sha256};

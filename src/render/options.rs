@@ -73,7 +73,13 @@ pub struct RenderOptions {
     pub ca_file: Option<String>,
     /// The Postfix release the relay runs.
     pub postfix_version: PostfixVersion,
+    /// The relay agent's MTA-STS policy server (its `--mta-sts-listen unix:PATH`), named in
+    /// the configuration only when a policy honours MTA-STS.
+    pub mta_sts_socket: String,
 }
+
+/// Where the chart's relay agent serves MTA-STS policies to Postfix.
+pub const DEFAULT_MTA_STS_SOCKET: &str = "/run/mailtls-sts/mta-sts.sock";
 
 impl Default for RenderOptions {
     fn default() -> Self {
@@ -82,6 +88,7 @@ impl Default for RenderOptions {
             map_type: MapType::Lmdb,
             ca_file: None,
             postfix_version: PostfixVersion::LATEST,
+            mta_sts_socket: DEFAULT_MTA_STS_SOCKET.into(),
         }
     }
 }
@@ -93,6 +100,7 @@ impl RenderOptions {
         if let Some(ca) = &self.ca_file {
             check_path("--ca-file", ca)?;
         }
+        check_path("--mta-sts-socket", &self.mta_sts_socket)?;
         Ok(())
     }
 }

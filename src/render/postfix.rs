@@ -13,13 +13,18 @@
 //! * `onFailure: Bounce` uses a service with `smtp_delivery_status_filter`, which turns the
 //!   SMTP client's own TLS 4.7.x failures into 5.7.x. Never global: `Defer` keys must keep
 //!   retrying.
+//! * MTA-STS: Postfix asks the relay agent's policy server (socketmap) before the
+//!   `tls_policy` table. The `mta_sts` file tells the server which destinations honour it
+//!   and what their listed policy adds (the minimum TLS version), so the answer for an
+//!   `enforce` domain is the strictest of both; elsewhere it answers "not found" and the
+//!   table decides as before. An address's service asks the server under its own name.
 //! * Inbound: Postfix access tables match a listed domain's subdomains too (the default
 //!   `parent_domain_matches_subdomains`), so `.example.com` is written as `example.com`:
 //!   stricter rather than silently unmatched.
 
 use super::{MANIFEST, RelayConfig, RenderOptions, content_hash, sha256_hex};
-use crate::api::OnFailure;
-use crate::policy::{EffectivePolicy, Enforced, Entry, Hop, Level, Requirement, Route};
+use crate::api::{OnFailure, TlsVersion};
+use crate::policy::{EffectivePolicy, Enforced, Entry, Hop, Level, Mechanisms, Requirement, Route};
 use serde_json::json;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +34,12 @@ use std::fmt::Write;
 pub const TLS_POLICY: &str = "tls_policy";
 pub const TRANSPORT: &str = "transport";
 pub const SENDER_ACCESS: &str = "sender_access";
+/// Which destinations honour MTA-STS, read by the relay agent's policy server (not a map).
+pub const MTA_STS: &str = "mta_sts";
+/// The socketmap name Postfix's main policy lookups use; services use their own name.
+pub const MTA_STS_MAP_NAME: &str = "mailtls";
+/// An `mta_sts` key for every destination.
+pub const MTA_STS_ALL: &str = "*";
 /// The delivery status filter (a pcre table, used as is).
 pub const BOUNCE_FILTER: &str = "tls_bounce.pcre";
 pub const MAIN_CF: &str = "main.cf";
@@ -95,6 +106,31 @@ impl TableLevel {
     }
 }
 
+/// The socketmap Postfix asks the policy server through.
+pub fn mta_sts_map(socket: &str, name: &str) -> String {
+    format!("socketmap:unix:{socket}:{name}")
+}
+
+/// What the policy server adds to an `enforce` MTA-STS answer for a destination.
+fn mta_sts_value(min_tls: TlsVersion) -> String {
+    format!("protocols=>={}", min_tls.postfix_name())
+}
+
+/// The minimum TLS version of a service that honours MTA-STS, read back from its name (the
+/// policy server gets the name with each lookup); `None` for any other name.
+pub fn service_min_tls(name: &str) -> Option<TlsVersion> {
+    let rest = name.strip_prefix(SERVICE_PREFIX)?.strip_suffix("-sts")?;
+    let version = rest.split('-').find_map(|part| part.strip_prefix("tls"))?;
+    [
+        TlsVersion::V1_0,
+        TlsVersion::V1_1,
+        TlsVersion::V1_2,
+        TlsVersion::V1_3,
+    ]
+    .into_iter()
+    .find(|v| v.as_str().replace('.', "") == version)
+}
+
 /// A dedicated master.cf service: a requirement and failure handling carried in `-o` options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Service(Enforced);
@@ -104,6 +140,7 @@ impl Service {
         let Enforced {
             requirement,
             on_failure,
+            mechanisms,
         } = self.0;
         let level = match requirement.level {
             Level::Encrypt => "encrypt",
@@ -115,13 +152,15 @@ impl Service {
             OnFailure::Bounce => "bounce",
             OnFailure::Defer => "defer",
         };
-        format!("mailtls-{level}-tls{version}-{fail}")
+        let sts = if mechanisms.mta_sts { "-sts" } else { "" };
+        format!("mailtls-{level}-tls{version}-{fail}{sts}")
     }
 
-    fn render(self, filter: &str) -> String {
+    fn render(self, filter: &str, mta_sts_socket: &str) -> String {
         let Enforced {
             requirement,
             on_failure,
+            mechanisms,
         } = self.0;
         let mut s = service_line(&self.name());
         let (level, matching) = match requirement.level {
@@ -138,7 +177,14 @@ impl Service {
             "  -o smtp_tls_mandatory_protocols=>={}",
             requirement.min_tls.postfix_name()
         );
-        s.push_str("  -o smtp_tls_policy_maps=\n");
+        // No table may weaken the service's own level; the policy server only answers with
+        // a stricter one (an `enforce` MTA-STS policy plus this version).
+        let maps = if mechanisms.mta_sts {
+            mta_sts_map(mta_sts_socket, &self.name())
+        } else {
+            String::new()
+        };
+        let _ = writeln!(s, "  -o smtp_tls_policy_maps={maps}");
         if on_failure == OnFailure::Bounce {
             let _ = writeln!(s, "  -o smtp_delivery_status_filter={filter}");
         }
@@ -190,6 +236,8 @@ struct Tables<'a> {
     /// Unique keys, in key order (the policy's outbound map is sorted by entry text).
     transport: Vec<(&'a str, String)>,
     sender_access: BTreeSet<&'a str>,
+    /// Listed destinations that honour MTA-STS, with what their policy adds.
+    mta_sts: Vec<(&'a str, String)>,
     services: BTreeSet<Service>,
     bounce_service: bool,
     made_by: Contributions<'a>,
@@ -220,6 +268,11 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
 
     let map = |name: &str| format!("{}:{}/{}", opts.map_type.as_str(), opts.config_dir, name);
     let filter = format!("pcre:{}/{}", opts.config_dir, BOUNCE_FILTER);
+    if policy.unlisted.mta_sts {
+        t.mta_sts
+            .insert(0, (MTA_STS_ALL, mta_sts_value(TlsVersion::default())));
+    }
+    let mta_sts = !t.mta_sts.is_empty();
     // The namespace is a Kubernetes name already; filtered anyway, since it lands in files.
     let namespace: String = policy
         .namespace
@@ -231,8 +284,24 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
     );
 
     let mut files = BTreeMap::new();
-    files.insert(MAIN_CF.to_string(), main_cf(policy, opts, &header, &map));
-    files.insert(MASTER_CF.to_string(), master_cf(&t, &header, &filter));
+    files.insert(
+        MAIN_CF.to_string(),
+        main_cf(policy, opts, &header, &map, mta_sts),
+    );
+    files.insert(
+        MASTER_CF.to_string(),
+        master_cf(&t, &header, &filter, &opts.mta_sts_socket),
+    );
+    // Only when used: a configuration without MTA-STS stays byte for byte what it was.
+    if mta_sts {
+        files.insert(
+            MTA_STS.to_string(),
+            table(
+                &format!("{header}# Destinations whose `enforce` MTA-STS policy is enforced, and what their listed policy adds (read by the relay agent's policy server; `*` is every destination).\n"),
+                t.mta_sts.iter().map(|(k, v)| (*k, v.as_str())),
+            ),
+        );
+    }
     files.insert(
         TLS_POLICY.to_string(),
         table(
@@ -261,7 +330,7 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
         .map(|(name, content)| (name.clone(), sha256_hex(content)))
         .collect();
     let hash = content_hash(&file_hashes);
-    let manifest = json!({
+    let mut manifest = json!({
         "generator": format!("mailtls {}", env!("CARGO_PKG_VERSION")),
         "namespace": policy.namespace,
         "hash": hash,
@@ -281,6 +350,10 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
         },
         "resources": t.made_by.to_json(),
     });
+    if mta_sts {
+        manifest["options"]["mtaStsSocket"] = json!(opts.mta_sts_socket);
+        manifest["entries"][MTA_STS] = json!(t.mta_sts.len());
+    }
     let mut manifest = serde_json::to_string_pretty(&manifest).unwrap_or_default();
     manifest.push('\n');
     files.insert(MANIFEST.to_string(), manifest);
@@ -309,6 +382,10 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                     TableLevel::Required(e.requirement),
                 ));
                 t.made_by.add(policies.clone(), "TlsCompliance", TLS_POLICY);
+                if e.mechanisms.mta_sts {
+                    t.mta_sts
+                        .push((key.as_str(), mta_sts_value(e.requirement.min_tls)));
+                }
                 if e.on_failure == OnFailure::Bounce {
                     t.bounce_service = true;
                     t.transport
@@ -330,9 +407,11 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                 let requirement = hop
                     .tls
                     .map_or(e.requirement, |g| g.strictest(e.requirement));
+                // MTA-STS names the destination's MX hosts; a gateway is not one of them.
                 let service = Service(Enforced {
                     requirement,
                     on_failure: e.on_failure,
+                    mechanisms: Mechanisms::default(),
                 });
                 t.services.insert(service);
                 t.transport.push((
@@ -395,13 +474,23 @@ fn main_cf(
     opts: &RenderOptions,
     header: &str,
     map: &dyn Fn(&str) -> String,
+    mta_sts: bool,
 ) -> String {
     let mut s = String::from(header);
     s.push_str("# Only parameters mailtls owns; apply with `postconf -e` or append to the relay's main.cf.\n");
     let mut set = |name: &str, value: &str| {
         let _ = writeln!(s, "{name} = {value}");
     };
-    set("smtp_tls_policy_maps", &map(TLS_POLICY));
+    let policy_maps = if mta_sts {
+        format!(
+            "{}, {}",
+            mta_sts_map(&opts.mta_sts_socket, MTA_STS_MAP_NAME),
+            map(TLS_POLICY)
+        )
+    } else {
+        map(TLS_POLICY)
+    };
+    set("smtp_tls_policy_maps", &policy_maps);
     set("transport_maps", &map(TRANSPORT));
     set(
         "relayhost",
@@ -424,7 +513,7 @@ fn main_cf(
     s
 }
 
-fn master_cf(t: &Tables, header: &str, filter: &str) -> String {
+fn master_cf(t: &Tables, header: &str, filter: &str, mta_sts_socket: &str) -> String {
     let mut s = String::from(header);
     s.push_str("# mailtls delivery services; append to the relay's master.cf.\n");
     if t.bounce_service {
@@ -432,7 +521,7 @@ fn master_cf(t: &Tables, header: &str, filter: &str) -> String {
         let _ = writeln!(s, "  -o smtp_delivery_status_filter={filter}");
     }
     for service in &t.services {
-        s.push_str(&service.render(filter));
+        s.push_str(&service.render(filter, mta_sts_socket));
     }
     s
 }

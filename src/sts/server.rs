@@ -3,13 +3,14 @@
 //! new) when it was not asked about for a while. Policies are refreshed ahead of need.
 
 use super::cache::Cache;
+use super::scope::Scope;
 use super::socketmap::{self, Reply};
 use crate::probe::dns::Dns;
 use crate::probe::{AddressPolicy, sts, tls};
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -62,11 +63,23 @@ impl Default for Config {
     }
 }
 
+/// Debug shows the configuration only (the cache can hold 100k domains).
+impl std::fmt::Debug for PolicyServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyServer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct PolicyServer {
     dns: Dns,
     tls: Arc<ClientConfig>,
     config: Config,
     cache: Mutex<Cache>,
+    /// The destinations answered for; `None` until the relay agent has read its installed
+    /// configuration (Postfix gets TEMP meanwhile and retries: nothing goes out weaker).
+    scope: RwLock<Option<Scope>>,
 }
 
 fn now() -> i64 {
@@ -78,7 +91,8 @@ fn secs(d: Duration) -> i64 {
 }
 
 impl PolicyServer {
-    pub fn new(config: Config) -> Result<Arc<PolicyServer>, String> {
+    /// A server answering for `scope`, or for nobody until [`PolicyServer::set_scope`].
+    pub fn new(config: Config, scope: Option<Scope>) -> Result<Arc<PolicyServer>, String> {
         let dns = Dns::new(config.resolver, config.timeout).map_err(|e| e.to_string())?;
         let tls = tls::validating_config_with(&config.extra_roots)?;
         Ok(Arc::new(PolicyServer {
@@ -86,7 +100,23 @@ impl PolicyServer {
             tls,
             cache: Mutex::new(Cache::new(config.max_domains)),
             config,
+            scope: RwLock::new(scope),
         }))
+    }
+
+    /// Answer for these destinations from now on.
+    pub fn set_scope(&self, scope: Scope) {
+        if let Ok(mut s) = self.scope.write() {
+            *s = Some(scope);
+        }
+    }
+
+    /// Answer for these destinations too, keeping the current ones.
+    pub fn widen_scope(&self, scope: &Scope) {
+        if let Ok(mut s) = self.scope.write() {
+            let current = s.take().unwrap_or_default();
+            *s = Some(current.union(scope));
+        }
     }
 
     /// Serve socketmap lookups on `listener` for good, and refresh policies ahead of need.
@@ -124,7 +154,7 @@ impl PolicyServer {
             match socketmap::parse(&buf) {
                 Ok(Some((request, used))) => {
                     buf.drain(..used);
-                    let reply = self.lookup(&request.key).await;
+                    let reply = self.lookup(&request.name, &request.key).await;
                     if conn.write_all(&reply.encode()).await.is_err() {
                         return;
                     }
@@ -145,25 +175,40 @@ impl PolicyServer {
         }
     }
 
-    /// The policy for a next-hop domain.
-    pub async fn lookup(&self, key: &str) -> Reply {
+    /// The answer for a next-hop domain asked under the socketmap `name`: an `enforce`
+    /// policy, with what the destination's listed policy adds, where MTA-STS is honoured.
+    pub async fn lookup(&self, name: &str, key: &str) -> Reply {
         let Some(domain) = domain_of(key) else {
             // `[host]:port`, an address, a parent-domain lookup: no MTA-STS there.
             return Reply::NotFound;
         };
+        let extra = match self.scope.read().as_deref() {
+            Ok(Some(scope)) => scope.extra(name, &domain),
+            _ => return Reply::Temp("the relay agent has not read its configuration yet".into()),
+        };
+        let Some(extra) = extra else {
+            return Reply::NotFound;
+        };
+        match self.policy_reply(&domain).await {
+            Reply::Ok(value) if !extra.is_empty() => Reply::Ok(format!("{value} {extra}")),
+            other => other,
+        }
+    }
+
+    async fn policy_reply(&self, domain: &str) -> Reply {
         let grace = secs(self.config.grace);
         let fresh = self
             .cache
             .lock()
             .ok()
-            .and_then(|c| c.fresh_reply(&domain, now(), grace));
+            .and_then(|c| c.fresh_reply(domain, now(), grace));
         if let Some(reply) = fresh {
             return reply;
         }
-        self.refresh(&domain).await;
+        self.refresh(domain).await;
         self.cache
             .lock()
-            .map(|c| c.reply(&domain, now()))
+            .map(|c| c.reply(domain, now()))
             .unwrap_or_else(|_| Reply::Temp("policy cache unavailable".into()))
     }
 

@@ -1,0 +1,173 @@
+//! Which destinations the policy server answers for (pure). The rendered `mta_sts` file
+//! lists them: `*` for every destination, `example.com` for one domain, `.example.com` for
+//! its subdomains, each with what the listed TlsCompliance adds to an `enforce` answer
+//! (`protocols=>=TLSv1.3`). A master.cf service asks under its own name instead, which
+//! carries its minimum version (see [`crate::render::service_min_tls`]).
+
+use crate::render::{MTA_STS, service_min_tls};
+use std::collections::HashMap;
+
+/// The destinations honoured and what each adds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Added for a destination no row names, when `*` is present.
+    all: Option<String>,
+    keys: HashMap<String, String>,
+}
+
+impl Scope {
+    /// Every destination, nothing added: a hand-kept Postfix asking `mta-sts-server`.
+    pub fn everything() -> Scope {
+        Scope {
+            all: Some(String::new()),
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Read the rendered `mta_sts` file (the relay agent validated its rows already).
+    pub fn parse(text: &str) -> Result<Scope, String> {
+        let mut scope = Scope::default();
+        for (n, line) in text.lines().enumerate() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = line
+                .split_once(' ')
+                .ok_or_else(|| format!("{MTA_STS} line {}: expected 'key value'", n + 1))?;
+            if !is_attribute(value) {
+                return Err(format!(
+                    "{MTA_STS} line {}: {value:?} is not protocols=>=TLSv1.x",
+                    n + 1
+                ));
+            }
+            if key == "*" {
+                scope.all = Some(value.to_string());
+            } else {
+                scope.keys.insert(key.to_string(), value.to_string());
+            }
+        }
+        Ok(scope)
+    }
+
+    /// Everything either honours; where both name a key, the higher version. Used while
+    /// Postfix may still run the configuration before the one just installed.
+    pub fn union(mut self, other: &Scope) -> Scope {
+        let stricter = |a: &mut String, b: &String| {
+            if *b > *a {
+                a.clone_from(b);
+            }
+        };
+        match (&mut self.all, &other.all) {
+            (Some(a), Some(b)) => stricter(a, b),
+            (a @ None, b) => a.clone_from(b),
+            (Some(_), None) => {}
+        }
+        for (k, v) in &other.keys {
+            self.keys
+                .entry(k.clone())
+                .and_modify(|a| stricter(a, v))
+                .or_insert_with(|| v.clone());
+        }
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_none() && self.keys.is_empty()
+    }
+
+    /// What to add to an `enforce` answer for `domain` asked under the socketmap `name`;
+    /// `None` when the destination does not honour MTA-STS. As Postfix's policy table
+    /// does: the exact domain, then `.parent` rows, then `*`.
+    pub fn extra(&self, name: &str, domain: &str) -> Option<String> {
+        if let Some(version) = service_min_tls(name) {
+            return Some(format!("protocols=>={}", version.postfix_name()));
+        }
+        if let Some(v) = self.keys.get(domain) {
+            return Some(v.clone());
+        }
+        let parents = domain.match_indices('.').map(|(i, _)| &domain[i..]);
+        for parent in parents {
+            if let Some(v) = self.keys.get(parent) {
+                return Some(v.clone());
+            }
+        }
+        self.all.clone()
+    }
+}
+
+/// The one attribute mailtls renders into `mta_sts`.
+pub fn is_attribute(value: &str) -> bool {
+    value
+        .strip_prefix("protocols=>=TLSv1")
+        .is_some_and(|v| matches!(v, "" | ".1" | ".2" | ".3"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_match_as_the_policy_table_does() {
+        let scope = Scope::parse(
+            "# header\nexample.com protocols=>=TLSv1.3\n.example.org protocols=>=TLSv1.2\n",
+        )
+        .expect("scope");
+        let tls13 = Some("protocols=>=TLSv1.3".to_string());
+        let tls12 = Some("protocols=>=TLSv1.2".to_string());
+        assert_eq!(scope.extra("mailtls", "example.com"), tls13);
+        // `example.com` does not cover its subdomains; `.example.org` covers only them.
+        assert_eq!(scope.extra("mailtls", "mx.example.com"), None);
+        assert_eq!(scope.extra("mailtls", "a.b.example.org"), tls12);
+        assert_eq!(scope.extra("mailtls", "example.org"), None);
+        assert_eq!(scope.extra("mailtls", "other.test"), None);
+        // A service's name carries its version, whatever the rows say.
+        assert_eq!(
+            scope.extra("mailtls-verify-tls13-bounce-sts", "other.test"),
+            tls13
+        );
+        assert_eq!(
+            scope.extra("mailtls-verify-tls13-bounce", "other.test"),
+            None
+        );
+
+        let all = Scope::parse("* protocols=>=TLSv1.2\nexample.com protocols=>=TLSv1.3\n")
+            .expect("scope");
+        assert_eq!(all.extra("mailtls", "other.test"), tls12);
+        assert_eq!(all.extra("mailtls", "example.com"), tls13);
+        assert!(!all.is_empty());
+        assert!(Scope::parse("# nothing\n").expect("empty").is_empty());
+        assert_eq!(
+            Scope::everything().extra("postfix", "any.test"),
+            Some(String::new())
+        );
+    }
+
+    #[test]
+    fn bad_rows_are_refused() {
+        for bad in [
+            "example.com\n",
+            "example.com secure\n",
+            "example.com protocols=>=TLSv1.4\n",
+        ] {
+            assert!(Scope::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_union_keeps_the_stricter_of_both() {
+        let old =
+            Scope::parse("a.test protocols=>=TLSv1.3\nb.test protocols=>=TLSv1.2\n").expect("old");
+        let new = Scope::parse("* protocols=>=TLSv1.2\na.test protocols=>=TLSv1.2\n").expect("new");
+        let both = new.union(&old);
+        let v = |d: &str| both.extra("mailtls", d);
+        assert_eq!(v("a.test").as_deref(), Some("protocols=>=TLSv1.3"));
+        assert_eq!(v("b.test").as_deref(), Some("protocols=>=TLSv1.2"));
+        assert_eq!(v("c.test").as_deref(), Some("protocols=>=TLSv1.2"));
+        let none = Scope::default().union(&old);
+        assert_eq!(none.extra("mailtls", "c.test"), None);
+        assert_eq!(
+            none.extra("mailtls", "a.test").as_deref(),
+            Some("protocols=>=TLSv1.3")
+        );
+    }
+}
