@@ -665,6 +665,7 @@ async fn metrics_health_and_readiness_are_served() {
             format!("mailtls_render_size_bytes{{namespace=\"{ns}\"}}"),
             "mailtls_api_writes_total{object=\"configmap\"} 1".to_string(),
             "mailtls_api_writes_total{object=\"state\"} 1".to_string(),
+            format!("mailtls_resource_ready{{namespace=\"{ns}\",kind=\"AddressList\",name=\"partners\"}} 1"),
         ];
         // The statuses are written inside the reconcile and its count only after it
         // returns: Ready can be seen a moment before the counter moves.

@@ -52,11 +52,14 @@ async fn periodic_tests_write_results_into_status() {
     let prober = servers.prober(Duration::from_secs(3));
 
     in_namespace("tests", move |client, ns| async move {
+        let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
         let settings = mailtls::controller::Settings {
             namespaces: vec![ns.clone()],
             config_map: "mailtls-relay".into(),
             render: mailtls::render::RenderOptions::default(),
-            metrics_addr: None,
+            metrics_addr: Some(metrics_addr),
             leader_election: None,
             instance: Some("tests".into()),
             tests: Some(prober),
@@ -91,15 +94,66 @@ async fn periodic_tests_write_results_into_status() {
         let ready = status["conditions"].as_array().expect("conditions").iter().find(|c| c["type"] == "Ready").cloned().expect("Ready");
         assert_eq!(ready["status"], "True", "the reconcile's conditions are kept: {status}");
 
+        // The same on /metrics, per resource; the certificate's expiry as a timestamp.
+        let resource = format!("namespace=\"{ns}\",kind=\"TlsCompliance\",name=\"partners\"");
+        let metrics = scrape(metrics_addr, &format!("mailtls_resource_compliant{{{resource}}} 0")).await;
+        for line in [
+            format!("mailtls_resource_ready{{{resource}}} 1"),
+            format!("mailtls_resource_ready{{namespace=\"{ns}\",kind=\"AddressList\",name=\"partners\"}} 1"),
+            format!("mailtls_tls_tests_total{{{resource},outcome=\"starttls-not-supported\"}} 1"),
+            format!("mailtls_tls_tests_total{{{resource},outcome=\"pass\"}} 1"),
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} missing:\n{metrics}");
+        }
+        let expiry = format!("mailtls_certificate_expiration_timestamp_seconds{{{resource},destination=\"good.test\"}} ");
+        let at: i64 = metrics.lines().find_map(|l| l.strip_prefix(&expiry)).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {expiry}in {metrics}"));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+        assert!(at > now && at < now + 4 * 366 * 86_400, "expiry {at} vs now {now}");
+        assert!(!metrics.contains("destination=\"plain.test\""), "no certificate, no series: {metrics}");
+
         // A new test-now value: tested again, and the answer records it.
         policies.patch("partners", &PatchParams::apply(MANAGER), &Patch::Apply(&policy(Some("again")))).await.expect("annotate");
         let status = wait_status(&policies, "partners", |s| s["lastTest"]["trigger"] == "again").await;
         assert_eq!(status["lastTest"]["destinations"], 2);
 
+        // Deleted: its series go with it, none kept stale.
+        policies.delete("partners", &Default::default()).await.expect("delete");
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let metrics = scrape(metrics_addr, "mailtls_resource_ready").await;
+            // Counters keep their totals; the gauges of the resource go.
+            let left: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.contains(&resource) && !l.starts_with("mailtls_tls_tests_total"))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "series of a deleted resource remain: {left:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
         let _ = stop.send(true);
         let _ = tokio::time::timeout(TIMEOUT, controller).await;
     })
     .await;
+}
+
+/// The controller's /metrics once it contains `wanted`.
+async fn scrape(addr: std::net::SocketAddr, wanted: &str) -> String {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let got = tokio::task::spawn_blocking(move || common::mail::http_get(&addr.to_string(), "/metrics"))
+            .await
+            .expect("scrape");
+        if let Some((200, body)) = got
+            && body.lines().any(|l| l.starts_with(wanted))
+        {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/metrics never showed {wanted}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A listener that counts the connections it accepts and greets each with `banner`.

@@ -848,6 +848,13 @@ fn inside() {
         .and_then(|m| m["queue_id"].as_str().map(str::to_string))
         .expect("queue id");
     assert_eq!(count(&store, "kept"), 0, "delivered without TLS");
+    // The agent's /metrics counts it, and names the configuration in force.
+    wait_for(30, "the deferred message on the agent's /metrics", || {
+        let (_, body) = http_get(&agent, "/metrics")?;
+        (body.contains("mailtls_relay_queue_messages{queue=\"deferred\"} 1")
+            && body.contains(&format!("mailtls_relay_configuration_info{{hash=\"{v2}\"}} 1")))
+        .then_some(())
+    });
 
     // The pod goes: its preStop hook, then its containers stop and it is removed. A new
     // pod is played over the same claim.

@@ -7,7 +7,7 @@ use super::metrics::Written;
 use super::{Error, drift, state, status_patch};
 use crate::api::RelayConfigRef;
 use crate::engine::{Backend, Managed};
-use crate::policy::{Inputs, LastValid};
+use crate::policy::{Inputs, LastValid, ResourceId};
 use crate::probe::DestinationReport;
 use crate::render::RelayConfig;
 use crate::render::pack::pack;
@@ -94,8 +94,8 @@ impl Backend for Context {
         status_patch::update(self, &api, old, new).await
     }
 
-    fn tested(&self, reports: &[DestinationReport]) {
-        self.metrics.tested(reports);
+    fn tested(&self, namespace: &str, id: &ResourceId, reports: &[DestinationReport]) {
+        self.metrics.tested(namespace, id, reports);
     }
 
     async fn update_status<K: Managed>(

@@ -6,13 +6,23 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use crate::api::{AddressList, OutboundGateway, TlsCompliance};
+use crate::engine::Managed;
+use crate::policy::ResourceId;
+use kube::ResourceExt;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -22,14 +32,141 @@ struct NamespaceLabel {
     namespace: String,
 }
 
+/// A resource, as every per-resource metric names it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ResourceLabels {
+    namespace: String,
+    kind: String,
+    name: String,
+}
+
+impl ResourceLabels {
+    fn of(namespace: &str, id: &ResourceId) -> ResourceLabels {
+        ResourceLabels {
+            namespace: namespace.to_string(),
+            kind: id.kind.to_string(),
+            name: id.name.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
+struct TestLabels {
+    #[prometheus(flatten)]
+    resource: ResourceLabels,
     outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DestinationLabel {
+struct CertificateLabels {
+    #[prometheus(flatten)]
+    resource: ResourceLabels,
     destination: String,
+}
+
+/// Most certificate expiry series per resource: its soonest-expiring destinations, so a
+/// list of 100k domains still makes a handful of series (what an alert needs).
+pub const CERTIFICATES_PER_RESOURCE: usize = 10;
+
+/// Per-resource series made at each scrape from what the controller knows then: the
+/// resources' conditions as its caches hold them, and the certificates seen by each
+/// resource's last test. A resource or destination that goes takes its series with it,
+/// and nothing is reported stale.
+#[derive(Default)]
+struct ResourceCollector {
+    stores: std::sync::OnceLock<Stores>,
+    /// The soonest-expiring leaf certificates of each resource's last test.
+    certificates: std::sync::Mutex<BTreeMap<ResourceLabels, Vec<(String, i64)>>>,
+}
+
+impl ResourceCollector {
+    /// Conditions of every resource of kind `K` as (labels, Ready, Compliant).
+    fn conditions<K: Managed>(stores: &Stores) -> Vec<(ResourceLabels, Option<bool>, Option<bool>)> {
+        let status = |r: &K, t: &str| {
+            r.conditions()
+                .iter()
+                .find(|c| c.type_ == t)
+                .and_then(|c| match c.status.as_str() {
+                    "True" => Some(true),
+                    "False" => Some(false),
+                    _ => None,
+                })
+        };
+        stores
+            .of::<K>()
+            .iter()
+            .flat_map(|s| s.state())
+            .map(|r| {
+                let labels = ResourceLabels {
+                    namespace: r.namespace().unwrap_or_default(),
+                    kind: K::KIND.to_string(),
+                    name: r.name_any(),
+                };
+                (labels, status(&r, "Ready"), status(&r, "Compliant"))
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for ResourceCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ResourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stores) = self.stores.get() else {
+            return Ok(());
+        };
+        let mut all = Self::conditions::<AddressList>(stores);
+        all.extend(Self::conditions::<TlsCompliance>(stores));
+        all.extend(Self::conditions::<OutboundGateway>(stores));
+        all.sort();
+        let mut ready = encoder.encode_descriptor(
+            "resource_ready",
+            "1 when the resource's Ready condition is True, 0 otherwise",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, r, _) in &all {
+            ConstGauge::new(i64::from(*r == Some(true))).encode(ready.encode_family(labels)?)?;
+        }
+        let mut compliant = encoder.encode_descriptor(
+            "resource_compliant",
+            "1 when the last TLS test found every destination compliant, 0 when not (absent before a test)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, _, c) in &all {
+            if let Some(c) = c {
+                ConstGauge::new(i64::from(*c)).encode(compliant.encode_family(labels)?)?;
+            }
+        }
+        let existing: std::collections::BTreeSet<&ResourceLabels> =
+            all.iter().map(|(l, _, _)| l).collect();
+        let Ok(mut certificates) = self.certificates.lock() else {
+            return Ok(());
+        };
+        // Resources deleted since their test: forgotten here.
+        certificates.retain(|labels, _| existing.contains(labels));
+        let mut expiry = encoder.encode_descriptor(
+            "certificate_expiration_timestamp_seconds",
+            "When the leaf certificate of a tested destination expires (Unix seconds); the soonest per resource only",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (resource, certs) in certificates.iter() {
+            for (destination, not_after) in certs {
+                let labels = CertificateLabels {
+                    resource: resource.clone(),
+                    destination: destination.clone(),
+                };
+                ConstGauge::new(*not_after).encode(expiry.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,8 +203,8 @@ pub struct Metrics {
     duration: Histogram,
     render_bytes: Family<NamespaceLabel, Gauge>,
     writes: Family<ObjectLabel, Counter>,
-    tests: Family<OutcomeLabel, Counter>,
-    cert_days: Family<DestinationLabel, Gauge>,
+    tests: Family<TestLabels, Counter>,
+    resources: Arc<ResourceCollector>,
 }
 
 impl Default for Metrics {
@@ -80,17 +217,13 @@ impl Default for Metrics {
         let render_bytes = Family::default();
         let writes = Family::default();
         let tests = Family::default();
-        let cert_days = Family::default();
+        let resources = Arc::new(ResourceCollector::default());
         registry.register(
             "tls_tests",
-            "Destinations tested, by outcome (pass or the RFC 8460 failure)",
+            "Destinations tested, by resource and outcome (pass or the RFC 8460 failure)",
             tests.clone(),
         );
-        registry.register(
-            "certificate_days_left",
-            "Days until the leaf certificate of a tested destination expires",
-            cert_days.clone(),
-        );
+        registry.register_collector(Box::new(resources.clone()));
         registry.register(
             "reconciles",
             "Namespace reconciles, by namespace",
@@ -124,28 +257,43 @@ impl Default for Metrics {
             render_bytes,
             writes,
             tests,
-            cert_days,
+            resources,
         }
     }
 }
 
 impl Metrics {
-    /// Count a finished test's outcomes and record certificate expiry per destination.
-    pub fn tested(&self, reports: &[crate::probe::DestinationReport]) {
+    /// Count a resource's finished test by outcome, and keep its soonest-expiring
+    /// certificates (replacing what its previous test found).
+    pub fn tested(
+        &self,
+        namespace: &str,
+        id: &ResourceId,
+        reports: &[crate::probe::DestinationReport],
+    ) {
+        let resource = ResourceLabels::of(namespace, id);
         for r in reports {
             self.tests
-                .get_or_create(&OutcomeLabel {
+                .get_or_create(&TestLabels {
+                    resource: resource.clone(),
                     outcome: r.outcome().to_string(),
                 })
                 .inc();
-            if let Some(days) = r.to_result().cert_days_left {
-                self.cert_days
-                    .get_or_create(&DestinationLabel {
-                        destination: r.destination.clone(),
-                    })
-                    .set(days);
-            }
         }
+        let mut soonest: Vec<(String, i64)> = reports
+            .iter()
+            .filter_map(|r| Some((r.destination.clone(), r.leaf_not_after()?)))
+            .collect();
+        soonest.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        soonest.truncate(CERTIFICATES_PER_RESOURCE);
+        if let Ok(mut certificates) = self.resources.certificates.lock() {
+            certificates.insert(resource, soonest);
+        }
+    }
+
+    /// Make the per-resource series from these caches (once; the controller has one set).
+    pub fn watch(&self, stores: Stores) {
+        let _ = self.resources.stores.set(stores);
     }
 
     pub fn observe(&self, namespace: &str, took: Duration, ok: bool) {
@@ -198,7 +346,8 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready_handler))
-        .with_state(Shared { metrics, stores });
+        .with_state(Shared { metrics: metrics.clone(), stores: stores.clone() });
+    metrics.watch(stores);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;

@@ -3,7 +3,7 @@
 
 use super::kind::Managed;
 use crate::api::RelayConfigRef;
-use crate::policy::{Inputs, LastValid};
+use crate::policy::{Inputs, LastValid, ResourceId};
 use crate::probe::DestinationReport;
 use crate::render::RelayConfig;
 use std::future::Future;
@@ -65,8 +65,8 @@ pub trait Backend: Send + Sync + 'static {
         new: &K,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// A TLS test finished (metrics).
-    fn tested(&self, _reports: &[DestinationReport]) {}
+    /// A resource's TLS test finished (metrics).
+    fn tested(&self, _namespace: &str, _id: &ResourceId, _reports: &[DestinationReport]) {}
 
     /// Change the status of the resource as currently stored (the TLS tests' results); a
     /// resource deleted meanwhile is left alone.

@@ -202,7 +202,7 @@ pub async fn record<B: Backend>(
 ) {
     let failed = reports.iter().filter(|r| !r.passed()).count();
     tracing::info!(destinations = reports.len(), failed, "TLS test finished");
-    backend.tested(reports);
+    backend.tested(namespace, &test.id, reports);
     let result = match test.id.kind {
         Kind::TlsCompliance => {
             record_kind::<TlsCompliance, B>(backend, namespace, test, reports, now).await

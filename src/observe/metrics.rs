@@ -39,8 +39,19 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     registry.register(name, help, g);
 }
 
-/// The Prometheus text for the agent's state and the observations so far.
-pub fn render(status: &AgentStatus, observed: &Observed) -> String {
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HashLabel {
+    hash: String,
+}
+
+/// The Prometheus text for the agent's state, the Postfix queues (messages per queue, when
+/// known) and the observations so far.
+pub fn render(status: &AgentStatus, observed: &Observed, queues: Option<[u64; 5]>) -> String {
     let mut r = Registry::with_prefix("mailtls_relay");
     let t: &Counts = observed.totals();
 
@@ -116,6 +127,28 @@ pub fn render(status: &AgentStatus, observed: &Observed) -> String {
         "1 once a configuration is in force",
         i64::from(status.applied_hash.is_some()),
     );
+    if let Some(hash) = &status.applied_hash {
+        let info = Family::<HashLabel, Gauge>::default();
+        info.get_or_create(&HashLabel { hash: hash.clone() }).set(1);
+        r.register(
+            "configuration_info",
+            "The configuration in force, by content hash (compare with the ConfigMap's)",
+            info,
+        );
+    }
+    if let Some(sizes) = queues {
+        let family = Family::<QueueLabel, Gauge>::default();
+        for (queue, n) in crate::relay::QUEUES.iter().zip(sizes) {
+            family
+                .get_or_create(&QueueLabel { queue })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        r.register(
+            "queue_messages",
+            "Messages in Postfix's queues, by queue (deferred: waiting for a retry)",
+            family,
+        );
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);
@@ -149,7 +182,7 @@ mod tests {
             applied_hash: Some("h".into()),
             ..Default::default()
         };
-        let text = render(&status, &o);
+        let text = render(&status, &o, Some([0, 0, 1, 2, 0]));
         for line in [
             "mailtls_relay_delivered_total{tls=\"Verified\"} 1",
             "mailtls_relay_delivered_total{tls=\"none\"} 0",
@@ -160,6 +193,9 @@ mod tests {
             "mailtls_relay_log_lines_total 3",
             "mailtls_relay_applied_total 2",
             "mailtls_relay_configuration_applied 1",
+            "mailtls_relay_configuration_info{hash=\"h\"} 1",
+            "mailtls_relay_queue_messages{queue=\"deferred\"} 2",
+            "mailtls_relay_queue_messages{queue=\"active\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

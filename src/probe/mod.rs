@@ -570,6 +570,14 @@ impl DestinationReport {
     }
 
     /// The status form (`status.results[]`).
+    /// When the soonest-expiring leaf certificate of its hosts expires (Unix seconds).
+    pub fn leaf_not_after(&self) -> Option<i64> {
+        self.hosts
+            .iter()
+            .filter_map(|h| Some(h.tls.as_ref()?.chain.chain.first()?.not_after_unix))
+            .min()
+    }
+
     pub fn to_result(&self) -> DestinationResult {
         let host = self.main_host();
         let mut message = self.message.clone();

@@ -137,6 +137,9 @@ pub struct CertInfo {
     pub not_after: String,
     /// Whole days until notAfter (negative when expired).
     pub days_left: i64,
+    /// notAfter in Unix seconds (for metrics).
+    #[serde(skip)]
+    pub not_after_unix: i64,
 }
 
 impl CertInfo {
@@ -167,6 +170,7 @@ impl CertInfo {
             not_after: super::rfc3339(not_after),
             // Truncating: expired yesterday is -1, expiring later today is 0.
             days_left: (not_after - now_unix) / 86_400,
+            not_after_unix: not_after,
         };
         Some((info, not_before, not_after))
     }

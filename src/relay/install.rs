@@ -518,6 +518,35 @@ fn rows(text: &str) -> impl Iterator<Item = (&str, &str)> {
         .filter_map(|l| l.split_once(' '))
 }
 
+/// The Postfix queues the agent reports on /metrics.
+pub const QUEUES: [&str; 5] = ["maildrop", "incoming", "active", "deferred", "hold"];
+
+/// Messages in each of [`QUEUES`] (files under the queue's directory, hashed
+/// subdirectories included); `None` when the queue directory cannot be found.
+pub fn queue_sizes(paths: &Paths) -> Option<[u64; 5]> {
+    let queue = run(Command::new("postconf")
+        .arg("-c")
+        .arg(&paths.postfix_dir)
+        .args(["-h", "queue_directory"]))
+    .map(|r| r.stdout.trim().to_string())
+    .ok()
+    .filter(|q| !q.is_empty())?;
+    fn count(dir: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => count(&e.path()),
+                Ok(t) if t.is_file() => 1,
+                _ => 0,
+            })
+            .sum()
+    }
+    Some(QUEUES.map(|q| count(&Path::new(&queue).join(q))))
+}
+
 /// The processes of a running Postfix that decide where mail goes (queue manager, address
 /// resolver): they are replaced at a reload.
 fn routing_processes(paths: &Paths) -> Vec<u32> {

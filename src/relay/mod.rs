@@ -14,7 +14,7 @@ pub mod seed;
 pub mod serve;
 pub mod validate;
 
-pub use install::{BASE_SUFFIX, Paths, reload as reload_postfix};
+pub use install::{BASE_SUFFIX, Paths, QUEUES, queue_sizes, reload as reload_postfix};
 
 use serde::Serialize;
 use std::sync::atomic::Ordering;

@@ -280,7 +280,11 @@ fn respond(
         "/metrics" => (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            crate::observe::metrics::render(&agent.status(), &observed),
+            crate::observe::metrics::render(
+                &agent.status(),
+                &observed,
+                super::queue_sizes(&agent.paths),
+            ),
         ),
         "/healthz" => ("200 OK", JSON, "{\"ok\":true}".to_string()),
         // Ready once a configuration is in force: until then the pod runs on the base
