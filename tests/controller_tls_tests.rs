@@ -143,15 +143,20 @@ async fn periodic_tests_write_results_into_status() {
 async fn scrape(addr: std::net::SocketAddr, wanted: &str) -> String {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
-        let got = tokio::task::spawn_blocking(move || common::mail::http_get(&addr.to_string(), "/metrics"))
-            .await
-            .expect("scrape");
+        let got = tokio::task::spawn_blocking(move || {
+            common::mail::http_get(&addr.to_string(), "/metrics")
+        })
+        .await
+        .expect("scrape");
         if let Some((200, body)) = got
             && body.lines().any(|l| l.starts_with(wanted))
         {
             return body;
         }
-        assert!(tokio::time::Instant::now() < deadline, "/metrics never showed {wanted}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/metrics never showed {wanted}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -852,7 +852,9 @@ fn inside() {
     wait_for(30, "the deferred message on the agent's /metrics", || {
         let (_, body) = http_get(&agent, "/metrics")?;
         (body.contains("mailtls_relay_queue_messages{queue=\"deferred\"} 1")
-            && body.contains(&format!("mailtls_relay_configuration_info{{hash=\"{v2}\"}} 1")))
+            && body.contains(&format!(
+                "mailtls_relay_configuration_info{{hash=\"{v2}\"}} 1"
+            )))
         .then_some(())
     });
 

@@ -1,14 +1,14 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
 use super::stores::Stores;
+use crate::api::{AddressList, OutboundGateway, TlsCompliance};
+use crate::engine::Managed;
+use crate::policy::ResourceId;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use crate::api::{AddressList, OutboundGateway, TlsCompliance};
-use crate::engine::Managed;
-use crate::policy::ResourceId;
 use kube::ResourceExt;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
@@ -16,9 +16,9 @@ use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
 };
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -81,7 +81,9 @@ struct ResourceCollector {
 
 impl ResourceCollector {
     /// Conditions of every resource of kind `K` as (labels, Ready, Compliant).
-    fn conditions<K: Managed>(stores: &Stores) -> Vec<(ResourceLabels, Option<bool>, Option<bool>)> {
+    fn conditions<K: Managed>(
+        stores: &Stores,
+    ) -> Vec<(ResourceLabels, Option<bool>, Option<bool>)> {
         let status = |r: &K, t: &str| {
             r.conditions()
                 .iter()
@@ -346,7 +348,10 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready_handler))
-        .with_state(Shared { metrics: metrics.clone(), stores: stores.clone() });
+        .with_state(Shared {
+            metrics: metrics.clone(),
+            stores: stores.clone(),
+        });
     metrics.watch(stores);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
