@@ -17,10 +17,12 @@ pub enum ConditionType {
     Conflict,
     /// kstatus: a permanent error that waiting will not fix (Flux fails fast on it).
     Stalled,
+    /// Present only while something deserves a look though it is valid.
+    Warning,
 }
 
 impl ConditionType {
-    const ALL: [ConditionType; 7] = [
+    const ALL: [ConditionType; 8] = [
         ConditionType::Ready,
         ConditionType::Rendered,
         ConditionType::Applied,
@@ -28,6 +30,7 @@ impl ConditionType {
         ConditionType::Compliant,
         ConditionType::Conflict,
         ConditionType::Stalled,
+        ConditionType::Warning,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl ConditionType {
             ConditionType::Compliant => "Compliant",
             ConditionType::Conflict => "Conflict",
             ConditionType::Stalled => "Stalled",
+            ConditionType::Warning => "Warning",
         }
     }
 
@@ -111,6 +115,7 @@ reasons! {
     NoRelays,
     /// Nothing needs a change of the resource or of the relay.
     NotStalled,
+    OutboundOnlyOptions,
 }
 
 /// A condition's status: `True`, `False` or `Unknown`.
@@ -182,6 +187,12 @@ impl<'a> Conditions<'a> {
                 .cmp(&ConditionType::order(&b.type_))
                 .then(a.type_.cmp(&b.type_))
         });
+        self
+    }
+
+    /// Drop a condition of this type, if present.
+    pub fn remove(&mut self, type_: ConditionType) -> &mut Self {
+        self.list.retain(|c| c.type_ != type_.as_str());
         self
     }
 

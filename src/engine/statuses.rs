@@ -4,8 +4,8 @@
 
 use super::conditions::{ConditionType, Conditions, Reason, Status, is};
 use crate::api::{
-    AddressList, AddressListStatus, Enforcement, InvalidEntry, MatchedCounts, OutboundGateway,
-    OutboundGatewayStatus, RelayConfigRef, TlsCompliance, TlsComplianceStatus,
+    AddressList, AddressListStatus, Direction, Enforcement, InvalidEntry, MatchedCounts,
+    OutboundGateway, OutboundGatewayStatus, RelayConfigRef, TlsCompliance, TlsComplianceStatus,
 };
 use crate::policy::{Conflict, InForce, Kind, ResourceFindings, ResourceId};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -195,6 +195,15 @@ pub fn tls_compliance_status(
     };
     c.set(ConditionType::Ready, ready, reason, message);
     c.set(ConditionType::Conflict, false, Reason::NoConflict, "");
+    match outbound_only_options(p) {
+        Some(message) => c.set(
+            ConditionType::Warning,
+            true,
+            Reason::OutboundOnlyOptions,
+            message,
+        ),
+        None => c.remove(ConditionType::Warning),
+    };
     if p.spec.direction.outbound() {
         ensure_untested(&mut c, p.spec.test.enabled);
     } else {
@@ -208,6 +217,33 @@ pub fn tls_compliance_status(
         }
     }
     status
+}
+
+/// A `Both` policy's options that concern only its outbound half: said once, so nobody
+/// reads them as demands on the senders (an `Inbound` policy may not set them at all).
+fn outbound_only_options(p: &TlsCompliance) -> Option<String> {
+    if p.spec.direction != Direction::Both {
+        return None;
+    }
+    let set: Vec<&str> = [
+        ("requireCASigned", p.spec.require_ca_signed),
+        ("validateHostname", p.spec.validate_hostname),
+        (
+            "minTlsVersion",
+            p.spec.min_tls_version != crate::api::TlsVersion::default(),
+        ),
+        ("mechanisms", !p.spec.mechanisms.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    (!set.is_empty()).then(|| {
+        format!(
+            "{} apply to mail to these addresses only: mail from them must use TLS, and \
+             nothing about the senders' certificates or versions is checked",
+            set.join(", ")
+        )
+    })
 }
 
 /// Status of an OutboundGateway.
@@ -471,5 +507,50 @@ mod tests {
             let [_, stalled] = after(Some(reason), &relay(Some(1), Some(1), None));
             assert_eq!(stalled.0, "False", "{reason:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod warning_tests {
+    use super::*;
+    use crate::api::{Direction, TlsVersion};
+    use crate::engine::conditions::find;
+
+    /// A `Both` policy's outbound-only options get a Warning; it goes when they do, and
+    /// other directions never get one.
+    #[test]
+    fn both_with_outbound_only_options_warns_until_they_go() {
+        let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let findings = ResourceFindings {
+            rendered: true,
+            ..Default::default()
+        };
+        let relay = RelayConfigRef::default();
+        let mut p = TlsCompliance::outbound_verified("p", &["l"]);
+        p.spec.direction = Direction::Both;
+        p.spec.min_tls_version = TlsVersion::V1_3;
+        let status = tls_compliance_status(&p, &findings, &relay, &now);
+        let w = find(&status.conditions, ConditionType::Warning).expect("warning");
+        assert_eq!(
+            (w.status.as_str(), w.reason.as_str()),
+            ("True", "OutboundOnlyOptions")
+        );
+        assert!(
+            w.message
+                .starts_with("requireCASigned, validateHostname, minTlsVersion apply to mail to"),
+            "{}",
+            w.message
+        );
+        // Fixed: the warning is dropped from the status.
+        p.status = Some(status);
+        p.spec.require_ca_signed = false;
+        p.spec.validate_hostname = false;
+        p.spec.min_tls_version = TlsVersion::V1_2;
+        let status = tls_compliance_status(&p, &findings, &relay, &now);
+        assert!(find(&status.conditions, ConditionType::Warning).is_none());
+        // Outbound: the options are what the policy is for.
+        let o = TlsCompliance::outbound_verified("o", &["l"]);
+        let status = tls_compliance_status(&o, &findings, &relay, &now);
+        assert!(find(&status.conditions, ConditionType::Warning).is_none());
     }
 }
