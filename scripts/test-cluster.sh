@@ -5,7 +5,7 @@
 # Usage:
 #   scripts/test-cluster.sh check            exit 0 if the cluster can run here (cached binaries
 #                                            or a Go toolchain to build them), else 3
-#   scripts/test-cluster.sh build            build (or reuse) etcd, kube-apiserver and helm
+#   scripts/test-cluster.sh build            build (or reuse) etcd, kube-apiserver, helm and promtool
 #   scripts/test-cluster.sh start            build if needed, start etcd + kube-apiserver
 #   scripts/test-cluster.sh env              print the KUBECONFIG export for the running cluster
 #   scripts/test-cluster.sh status           say whether the cluster is running
@@ -42,6 +42,10 @@ K8S_VERSION=v1.37.2
 ETCD_VERSION=v3.6.16
 HELM_MODULE=helm.sh/helm/v3
 HELM_VERSION=v3.22.0
+# promtool checks the chart's alerts (tests/alerts.rs); Prometheus 3's Go module versions are
+# v0.3xx.
+PROMETHEUS_MODULE=github.com/prometheus/prometheus
+PROMETHEUS_VERSION=v0.316.0
 
 EXIT_NO_GO=3
 EXIT_BUILD=4
@@ -184,8 +188,14 @@ build_helm() {
         "-X $HELM_MODULE/internal/version.version=$HELM_VERSION"
 }
 
+build_promtool() {
+    binary_ok promtool "$PROMETHEUS_VERSION" && return 0
+    go_build promtool "$PROMETHEUS_MODULE" "$PROMETHEUS_VERSION" "$PROMETHEUS_MODULE/cmd/promtool" ""
+}
+
 all_binaries_ok() {
-    binary_ok etcd "$ETCD_VERSION" && binary_ok kube-apiserver "$K8S_VERSION" && binary_ok helm "$HELM_VERSION"
+    binary_ok etcd "$ETCD_VERSION" && binary_ok kube-apiserver "$K8S_VERSION" &&
+        binary_ok helm "$HELM_VERSION" && binary_ok promtool "$PROMETHEUS_VERSION"
 }
 
 # check: can the cluster run here (binaries cached, or a Go toolchain to build them)?
@@ -200,7 +210,7 @@ cmd_check() {
 
 cmd_build() {
     if all_binaries_ok; then
-        log "using cached binaries in $BIN_DIR (etcd $ETCD_VERSION, kube-apiserver $K8S_VERSION, helm $HELM_VERSION)"
+        log "using cached binaries in $BIN_DIR (etcd $ETCD_VERSION, kube-apiserver $K8S_VERSION, helm $HELM_VERSION, promtool $PROMETHEUS_VERSION)"
         return 0
     fi
     require_go
@@ -210,6 +220,7 @@ cmd_build() {
     build_etcd
     build_kube_apiserver
     build_helm
+    build_promtool
     log "build finished in $((SECONDS - start))s"
 }
 

@@ -262,6 +262,33 @@ async fn placement_and_extension_values_reach_both_pods_and_are_accepted() {
     .await;
 }
 
+/// metrics.prometheusRule and metrics.dashboard: the alerts and the dashboard are the
+/// files the tests check (tests/alerts.rs), unchanged, and the dashboard's ConfigMap is
+/// accepted by the API server.
+#[tokio::test]
+#[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
+async fn alerts_and_dashboard_are_the_checked_files() {
+    in_namespace("chart-alerts", |client, ns| async move {
+        let yaml = template(&ns, &["metrics.prometheusRule.enabled=true,metrics.prometheusRule.labels.release=kube-prometheus,metrics.dashboard.enabled=true"]);
+        let (applied, unserved) = dry_run(&client, &yaml, &ns).await;
+        assert_eq!(unserved, ["PrometheusRule"], "only the Prometheus Operator's kind is not served here");
+        assert!(applied.iter().any(|k| k == "ConfigMap"), "{applied:?}");
+        let docs = documents(&yaml);
+        let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").expect("PrometheusRule");
+        assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus");
+        let file: Value = serde_norway::from_str(&std::fs::read_to_string(root().join("charts/mailtls/files/rules.yaml")).expect("rules")).expect("YAML");
+        assert_eq!(rule["spec"], file, "the PrometheusRule is not files/rules.yaml");
+        let dashboard = docs.iter().find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1").expect("dashboard");
+        let json: serde_json::Value = serde_json::from_str(dashboard["data"]["mailtls.json"].as_str().expect("json")).expect("JSON");
+        let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("charts/mailtls/files/dashboard.json")).expect("dashboard")).expect("JSON");
+        assert_eq!(json, file);
+        // Off by default.
+        let plain = template(&ns, &[]);
+        assert!(!plain.contains("PrometheusRule") && !plain.contains("grafana_dashboard"));
+    })
+    .await;
+}
+
 /// relay.mtaSts: the agent serves MTA-STS policies on a socket Postfix shares, relay-init
 /// and the operator name the same socket, and the namespace's default TlsCompliance
 /// (every destination honours MTA-STS) is created and accepted by the API server.
@@ -372,7 +399,7 @@ async fn chart_objects_are_accepted_by_the_api_server() {
         for kind in ["Role", "RoleBinding", "PodDisruptionBudget"] {
             assert!(applied.iter().any(|k| k == kind), "{kind} missing from {applied:?}");
         }
-        assert_eq!(unserved, ["ServiceMonitor"], "only the Prometheus Operator's kind is not served here");
+        assert_eq!(unserved, ["ServiceMonitor", "ServiceMonitor"], "only the Prometheus Operator's kind is not served here (the operator's and the relays')");
         assert!(!applied.iter().any(|k| k == "ClusterRole"), "with watchNamespaces nothing cluster-wide: {applied:?}");
         for arg in ["--leader-election", "--namespace=default", "--namespace=kube-public", "--ca-file=/etc/ssl/ca.pem", "--log-format=text", "--test-allow-cidr=10.20.0.0/16", "--test-deny-cidr=34.118.224.0/20"] {
             assert!(custom.contains(arg), "{arg}");

@@ -118,12 +118,13 @@ impl std::fmt::Debug for ResourceCollector {
 
 impl Collector for ResourceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(stores) = self.stores.get() else {
-            return Ok(());
-        };
-        let mut all = Self::conditions::<AddressList>(stores);
-        all.extend(Self::conditions::<TlsCompliance>(stores));
-        all.extend(Self::conditions::<OutboundGateway>(stores));
+        // Described even before the caches are there: the names are always on /metrics.
+        let mut all = Vec::new();
+        if let Some(stores) = self.stores.get() {
+            all.extend(Self::conditions::<AddressList>(stores));
+            all.extend(Self::conditions::<TlsCompliance>(stores));
+            all.extend(Self::conditions::<OutboundGateway>(stores));
+        }
         all.sort();
         let mut ready = encoder.encode_descriptor(
             "resource_ready",
