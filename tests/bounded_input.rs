@@ -158,6 +158,7 @@ fn deeply_nested_yaml_is_refused_before_parsing_with_file_and_line() {
 }
 
 #[test]
+/// The line is the field's own (the document starts at line 9).
 fn ordinary_errors_keep_their_file_line_and_field() {
     let text = list("ok", &["a@x.example"]) + &policy("p", &["ok"], "  minTlsVersion: \"2.0\"");
     let (_, errors) = load_str("mixed.yaml", &text, "default");
@@ -165,7 +166,7 @@ fn ordinary_errors_keep_their_file_line_and_field() {
     assert_eq!(shown.len(), 1, "{shown:?}");
     assert!(
         shown[0].starts_with(
-            "mixed.yaml:9: TlsCompliance/p: spec.minTlsVersion: unknown variant `2.0`"
+            "mixed.yaml:17: TlsCompliance/p: spec.minTlsVersion: unknown variant `2.0`"
         ),
         "{shown:?}"
     );

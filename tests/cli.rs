@@ -241,6 +241,7 @@ fn render_into_out(dir: &Path) -> (Output, std::path::PathBuf) {
 
 #[test]
 fn render_reports_every_error_with_file_line_resource_and_field() {
+    // Lines are the fields' own, and every wrong field of a document is reported.
     let input = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         input.path().join("a.yaml"),
@@ -249,19 +250,23 @@ fn render_reports_every_error_with_file_line_resource_and_field() {
     .expect("write");
     std::fs::write(
         input.path().join("b.yaml"),
-        "apiVersion: mailtls.io/v1alpha1\nkind: OutboundGateway\nmetadata:\n  name: g\nspec:\n  host: gw.example.net\n  port: 99999\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n---\nkind: [unclosed\n",
+        "apiVersion: mailtls.io/v1alpha1\nkind: OutboundGateway\nmetadata:\n  name: g\nspec:\n  host: gw.example.net\n  port: 99999\n  mxLookup: maybe\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n---\nkind: [unclosed\n",
     )
     .expect("write");
     let (o, out) = render_into_out(input.path());
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
     assert!(
-        t.contains("a.yaml:9: TlsCompliance/p: spec.requireCaSigned: unknown field"),
+        t.contains("a.yaml:17: TlsCompliance/p: spec.requireCaSigned: unknown field"),
         "{t}"
     );
-    assert!(t.contains("b.yaml:1: OutboundGateway/g: spec.port:"), "{t}");
-    assert!(t.contains("b.yaml:15: not valid YAML"), "{t}");
-    assert!(t.contains("3 error(s); nothing was written"), "{t}");
+    assert!(
+        t.contains("b.yaml:7: OutboundGateway/g: spec.port: invalid value: integer `99999`"),
+        "{t}"
+    );
+    assert!(t.contains("b.yaml:8: OutboundGateway/g: spec.mxLookup: invalid type: string \"maybe\", expected a boolean"), "{t}");
+    assert!(t.contains("b.yaml:16: not valid YAML"), "{t}");
+    assert!(t.contains("4 error(s); nothing was written"), "{t}");
     assert!(!out.exists());
 }
 

@@ -211,7 +211,7 @@ fn load_text(
                 continue;
             }
         };
-        load_value(value, &source, default_ns, loaded, errors);
+        load_value(value, &source, Some(&doc), default_ns, loaded, errors);
     }
 }
 
@@ -227,9 +227,11 @@ fn too_big(file: &Path, e: yaml_limits::TooBig) -> LoadError {
     }
 }
 
+/// `doc`: the document's text, to find the line of a field (none for `List` items).
 fn load_value(
     value: Value,
     source: &Source,
+    doc: Option<&str>,
     default_ns: &str,
     loaded: &mut Loaded,
     errors: &mut Vec<LoadError>,
@@ -264,7 +266,7 @@ fn load_value(
             && let Some(Value::Sequence(items)) = map.remove("items")
         {
             for item in items {
-                load_value(item, source, default_ns, loaded, errors);
+                load_value(item, source, None, default_ns, loaded, errors);
             }
         }
         return;
@@ -285,12 +287,12 @@ fn load_value(
         return;
     }
     match kind.as_str() {
-        "AddressList" => add::<AddressList>(value, source, default_ns, &name_hint, loaded, errors),
+        "AddressList" => add::<AddressList>(value, source, doc, default_ns, &name_hint, loaded, errors),
         "TlsCompliance" => {
-            add::<TlsCompliance>(value, source, default_ns, &name_hint, loaded, errors)
+            add::<TlsCompliance>(value, source, doc, default_ns, &name_hint, loaded, errors)
         }
         "OutboundGateway" => {
-            add::<OutboundGateway>(value, source, default_ns, &name_hint, loaded, errors)
+            add::<OutboundGateway>(value, source, doc, default_ns, &name_hint, loaded, errors)
         }
         other => errors.push(err(format!("unknown kind '{other}' in {GROUP}; expected AddressList, TlsCompliance or OutboundGateway"))),
     }
@@ -300,21 +302,33 @@ fn load_value(
 fn add<K: Managed>(
     value: Value,
     source: &Source,
+    doc: Option<&str>,
     default_ns: &str,
     name_hint: &str,
     loaded: &mut Loaded,
     errors: &mut Vec<LoadError>,
 ) {
     let kind = K::KIND;
-    let (resource, unknown) = match typed::<K>(value) {
+    // The line of a field, when the document's text shows it; else the document's.
+    let at = |field: Option<&str>| Source {
+        file: source.file.clone(),
+        line: source.line
+            + field
+                .zip(doc)
+                .and_then(|(f, d)| field_line(d, f))
+                .unwrap_or(0),
+    };
+    let (resource, unknown) = match typed_all::<K>(value) {
         Ok(r) => r,
-        Err((field, message)) => {
-            errors.push(LoadError {
-                source: Some(source.clone()),
-                resource: Some(format!("{kind}/{name_hint}")),
-                field,
-                message,
-            });
+        Err(problems) => {
+            for (field, message) in problems {
+                errors.push(LoadError {
+                    source: Some(at(field.as_deref())),
+                    resource: Some(format!("{kind}/{name_hint}")),
+                    field,
+                    message,
+                });
+            }
             return;
         }
     };
@@ -344,7 +358,7 @@ fn add<K: Managed>(
     if !problems.is_empty() {
         for (field, message) in problems {
             errors.push(LoadError {
-                source: Some(source.clone()),
+                source: Some(at(field.as_deref())),
                 resource: Some(format!("{kind}/{}", display_raw(&name))),
                 field,
                 message,
@@ -370,6 +384,158 @@ fn ns_of<K: kube::Resource>(r: &K, default_ns: &str) -> String {
         .namespace
         .clone()
         .unwrap_or_else(|| default_ns.to_string())
+}
+
+/// Most type errors reported for one document.
+const MAX_TYPE_ERRORS: usize = 20;
+
+/// [`typed`], reporting every field of the wrong type rather than the first: each one found
+/// is taken out of the document and it is read again. Stops at a field the type needs (its
+/// absence is then the next error, which would only repeat the first) or one inside a list.
+fn typed_all<T: DeserializeOwned>(
+    mut value: Value,
+) -> Result<(T, Vec<String>), Vec<(Option<String>, String)>> {
+    let mut problems: Vec<(Option<String>, String)> = Vec::new();
+    loop {
+        match typed::<T>(value.clone()) {
+            Ok(ok) if problems.is_empty() => return Ok(ok),
+            Ok(_) => return Err(problems),
+            Err((field, message)) => {
+                let removed_before = message.starts_with("missing field")
+                    && problems.iter().any(|(f, _)| {
+                        f.as_deref()
+                            .and_then(|f| f.rsplit('.').next())
+                            .is_some_and(|last| message.contains(&format!("`{last}`")))
+                    });
+                if removed_before {
+                    return Err(problems);
+                }
+                let removable = field
+                    .as_deref()
+                    .is_some_and(|f| remove_field(&mut value, f));
+                problems.push((field, message));
+                if !removable || problems.len() >= MAX_TYPE_ERRORS {
+                    return Err(problems);
+                }
+            }
+        }
+    }
+}
+
+/// Path segments of a serde path (`spec.addressLists[0].name`): keys and list indexes.
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn segments(path: &str) -> Vec<Segment<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
+        if !key.is_empty() {
+            out.push(Segment::Key(key));
+        }
+        while let Some((n, after)) = rest.split_once(']') {
+            if let Ok(i) = n.parse() {
+                out.push(Segment::Index(i));
+            }
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    out
+}
+
+/// Take the mapping key at `path` out of `value`; false when the path does not end in a key
+/// that is there.
+fn remove_field(value: &mut Value, path: &str) -> bool {
+    let segs = segments(path);
+    let Some((Segment::Key(last), parents)) = segs.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for seg in parents {
+        let next = match (seg, at) {
+            (Segment::Key(k), Value::Mapping(m)) => m.get_mut(*k),
+            (Segment::Index(i), Value::Sequence(s)) => s.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    match at {
+        Value::Mapping(m) => m.remove(*last).is_some(),
+        _ => false,
+    }
+}
+
+/// The line (0-based, within the document) of the field at `path` in block-style YAML, or
+/// of the deepest part of the path found (flow style `{…}` shows only where it starts).
+fn field_line(doc: &str, path: &str) -> Option<usize> {
+    let lines: Vec<(usize, usize, &str)> = doc
+        .lines()
+        .enumerate()
+        .filter_map(|(n, l)| {
+            let content = l.trim_start();
+            (!content.is_empty() && !content.starts_with('#'))
+                .then(|| (n, l.len() - content.len(), content))
+        })
+        .collect();
+    // Position in `lines`, and the indentation the block's own keys are deeper than.
+    let (mut pos, mut parent): (usize, Option<usize>) = (0, None);
+    let mut found = None;
+    let mut first = true;
+    for seg in segments(path) {
+        let inside = |&(_, indent, _): &(usize, usize, &str)| parent.is_none_or(|p| indent > p);
+        let start = if first { 0 } else { pos + 1 };
+        first = false;
+        match seg {
+            Segment::Key(key) => {
+                let wanted = format!("{key}:");
+                // The key may follow the `- ` that opened a list item on this very line.
+                let same_line = found.is_some()
+                    && lines.get(pos).is_some_and(|(_, _, c)| {
+                        c.strip_prefix("- ").is_some_and(|r| r.starts_with(&wanted))
+                    });
+                if same_line {
+                    let (_, indent, _) = lines[pos];
+                    parent = Some(indent + 1);
+                    continue;
+                }
+                let Some(hit) = lines[start.min(lines.len())..]
+                    .iter()
+                    .take_while(|l| inside(l))
+                    .position(|(_, _, c)| c.starts_with(&wanted))
+                else {
+                    return found;
+                };
+                pos = start + hit;
+                parent = Some(lines[pos].1);
+                found = Some(lines[pos].0);
+            }
+            Segment::Index(i) => {
+                let dash = |n: &usize| lines[*n].2 == "-" || lines[*n].2.starts_with("- ");
+                let block: Vec<usize> = (start..lines.len())
+                    .take_while(|&n| inside(&lines[n]))
+                    .filter(dash)
+                    .collect();
+                // The list's own items, not those of lists nested in them.
+                let depth = block.first().map(|&n| lines[n].1);
+                let items: Vec<usize> = block
+                    .into_iter()
+                    .filter(|&n| Some(lines[n].1) == depth)
+                    .collect();
+                let Some(&item) = items.get(i) else {
+                    return found;
+                };
+                pos = item;
+                parent = Some(lines[item].1);
+                found = Some(lines[item].0);
+            }
+        }
+    }
+    found
 }
 
 /// Deserialize with the failing field's path, and collect fields the type does not know.
@@ -433,5 +599,50 @@ fn check_name(name: &str, max: usize) -> Result<(), String> {
             "'{}' is not a valid name (lowercase letters, digits, '-' and '.', at most {max})",
             display_raw(name)
         ))
+    }
+}
+
+#[cfg(test)]
+mod field_tests {
+    use super::*;
+
+    const DOC: &str = "apiVersion: mailtls.io/v1alpha1
+kind: OutboundGateway
+metadata:
+  name: g
+spec:
+  host: relay.example
+  # a comment
+  port: many
+  tls:
+    require: sometimes
+  addressLists:
+    - name: a
+    - name: b
+      extra:
+        - x
+        - y
+";
+
+    #[test]
+    fn fields_are_found_on_their_own_line() {
+        let line = |p: &str| field_line(DOC, p).map(|n| n + 1);
+        assert_eq!(line("metadata.name"), Some(4));
+        assert_eq!(line("spec.port"), Some(8));
+        assert_eq!(line("spec.tls.require"), Some(10));
+        assert_eq!(line("spec.addressLists[1].name"), Some(13));
+        assert_eq!(line("spec.addressLists[1].extra[1]"), Some(16));
+        // Not there: the deepest part that is.
+        assert_eq!(line("spec.tls.missing"), Some(9));
+        let flow = "kind: X\nspec: {port: many, host: h}\n";
+        assert_eq!(field_line(flow, "spec.port").map(|n| n + 1), Some(2));
+    }
+
+    #[test]
+    fn every_type_error_is_reported_not_only_the_first() {
+        let value: Value = serde_norway::from_str(DOC).expect("yaml");
+        let problems = typed_all::<OutboundGateway>(value).err().expect("errors");
+        let fields: Vec<&str> = problems.iter().filter_map(|(f, _)| f.as_deref()).collect();
+        assert_eq!(fields, ["spec.port", "spec.tls.require"], "{problems:?}");
     }
 }
