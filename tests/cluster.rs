@@ -1198,6 +1198,60 @@ async fn rbac_is_enforced_for_the_custom_resources() {
     .await;
 }
 
+// ---- mailtls explain --cluster -------------------------------------------------------------
+
+/// `mailtls explain --cluster` reads the live resources through the kubeconfig, explains
+/// them as it does files, and names a resource whose status says it is not Ready.
+#[tokio::test]
+#[ignore = "needs a real API server: scripts/test-cluster.sh -- cargo test --test cluster -- --ignored"]
+async fn explain_reads_the_live_resources() {
+    in_namespace("explain", |client, ns| async move {
+        for doc in [
+            json!({"apiVersion": "mailtls.io/v1alpha1", "kind": "AddressList", "metadata": {"name": "partners"},
+                "spec": {"entries": [".partner.example"]}}),
+            json!({"apiVersion": "mailtls.io/v1alpha1", "kind": "TlsCompliance", "metadata": {"name": "partners"},
+                "spec": {"direction": "Outbound", "addressLists": [{"name": "partners"}], "requireCASigned": true, "minTlsVersion": "1.3"}}),
+            json!({"apiVersion": "mailtls.io/v1alpha1", "kind": "TlsCompliance", "metadata": {"name": "published"},
+                "spec": {"direction": "Outbound", "scope": "Unlisted", "mechanisms": ["MtaSts"]}}),
+        ] {
+            apply_doc(&client, &ns, &doc).await;
+        }
+        // A status saying Ready=False, as the controller writes one.
+        let policies: Api<TlsCompliance> = Api::namespaced(client.clone(), &ns);
+        let status = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
+            "message": "spec.x: broken", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        policies
+            .patch_status("published", &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("status");
+        let kubeconfig = std::env::var_os("MAILTLS_TEST_KUBECONFIG").expect("kubeconfig");
+        let ns2 = ns.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_mailtls"))
+                .args(["explain", "--cluster", "-n", &ns2, "bob@sales.partner.example"])
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+                .expect("mailtls")
+        })
+        .await
+        .expect("explain");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(stdout.contains(&format!("(namespace {ns})")), "{stdout}");
+        assert!(stdout.contains(".partner.example") && stdout.contains("used by TlsCompliance/partners"), "{stdout}");
+        assert!(stdout.contains("Effective: mandatory TLS with a CA-signed certificate, TLS 1.3 or newer"), "{stdout}");
+        assert!(stdout.contains("TlsCompliance/published (Unlisted): honours MTA-STS"), "{stdout}");
+        assert!(stderr.contains("TlsCompliance/published is not Ready (spec.x: broken)"), "{stderr}");
+        // A path and --cluster together is a usage error.
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mailtls"))
+            .args(["explain", "--cluster", "examples", "a@b.example"])
+            .output()
+            .expect("mailtls");
+        assert_eq!(o.status.code(), Some(2));
+    })
+    .await;
+}
+
 // ---- examples/ -------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -16,12 +16,17 @@ use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  mailtls explain examples/ bob@partner.example\n  mailtls explain examples/ alice@bank.example --inbound"
+    after_help = "Examples:\n  mailtls explain examples/ bob@partner.example\n  mailtls explain examples/ alice@bank.example --inbound\n  mailtls explain --cluster -n mail bob@partner.example   (the live resources, through the kubeconfig)"
 )]
 pub struct ExplainArgs {
-    /// Files or directories of policy YAML, then the address (or domain) to explain.
-    #[arg(required = true, num_args = 2.., value_names = ["PATH", "ADDRESS"])]
+    /// Files or directories of policy YAML, then the address (or domain) to explain; with
+    /// --cluster the address alone.
+    #[arg(required = true, num_args = 1.., value_names = ["PATH", "ADDRESS"])]
     args: Vec<String>,
+    /// Read the resources from the cluster (kubeconfig or in-cluster credentials; the
+    /// namespace from --namespace or the kubeconfig's context) instead of files.
+    #[arg(long)]
+    cluster: bool,
     /// Explain mail *from* this sender (inbound) instead of mail to this recipient.
     #[arg(long)]
     inbound: bool,
@@ -50,13 +55,29 @@ pub fn run(args: ExplainArgs) -> ExitCode {
         Ok(o) => o,
         Err(code) => return code,
     };
-    let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+    let evaluated = match (args.cluster, paths.is_empty()) {
+        (true, true) => from_cluster(args.namespace.as_deref()),
+        (true, false) => {
+            eprintln!("error: with --cluster give the address only, no PATH");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        (false, true) => {
+            eprintln!(
+                "error: give the policy files or directories, then the address (or --cluster)"
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        (false, false) => {
+            let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+            load_and_evaluate(&paths, args.namespace.as_deref())
+        }
+    };
     let Ok(Evaluated {
         loaded,
         errors,
         inputs,
         evaluation,
-    }) = load_and_evaluate(&paths, args.namespace.as_deref())
+    }) = evaluated
     else {
         return ExitCode::from(EXIT_INVALID);
     };
@@ -169,6 +190,71 @@ pub fn run(args: ExplainArgs) -> ExitCode {
     }
     print!("{out}");
     ExitCode::SUCCESS
+}
+
+/// The namespace's resources as the API server has them now. Their current specs are
+/// explained; one whose status says it is not Ready is named, as the controller keeps its
+/// last valid generation in force instead.
+fn from_cluster(namespace: Option<&str>) -> Result<Evaluated, ()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: cannot start the async runtime: {e}"))?;
+    crate::probe::tls::install_crypto_provider();
+    let inputs = runtime
+        .block_on(cluster_inputs(namespace))
+        .map_err(|e| eprintln!("error: {e}"))?;
+    let not_ready = not_ready(&inputs.address_lists)
+        .chain(not_ready(&inputs.policies))
+        .chain(not_ready(&inputs.gateways));
+    for (kind, name, message) in not_ready {
+        eprintln!(
+            "warning: {kind}/{name} is not Ready ({message}): the relay enforces its last valid \
+             generation, which this explanation of the current spec may not match"
+        );
+    }
+    let evaluation = crate::policy::evaluate(&inputs);
+    Ok(Evaluated {
+        loaded: Default::default(),
+        errors: Vec::new(),
+        inputs,
+        evaluation,
+    })
+}
+
+async fn cluster_inputs(namespace: Option<&str>) -> Result<crate::policy::Inputs, String> {
+    use kube::api::{Api, ListParams};
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the cluster (kubeconfig or in-cluster): {e}"))?;
+    let namespace =
+        namespace.map_or_else(|| client.default_namespace().to_string(), str::to_string);
+    async fn list<K: crate::engine::Managed>(
+        client: &kube::Client,
+        namespace: &str,
+    ) -> Result<Vec<K>, String> {
+        let api: Api<K> = Api::namespaced(client.clone(), namespace);
+        api.list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|e| format!("cannot list {}s in namespace {namespace}: {e}", K::KIND))
+    }
+    Ok(crate::policy::Inputs {
+        address_lists: list(&client, &namespace).await?,
+        policies: list(&client, &namespace).await?,
+        gateways: list(&client, &namespace).await?,
+        namespace,
+    })
+}
+
+/// (kind, name, message) of resources whose Ready condition is False.
+fn not_ready<K: crate::engine::Managed>(
+    resources: &[K],
+) -> impl Iterator<Item = (crate::policy::Kind, String, String)> + '_ {
+    resources.iter().filter_map(|r| {
+        let ready = r.conditions().iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False").then(|| (K::KIND, r.name_any(), ready.message.clone()))
+    })
 }
 
 fn on_failure(f: OnFailure) -> &'static str {
