@@ -389,13 +389,14 @@ fn ns_of<K: kube::Resource>(r: &K, default_ns: &str) -> String {
 /// Most type errors reported for one document.
 const MAX_TYPE_ERRORS: usize = 20;
 
+/// Problems with one document: the field (when known) and what is wrong with it.
+type FieldProblems = Vec<(Option<String>, String)>;
+
 /// [`typed`], reporting every field of the wrong type rather than the first: each one found
 /// is taken out of the document and it is read again. Stops at a field the type needs (its
 /// absence is then the next error, which would only repeat the first) or one inside a list.
-fn typed_all<T: DeserializeOwned>(
-    mut value: Value,
-) -> Result<(T, Vec<String>), Vec<(Option<String>, String)>> {
-    let mut problems: Vec<(Option<String>, String)> = Vec::new();
+fn typed_all<T: DeserializeOwned>(mut value: Value) -> Result<(T, Vec<String>), FieldProblems> {
+    let mut problems: FieldProblems = Vec::new();
     loop {
         match typed::<T>(value.clone()) {
             Ok(ok) if problems.is_empty() => return Ok(ok),
@@ -641,7 +642,7 @@ spec:
     #[test]
     fn every_type_error_is_reported_not_only_the_first() {
         let value: Value = serde_norway::from_str(DOC).expect("yaml");
-        let problems = typed_all::<OutboundGateway>(value).err().expect("errors");
+        let problems = typed_all::<OutboundGateway>(value).expect_err("errors");
         let fields: Vec<&str> = problems.iter().filter_map(|(f, _)| f.as_deref()).collect();
         assert_eq!(fields, ["spec.port", "spec.tls.require"], "{problems:?}");
     }
