@@ -116,6 +116,17 @@ async fn periodic_tests_write_results_into_status() {
         let status = wait_status(&policies, "partners", |s| s["lastTest"]["trigger"] == "again").await;
         assert_eq!(status["lastTest"]["destinations"], 2);
 
+        // good.test leaves the list: its certificate's series goes at once, not at the next
+        // test.
+        let fewer = json!({"apiVersion": "mailtls.io/v1alpha1", "kind": "AddressList", "metadata": {"name": "partners"},
+            "spec": {"entries": ["someone@plain.test", ".wild.test"]}});
+        lists.patch("partners", &PatchParams::apply(MANAGER), &Patch::Apply(&fewer)).await.expect("list");
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while scrape(metrics_addr, "mailtls_resource_ready").await.contains(&expiry) {
+            assert!(tokio::time::Instant::now() < deadline, "the series of a destination taken out of the list remains");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
         // Deleted: its series go with it, none kept stale.
         policies.delete("partners", &Default::default()).await.expect("delete");
         let deadline = tokio::time::Instant::now() + TIMEOUT;

@@ -94,6 +94,10 @@ impl Backend for Context {
         status_patch::update(self, &api, old, new).await
     }
 
+    fn evaluated(&self, namespace: &str, policy: &crate::policy::EffectivePolicy) {
+        self.metrics.evaluated(namespace, policy);
+    }
+
     fn tested(&self, namespace: &str, id: &ResourceId, reports: &[DestinationReport]) {
         self.metrics.tested(namespace, id, reports);
     }

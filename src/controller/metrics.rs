@@ -294,6 +294,44 @@ impl Metrics {
         }
     }
 
+    /// After a reconcile: a TlsCompliance's certificates of destinations its lists no longer
+    /// hold are dropped (named as its tests name them: a domain, or `.domain` for every
+    /// subdomain); a gateway's stay until its next test replaces them.
+    pub fn evaluated(&self, namespace: &str, policy: &crate::policy::EffectivePolicy) {
+        let Ok(mut certificates) = self.resources.certificates.lock() else {
+            return;
+        };
+        let kind = crate::policy::Kind::TlsCompliance.to_string();
+        let held: Vec<String> = certificates
+            .keys()
+            .filter(|r| r.namespace == namespace && r.kind == kind)
+            .map(|r| r.name.clone())
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let mut current: BTreeMap<&str, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for (key, rule) in &policy.outbound {
+            for name in rule
+                .policies
+                .iter()
+                .filter(|n| held.iter().any(|h| h == &***n))
+            {
+                let destination = match key {
+                    crate::policy::Entry::Subdomains(_) => key.as_str().to_string(),
+                    other => other.domain().to_string(),
+                };
+                current.entry(name).or_default().insert(destination);
+            }
+        }
+        for (resource, certs) in certificates.iter_mut() {
+            if resource.namespace == namespace && resource.kind == kind {
+                let now = current.get(resource.name.as_str());
+                certs.retain(|(d, _)| now.is_some_and(|set| set.contains(d)));
+            }
+        }
+    }
+
     /// Make the per-resource series from these caches (once; the controller has one set).
     pub fn watch(&self, stores: Stores) {
         let _ = self.resources.stores.set(stores);

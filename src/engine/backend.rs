@@ -65,6 +65,9 @@ pub trait Backend: Send + Sync + 'static {
         new: &K,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// The namespace's policy as just evaluated (metrics: destinations no longer covered).
+    fn evaluated(&self, _namespace: &str, _policy: &crate::policy::EffectivePolicy) {}
+
     /// A resource's TLS test finished (metrics).
     fn tested(&self, _namespace: &str, _id: &ResourceId, _reports: &[DestinationReport]) {}
 

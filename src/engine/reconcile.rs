@@ -42,6 +42,7 @@ pub async fn reconcile<B: Backend>(
     let started = Instant::now();
     let last = backend.last_valid(ns).await?;
     let (evaluation, next) = evaluate_fail_closed(inputs, &last);
+    backend.evaluated(ns, &evaluation.policy);
     let config = render(&evaluation.policy, opts);
     let render_time = started.elapsed();
 
