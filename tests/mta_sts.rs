@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::mail::{Certs, Kill, dnsmasq_with, tls_config, wait_for};
+use common::mail::{Certs, Kill, PolicyAnswer, dnsmasq_with, policy_host, tls_config, wait_for};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,72 +39,12 @@ fn postfix_gets_mta_sts_policies_through_socketmap() {
     common::mail::run_in_netns(TEST_NAME, INSIDE, &addresses, DNS);
 }
 
-/// What a policy host answers.
-#[derive(Clone)]
-enum Answer {
-    Policy(String),
-    /// 8 MiB of policy-looking lines.
-    Huge,
-    /// Accepts the request and never answers.
-    Silent,
-}
-
 fn policy(mode: &str, mx: &[&str]) -> String {
     let mut p = format!("version: STSv1\nmode: {mode}\nmax_age: 86400\n");
     for m in mx {
         p.push_str(&format!("mx: {m}\n"));
     }
     p
-}
-
-/// An HTTPS policy host on `addr`:443 answering whatever `answer` holds at the time.
-fn policy_host(
-    rt: &tokio::runtime::Runtime,
-    addr: &str,
-    tls: Arc<rustls::ServerConfig>,
-    answer: Arc<Mutex<Answer>>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind((addr, 443)))
-        .unwrap_or_else(|e| panic!("bind {addr}:443: {e}"));
-    rt.spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let (tls, answer) = (tls.clone(), answer.clone());
-            tokio::spawn(async move {
-                let Ok(mut s) = tokio_rustls::TlsAcceptor::from(tls).accept(conn).await else {
-                    return;
-                };
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                assert!(head.starts_with(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\n"));
-                let answer = answer.lock().expect("answer").clone();
-                let body = match answer {
-                    Answer::Policy(p) => p,
-                    Answer::Huge => "mx: mx.huge.test\n".repeat(8 << 20 >> 4),
-                    Answer::Silent => {
-                        tokio::time::sleep(Duration::from_secs(60)).await;
-                        return;
-                    }
-                };
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(reply.as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
 }
 
 /// dnsmasq with the policy hosts' addresses and these `_mta-sts` ids (no TXT: no entry).
@@ -168,18 +108,18 @@ fn inside() {
         .enable_all()
         .build()
         .expect("runtime");
-    let answers: Vec<Arc<Mutex<Answer>>> = HOSTS
+    let answers: Vec<Arc<Mutex<PolicyAnswer>>> = HOSTS
         .iter()
         .map(|(domain, addr)| {
             let answer = Arc::new(Mutex::new(match *domain {
-                "enforce.test" => Answer::Policy(policy(
+                "enforce.test" => PolicyAnswer::Policy(policy(
                     "enforce",
                     &["mx.enforce.test", "*.backup.enforce.test"],
                 )),
-                "testing.test" => Answer::Policy(policy("testing", &["mx.testing.test"])),
-                "huge.test" => Answer::Huge,
-                "slow.test" => Answer::Silent,
-                _ => Answer::Policy("this is not a policy\n".into()),
+                "testing.test" => PolicyAnswer::Policy(policy("testing", &["mx.testing.test"])),
+                "huge.test" => PolicyAnswer::Huge,
+                "slow.test" => PolicyAnswer::Silent,
+                _ => PolicyAnswer::Policy("this is not a policy\n".into()),
             }));
             let tls = tls_config(&certs.ca_signed(&format!("mta-sts.{domain}")));
             policy_host(&rt, addr, tls, answer.clone());
@@ -295,7 +235,7 @@ fn inside() {
     }
 
     // The id changes but the new policy cannot be fetched: the cached one still holds.
-    *enforce.lock().expect("answer") = Answer::Silent;
+    *enforce.lock().expect("answer") = PolicyAnswer::Silent;
     drop(dns_server);
     dns_server = dns(&ids("2"));
     std::thread::sleep(Duration::from_millis(1100));
@@ -307,7 +247,8 @@ fn inside() {
     );
 
     // A new id with a fetchable policy: picked up.
-    *enforce.lock().expect("answer") = Answer::Policy(policy("enforce", &["mx2.enforce.test"]));
+    *enforce.lock().expect("answer") =
+        PolicyAnswer::Policy(policy("enforce", &["mx2.enforce.test"]));
     drop(dns_server);
     let _dns = dns(&ids("3"));
     std::thread::sleep(Duration::from_millis(1100));

@@ -18,7 +18,8 @@
 mod common;
 
 use common::mail::{
-    Certs, Kill, Msg, Store, dnsmasq_with, http_get, must, sh, start_sink, tls_config, wait_for,
+    Certs, Kill, Msg, PolicyAnswer, Store, dnsmasq_with, http_get, must, policy_host, sh,
+    start_sink, tls_config, wait_for,
 };
 use common::{list, policy};
 use std::path::{Path, PathBuf};
@@ -120,53 +121,6 @@ fn mta_sts_policies_decide_delivery_on_real_postfix() {
 
 fn sts_policy(mode: &str, mx: &str) -> String {
     format!("version: STSv1\nmode: {mode}\nmax_age: 86400\nmx: {mx}\n")
-}
-
-/// An HTTPS policy host on `addr`:443 answering `/.well-known/mta-sts.txt` with whatever
-/// `body` holds at the time.
-fn policy_host(
-    rt: &tokio::runtime::Runtime,
-    addr: &str,
-    tls: Arc<rustls::ServerConfig>,
-    body: Arc<Mutex<String>>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind((addr, 443)))
-        .unwrap_or_else(|e| panic!("bind {addr}:443: {e}"));
-    rt.spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let (tls, body) = (tls.clone(), body.clone());
-            tokio::spawn(async move {
-                let Ok(mut s) = tokio_rustls::TlsAcceptor::from(tls).accept(conn).await else {
-                    return;
-                };
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let reply = if head.starts_with(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\n") {
-                    let body = body.lock().map(|b| b.clone()).unwrap_or_default();
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_string()
-                };
-                let _ = s.write_all(reply.as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
 }
 
 /// dnsmasq with every MX and address, and an `_mta-sts` TXT record for each policy domain,
@@ -737,7 +691,7 @@ fn inside() {
     start_sink(&rt, ORIGIN, None, &store);
     let mut bodies = std::collections::BTreeMap::new();
     for (domain, addr, _, pattern, mode) in STS {
-        let body = Arc::new(Mutex::new(sts_policy(mode, pattern)));
+        let body = Arc::new(Mutex::new(PolicyAnswer::Policy(sts_policy(mode, pattern))));
         let tls = tls_config(&certs.ca_signed(&format!("mta-sts.{domain}")));
         policy_host(&rt, addr, tls, body.clone());
         bodies.insert(*domain, body);
@@ -900,7 +854,8 @@ fn inside() {
     // (1s) has passed, the policy server fetches it, and new mail is no longer delivered to
     // the wrong-name MX.
     assert_eq!(sts_lookup(&relay.socket, "mailtls", "switch.test"), None);
-    *bodies["switch.test"].lock().expect("policy") = sts_policy("enforce", "mx.wrong.test");
+    *bodies["switch.test"].lock().expect("policy") =
+        PolicyAnswer::Policy(sts_policy("enforce", "mx.wrong.test"));
     drop(dns_server);
     dns_server = dns("2");
     let switched = Instant::now();

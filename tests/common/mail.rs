@@ -637,3 +637,68 @@ pub fn arrived(store: &Store, sink: &str, subject: &str) -> bool {
     assert_eq!(at, sink, "{subject} arrived at the wrong receiver");
     tls
 }
+
+/// What an MTA-STS policy host answers.
+#[derive(Clone)]
+pub enum PolicyAnswer {
+    Policy(String),
+    /// 8 MiB of policy-looking lines.
+    Huge,
+    /// Accepts the request and never answers.
+    Silent,
+}
+
+/// An HTTPS MTA-STS policy host on `addr`:443 answering `/.well-known/mta-sts.txt` with
+/// whatever `answer` holds at the time (any other path: 404).
+pub fn policy_host(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    tls: Arc<rustls::ServerConfig>,
+    answer: Arc<Mutex<PolicyAnswer>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind((addr, 443)))
+        .unwrap_or_else(|e| panic!("bind {addr}:443: {e}"));
+    rt.spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let (tls, answer) = (tls.clone(), answer.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = tokio_rustls::TlsAcceptor::from(tls).accept(conn).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let reply = if head.starts_with(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\n") {
+                    let answer = answer.lock().ok().map(|a| a.clone());
+                    let body = match answer {
+                        Some(PolicyAnswer::Policy(p)) => p,
+                        Some(PolicyAnswer::Huge) => "mx: mx.huge.test\n".repeat(8 << 20 >> 4),
+                        Some(PolicyAnswer::Silent) | None => {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            return;
+                        }
+                    };
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                };
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+}
