@@ -294,13 +294,24 @@ impl Metrics {
         }
     }
 
-    /// After a reconcile: a TlsCompliance's certificates of destinations its lists no longer
-    /// hold are dropped (named as its tests name them: a domain, or `.domain` for every
-    /// subdomain); a gateway's stay until its next test replaces them.
+    /// After a reconcile: certificates of destinations a resource no longer has are
+    /// dropped: for a TlsCompliance those its lists no longer hold (named as its tests name
+    /// them: a domain, or `.domain` for every subdomain), for a gateway any other than its
+    /// current host (none when it is not usable).
     pub fn evaluated(&self, namespace: &str, policy: &crate::policy::EffectivePolicy) {
         let Ok(mut certificates) = self.resources.certificates.lock() else {
             return;
         };
+        let gateway = crate::policy::Kind::OutboundGateway.to_string();
+        for (resource, certs) in certificates.iter_mut() {
+            if resource.namespace == namespace && resource.kind == gateway {
+                let target = policy.gateways.get(&resource.name).map(|hop| {
+                    crate::engine::plan::gateway_target(&hop.host, hop.port, hop.mx_lookup)
+                        .display()
+                });
+                certs.retain(|(d, _)| target.as_deref() == Some(d.as_str()));
+            }
+        }
         let kind = crate::policy::Kind::TlsCompliance.to_string();
         let held: Vec<String> = certificates
             .keys()
@@ -426,5 +437,60 @@ async fn ready_handler(State(s): State<Shared>) -> impl IntoResponse {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{EffectivePolicy, Hop, Host, Kind};
+
+    fn certs(m: &Metrics) -> Vec<(String, String)> {
+        let held = m.resources.certificates.lock().expect("lock");
+        held.iter()
+            .flat_map(|(r, c)| c.iter().map(move |(d, _)| (r.name.clone(), d.clone())))
+            .collect()
+    }
+
+    /// A gateway keeps the certificate of its current host only; one no longer usable, none.
+    #[test]
+    fn a_gateway_keeps_only_its_current_hosts_certificate() {
+        let m = Metrics::default();
+        let at =
+            |name: &str| ResourceLabels::of("mail", &ResourceId::new(Kind::OutboundGateway, name));
+        {
+            let mut held = m.resources.certificates.lock().expect("lock");
+            held.insert(at("gw"), vec![("[old.example]:587".into(), 1)]);
+            held.insert(at("same"), vec![("[same.example]:25".into(), 2)]);
+            held.insert(at("gone"), vec![("[gone.example]:25".into(), 3)]);
+        }
+        let hop = |name: &str, host: &str, port: u16| Hop {
+            gateway: name.into(),
+            host: Host::parse(host).expect("host"),
+            port,
+            mx_lookup: false,
+            tls: None,
+        };
+        let mut policy = EffectivePolicy {
+            namespace: "mail".into(),
+            ..Default::default()
+        };
+        policy
+            .gateways
+            .insert("gw".into(), hop("gw", "new.example", 587));
+        policy
+            .gateways
+            .insert("same".into(), hop("same", "same.example", 25));
+        m.evaluated("other", &policy);
+        assert_eq!(
+            certs(&m).len(),
+            3,
+            "another namespace's policy changes nothing"
+        );
+        m.evaluated("mail", &policy);
+        assert_eq!(
+            certs(&m),
+            [("same".to_string(), "[same.example]:25".to_string())]
+        );
     }
 }

@@ -276,16 +276,21 @@ pub fn compliance_plan(p: &TlsCompliance, ns: &PlanInputs, now: Timestamp) -> Op
     })
 }
 
+/// What a gateway's test connects to: its host as the relay uses it (an IP never by MX).
+pub fn gateway_target(host: &crate::policy::Host, port: u16, mx_lookup: bool) -> Target {
+    Target::Host {
+        host: host.to_string(),
+        port,
+        mx_lookup: mx_lookup && !host.is_ip(),
+    }
+}
+
 /// The plan for an OutboundGateway, if a test is due: the gateway host as the relay uses it.
 pub fn gateway_plan(g: &OutboundGateway, now: Timestamp) -> Option<TestPlan> {
     let last = g.status.as_ref().and_then(|s| s.last_test.as_ref());
     let trigger = due(annotation(g), &g.spec.test, last, now, &schedule_key(g))?;
     let host = crate::policy::Host::parse(&g.spec.host).ok()?;
-    let target = Target::Host {
-        host: host.to_string(),
-        port: g.spec.port,
-        mx_lookup: g.spec.mx_lookup && !host.is_ip(),
-    };
+    let target = gateway_target(&host, g.spec.port, g.spec.mx_lookup);
     let mut plan = TestPlan::direct(
         ResourceId::new(Kind::OutboundGateway, g.name_any()),
         vec![(target, Expected::for_gateway(&g.spec.tls))],
