@@ -122,6 +122,25 @@ pub struct TlsComplianceSpec {
     pub test: TestSpec,
 }
 
+impl TlsComplianceSpec {
+    /// The options set here that concern only mail to the listed addresses (the servers
+    /// the relay sends to), by field name: refused on `Inbound`, a warning on `Both`.
+    pub fn outbound_only_fields(&self) -> Vec<&'static str> {
+        [
+            ("requireCASigned", self.require_ca_signed),
+            ("validateHostname", self.validate_hostname),
+            (
+                "minTlsVersion",
+                self.min_tls_version != TlsVersion::default(),
+            ),
+            ("mechanisms", !self.mechanisms.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect()
+    }
+}
+
 /// Which mail a TlsCompliance applies to.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Direction {

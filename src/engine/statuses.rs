@@ -225,18 +225,7 @@ fn outbound_only_options(p: &TlsCompliance) -> Option<String> {
     if p.spec.direction != Direction::Both {
         return None;
     }
-    let set: Vec<&str> = [
-        ("requireCASigned", p.spec.require_ca_signed),
-        ("validateHostname", p.spec.validate_hostname),
-        (
-            "minTlsVersion",
-            p.spec.min_tls_version != crate::api::TlsVersion::default(),
-        ),
-        ("mechanisms", !p.spec.mechanisms.is_empty()),
-    ]
-    .into_iter()
-    .filter_map(|(name, on)| on.then_some(name))
-    .collect();
+    let set = p.spec.outbound_only_fields();
     (!set.is_empty()).then(|| {
         format!(
             "{} apply to mail to these addresses only: mail from them must use TLS, and \

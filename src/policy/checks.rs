@@ -5,7 +5,7 @@ use super::entry;
 use super::{Hop, Host, Problem, Requirement};
 use crate::api::{
     AppliesTo, Direction, INBOUND_MESSAGE, LISTS_MESSAGE, OutboundGateway, Scope, TestSpec,
-    TlsCompliance, TlsVersion, UNLISTED_MESSAGE,
+    TlsCompliance, UNLISTED_MESSAGE,
 };
 use kube::ResourceExt;
 use std::time::Duration;
@@ -16,11 +16,10 @@ pub(super) fn check_policy(p: &TlsCompliance) -> Vec<Problem> {
     if spec.address_lists.is_empty() == (spec.scope == Scope::Listed) {
         problems.push(problem("spec.addressLists", LISTS_MESSAGE));
     }
-    let outbound_options = spec.require_ca_signed
-        || spec.validate_hostname
-        || spec.min_tls_version != TlsVersion::default();
-    if spec.scope == Scope::Unlisted && (spec.direction != Direction::Outbound || outbound_options)
-    {
+    let outbound_only = spec.outbound_only_fields();
+    // An Unlisted policy sets which mechanisms are honoured, and nothing else.
+    let requirements = outbound_only.iter().any(|f| *f != "mechanisms");
+    if spec.scope == Scope::Unlisted && (spec.direction != Direction::Outbound || requirements) {
         problems.push(problem("spec.scope", UNLISTED_MESSAGE));
     }
     if spec.validate_hostname && !spec.require_ca_signed {
@@ -30,19 +29,8 @@ pub(super) fn check_policy(p: &TlsCompliance) -> Vec<Problem> {
         ));
     }
     if spec.direction == Direction::Inbound {
-        let outbound_only = [
-            ("spec.requireCASigned", spec.require_ca_signed),
-            ("spec.validateHostname", spec.validate_hostname),
-            (
-                "spec.minTlsVersion",
-                spec.min_tls_version != TlsVersion::default(),
-            ),
-            ("spec.mechanisms", !spec.mechanisms.is_empty()),
-        ];
-        for (field, set) in outbound_only {
-            if set {
-                problems.push(problem(field, INBOUND_MESSAGE));
-            }
+        for field in outbound_only {
+            problems.push(problem(&format!("spec.{field}"), INBOUND_MESSAGE));
         }
     }
     problems.extend(check_test(&spec.test));

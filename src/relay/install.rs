@@ -518,19 +518,24 @@ fn rows(text: &str) -> impl Iterator<Item = (&str, &str)> {
         .filter_map(|l| l.split_once(' '))
 }
 
+/// Postfix's queue_directory, when postconf says.
+fn queue_directory(paths: &Paths) -> Option<String> {
+    run(Command::new("postconf")
+        .arg("-c")
+        .arg(&paths.postfix_dir)
+        .args(["-h", "queue_directory"]))
+    .map(|r| r.stdout.trim().to_string())
+    .ok()
+    .filter(|q| !q.is_empty())
+}
+
 /// The Postfix queues the agent reports on /metrics.
 pub const QUEUES: [&str; 5] = ["maildrop", "incoming", "active", "deferred", "hold"];
 
 /// Messages in each of [`QUEUES`] (files under the queue's directory, hashed
 /// subdirectories included); `None` when the queue directory cannot be found.
 pub fn queue_sizes(paths: &Paths) -> Option<[u64; 5]> {
-    let queue = run(Command::new("postconf")
-        .arg("-c")
-        .arg(&paths.postfix_dir)
-        .args(["-h", "queue_directory"]))
-    .map(|r| r.stdout.trim().to_string())
-    .ok()
-    .filter(|q| !q.is_empty())?;
+    let queue = queue_directory(paths)?;
     fn count(dir: &Path) -> u64 {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return 0;
@@ -550,12 +555,7 @@ pub fn queue_sizes(paths: &Paths) -> Option<[u64; 5]> {
 /// The processes of a running Postfix that decide where mail goes (queue manager, address
 /// resolver): they are replaced at a reload.
 fn routing_processes(paths: &Paths) -> Vec<u32> {
-    let queue = run(Command::new("postconf")
-        .arg("-c")
-        .arg(&paths.postfix_dir)
-        .args(["-h", "queue_directory"]))
-    .map(|r| r.stdout.trim().to_string())
-    .unwrap_or_default();
+    let queue = queue_directory(paths).unwrap_or_default();
     let master = std::fs::read_to_string(Path::new(&queue).join("pid/master.pid"))
         .ok()
         .and_then(|t| t.trim().parse::<u32>().ok());
