@@ -11,6 +11,8 @@ scripts/install-test-deps.sh
 # landing never depends on the draw (set PROPTEST_RNG_SEED to replay any other).
 if [ "${CI:-}" = "true" ]; then
     export PROPTEST_RNG_SEED=${PROPTEST_RNG_SEED:-20261202}
+    # A fresh clone gains nothing from incremental state, and it costs gigabytes of disk.
+    export CARGO_INCREMENTAL=0
 fi
 
 echo "== cargo fmt --check"
