@@ -431,13 +431,13 @@ fn explain_names_mta_sts_where_it_decides() {
     assert!(
         t.contains(
             "Published: MTA-STS decides when unlisted.example publishes an `enforce` policy"
-        ) && t.contains("Otherwise opportunistic TLS applies"),
+        ) && t.contains("otherwise opportunistic TLS applies"),
         "{t}"
     );
     let t = text(&mailtls(&["explain", d, "bob@sales.partner.example"]));
     assert!(
         t.contains("verified TLS 1.2 or newer")
-            && t.contains("Otherwise the listed requirement above applies"),
+            && t.contains("otherwise the listed requirement above applies"),
         "{t}"
     );
     assert!(
@@ -446,6 +446,27 @@ fn explain_names_mta_sts_where_it_decides() {
     );
     assert!(
         t.contains("mta_sts: .partner.example protocols=>=TLSv1.2"),
+        "{t}"
+    );
+
+    // DANE too: it is tried first, for listed and unlisted destinations alike.
+    std::fs::write(
+        dir.path().join("published.yaml"),
+        "apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata:\n  name: published\n\
+         spec:\n  direction: Outbound\n  scope: Unlisted\n  mechanisms: [MtaSts, Dane]\n",
+    )
+    .expect("write");
+    let t = text(&mailtls(&["explain", d, "someone@unlisted.example"]));
+    assert!(
+        t.contains("honours DANE, then MTA-STS")
+            && t.contains("Published: DANE decides first when the MX hosts of unlisted.example")
+            && t.contains("Otherwise MTA-STS decides when unlisted.example"),
+        "{t}"
+    );
+    let t = text(&mailtls(&["explain", d, "bob@sales.partner.example"]));
+    assert!(
+        t.contains("dane: .partner.example protocols=>=TLSv1.2")
+            && t.contains("mta_sts: .partner.example protocols=>=TLSv1.2"),
         "{t}"
     );
 }

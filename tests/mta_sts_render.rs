@@ -95,8 +95,8 @@ fn unlisted_mta_sts_covers_every_destination_and_the_listed_ones_keep_their_vers
         "smtp_tls_policy_maps=socketmap:unix:{SOCKET}:{service}"
     )));
     assert_eq!(
-        mailtls::render::service_min_tls(service),
-        Some(mailtls::api::TlsVersion::V1_3)
+        mailtls::render::service_scope(service).map(|(v, m)| (v, m.mta_sts, m.dane)),
+        Some((mailtls::api::TlsVersion::V1_3, true, false))
     );
     // Through a gateway MTA-STS does not apply (the gateway is not the domain's MX).
     assert_eq!(lookup(&c, "mta_sts", "r.example"), None);

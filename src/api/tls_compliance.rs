@@ -98,9 +98,11 @@ pub struct TlsComplianceSpec {
     pub address_lists: Vec<LocalRef>,
     /// Outbound: the policies destinations publish that the relay enforces, on top of the
     /// options here (strictest wins). `MtaSts`: a domain whose MTA-STS policy (RFC 8461) is
-    /// `enforce` gets mail only over verified TLS to the MX hosts its policy names.
+    /// `enforce` gets mail only over verified TLS to the MX hosts its policy names. `Dane`:
+    /// a domain whose MX hosts have DNSSEC-signed TLSA records (RFC 7672) gets mail only
+    /// over TLS those records authenticate; DANE is tried first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 2), extend("x-kubernetes-list-type" = "set"))]
     pub mechanisms: Vec<Mechanism>,
     /// Outbound: the server certificate must chain to a trusted CA.
     #[serde(default, rename = "requireCASigned")]
@@ -187,6 +189,10 @@ pub enum Mechanism {
     /// policy of an unlisted destination keep the mail queued (RFC 8461 §5); a listed one's
     /// `onFailure` applies.
     MtaSts,
+    /// DANE (RFC 7672): TLSA records of the MX hosts, authenticated by DNSSEC through the
+    /// relay's validating resolver. An unlisted destination gets Postfix's `dane` level; a
+    /// listed one `dane-only` whenever such records exist, else its own requirement.
+    Dane,
 }
 
 /// What happens to outbound mail that cannot be sent over TLS as required.

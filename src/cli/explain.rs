@@ -361,7 +361,7 @@ fn explain_outbound(
         out.push_str(&format!("  main.cf: {maps}\n"));
     }
     if let Some((key, _)) = found {
-        for table in ["transport", "tls_policy", "mta_sts"] {
+        for table in ["transport", "tls_policy", "dane", "mta_sts"] {
             let prefix = format!("{key} ");
             if let Some(line) = files
                 .get(table)
@@ -389,25 +389,42 @@ fn published(policy: &EffectivePolicy, delivery: &Delivery, target: &Entry) -> S
         Some(e) => e.mechanisms,
         None => policy.unlisted,
     };
-    if !honoured.mta_sts {
+    if honoured.is_empty() {
         return String::new();
     }
     let domain = target.domain();
     if delivery.hop.is_some() {
         return format!(
-            "Published: MTA-STS is honoured, but does not apply here: the mail goes to a gateway, \
-             not to the MX hosts of {domain}\n"
+            "Published: {honoured} is honoured, but does not apply here: the mail goes to a \
+             gateway, not to the MX hosts of {domain}\n"
         );
     }
     let (version, otherwise) = match delivery.required {
         Some(r) => (r.min_tls, "the listed requirement above"),
         None => (Default::default(), "opportunistic TLS"),
     };
-    format!(
-        "Published: MTA-STS decides when {domain} publishes an `enforce` policy: verified TLS \
-         {version} or newer to the MX hosts it names, nothing else (the relay agent asks at \
-         delivery). Otherwise {otherwise} applies.\n"
-    )
+    let mut out = String::new();
+    if honoured.dane {
+        out.push_str(&format!(
+            "Published: DANE decides first when the MX hosts of {domain} have DNSSEC-authenticated \
+             TLSA records (usage 2 or 3): TLS {version} or newer whose certificate those records \
+             match, nothing else.\n"
+        ));
+    }
+    if honoured.mta_sts {
+        let then = if honoured.dane {
+            "Otherwise MTA-STS"
+        } else {
+            "MTA-STS"
+        };
+        out.push_str(&format!(
+            "Published: {then} decides when {domain} publishes an `enforce` policy: verified TLS \
+             {version} or newer to the MX hosts it names, nothing else (the relay agent asks at \
+             delivery).\n"
+        ));
+    }
+    out.push_str(&format!("Published: otherwise {otherwise} applies.\n"));
+    out
 }
 
 fn names(policies: &[std::sync::Arc<str>]) -> String {

@@ -70,12 +70,15 @@ pub struct Mechanisms {
     /// A domain's `enforce` MTA-STS policy (RFC 8461), asked of the relay agent's policy
     /// server at delivery time.
     pub mta_sts: bool,
+    /// DANE TLSA records (RFC 7672) authenticated by the relay's validating resolver.
+    pub dane: bool,
 }
 
 impl Mechanisms {
     pub fn from_api(list: &[Mechanism]) -> Mechanisms {
         Mechanisms {
             mta_sts: list.contains(&Mechanism::MtaSts),
+            dane: list.contains(&Mechanism::Dane),
         }
     }
 
@@ -83,17 +86,23 @@ impl Mechanisms {
     pub fn union(self, other: Mechanisms) -> Mechanisms {
         Mechanisms {
             mta_sts: self.mta_sts || other.mta_sts,
+            dane: self.dane || other.dane,
         }
     }
 
     pub fn is_empty(self) -> bool {
-        !self.mta_sts
+        !self.mta_sts && !self.dane
     }
 }
 
 impl fmt::Display for Mechanisms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.mta_sts { "MTA-STS" } else { "none" })
+        f.write_str(match (self.dane, self.mta_sts) {
+            (true, true) => "DANE, then MTA-STS",
+            (true, false) => "DANE",
+            (false, true) => "MTA-STS",
+            (false, false) => "none",
+        })
     }
 }
 

@@ -247,7 +247,7 @@ fn lookup_error(name: &str, rtype: RecordType, e: &NetError) -> DnsError {
     }
 }
 
-fn rtype_name(rtype: RecordType) -> &'static str {
+pub(crate) fn rtype_name(rtype: RecordType) -> &'static str {
     match rtype {
         RecordType::MX => "MX",
         RecordType::A => "A",

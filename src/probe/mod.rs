@@ -15,6 +15,7 @@
 
 pub mod address;
 pub mod dns;
+pub mod dnssec;
 mod session;
 pub mod smtp;
 pub mod sts;
@@ -372,6 +373,10 @@ pub struct HostReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connected: Option<String>,
     pub tlsa: Vec<TlsaRecord>,
+    /// Whether the resolver authenticated the TLSA records with DNSSEC (the AD bit; absent
+    /// without TLSA records). Unauthenticated records are reported, never enforced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tlsa_authenticated: Option<bool>,
     /// Whether any TLSA record matched the chain (absent without TLSA or TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tlsa_match: Option<bool>,
@@ -408,6 +413,7 @@ impl HostReport {
             addresses: Vec::new(),
             connected: None,
             tlsa: Vec::new(),
+            tlsa_authenticated: None,
             tlsa_match: None,
             sts_mx_match: None,
             greeting: None,
@@ -489,6 +495,8 @@ pub struct DestinationReport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DecidedBy {
+    /// DANE (RFC 7672): an MX host has DNSSEC-authenticated TLSA records of usage 2 or 3.
+    Dane,
     /// The domain's MTA-STS policy in `enforce` mode (with the requirement asked for, the
     /// stricter of both).
     MtaSts,
@@ -499,12 +507,17 @@ pub enum DecidedBy {
 }
 
 impl DecidedBy {
-    fn of(req: &Expected, sts: Option<&StsReport>) -> DecidedBy {
+    fn of(req: &Expected, sts: Option<&StsReport>, hosts: &[HostReport]) -> DecidedBy {
         let enforce = sts
             .filter(|s| s.error.is_none())
             .and_then(|s| s.policy.as_ref())
             .is_some_and(|p| p.mode == StsMode::Enforce);
-        if enforce {
+        let dane = hosts.iter().any(|h| {
+            h.tlsa_authenticated == Some(true) && h.tlsa.iter().any(dnssec::usable_for_smtp)
+        });
+        if dane {
+            DecidedBy::Dane
+        } else if enforce {
             DecidedBy::MtaSts
         } else if req.require_tls || req.require_ca_signed || req.validate_hostname {
             DecidedBy::Requirement
@@ -515,6 +528,7 @@ impl DecidedBy {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            DecidedBy::Dane => "DANE (authenticated TLSA)",
             DecidedBy::MtaSts => "MTA-STS (enforce)",
             DecidedBy::Requirement => "the requirement",
             DecidedBy::Opportunistic => "nothing (opportunistic)",
@@ -537,7 +551,7 @@ impl DestinationReport {
             mx: Vec::new(),
             sts: None,
             hosts: Vec::new(),
-            decided_by: DecidedBy::of(req, None),
+            decided_by: DecidedBy::of(req, None, &[]),
             duration_ms: 0,
         }
     }
@@ -641,6 +655,8 @@ pub fn results_for_status(reports: &[DestinationReport], cap: usize) -> Vec<Dest
 pub(crate) struct Inner {
     pub(crate) config: ProbeConfig,
     pub(crate) dns: Dns,
+    /// The same resolver, asked for the AD bit (TLSA records).
+    pub(crate) validated: dnssec::Validated,
     pub(crate) smtp_tls: Arc<rustls::ClientConfig>,
     pub(crate) https_tls: Arc<rustls::ClientConfig>,
     pub(crate) roots: rustls::RootCertStore,
@@ -687,6 +703,7 @@ impl Prober {
         let smtp_tls = tls::probe_client_config(provider.clone())?;
         let https_tls = tls::validating_client_config(provider.clone(), Arc::new(roots.clone()))?;
         let dns = Dns::new(config.resolver, config.timeouts.dns)?;
+        let validated = dnssec::Validated::new(config.resolver, config.timeouts.dns)?;
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Ok(Prober {
             inner: Arc::new(Inner {
@@ -694,6 +711,7 @@ impl Prober {
                 algs: provider.signature_verification_algorithms,
                 config,
                 dns,
+                validated,
                 smtp_tls,
                 https_tls,
                 roots,

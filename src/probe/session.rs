@@ -136,7 +136,7 @@ pub(crate) async fn probe_destination(
         }
     }
 
-    report.decided_by = super::DecidedBy::of(req, report.sts.as_ref());
+    report.decided_by = super::DecidedBy::of(req, report.sts.as_ref(), &report.hosts);
     let mut first_failure = None;
     for h in &mut report.hosts {
         let j = verdict::judge_host(h, req, report.sts.as_ref());
@@ -290,8 +290,11 @@ async fn probe_host(
     h.addresses = addrs.iter().map(IpAddr::to_string).collect();
     let is_ip = host.parse::<IpAddr>().is_ok();
     if inner.config.check_tlsa && !is_ip {
-        match inner.dns.tlsa(host, port).await {
-            Ok(t) => h.tlsa = t,
+        match inner.validated.tlsa(host, port).await {
+            Ok(t) => {
+                h.tlsa_authenticated = (!t.records.is_empty()).then_some(t.authenticated);
+                h.tlsa = t.records;
+            }
             Err(e) => h.warnings.push(format!("TLSA lookup failed: {e}")),
         }
     }

@@ -294,7 +294,18 @@ pub(crate) fn judge_host(h: &HostReport, req: &Expected, sts: Option<&StsReport>
             );
         }
     }
-    if h.tlsa_match == Some(false) {
+    if h.tlsa_authenticated == Some(false) {
+        let matched = match h.tlsa_match {
+            Some(true) => "; one matches the certificate chain",
+            Some(false) => "; none matches the certificate chain",
+            None => "",
+        };
+        warnings.push(format!(
+            "the TLSA records at _{}._tcp.{} are not DNSSEC-authenticated (the resolver did not \
+             set the AD bit), so a DANE sender ignores them{matched}",
+            h.port, h.host
+        ));
+    } else if h.tlsa_match == Some(false) {
         return Judgement::new(
             Outcome::TlsaInvalid,
             format!(

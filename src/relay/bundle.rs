@@ -5,7 +5,7 @@
 use super::Refusal;
 use crate::render::pack::{GZ_SUFFIX, UNPACKED_LIMIT, gunzip};
 use crate::render::{
-    BOUNCE_FILTER, MAIN_CF, MANIFEST, MASTER_CF, MTA_STS, MapType, SENDER_ACCESS, TLS_POLICY,
+    BOUNCE_FILTER, DANE, MAIN_CF, MANIFEST, MASTER_CF, MTA_STS, MapType, SENDER_ACCESS, TLS_POLICY,
     TRANSPORT, content_hash, sha256_hex,
 };
 use std::collections::BTreeMap;
@@ -21,10 +21,11 @@ pub const KNOWN_FILES: &[&str] = &[
     SENDER_ACCESS,
     BOUNCE_FILTER,
     MTA_STS,
+    DANE,
 ];
 
 /// Known files a configuration may leave out: rendered only when used.
-const OPTIONAL_FILES: &[&str] = &[MTA_STS];
+const OPTIONAL_FILES: &[&str] = &[MTA_STS, DANE];
 
 /// The indexed maps built with `postmap`.
 pub const MAPS: &[&str] = &[TLS_POLICY, TRANSPORT, SENDER_ACCESS];

@@ -93,19 +93,22 @@ pub(super) fn io(what: &str, path: &Path, e: std::io::Error) -> String {
     format!("{what} {}: {e}", path.display())
 }
 
-/// The hash of the configuration currently installed (from the manifest the agent copies
-/// into the maps directory), if any.
-/// The destinations the installed configuration honours MTA-STS for (none when nothing is
-/// installed or it predates MTA-STS).
+/// The destinations the installed configuration honours MTA-STS and DANE for through the
+/// policy server (none when nothing is installed or it predates them).
 pub fn installed_mta_sts(paths: &Paths) -> Result<crate::sts::scope::Scope, String> {
-    let path = paths.maps_dir.join(crate::render::MTA_STS);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => crate::sts::scope::Scope::parse(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-        Err(e) => Err(io("cannot read", &path, e)),
-    }
+    let read = |name: &str| {
+        let path = paths.maps_dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(io("cannot read", &path, e)),
+        }
+    };
+    crate::sts::scope::Scope::parse(&read(crate::render::MTA_STS)?, &read(crate::render::DANE)?)
 }
 
+/// The hash of the configuration currently installed (from the manifest the agent copies
+/// into the maps directory), if any.
 pub fn installed_hash(paths: &Paths) -> Option<String> {
     let text = std::fs::read_to_string(paths.maps_dir.join(MANIFEST)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;

@@ -7,8 +7,8 @@
 
 use super::bundle::Bundle;
 use crate::render::{
-    BOUNCE_FILTER, MAIN_CF, MASTER_CF, MTA_STS, MTA_STS_MAP_NAME, OWNED_PARAMS, REQUIRE_TLS_CLASS,
-    SENDER_ACCESS, SERVICE_PREFIX, TLS_POLICY, TRANSPORT, mta_sts_map,
+    BOUNCE_FILTER, DANE, MAIN_CF, MASTER_CF, MTA_STS, MTA_STS_MAP_NAME, OWNED_PARAMS,
+    REQUIRE_TLS_CLASS, SENDER_ACCESS, SERVICE_PREFIX, TLS_POLICY, TRANSPORT, mta_sts_map,
 };
 use std::collections::BTreeSet;
 
@@ -48,11 +48,13 @@ pub fn check(
         main_cf: main_cf(bundle.file(MAIN_CF), &map, mta_sts_socket)?,
         ..Default::default()
     };
-    table(bundle.file(MTA_STS), MTA_STS, |v| {
-        crate::sts::scope::is_attribute(v)
-            .then_some(())
-            .ok_or_else(|| "expected protocols=>=TLSv1.x".to_string())
-    })?;
+    for file in [MTA_STS, DANE] {
+        table(bundle.file(file), file, |v| {
+            crate::sts::scope::is_attribute(v)
+                .then_some(())
+                .ok_or_else(|| "expected protocols=>=TLSv1.x".to_string())
+        })?;
+    }
     table(bundle.file(TLS_POLICY), TLS_POLICY, tls_policy_value)?;
     table(bundle.file(SENDER_ACCESS), SENDER_ACCESS, |v| {
         (v == REQUIRE_TLS_CLASS)
@@ -104,7 +106,7 @@ fn no_policy_server(named: &str, ours: Option<&str>) -> String {
              unix:{path} (render --mta-sts-socket must equal relay-agent --mta-sts-listen)"
         ),
         None => format!(
-            "honours MTA-STS through {named:?}, but this agent runs no MTA-STS policy server \
+            "honours MTA-STS or DANE through {named:?}, but this agent runs no policy server \
              (relay-agent --mta-sts-listen unix:PATH); the last good configuration stays"
         ),
     }
@@ -166,6 +168,8 @@ fn main_cf(
             "smtp_tls_loglevel" => matches!(value, "0" | "1" | "2" | "3" | "4"),
             "tls_required_enable" => matches!(value, "yes" | "no"),
             "smtp_tls_CAfile" => is_safe_path(value),
+            "smtp_dns_support_level" => value == "dnssec",
+            "smtp_tls_security_level" => value == "dane",
             _ => false,
         };
         if !ok {
@@ -458,7 +462,7 @@ mod tests {
                 .contains(&format!("socketmap:unix:{SOCKET}:mailtls-"))
         );
         let err = check(&b, MAPS, None).expect_err("no server");
-        assert!(err.contains("runs no MTA-STS policy server"), "{err}");
+        assert!(err.contains("runs no policy server"), "{err}");
         assert!(err.starts_with("master.cf"), "{err}");
         let err = check(&b, MAPS, Some("/run/other.sock")).expect_err("other socket");
         assert!(

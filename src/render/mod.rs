@@ -7,8 +7,9 @@ mod postfix;
 
 pub use options::{DEFAULT_MTA_STS_SOCKET, MapType, PostfixVersion, RenderOptions};
 pub use postfix::{
-    BOUNCE_FILTER, MAIN_CF, MASTER_CF, MTA_STS, MTA_STS_MAP_NAME, OWNED_PARAMS, REQUIRE_TLS_CLASS,
-    SENDER_ACCESS, SERVICE_PREFIX, TLS_POLICY, TRANSPORT, mta_sts_map, render, service_min_tls,
+    BOUNCE_FILTER, DANE, MAIN_CF, MASTER_CF, MTA_STS, MTA_STS_MAP_NAME, OWNED_PARAMS,
+    REQUIRE_TLS_CLASS, SENDER_ACCESS, SERVICE_PREFIX, TLS_POLICY, TRANSPORT, mta_sts_map, render,
+    service_scope,
 };
 
 use sha2::{Digest, Sha256};

@@ -18,6 +18,11 @@
 //!   and what their listed policy adds (the minimum TLS version), so the answer for an
 //!   `enforce` domain is the strictest of both; elsewhere it answers "not found" and the
 //!   table decides as before. An address's service asks the server under its own name.
+//! * DANE: `smtp_dns_support_level = dnssec`, and unlisted destinations get Postfix's own
+//!   `dane` level. A listed destination's table row would override that with its weaker
+//!   unauthenticated level, and Postfix has no "DANE, else this" level; so the `dane` file
+//!   lists those destinations and the policy server answers `dane-only` (plus what the listed
+//!   policy adds) when their MX hosts have authenticated TLSA records, before MTA-STS.
 //! * Inbound: Postfix access tables match a listed domain's subdomains too (the default
 //!   `parent_domain_matches_subdomains`), so `.example.com` is written as `example.com`:
 //!   stricter rather than silently unmatched.
@@ -38,7 +43,9 @@ pub const SENDER_ACCESS: &str = "sender_access";
 pub const MTA_STS: &str = "mta_sts";
 /// The socketmap name Postfix's main policy lookups use; services use their own name.
 pub const MTA_STS_MAP_NAME: &str = "mailtls";
-/// An `mta_sts` key for every destination.
+/// Which listed destinations honour DANE, read by the same policy server (not a map).
+pub const DANE: &str = "dane";
+/// An `mta_sts` or `dane` key for every destination.
 pub const MTA_STS_ALL: &str = "*";
 /// The delivery status filter (a pcre table, used as is).
 pub const BOUNCE_FILTER: &str = "tls_bounce.pcre";
@@ -63,6 +70,8 @@ pub const OWNED_PARAMS: &[&str] = &[
     "smtp_tls_loglevel",
     "smtp_tls_CAfile",
     "tls_required_enable",
+    "smtp_dns_support_level",
+    "smtp_tls_security_level",
 ];
 
 /// Turns the SMTP client's own mandatory-TLS failures into permanent ones. Anchored on the
@@ -116,19 +125,29 @@ fn mta_sts_value(min_tls: TlsVersion) -> String {
     format!("protocols=>={}", min_tls.postfix_name())
 }
 
-/// The minimum TLS version of a service that honours MTA-STS, read back from its name (the
-/// policy server gets the name with each lookup); `None` for any other name.
-pub fn service_min_tls(name: &str) -> Option<TlsVersion> {
-    let rest = name.strip_prefix(SERVICE_PREFIX)?.strip_suffix("-sts")?;
-    let version = rest.split('-').find_map(|part| part.strip_prefix("tls"))?;
-    [
+/// The minimum TLS version and the published policies a service honours, read back from its
+/// name (the policy server gets the name with each lookup); `None` for any other name and
+/// for a service that honours none.
+pub fn service_scope(name: &str) -> Option<(TlsVersion, Mechanisms)> {
+    let rest = name.strip_prefix(SERVICE_PREFIX)?;
+    let parts: Vec<&str> = rest.split('-').collect();
+    let mechanisms = Mechanisms {
+        mta_sts: parts.last() == Some(&"sts"),
+        dane: parts.contains(&"dane"),
+    };
+    if mechanisms.is_empty() {
+        return None;
+    }
+    let version = parts.iter().find_map(|part| part.strip_prefix("tls"))?;
+    let version = [
         TlsVersion::V1_0,
         TlsVersion::V1_1,
         TlsVersion::V1_2,
         TlsVersion::V1_3,
     ]
     .into_iter()
-    .find(|v| v.as_str().replace('.', "") == version)
+    .find(|v| v.as_str().replace('.', "") == version)?;
+    Some((version, mechanisms))
 }
 
 /// A dedicated master.cf service: a requirement and failure handling carried in `-o` options.
@@ -152,8 +171,9 @@ impl Service {
             OnFailure::Bounce => "bounce",
             OnFailure::Defer => "defer",
         };
+        let dane = if mechanisms.dane { "-dane" } else { "" };
         let sts = if mechanisms.mta_sts { "-sts" } else { "" };
-        format!("mailtls-{level}-tls{version}-{fail}{sts}")
+        format!("mailtls-{level}-tls{version}-{fail}{dane}{sts}")
     }
 
     fn render(self, filter: &str, mta_sts_socket: &str) -> String {
@@ -178,8 +198,8 @@ impl Service {
             requirement.min_tls.postfix_name()
         );
         // No table may weaken the service's own level; the policy server only answers with
-        // a stricter one (an `enforce` MTA-STS policy plus this version).
-        let maps = if mechanisms.mta_sts {
+        // a stricter one (DANE or an `enforce` MTA-STS policy, plus this version).
+        let maps = if !mechanisms.is_empty() {
             mta_sts_map(mta_sts_socket, &self.name())
         } else {
             String::new()
@@ -238,6 +258,8 @@ struct Tables<'a> {
     sender_access: BTreeSet<&'a str>,
     /// Listed destinations that honour MTA-STS, with what their policy adds.
     mta_sts: Vec<(&'a str, String)>,
+    /// Listed destinations that honour DANE, with what their policy adds.
+    dane: Vec<(&'a str, String)>,
     services: BTreeSet<Service>,
     bounce_service: bool,
     made_by: Contributions<'a>,
@@ -272,7 +294,16 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
         t.mta_sts
             .insert(0, (MTA_STS_ALL, mta_sts_value(TlsVersion::default())));
     }
-    let mta_sts = !t.mta_sts.is_empty();
+    // Unlisted destinations get Postfix's own `dane` level; when the policy server is asked
+    // anyway, it must try DANE first for them too.
+    if policy.unlisted.dane && !(t.mta_sts.is_empty() && t.dane.is_empty()) {
+        t.dane
+            .insert(0, (MTA_STS_ALL, mta_sts_value(TlsVersion::default())));
+    }
+    let server = !(t.mta_sts.is_empty() && t.dane.is_empty());
+    let dnssec = policy.unlisted.dane
+        || !t.dane.is_empty()
+        || t.services.iter().any(|s| s.0.mechanisms.dane);
     // The namespace is a Kubernetes name already; filtered anyway, since it lands in files.
     let namespace: String = policy
         .namespace
@@ -286,19 +317,28 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
     let mut files = BTreeMap::new();
     files.insert(
         MAIN_CF.to_string(),
-        main_cf(policy, opts, &header, &map, mta_sts),
+        main_cf(policy, opts, &header, &map, server, dnssec),
     );
     files.insert(
         MASTER_CF.to_string(),
         master_cf(&t, &header, &filter, &opts.mta_sts_socket),
     );
-    // Only when used: a configuration without MTA-STS stays byte for byte what it was.
-    if mta_sts {
+    // Only when used: a configuration without them stays byte for byte what it was.
+    if !t.mta_sts.is_empty() {
         files.insert(
             MTA_STS.to_string(),
             table(
                 &format!("{header}# Destinations whose `enforce` MTA-STS policy is enforced, and what their listed policy adds (read by the relay agent's policy server; `*` is every destination).\n"),
                 t.mta_sts.iter().map(|(k, v)| (*k, v.as_str())),
+            ),
+        );
+    }
+    if !t.dane.is_empty() {
+        files.insert(
+            DANE.to_string(),
+            table(
+                &format!("{header}# Destinations that get `dane-only` when their MX hosts have DNSSEC-authenticated TLSA records, and what their listed policy adds (read by the relay agent's policy server; `*` is every destination).\n"),
+                t.dane.iter().map(|(k, v)| (*k, v.as_str())),
             ),
         );
     }
@@ -350,9 +390,14 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
         },
         "resources": t.made_by.to_json(),
     });
-    if mta_sts {
+    if server {
         manifest["options"]["mtaStsSocket"] = json!(opts.mta_sts_socket);
+    }
+    if !t.mta_sts.is_empty() {
         manifest["entries"][MTA_STS] = json!(t.mta_sts.len());
+    }
+    if !t.dane.is_empty() {
+        manifest["entries"][DANE] = json!(t.dane.len());
     }
     let mut manifest = serde_json::to_string_pretty(&manifest).unwrap_or_default();
     manifest.push('\n');
@@ -386,6 +431,10 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                     t.mta_sts
                         .push((key.as_str(), mta_sts_value(e.requirement.min_tls)));
                 }
+                if e.mechanisms.dane {
+                    t.dane
+                        .push((key.as_str(), mta_sts_value(e.requirement.min_tls)));
+                }
                 if e.on_failure == OnFailure::Bounce {
                     t.bounce_service = true;
                     t.transport
@@ -407,7 +456,7 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                 let requirement = hop
                     .tls
                     .map_or(e.requirement, |g| g.strictest(e.requirement));
-                // MTA-STS names the destination's MX hosts; a gateway is not one of them.
+                // MTA-STS and DANE name the destination's MX hosts; a gateway is not one.
                 let service = Service(Enforced {
                     requirement,
                     on_failure: e.on_failure,
@@ -474,14 +523,15 @@ fn main_cf(
     opts: &RenderOptions,
     header: &str,
     map: &dyn Fn(&str) -> String,
-    mta_sts: bool,
+    server: bool,
+    dnssec: bool,
 ) -> String {
     let mut s = String::from(header);
     s.push_str("# Only parameters mailtls owns; apply with `postconf -e` or append to the relay's main.cf.\n");
     let mut set = |name: &str, value: &str| {
         let _ = writeln!(s, "{name} = {value}");
     };
-    let policy_maps = if mta_sts {
+    let policy_maps = if server {
         format!(
             "{}, {}",
             mta_sts_map(&opts.mta_sts_socket, MTA_STS_MAP_NAME),
@@ -509,6 +559,12 @@ fn main_cf(
     }
     if opts.postfix_version.has_tls_required_header() {
         set("tls_required_enable", "no");
+    }
+    if dnssec {
+        set("smtp_dns_support_level", "dnssec");
+    }
+    if policy.unlisted.dane {
+        set("smtp_tls_security_level", "dane");
     }
     s
 }

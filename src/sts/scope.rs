@@ -1,57 +1,116 @@
-//! Which destinations the policy server answers for (pure). The rendered `mta_sts` file
-//! lists them: `*` for every destination, `example.com` for one domain, `.example.com` for
-//! its subdomains, each with what the listed TlsCompliance adds to an `enforce` answer
-//! (`protocols=>=TLSv1.3`). A master.cf service asks under its own name instead, which
-//! carries its minimum version (see [`crate::render::service_min_tls`]).
+//! Which destinations the policy server answers for (pure). The rendered `mta_sts` and
+//! `dane` files list them: `*` for every destination, `example.com` for one domain,
+//! `.example.com` for its subdomains, each with what the listed TlsCompliance adds to the
+//! answer (`protocols=>=TLSv1.3`). A master.cf service asks under its own name instead,
+//! which carries its minimum version and mechanisms (see [`crate::render::service_scope`]).
 
-use crate::render::{MTA_STS, service_min_tls};
+use crate::render::service_scope;
 use std::collections::HashMap;
 
-/// The destinations honoured and what each adds.
+/// The destinations one mechanism is honoured for, and what each adds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Scope {
+struct Rows {
     /// Added for a destination no row names, when `*` is present.
     all: Option<String>,
     keys: HashMap<String, String>,
 }
 
+/// What the policy server answers for, per mechanism.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    mta_sts: Rows,
+    dane: Rows,
+}
+
+/// What a destination honours: for each mechanism, what the listed policy adds to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Honoured {
+    pub dane: Option<String>,
+    pub mta_sts: Option<String>,
+}
+
 impl Scope {
-    /// Every destination, nothing added: a hand-kept Postfix asking `mta-sts-server`.
+    /// MTA-STS for every destination, nothing added: a hand-kept Postfix asking
+    /// `mta-sts-server`.
     pub fn everything() -> Scope {
         Scope {
-            all: Some(String::new()),
-            keys: HashMap::new(),
+            mta_sts: Rows {
+                all: Some(String::new()),
+                keys: HashMap::new(),
+            },
+            dane: Rows::default(),
         }
     }
 
-    /// Read the rendered `mta_sts` file (the relay agent validated its rows already).
-    pub fn parse(text: &str) -> Result<Scope, String> {
-        let mut scope = Scope::default();
+    /// Read the rendered `mta_sts` and `dane` files (empty when absent; the relay agent
+    /// validated their rows already).
+    pub fn parse(mta_sts: &str, dane: &str) -> Result<Scope, String> {
+        Ok(Scope {
+            mta_sts: Rows::parse(crate::render::MTA_STS, mta_sts)?,
+            dane: Rows::parse(crate::render::DANE, dane)?,
+        })
+    }
+
+    /// Everything either honours; where both name a key, the higher version. Used while
+    /// Postfix may still run the configuration before the one just installed.
+    pub fn union(self, other: &Scope) -> Scope {
+        Scope {
+            mta_sts: self.mta_sts.union(&other.mta_sts),
+            dane: self.dane.union(&other.dane),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mta_sts.is_empty() && self.dane.is_empty()
+    }
+
+    /// What `domain`, asked under the socketmap `name`, honours.
+    pub fn honoured(&self, name: &str, domain: &str) -> Honoured {
+        if let Some((version, mechanisms)) = service_scope(name) {
+            let extra = || Some(format!("protocols=>={}", version.postfix_name()));
+            return Honoured {
+                dane: mechanisms.dane.then(extra).flatten(),
+                mta_sts: mechanisms.mta_sts.then(extra).flatten(),
+            };
+        }
+        Honoured {
+            dane: self.dane.extra(domain),
+            mta_sts: self.mta_sts.extra(domain),
+        }
+    }
+
+    /// What to add to an `enforce` MTA-STS answer; `None` when not honoured.
+    pub fn extra(&self, name: &str, domain: &str) -> Option<String> {
+        self.honoured(name, domain).mta_sts
+    }
+}
+
+impl Rows {
+    fn parse(file: &str, text: &str) -> Result<Rows, String> {
+        let mut rows = Rows::default();
         for (n, line) in text.lines().enumerate() {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let (key, value) = line
                 .split_once(' ')
-                .ok_or_else(|| format!("{MTA_STS} line {}: expected 'key value'", n + 1))?;
+                .ok_or_else(|| format!("{file} line {}: expected 'key value'", n + 1))?;
             if !is_attribute(value) {
                 return Err(format!(
-                    "{MTA_STS} line {}: {value:?} is not protocols=>=TLSv1.x",
+                    "{file} line {}: {value:?} is not protocols=>=TLSv1.x",
                     n + 1
                 ));
             }
             if key == "*" {
-                scope.all = Some(value.to_string());
+                rows.all = Some(value.to_string());
             } else {
-                scope.keys.insert(key.to_string(), value.to_string());
+                rows.keys.insert(key.to_string(), value.to_string());
             }
         }
-        Ok(scope)
+        Ok(rows)
     }
 
-    /// Everything either honours; where both name a key, the higher version. Used while
-    /// Postfix may still run the configuration before the one just installed.
-    pub fn union(mut self, other: &Scope) -> Scope {
+    fn union(mut self, other: &Rows) -> Rows {
         let stricter = |a: &mut String, b: &String| {
             if *b > *a {
                 a.clone_from(b);
@@ -71,17 +130,12 @@ impl Scope {
         self
     }
 
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.all.is_none() && self.keys.is_empty()
     }
 
-    /// What to add to an `enforce` answer for `domain` asked under the socketmap `name`;
-    /// `None` when the destination does not honour MTA-STS. As Postfix's policy table
-    /// does: the exact domain, then `.parent` rows, then `*`.
-    pub fn extra(&self, name: &str, domain: &str) -> Option<String> {
-        if let Some(version) = service_min_tls(name) {
-            return Some(format!("protocols=>={}", version.postfix_name()));
-        }
+    /// As Postfix's policy table matches: the exact domain, then `.parent` rows, then `*`.
+    fn extra(&self, domain: &str) -> Option<String> {
         if let Some(v) = self.keys.get(domain) {
             return Some(v.clone());
         }
@@ -95,7 +149,7 @@ impl Scope {
     }
 }
 
-/// The one attribute mailtls renders into `mta_sts`.
+/// The one attribute mailtls renders into `mta_sts` and `dane`.
 pub fn is_attribute(value: &str) -> bool {
     value
         .strip_prefix("protocols=>=TLSv1")
@@ -110,6 +164,7 @@ mod tests {
     fn rows_match_as_the_policy_table_does() {
         let scope = Scope::parse(
             "# header\nexample.com protocols=>=TLSv1.3\n.example.org protocols=>=TLSv1.2\n",
+            "",
         )
         .expect("scope");
         let tls13 = Some("protocols=>=TLSv1.3".to_string());
@@ -130,12 +185,15 @@ mod tests {
             None
         );
 
-        let all = Scope::parse("* protocols=>=TLSv1.2\nexample.com protocols=>=TLSv1.3\n")
-            .expect("scope");
+        let all = Scope::parse(
+            "* protocols=>=TLSv1.2\nexample.com protocols=>=TLSv1.3\n",
+            "",
+        )
+        .expect("scope");
         assert_eq!(all.extra("mailtls", "other.test"), tls12);
         assert_eq!(all.extra("mailtls", "example.com"), tls13);
         assert!(!all.is_empty());
-        assert!(Scope::parse("# nothing\n").expect("empty").is_empty());
+        assert!(Scope::parse("# nothing\n", "").expect("empty").is_empty());
         assert_eq!(
             Scope::everything().extra("postfix", "any.test"),
             Some(String::new())
@@ -149,15 +207,19 @@ mod tests {
             "example.com secure\n",
             "example.com protocols=>=TLSv1.4\n",
         ] {
-            assert!(Scope::parse(bad).is_err(), "{bad}");
+            assert!(Scope::parse(bad, "").is_err(), "{bad}");
         }
     }
 
     #[test]
     fn a_union_keeps_the_stricter_of_both() {
-        let old =
-            Scope::parse("a.test protocols=>=TLSv1.3\nb.test protocols=>=TLSv1.2\n").expect("old");
-        let new = Scope::parse("* protocols=>=TLSv1.2\na.test protocols=>=TLSv1.2\n").expect("new");
+        let old = Scope::parse(
+            "a.test protocols=>=TLSv1.3\nb.test protocols=>=TLSv1.2\n",
+            "",
+        )
+        .expect("old");
+        let new =
+            Scope::parse("* protocols=>=TLSv1.2\na.test protocols=>=TLSv1.2\n", "").expect("new");
         let both = new.union(&old);
         let v = |d: &str| both.extra("mailtls", d);
         assert_eq!(v("a.test").as_deref(), Some("protocols=>=TLSv1.3"));

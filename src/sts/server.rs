@@ -1,11 +1,14 @@
 //! The MTA-STS policy server (edge): answers Postfix's socketmap lookups from the cache,
 //! and looks a domain up (the `_mta-sts` TXT record, then the HTTPS policy when its id is
 //! new) when it was not asked about for a while. Policies are refreshed ahead of need.
+//! For destinations that honour DANE it first asks the (validating) resolver whether their
+//! MX hosts have authenticated TLSA records, and if so answers `dane-only`.
 
 use super::cache::Cache;
 use super::scope::Scope;
 use super::socketmap::{self, Reply};
 use crate::probe::dns::Dns;
+use crate::probe::dnssec::{Dane, Validated};
 use crate::probe::{AddressPolicy, sts, tls};
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
@@ -74,6 +77,8 @@ impl std::fmt::Debug for PolicyServer {
 
 pub struct PolicyServer {
     dns: Dns,
+    /// The same resolver, asked for the AD bit (DANE).
+    validated: Validated,
     tls: Arc<ClientConfig>,
     config: Config,
     cache: Mutex<Cache>,
@@ -94,9 +99,12 @@ impl PolicyServer {
     /// A server answering for `scope`, or for nobody until [`PolicyServer::set_scope`].
     pub fn new(config: Config, scope: Option<Scope>) -> Result<Arc<PolicyServer>, String> {
         let dns = Dns::new(config.resolver, config.timeout).map_err(|e| e.to_string())?;
+        let validated =
+            Validated::new(config.resolver, config.timeout).map_err(|e| e.to_string())?;
         let tls = tls::validating_config_with(&config.extra_roots)?;
         Ok(Arc::new(PolicyServer {
             dns,
+            validated,
             tls,
             cache: Mutex::new(Cache::new(config.max_domains)),
             config,
@@ -175,22 +183,31 @@ impl PolicyServer {
         }
     }
 
-    /// The answer for a next-hop domain asked under the socketmap `name`: an `enforce`
-    /// policy, with what the destination's listed policy adds, where MTA-STS is honoured.
+    /// The answer for a next-hop domain asked under the socketmap `name`, with what the
+    /// destination's listed policy adds: `dane-only` where DANE is honoured and applies,
+    /// else an `enforce` MTA-STS policy where that is honoured, else "not found".
     pub async fn lookup(&self, name: &str, key: &str) -> Reply {
         let Some(domain) = domain_of(key) else {
-            // `[host]:port`, an address, a parent-domain lookup: no MTA-STS there.
+            // `[host]:port`, an address, a parent-domain lookup: neither applies there.
             return Reply::NotFound;
         };
-        let extra = match self.scope.read().as_deref() {
-            Ok(Some(scope)) => scope.extra(name, &domain),
+        let honoured = match self.scope.read().as_deref() {
+            Ok(Some(scope)) => scope.honoured(name, &domain),
             _ => return Reply::Temp("the relay agent has not read its configuration yet".into()),
         };
-        let Some(extra) = extra else {
+        if let Some(extra) = honoured.dane {
+            match self.validated.dane(&domain).await {
+                Ok(Dane::Usable(_)) => return with_extra("dane-only".into(), &extra),
+                Ok(Dane::NotUsable(_)) => {}
+                // Nothing is known, so nothing may go out weaker: Postfix retries later.
+                Err(e) => return Reply::Temp(format!("DANE: {e}")),
+            }
+        }
+        let Some(extra) = honoured.mta_sts else {
             return Reply::NotFound;
         };
         match self.policy_reply(&domain).await {
-            Reply::Ok(value) if !extra.is_empty() => Reply::Ok(format!("{value} {extra}")),
+            Reply::Ok(value) => with_extra(value, &extra),
             other => other,
         }
     }
@@ -306,6 +323,14 @@ impl PolicyServer {
                 self.refresh(&domain).await;
             }
         }
+    }
+}
+
+fn with_extra(value: String, extra: &str) -> Reply {
+    if extra.is_empty() {
+        Reply::Ok(value)
+    } else {
+        Reply::Ok(format!("{value} {extra}"))
     }
 }
 
