@@ -4,11 +4,13 @@
 # openssl (test certificates for the API server), swaks (sends mail into the relay in the
 # end-to-end test), lua5.4 (runs the documented Argo CD health check), podman and
 # debootstrap (the relay pod test builds the images without a registry, see
-# scripts/test-images.sh). Does nothing when all is present.
+# scripts/test-images.sh), unbound, ldnsutils and bind9-dnsutils (the DANE tests: zones signed
+# with ldns-signzone, a validating unbound, dig; tests/common/dnssec.rs). Does nothing when all
+# is present.
 set -euo pipefail
 
 packages=(postfix postfix-lmdb postfix-cdb postfix-pcre dnsmasq-base iproute2 openssl swaks lua5.4
-    podman debootstrap)
+    podman debootstrap unbound ldnsutils bind9-dnsutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,6 +17,7 @@
 
 mod common;
 
+use common::dnssec::{SignedDns, Zone};
 use common::mail::{
     Certs, Kill, Msg, PolicyAnswer, Store, dnsmasq_with, http_get, must, policy_host, sh,
     start_sink, tls_config, wait_for,
@@ -29,7 +30,11 @@ use std::time::Instant;
 
 const INSIDE: &str = "MAILTLS_STS_DELIVERY_NETNS";
 const TEST_NAME: &str = "mta_sts_policies_decide_delivery_on_real_postfix";
+/// The validating resolver (unbound) Postfix and the agent ask; it forwards every other
+/// `.test` name to dnsmasq, and reaches the signed zones on the authoritative unbound.
 const DNS: &str = "127.0.0.53";
+const PLAIN_DNS: &str = "127.0.0.52";
+const AUTH_DNS: (&str, &str) = ("127.0.0.54", "127.0.0.54:5353");
 const RELAY: &str = "127.0.0.1";
 /// The relay agent's `/status`.
 const STATUS: &str = "127.0.0.1:8089";
@@ -109,10 +114,18 @@ fn mta_sts_policies_decide_delivery_on_real_postfix() {
         inside();
         return;
     }
-    let addresses: Vec<&str> = [DNS, WRONG.1, UNTRUSTED.1, GOOD.1, ORIGIN.1]
-        .into_iter()
-        .chain(STS.iter().map(|s| s.1))
-        .collect();
+    let addresses: Vec<&str> = [
+        DNS,
+        PLAIN_DNS,
+        AUTH_DNS.0,
+        WRONG.1,
+        UNTRUSTED.1,
+        GOOD.1,
+        ORIGIN.1,
+    ]
+    .into_iter()
+    .chain(STS.iter().map(|s| s.1))
+    .collect();
     common::mail::run_in_netns(TEST_NAME, INSIDE, &addresses, DNS);
 }
 
@@ -151,7 +164,7 @@ fn dns(switch_id: &str) -> Kill {
         };
         txt.push((format!("_mta-sts.{domain}"), format!("v=STSv1; id={id}")));
     }
-    dnsmasq_with(DNS, &refs(&records), &refs(&mx), &refs(&txt))
+    dnsmasq_with(PLAIN_DNS, &refs(&records), &refs(&mx), &refs(&txt))
 }
 
 fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
@@ -664,6 +677,8 @@ fn inside() {
     let started = Instant::now();
 
     let mut dns_server = dns("1");
+    let good = certs.ca_signed("mx.good.test");
+    let signed = signed_dns(&good, &certs);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -682,12 +697,7 @@ fn inside() {
         Some(tls_config(&Certs::self_signed("mx.untrusted.test"))),
         &store,
     );
-    start_sink(
-        &rt,
-        GOOD,
-        Some(tls_config(&certs.ca_signed("mx.good.test"))),
-        &store,
-    );
+    start_sink(&rt, GOOD, Some(tls_config(&good)), &store);
     start_sink(&rt, ORIGIN, None, &store);
     let mut bodies = std::collections::BTreeMap::new();
     for (domain, addr, _, pattern, mode) in STS {
@@ -939,8 +949,14 @@ fn inside() {
     // and keeps the last good one.
     an_agent_without_a_policy_server_refuses_mta_sts(&root.join("no-server"), &relay);
 
-    drop((agent, dns_server));
-    eprintln!("MTA-STS delivery scenarios took {:?}", started.elapsed());
+    // 8. DANE, on the same relay and agent.
+    dane(&mut relay, &store, &signed);
+
+    drop((agent, dns_server, signed));
+    eprintln!(
+        "MTA-STS and DANE delivery scenarios took {:?}",
+        started.elapsed()
+    );
     if std::env::var_os("MAILTLS_E2E_LOG").is_some() {
         eprintln!(
             "relay log:\n{}\nagent log:\n{}",
@@ -1041,4 +1057,139 @@ fn an_agent_without_a_policy_server_refuses_mta_sts(dir: &Path, relay: &Relay) {
         "{}",
         policy_maps()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// DANE.
+
+/// Signed zones whose MX host is the `GOOD` receiver: `dane-good.test` publishes a TLSA
+/// record of its certificate, `dane-bad.test` and `listed-dane.test` one of another
+/// certificate; `dane-bogus.test` is signed with a key the resolver does not trust.
+fn signed_dns(good: &common::mail::Pem, certs: &Certs) -> SignedDns {
+    use sha2::{Digest, Sha256};
+    let hash = |pem: &common::mail::Pem| {
+        Sha256::digest(common::mail::der(pem))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let other = hash(&certs.ca_signed("mx.good.test"));
+    let zone = |name: &str, tlsa: &str, bogus: bool| Zone {
+        name: name.into(),
+        records: vec![
+            format!("@ 300 IN MX 10 mx.{name}."),
+            format!("mx 300 IN A {}", GOOD.1),
+            format!("_25._tcp.mx 300 IN TLSA 3 0 1 {tlsa}"),
+        ],
+        signed: true,
+        bogus,
+    };
+    SignedDns::start(
+        DNS,
+        AUTH_DNS.1,
+        &[
+            zone("dane-good.test", &hash(good), false),
+            zone("dane-bad.test", &other, false),
+            zone("listed-dane.test", &other, false),
+            zone("dane-bogus.test", &hash(good), true),
+        ],
+        Some(PLAIN_DNS),
+    )
+}
+
+/// Listed: the domains of [`listed`], and two signed ones that require TLS (any certificate)
+/// and defer on failure.
+fn listed_dane() -> String {
+    listed()
+        + &list("dane-domains", &["listed-dane.test", "dane-bogus.test"])
+        + &policy("encrypt-defer", &["dane-domains"], "  onFailure: Defer")
+}
+
+fn unlisted_dane() -> &'static str {
+    "apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata:\n  name: published-policies\nspec:\n  direction: Outbound\n  scope: Unlisted\n  mechanisms: [MtaSts, Dane]\n---\n"
+}
+
+/// The policy server's raw answer (TEMP included, which postmap only warns about).
+fn raw_lookup(socket: &Path, name: &str, key: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).expect("policy server");
+    let request = format!("{name} {key}");
+    write!(conn, "{}:{request},", request.len()).expect("send");
+    let mut reply = [0u8; 512];
+    let n = conn.read(&mut reply).expect("reply");
+    let text = String::from_utf8_lossy(&reply[..n]).into_owned();
+    text.split_once(':')
+        .map(|(_, rest)| rest.trim_end_matches(',').to_string())
+        .unwrap_or(text)
+}
+
+/// `rcpt`'s first attempt was deferred for its TLS (4.7.x), it waits in the queue, and
+/// nothing with `subject` arrived.
+fn assert_held(relay: &Relay, store: &Store, rcpt: &str, subject: &str) {
+    let line = relay.wait_attempt(rcpt, 1);
+    assert!(
+        line.contains("status=deferred") && line.contains("dsn=4.7."),
+        "{rcpt} should be deferred for its TLS, got:\n{line}\n\nlog:\n{}",
+        relay.log()
+    );
+    wait_for(30, &format!("{rcpt} in the deferred queue"), || {
+        relay.queued(rcpt).filter(|(q, _)| q == "deferred")
+    });
+    assert!(
+        received(store, subject).is_empty(),
+        "{subject} was delivered although its TLSA records do not match"
+    );
+}
+
+fn dane(relay: &mut Relay, store: &Store, signed: &SignedDns) {
+    relay.apply(&(listed_dane() + unlisted_dane()));
+    assert_eq!(relay.postconf("smtp_dns_support_level"), "dnssec");
+    assert_eq!(relay.postconf("smtp_tls_security_level"), "dane");
+    // The policy server: dane-only where authenticated TLSA records exist (listed or not),
+    // nothing for an unsigned zone, TEMP for a bogus one.
+    let dane_only = "dane-only protocols=>=TLSv1.2";
+    for domain in ["listed-dane.test", "dane-good.test", "dane-bad.test"] {
+        assert_eq!(
+            sts_lookup(&relay.socket, "mailtls", domain).as_deref(),
+            Some(dane_only),
+            "the policy server's answer for {domain}; resolver log:\n{}",
+            signed.log()
+        );
+    }
+    assert_eq!(
+        sts_lookup(&relay.socket, "mailtls", "listed-nosts.test"),
+        None
+    );
+    let bogus = raw_lookup(&relay.socket, "mailtls", "dane-bogus.test");
+    assert!(bogus.starts_with("TEMP "), "{bogus}");
+
+    for (rcpt, subject) in [
+        ("u@dane-good.test", "h-dane-good"),
+        ("u@dane-bad.test", "h-dane-bad"),
+        ("u@listed-dane.test", "h-listed-dane"),
+        ("u@listed-nosts.test", "h-listed-nosts"),
+    ] {
+        send_ok(rcpt, subject);
+    }
+    // A matching TLSA record: delivered, DANE-verified.
+    assert_delivered(relay, store, "h-dane-good", GOOD.0);
+    let line = relay.wait_attempt("u@dane-good.test", 1);
+    let tls = tls_line(relay, &line);
+    assert!(
+        tls.contains("Verified TLS connection established to mx.dane-good.test"),
+        "dane-good.test was delivered, but not DANE-verified: {tls}"
+    );
+    // A mismatching one: held back, whether the destination is listed (its own
+    // requirement, any certificate, would accept the MX) or not.
+    assert_held(relay, store, "u@dane-bad.test", "h-dane-bad");
+    assert_held(relay, store, "u@listed-dane.test", "h-listed-dane");
+    // An unsigned zone: the listed requirement decides as before.
+    assert_delivered(relay, store, "h-listed-nosts", WRONG.0);
+
+    // Without DANE the same mail goes out: DANE was what held it back.
+    relay.apply(&listed_dane());
+    assert_ne!(relay.postconf("smtp_tls_security_level"), "dane");
+    relay.flush();
+    assert_delivered(relay, store, "h-dane-bad", GOOD.0);
+    assert_delivered(relay, store, "h-listed-dane", GOOD.0);
 }

@@ -77,8 +77,12 @@ impl Netns {
         // `ip netns exec` bind-mounts this over /etc/resolv.conf: Postfix asks our DNS.
         let etc = ns.etc();
         std::fs::create_dir_all(&etc).expect("create /etc/netns dir");
-        std::fs::write(etc.join("resolv.conf"), format!("nameserver {dns}\n"))
-            .expect("write resolv.conf");
+        // trust-ad: glibc passes the AD bit on to Postfix (the DANE tests; harmless elsewhere).
+        std::fs::write(
+            etc.join("resolv.conf"),
+            format!("nameserver {dns}\noptions trust-ad\n"),
+        )
+        .expect("write resolv.conf");
         must(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
         for addr in addresses {
             must(Command::new("ip").args([

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod dnssec;
 pub mod mail;
 pub mod skip;
 
