@@ -10,7 +10,7 @@
 set -euo pipefail
 
 packages=(postfix postfix-lmdb postfix-cdb postfix-pcre dnsmasq-base iproute2 openssl swaks lua5.4
-    podman debootstrap unbound ldnsutils bind9-dnsutils)
+    podman debootstrap unbound dns-root-data ldnsutils bind9-dnsutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

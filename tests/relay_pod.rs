@@ -38,6 +38,11 @@
 //!   ConfigMap's podman volume the way kubelet does (`..data` swapped in one rename).
 //! * `emptyDir` volumes become volumes named after the pod's volume name: they get the pod's
 //!   name in front so two pods never share one.
+//! * `dnsPolicy: None` with a `dnsConfig` cannot go with host networking: they are left out,
+//!   and the test writes the namespace's resolv.conf as kubelet would from the chart's
+//!   `dnsConfig` (the pod's own validating resolver, `relay.dnssec`, with `trust-ad`). That
+//!   resolver forwards to the test's DNS server, so mail through the gateway shows Postfix
+//!   resolves through it.
 //!
 //! Needs root, podman and debootstrap (scripts/install-test-deps.sh), helm
 //! (scripts/test-cluster.sh build), and deb.debian.org once to make the base image. Skipped
@@ -258,6 +263,10 @@ fn claims(sts: &Value, pod: &str) -> Vec<(String, String, Value)> {
 fn pod_for_podman(sts: &Value, pod: &str, claim_dirs: &BTreeMap<String, String>) -> Value {
     let mut spec = sts["spec"]["template"]["spec"].clone();
     spec["restartPolicy"] = json!("OnFailure");
+    if let Some(s) = spec.as_object_mut() {
+        s.remove("dnsPolicy");
+        s.remove("dnsConfig");
+    }
     let mut renamed = BTreeMap::new();
     let mut volumes = Vec::new();
     for mut v in spec["volumes"].as_array().cloned().unwrap_or_default() {
@@ -329,6 +338,8 @@ struct Relay {
     pod: String,
     claims: Vec<(String, String, Value)>,
     pod_doc: Value,
+    /// The chart's ConfigMap of the pod's validating resolver.
+    resolver_config: Value,
     config_map: String,
     secret: String,
     /// `mailtls render` flags from the chart's operator Deployment.
@@ -386,6 +397,12 @@ impl Relay {
             format!("configMapName={config_map}"),
             // The test CA, as cert-manager puts it into the Secret.
             "render.caFile=/etc/mailtls/tls/ca.crt".into(),
+            // The validating resolver beside Postfix, asking the test's DNS server; `.test`
+            // is not in the root zone, so it is declared unsigned.
+            "relay.dnssec.enabled=true".into(),
+            format!("relay.dnssec.clusterDns={DNS}"),
+            "relay.dnssec.extraConfig={local-zone: \"test.\" nodefault,domain-insecure: \"test\"}"
+                .into(),
         ];
         let mut helm = Command::new(self::helm().expect("helm"));
         helm.args([
@@ -403,6 +420,32 @@ impl Relay {
         let sts = find(&docs, "StatefulSet");
         let pod = format!("{}-0", sts["metadata"]["name"].as_str().expect("name"));
         let spec = &sts["spec"]["template"]["spec"];
+        let resolver_config = docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] != config_map.as_str())
+            .expect("the resolver's ConfigMap")
+            .clone();
+        let nameservers = strings(&spec["dnsConfig"]["nameservers"]);
+        assert_eq!(nameservers, ["127.0.0.1"], "{}", spec["dnsConfig"]);
+        assert!(
+            spec["dnsConfig"]["options"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|x| x["name"] == "trust-ad")),
+            "{}",
+            spec["dnsConfig"]
+        );
+        // What kubelet writes into every container of the pod (only ever the namespace's
+        // own file, bind-mounted over /etc/resolv.conf for this run).
+        let current = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        assert!(
+            current.contains(&format!("nameserver {DNS}")),
+            "/etc/resolv.conf is not the test namespace's: {current}"
+        );
+        std::fs::write(
+            "/etc/resolv.conf",
+            "nameserver 127.0.0.1\noptions ndots:5 trust-ad\n",
+        )
+        .expect("the namespace's resolv.conf");
 
         let operator = find(&docs, "Deployment");
         let render_flags = strings(&operator["spec"]["template"]["spec"]["containers"][0]["args"])
@@ -454,6 +497,7 @@ impl Relay {
             pod,
             claims,
             pod_doc: Value::Null,
+            resolver_config,
             config_map,
             secret,
             render_flags,
@@ -532,7 +576,11 @@ impl Relay {
         let file = self.dir.join("pod.yaml");
         std::fs::write(
             &file,
-            to_yaml(&[self.config_map_doc(), self.pod_doc.clone()]),
+            to_yaml(&[
+                self.config_map_doc(),
+                self.resolver_config.clone(),
+                self.pod_doc.clone(),
+            ]),
         )
         .expect("pod file");
         let (ok, out) = sh(podman()

@@ -6,7 +6,9 @@
 # chrooted smtp client could not resolve the relayhost), and makedefs.out (a link to
 # /usr/share/postfix, build information only) is left out of the copy (`postfix check`
 # warns about a link leaving any config directory but /etc/postfix, and the agent refuses a
-# configuration whose check warns). Build from the repository root:
+# configuration whose check warns). unbound (with Debian's root trust anchor) is the
+# validating resolver the chart runs beside Postfix with relay.dnssec (DANE). Build from the
+# repository root:
 #   docker build -f deploy/docker/relay.Dockerfile -t mailtls/relay .
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -17,7 +19,7 @@ FROM debian:bookworm-slim
 RUN echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections \
  && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      postfix postfix-lmdb postfix-cdb postfix-pcre ca-certificates \
+      postfix postfix-lmdb postfix-cdb postfix-pcre ca-certificates unbound dns-root-data \
  && rm -rf /var/lib/apt/lists/* \
  && cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf \
  && postconf -e "inet_interfaces = all" "mydestination =" "maillog_file = /dev/stdout" \

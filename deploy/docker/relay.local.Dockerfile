@@ -10,7 +10,7 @@ FROM ${BASE}
 RUN echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections \
  && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      postfix postfix-lmdb postfix-cdb postfix-pcre ca-certificates \
+      postfix postfix-lmdb postfix-cdb postfix-pcre ca-certificates unbound dns-root-data \
  && rm -rf /var/lib/apt/lists/* \
  && cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf \
  && postconf -e "inet_interfaces = all" "mydestination =" "maillog_file = /dev/stdout" \

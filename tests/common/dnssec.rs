@@ -16,6 +16,8 @@ pub struct SignedDns {
     _auth: Kill,
     dir: tempfile::TempDir,
     listen: String,
+    /// Each signed zone's trust anchor (the KSK's `.key` file the validator trusts).
+    anchors: Vec<(String, std::path::PathBuf)>,
 }
 
 /// One zone of a [`SignedDns`]. SOA and NS records (`ns.<name>`, at the authoritative
@@ -71,6 +73,7 @@ impl SignedDns {
         // Its only upstreams are on loopback, which unbound does not query by default.
         validator.push_str("  do-not-query-localhost: no\n");
         let (mut auth_zones, mut stubs) = (String::new(), String::new());
+        let mut anchors = Vec::new();
         for zone in zones {
             let name = zone.name.trim_end_matches('.');
             let file = d.join(format!("{name}.zone"));
@@ -91,6 +94,7 @@ impl SignedDns {
                 };
                 let key = d.join(format!("{anchor}.key"));
                 let _ = writeln!(validator, "  trust-anchor-file: \"{}\"", key.display());
+                anchors.push((name.to_string(), key));
                 d.join(format!("{name}.zone.signed"))
             } else {
                 // Insecure even below a signed zone, which has no delegation to prove it so.
@@ -128,7 +132,17 @@ impl SignedDns {
             _auth: auth,
             dir,
             listen: listen.to_string(),
+            anchors,
         }
+    }
+
+    /// The trust anchor file of a signed zone, for another validating resolver to use.
+    pub fn anchor(&self, zone: &str) -> &Path {
+        self.anchors
+            .iter()
+            .find(|(name, _)| name == zone)
+            .map(|(_, key)| key.as_path())
+            .unwrap_or_else(|| panic!("{zone} is not a signed zone here"))
     }
 
     /// resolv.conf text: glibc strips the AD bit Postfix needs unless `trust-ad` is set.

@@ -55,3 +55,47 @@ default when an issuer is set; empty for no STARTTLS. */}}
 {{- printf "%s-relay-tls" (include "mailtls.fullname" .) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The relay's validating resolver (unbound.conf): DNSSEC validation against the root trust
+anchor Debian ships, the cluster domain asked of the cluster DNS unvalidated, everything else
+forwarded (with DNSSEC records) to the forwarders or the cluster DNS.
+*/}}
+{{- define "mailtls.unboundConf" -}}
+{{- $d := .Values.relay.dnssec -}}
+{{- $dns := $d.clusterDns -}}
+{{- if not $dns -}}
+{{- with lookup "v1" "Service" "kube-system" "kube-dns" -}}
+{{- $dns = .spec.clusterIP -}}
+{{- end -}}
+{{- end -}}
+{{- if not $dns -}}
+{{- fail "relay.dnssec.enabled needs relay.dnssec.clusterDns, the cluster DNS Service's address (kubectl -n kube-system get svc kube-dns): it could not be looked up here (helm template and Argo CD cannot)" -}}
+{{- end -}}
+server:
+  interface: 127.0.0.1
+  port: 53
+  access-control: 127.0.0.0/8 allow
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  module-config: "validator iterator"
+  trust-anchor-file: "/usr/share/dns/root.key"
+  # The cluster DNS and forwarders may be private addresses.
+  do-not-query-localhost: no
+  domain-insecure: "{{ $d.clusterDomain }}"
+  {{- range $d.extraConfig }}
+  {{ . }}
+  {{- end }}
+forward-zone:
+  name: "{{ $d.clusterDomain }}"
+  forward-addr: {{ $dns }}
+forward-zone:
+  name: "."
+  {{- range ($d.forwarders | default (list $dns)) }}
+  forward-addr: {{ . }}
+  {{- end }}
+{{- end -}}
