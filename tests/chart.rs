@@ -151,6 +151,14 @@ fn values_schema_and_chart_rules_reject_bad_values() {
         ),
         ("relay.enabled=true,relay.persistence.size=lots", "size"),
         (
+            "relay.enabled=true,relay.dnssec.enabled=true,relay.dnssec.clusterDns=kube-dns",
+            "clusterDns",
+        ),
+        (
+            "relay.enabled=true,relay.dnssec.enabled=true",
+            "relay.dnssec.clusterDns",
+        ),
+        (
             "relay.enabled=true,relay.tls.certManager.issuerRef.name=le",
             "relay.hostname",
         ),
@@ -285,6 +293,59 @@ async fn alerts_and_dashboard_are_the_checked_files() {
         // Off by default.
         let plain = template(&ns, &[]);
         assert!(!plain.contains("PrometheusRule") && !plain.contains("grafana_dashboard"));
+    })
+    .await;
+}
+
+/// relay.dnssec: the validating resolver's container, ConfigMap and the pod's DNS settings
+/// are accepted by the API server, and the default policy then honours DANE too (the
+/// resolver itself runs in tests/chart_resolver.rs and tests/relay_pod.rs).
+#[tokio::test]
+#[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
+async fn the_validating_resolver_is_accepted_and_dane_honoured() {
+    in_namespace("chart-dnssec", |client, ns| async move {
+        let yaml = template(
+            &ns,
+            &["relay.enabled=true,relay.dnssec.enabled=true,relay.dnssec.clusterDns=10.96.0.10,relay.dnssec.forwarders={192.0.2.53}"],
+        );
+        let (applied, unserved) = dry_run(&client, &yaml, &ns).await;
+        assert!(unserved.is_empty(), "{unserved:?}");
+        assert!(applied.iter().any(|k| k == "ConfigMap"), "{applied:?}");
+        let docs = documents(&yaml);
+        let policy = docs
+            .iter()
+            .find(|d| d["kind"] == "TlsCompliance")
+            .expect("default policy");
+        assert_eq!(policy["spec"]["mechanisms"], serde_json::json!(["MtaSts", "Dane"]));
+        let conf = docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap")
+            .and_then(|d| d["data"]["unbound.conf"].as_str())
+            .expect("unbound.conf");
+        assert!(
+            conf.contains("name: \"cluster.local\"\n  forward-addr: 10.96.0.10\n")
+                && conf.contains("name: \".\"\n  forward-addr: 192.0.2.53\n"),
+            "{conf}"
+        );
+        let pod = &docs
+            .iter()
+            .find(|d| d["kind"] == "StatefulSet")
+            .expect("relay")["spec"]["template"];
+        assert_eq!(pod["spec"]["dnsPolicy"], "None");
+        assert!(
+            pod["metadata"]["annotations"]["checksum/unbound"].is_string(),
+            "{}",
+            pod["metadata"]
+        );
+        // Off (the default): no resolver, the cluster's DNS, MTA-STS only.
+        let off = template(&ns, &["relay.enabled=true"]);
+        let docs = documents(&off);
+        assert!(!off.contains("dnsPolicy") && !off.contains("unbound"));
+        let policy = docs
+            .iter()
+            .find(|d| d["kind"] == "TlsCompliance")
+            .expect("default policy");
+        assert_eq!(policy["spec"]["mechanisms"], serde_json::json!(["MtaSts"]));
     })
     .await;
 }
