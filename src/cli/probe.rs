@@ -379,7 +379,10 @@ pub fn render_table(reports: &[DestinationReport], summary: &TestSummary, color:
             .filter(|h| Some(h.host.as_str()) != host.map(|m| m.host.as_str()))
             .map(|h| format!("{} {}: {}", h.host, h.outcome, h.message))
             .collect();
-        if r.decided_by == crate::probe::DecidedBy::MtaSts {
+        if matches!(
+            r.decided_by,
+            crate::probe::DecidedBy::MtaSts | crate::probe::DecidedBy::Dane
+        ) {
             extra.push(format!("decided by {}", r.decided_by.as_str()));
         }
         extra.extend(r.warnings.iter().map(|w| format!("warning: {w}")));
