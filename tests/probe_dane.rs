@@ -58,6 +58,13 @@ fn inside() {
             zone("dane-good.test", &matching, true),
             zone("dane-bad.test", &other, true),
             zone("plain-bad.test", &other, false),
+            // Unsigned MX records naming a host whose TLSA records are signed.
+            Zone {
+                name: "plain-mx.test".into(),
+                records: vec!["@ 300 IN MX 10 mx.dane-bad.test.".into()],
+                signed: false,
+                bogus: false,
+            },
         ],
         None,
     );
@@ -77,7 +84,12 @@ fn inside() {
         .arg("--ca-file")
         .arg(ca.path())
         .args(["--timeout", "5s", "--helo", "probe.test"])
-        .args(["dane-good.test", "dane-bad.test", "plain-bad.test"])
+        .args([
+            "dane-good.test",
+            "dane-bad.test",
+            "plain-bad.test",
+            "plain-mx.test",
+        ])
         .output()
         .expect("mailtls probe");
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -113,6 +125,24 @@ fn inside() {
     assert_eq!(plain["hosts"][0]["tlsaMatch"], false, "{plain}");
     let warnings = plain["hosts"][0]["warnings"].to_string();
     assert!(warnings.contains("not DNSSEC-authenticated"), "{plain}");
+    assert_eq!(good["mxAuthenticated"], true, "{good}");
+
+    // RFC 7672 §2.2: without authenticated MX records the MX host's signed TLSA records do
+    // not count either.
+    let plain_mx = get("plain-mx.test");
+    assert_eq!(plain_mx["mxAuthenticated"], false, "{plain_mx}");
+    assert_eq!(plain_mx["outcome"], "pass", "{plain_mx}");
+    assert_ne!(plain_mx["decidedBy"], "dane", "{plain_mx}");
+    assert_eq!(
+        plain_mx["hosts"][0]["tlsaAuthenticated"], false,
+        "{plain_mx}"
+    );
+    assert!(
+        plain_mx["hosts"][0]["warnings"]
+            .to_string()
+            .contains("the MX records are not DNSSEC-authenticated"),
+        "{plain_mx}"
+    );
 
     // The table says what decided.
     let out = Command::new(env!("CARGO_BIN_EXE_mailtls"))

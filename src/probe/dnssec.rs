@@ -57,11 +57,15 @@ pub struct Validated {
 const UDP_PAYLOAD: u16 = 1232;
 
 impl Validated {
-    /// Ask `server`, or the first nameserver of the system's resolver configuration.
+    /// Ask `server`, or the first nameserver of the system's resolver configuration. Without
+    /// a usable one nothing counts as authenticated (and lookups fail, as the system's do).
     pub fn new(server: Option<SocketAddr>, timeout: Duration) -> Result<Validated, DnsError> {
         let (server, trust_ad) = match server {
             Some(s) => (s, true),
-            None => system_nameserver()?,
+            None => system_nameserver().unwrap_or_else(|e| {
+                tracing::warn!("DNSSEC lookups: {e}; no answer counts as authenticated");
+                (SocketAddr::from(([127, 0, 0, 1], 53)), false)
+            }),
         };
         Ok(Validated {
             server,
@@ -249,8 +253,12 @@ fn resolv_conf(text: &str) -> Option<(SocketAddr, bool)> {
             .filter_map(move |l| l.trim().strip_prefix(key))
             .filter(|rest| rest.starts_with(char::is_whitespace))
     };
+    // A scoped IPv6 address (fe80::1%eth0) is used without its zone.
     let server = words("nameserver")
-        .find_map(|rest| rest.trim().parse::<std::net::IpAddr>().ok())
+        .find_map(|rest| {
+            let addr = rest.trim();
+            addr.split('%').next()?.parse::<std::net::IpAddr>().ok()
+        })
         .map(|ip| SocketAddr::new(ip, 53))?;
     let trust_ad = words("options").any(|rest| rest.split_whitespace().any(|o| o == "trust-ad"));
     Some((server, trust_ad))

@@ -483,6 +483,10 @@ pub struct DestinationReport {
     pub warnings: Vec<String>,
     pub mx_kind: MxKind,
     pub mx: Vec<MxHost>,
+    /// Whether the resolver authenticated the MX records (or their absence) with DNSSEC; DANE
+    /// uses the MX hosts' TLSA records only then (RFC 7672 §2.2). Absent for a host target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mx_authenticated: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sts: Option<StsReport>,
     pub hosts: Vec<HostReport>,
@@ -548,6 +552,7 @@ impl DestinationReport {
             message: String::new(),
             warnings: Vec::new(),
             mx_kind: MxKind::Unknown,
+            mx_authenticated: None,
             mx: Vec::new(),
             sts: None,
             hosts: Vec::new(),

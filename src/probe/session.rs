@@ -64,8 +64,23 @@ pub(crate) async fn probe_destination(
             None => None,
         }
     };
-    let (sts_report, mx_result) = tokio::join!(sts_future, mx_future);
+    // Only DANE needs it; a failed lookup counts as unauthenticated.
+    let mx_auth_future = async {
+        match mx_domain {
+            Some(d) if inner.config.check_tlsa => Some(
+                inner
+                    .validated
+                    .query(d, hickory_resolver::proto::rr::RecordType::MX)
+                    .await
+                    .is_ok_and(|a| a.authenticated),
+            ),
+            _ => None,
+        }
+    };
+    let (sts_report, mx_result, mx_authenticated) =
+        tokio::join!(sts_future, mx_future, mx_auth_future);
     report.sts = sts_report;
+    report.mx_authenticated = mx_authenticated;
 
     match mx_result {
         None => {}
@@ -122,6 +137,17 @@ pub(crate) async fn probe_destination(
     });
     // Polled together on this task: one slow MX never serialises the others.
     report.hosts = futures::future::join_all(host_futures).await;
+    if report.mx_authenticated == Some(false) {
+        for h in &mut report.hosts {
+            if h.tlsa_authenticated == Some(true) {
+                h.tlsa_authenticated = Some(false);
+                h.warnings.push(
+                    "its TLSA records are signed, but the MX records are not DNSSEC-authenticated"
+                        .into(),
+                );
+            }
+        }
+    }
 
     // MX set vs the MTA-STS policy.
     if let Some(policy) = report.sts.as_ref().and_then(|s| s.policy.clone()) {

@@ -302,7 +302,8 @@ pub(crate) fn judge_host(h: &HostReport, req: &Expected, sts: Option<&StsReport>
         };
         warnings.push(format!(
             "the TLSA records at _{}._tcp.{} are not DNSSEC-authenticated (the resolver did not \
-             set the AD bit), so a DANE sender ignores them{matched}",
+             set the AD bit, for them or for the MX records), so a DANE sender ignores \
+             them{matched}",
             h.port, h.host
         ));
     } else if h.tlsa_match == Some(false) {
