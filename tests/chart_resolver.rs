@@ -11,7 +11,7 @@ mod common;
 use common::dnssec::{SignedDns, Zone};
 use common::mail::{Kill, must, sh, wait_for};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 const INSIDE: &str = "MAILTLS_CHART_RESOLVER_NETNS";
@@ -22,15 +22,6 @@ const AUTH_DNS: (&str, &str) = ("127.0.0.54", "127.0.0.54:5353");
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn helm() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("MAILTLS_HELM") {
-        return Some(PathBuf::from(path));
-    }
-    let (ok, dir) = sh(Command::new(root().join("scripts/test-cluster.sh")).arg("bin-dir"));
-    let helm = PathBuf::from(dir.trim()).join("helm");
-    (ok && helm.is_file()).then_some(helm)
 }
 
 fn template(helm: &Path, sets: &[String]) -> (bool, String) {
@@ -52,7 +43,7 @@ fn documents(yaml: &str) -> Vec<Value> {
 
 #[test]
 fn the_charts_resolver_validates_for_real() {
-    let Some(helm) = helm() else {
+    let Some(helm) = common::helm() else {
         common::skip::skip("helm is not built (scripts/test-cluster.sh build)");
         return;
     };

@@ -93,15 +93,6 @@ fn images() -> (String, String) {
     (relay, operator)
 }
 
-fn helm() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("MAILTLS_HELM") {
-        return Some(PathBuf::from(path));
-    }
-    let (ok, dir) = sh(Command::new(root().join("scripts/test-cluster.sh")).arg("bin-dir"));
-    let helm = PathBuf::from(dir.trim()).join("helm");
-    (ok && helm.is_file()).then_some(helm)
-}
-
 /// The local Dockerfiles build what the published ones do: the same Postfix step, entry
 /// point and user, only the base and where the binary comes from differ.
 #[test]
@@ -164,7 +155,7 @@ fn relay_pod_from_the_chart_on_podman() {
         common::skip::skip(out.trim());
         return;
     }
-    if helm().is_none() {
+    if common::helm().is_none() {
         common::skip::skip(
             "the relay pod test needs helm: scripts/test-cluster.sh build (or MAILTLS_HELM)",
         );
@@ -404,7 +395,7 @@ impl Relay {
             "relay.dnssec.extraConfig={local-zone: \"test.\" nodefault,domain-insecure: \"test\"}"
                 .into(),
         ];
-        let mut helm = Command::new(self::helm().expect("helm"));
+        let mut helm = Command::new(common::helm().expect("helm"));
         helm.args([
             "template",
             &release,

@@ -157,9 +157,9 @@ async fn apply_config(
         });
     }
     let repair = match &current {
-        None => ctx
-            .drift
-            .take_deleted(namespace)
+        // The watch may not have delivered the deletion yet; a ConfigMap this process wrote
+        // and that is gone now was deleted all the same (`|`: the flag is cleared either way).
+        None => (ctx.drift.take_deleted(namespace) | ctx.drift.has_written(namespace))
             .then(|| "it had been deleted".to_string()),
         Some(cm) => {
             let editors = drift::editors(cm);

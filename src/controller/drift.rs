@@ -46,6 +46,12 @@ impl Seen {
         }
     }
 
+    /// Whether this process has written the namespace's ConfigMap (so its absence now means
+    /// it was deleted, even before the watch says so).
+    pub fn has_written(&self, namespace: &str) -> bool {
+        self.written.lock().is_ok_and(|w| w.contains_key(namespace))
+    }
+
     fn is_own(&self, namespace: &str, cm: &ConfigMap) -> bool {
         let rv = cm.resource_version();
         self.written
@@ -254,4 +260,24 @@ pub fn editors(current: &ConfigMap) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reconcile may find the ConfigMap gone before the watch reports it: what this
+    /// process wrote counts, and so does the watch's mark once it comes.
+    #[test]
+    fn a_deletion_is_known_from_either_side() {
+        let seen = Seen::default();
+        assert!(!seen.has_written("ns") && !seen.take_deleted("ns"));
+        let mut cm = ConfigMap::default();
+        cm.metadata.resource_version = Some("7".into());
+        seen.wrote("ns", &cm);
+        assert!(seen.has_written("ns") && !seen.has_written("other"));
+        seen.mark_deleted("ns");
+        assert!(!seen.has_written("ns"));
+        assert!(seen.take_deleted("ns") && !seen.take_deleted("ns"));
+    }
 }

@@ -1,5 +1,6 @@
 //! DNS for probes (hickory-resolver): MX in preference order with the RFC 5321 §5.1
-//! implicit-MX fallback, null MX (RFC 7505), addresses, TLSA and the MTA-STS TXT record.
+//! implicit-MX fallback, null MX (RFC 7505), addresses and the MTA-STS TXT record (TLSA, whose
+//! authentication matters, is in [`super::dnssec`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use tokio::sync::Semaphore;
 
-use super::{MxHost, TlsaRecord};
+use super::MxHost;
 
 /// A DNS failure, with the name and type that failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -189,26 +190,6 @@ impl Dns {
             });
         }
         Ok(out)
-    }
-
-    /// TLSA records at `_<port>._tcp.<host>`.
-    pub async fn tlsa(&self, host: &str, port: u16) -> Result<Vec<TlsaRecord>, DnsError> {
-        let name = format!("_{port}._tcp.{host}");
-        Ok(match self.lookup(&name, RecordType::TLSA).await? {
-            Found::Some(data) => data
-                .into_iter()
-                .filter_map(|d| match d {
-                    RData::TLSA(t) => Some(TlsaRecord {
-                        usage: u8::from(t.cert_usage),
-                        selector: u8::from(t.selector),
-                        matching: u8::from(t.matching),
-                        data: super::tls::hex_encode(&t.cert_data),
-                    }),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        })
     }
 
     /// TXT strings at `name`, each record's strings joined (RFC 8461 §3.1).

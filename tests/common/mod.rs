@@ -176,3 +176,15 @@ pub fn private_postfix_config(dir: &std::path::Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// helm, as `scripts/test-cluster.sh build` made it (or `MAILTLS_HELM`); `None` when not built.
+pub fn helm() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("MAILTLS_HELM") {
+        return Some(path.into());
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (ok, dir) =
+        mail::sh(std::process::Command::new(root.join("scripts/test-cluster.sh")).arg("bin-dir"));
+    let helm = std::path::PathBuf::from(dir.trim()).join("helm");
+    (ok && helm.is_file()).then_some(helm)
+}
