@@ -239,6 +239,12 @@ async fn tcp_exchange(server: SocketAddr, bytes: &[u8]) -> Result<Message, Strin
     Message::from_vec(&buf).map_err(|e| format!("malformed answer: {e}"))
 }
 
+/// Whether the system's resolver configuration passes the AD bit on (`options trust-ad`), so
+/// Postfix can see DNSSEC-authenticated answers at all.
+pub fn system_trusts_ad() -> bool {
+    system_nameserver().is_ok_and(|(_, trust)| trust)
+}
+
 /// The first `nameserver` of /etc/resolv.conf, as glibc uses it, and whether it has
 /// `options trust-ad`.
 fn system_nameserver() -> Result<(SocketAddr, bool), DnsError> {

@@ -138,6 +138,23 @@ impl Agent {
         self
     }
 
+    /// DANE needs the AD bit, which glibc hands Postfix only with `options trust-ad`: without
+    /// it nothing is weaker than before, but nothing is DANE-checked either, so say so.
+    fn warn_if_dane_cannot_apply(&self) {
+        let main_cf =
+            std::fs::read_to_string(self.paths.postfix_dir.join("main.cf")).unwrap_or_default();
+        let dane = main_cf
+            .lines()
+            .any(|l| l.replace(' ', "") == "smtp_dns_support_level=dnssec");
+        if dane && !crate::probe::dnssec::system_trusts_ad() {
+            tracing::warn!(
+                "the configuration honours DANE, but /etc/resolv.conf has no `options \
+                 trust-ad`: Postfix never sees DNSSEC-authenticated answers, so DANE never \
+                 applies (run a validating resolver beside Postfix: chart value relay.dnssec)"
+            );
+        }
+    }
+
     /// After an apply, the policy server answers for what the installed configuration
     /// covers; while Postfix may still run the previous one (not reloaded), for both.
     fn update_policy_server(&self, result: &Result<Outcome, ApplyError>) {
@@ -178,6 +195,9 @@ impl Agent {
     pub fn apply_from(&self, dir: &std::path::Path) -> Result<Outcome, ApplyError> {
         let result = self.try_apply(dir);
         self.update_policy_server(&result);
+        if matches!(result, Ok(Outcome::Applied { .. })) {
+            self.warn_if_dane_cannot_apply();
+        }
         if let Ok(mut status) = self.status.lock() {
             status.last_check_at = Some(now());
             match &result {
