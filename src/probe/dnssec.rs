@@ -97,7 +97,12 @@ impl Validated {
         let bytes = request.to_vec().map_err(|e| failed(e.to_string()))?;
 
         let exchange = async {
-            let mut response = udp_exchange(self.server, &bytes).await?;
+            // A lost datagram gets one more try within the time limit, as glibc's attempts.
+            let first = tokio::time::timeout(self.timeout / 2, udp_exchange(self.server, &bytes));
+            let mut response = match first.await {
+                Ok(answer) => answer?,
+                Err(_) => udp_exchange(self.server, &bytes).await?,
+            };
             if response.metadata.truncation {
                 response = tcp_exchange(self.server, &bytes).await?;
             }
@@ -299,6 +304,49 @@ mod tests {
         assert!(trust);
         assert_eq!(resolv_conf("options trust-ad\n"), None);
         assert_eq!(resolv_conf("nameservers 1.2.3.4\n"), None);
+    }
+
+    /// A resolver on loopback that ignores the first `drop` queries and answers the others
+    /// (with the AD bit, and the query's id plus `id_offset`).
+    async fn resolver(drop: usize, id_offset: u16) -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut seen = 0;
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                seen += 1;
+                if seen <= drop {
+                    continue;
+                }
+                let query = Message::from_vec(&buf[..n]).expect("query");
+                let mut reply =
+                    Message::response(query.metadata.id.wrapping_add(id_offset), OpCode::Query);
+                reply.metadata.authentic_data = true;
+                reply.metadata.recursion_available = true;
+                reply.add_queries(query.queries.clone());
+                let bytes = reply.to_vec().expect("reply");
+                let _ = socket.send_to(&bytes, from).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_lost_datagram_is_asked_again_and_a_foreign_answer_refused() {
+        let timeout = Duration::from_secs(2);
+        let lossy = Validated::new(Some(resolver(1, 0).await), timeout).expect("client");
+        let answer = lossy
+            .query("_25._tcp.mx.example", RecordType::TLSA)
+            .await
+            .expect("answered on the second try");
+        assert!(answer.authenticated && answer.records.is_empty() && !answer.nx_domain);
+        let foreign = Validated::new(Some(resolver(0, 1).await), timeout).expect("client");
+        let err = foreign
+            .query("_25._tcp.mx.example", RecordType::TLSA)
+            .await
+            .expect_err("another id");
+        assert!(err.to_string().contains("another question"), "{err}");
     }
 
     #[test]
