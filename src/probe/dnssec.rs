@@ -74,10 +74,6 @@ impl Validated {
         })
     }
 
-    pub fn server(&self) -> SocketAddr {
-        self.server
-    }
-
     /// Records of `rtype` at `name`. SERVFAIL is an error: from a validating resolver it
     /// usually means the answer was bogus, and nothing may be concluded from it.
     pub async fn query(&self, name: &str, rtype: RecordType) -> Result<Answer, DnsError> {

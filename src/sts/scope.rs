@@ -78,11 +78,6 @@ impl Scope {
             mta_sts: self.mta_sts.extra(domain),
         }
     }
-
-    /// What to add to an `enforce` MTA-STS answer; `None` when not honoured.
-    pub fn extra(&self, name: &str, domain: &str) -> Option<String> {
-        self.honoured(name, domain).mta_sts
-    }
 }
 
 impl Rows {
@@ -160,6 +155,11 @@ pub fn is_attribute(value: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// What is added to an `enforce` MTA-STS answer; `None` when not honoured.
+    fn sts(scope: &Scope, name: &str, domain: &str) -> Option<String> {
+        scope.honoured(name, domain).mta_sts
+    }
+
     #[test]
     fn rows_match_as_the_policy_table_does() {
         let scope = Scope::parse(
@@ -169,19 +169,19 @@ mod tests {
         .expect("scope");
         let tls13 = Some("protocols=>=TLSv1.3".to_string());
         let tls12 = Some("protocols=>=TLSv1.2".to_string());
-        assert_eq!(scope.extra("mailtls", "example.com"), tls13);
+        assert_eq!(sts(&scope, "mailtls", "example.com"), tls13);
         // `example.com` does not cover its subdomains; `.example.org` covers only them.
-        assert_eq!(scope.extra("mailtls", "mx.example.com"), None);
-        assert_eq!(scope.extra("mailtls", "a.b.example.org"), tls12);
-        assert_eq!(scope.extra("mailtls", "example.org"), None);
-        assert_eq!(scope.extra("mailtls", "other.test"), None);
+        assert_eq!(sts(&scope, "mailtls", "mx.example.com"), None);
+        assert_eq!(sts(&scope, "mailtls", "a.b.example.org"), tls12);
+        assert_eq!(sts(&scope, "mailtls", "example.org"), None);
+        assert_eq!(sts(&scope, "mailtls", "other.test"), None);
         // A service's name carries its version, whatever the rows say.
         assert_eq!(
-            scope.extra("mailtls-verify-tls13-bounce-sts", "other.test"),
+            sts(&scope, "mailtls-verify-tls13-bounce-sts", "other.test"),
             tls13
         );
         assert_eq!(
-            scope.extra("mailtls-verify-tls13-bounce", "other.test"),
+            sts(&scope, "mailtls-verify-tls13-bounce", "other.test"),
             None
         );
 
@@ -190,12 +190,12 @@ mod tests {
             "",
         )
         .expect("scope");
-        assert_eq!(all.extra("mailtls", "other.test"), tls12);
-        assert_eq!(all.extra("mailtls", "example.com"), tls13);
+        assert_eq!(sts(&all, "mailtls", "other.test"), tls12);
+        assert_eq!(sts(&all, "mailtls", "example.com"), tls13);
         assert!(!all.is_empty());
         assert!(Scope::parse("# nothing\n", "").expect("empty").is_empty());
         assert_eq!(
-            Scope::everything().extra("postfix", "any.test"),
+            sts(&Scope::everything(), "postfix", "any.test"),
             Some(String::new())
         );
     }
@@ -221,14 +221,14 @@ mod tests {
         let new =
             Scope::parse("* protocols=>=TLSv1.2\na.test protocols=>=TLSv1.2\n", "").expect("new");
         let both = new.union(&old);
-        let v = |d: &str| both.extra("mailtls", d);
+        let v = |d: &str| sts(&both, "mailtls", d);
         assert_eq!(v("a.test").as_deref(), Some("protocols=>=TLSv1.3"));
         assert_eq!(v("b.test").as_deref(), Some("protocols=>=TLSv1.2"));
         assert_eq!(v("c.test").as_deref(), Some("protocols=>=TLSv1.2"));
         let none = Scope::default().union(&old);
-        assert_eq!(none.extra("mailtls", "c.test"), None);
+        assert_eq!(sts(&none, "mailtls", "c.test"), None);
         assert_eq!(
-            none.extra("mailtls", "a.test").as_deref(),
+            sts(&none, "mailtls", "a.test").as_deref(),
             Some("protocols=>=TLSv1.3")
         );
     }
