@@ -14,6 +14,7 @@ pub mod cli;
 pub mod controller;
 pub mod engine;
 pub mod observe;
+pub mod parallel;
 pub mod policy;
 pub mod probe;
 pub mod relay;

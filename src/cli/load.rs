@@ -92,6 +92,7 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
             });
         }
     }
+    let mut docs = Vec::new();
     for file in files {
         // Refused before reading: a huge file would cost its size in memory first.
         let size = std::fs::metadata(&file).map_or(0, |m| m.len());
@@ -100,7 +101,7 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
             continue;
         }
         match std::fs::read_to_string(&file) {
-            Ok(text) => load_text(&file, &text, default_namespace, &mut loaded, &mut errors),
+            Ok(text) => docs.extend(documents(&file, &text)),
             Err(e) => errors.push(LoadError {
                 source: Some(Source {
                     file: file.clone(),
@@ -112,6 +113,7 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
             }),
         }
     }
+    load_documents(docs, default_namespace, &mut loaded, &mut errors);
     (loaded, errors)
 }
 
@@ -119,13 +121,8 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
 pub fn load_str(name: &str, text: &str, default_namespace: &str) -> (Loaded, Vec<LoadError>) {
     let mut loaded = Loaded::default();
     let mut errors = Vec::new();
-    load_text(
-        Path::new(name),
-        text,
-        default_namespace,
-        &mut loaded,
-        &mut errors,
-    );
+    let docs = documents(Path::new(name), text);
+    load_documents(docs, default_namespace, &mut loaded, &mut errors);
     (loaded, errors)
 }
 
@@ -159,60 +156,86 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One YAML document of a file.
+struct Document {
+    /// Where it starts.
+    source: Source,
+    text: String,
+}
+
 /// Split a YAML stream into documents with the line each starts on.
-fn documents(text: &str) -> Vec<(usize, String)> {
+fn documents(file: &Path, text: &str) -> Vec<Document> {
     let mut docs = Vec::new();
     let mut current = String::new();
     let mut start = 1;
+    let mut push = |line: usize, text: String| {
+        docs.push(Document {
+            source: Source {
+                file: file.to_path_buf(),
+                line,
+            },
+            text,
+        })
+    };
     for (i, line) in text.lines().enumerate() {
         if line == "---" || line.starts_with("--- ") || line == "..." {
-            docs.push((start, std::mem::take(&mut current)));
+            push(start, std::mem::take(&mut current));
             start = i + 2;
             continue;
         }
         current.push_str(line);
         current.push('\n');
     }
-    docs.push((start, current));
+    push(start, current);
     docs
 }
 
-fn load_text(
-    file: &Path,
-    text: &str,
+/// Parse and type every document, several at once (that is most of the time on large
+/// inputs), then add them to `loaded` in their order.
+fn load_documents(
+    docs: Vec<Document>,
     default_ns: &str,
     loaded: &mut Loaded,
     errors: &mut Vec<LoadError>,
 ) {
-    let limits =
-        yaml_limits::check_size(text.len() as u64).and_then(|()| yaml_limits::check_depth(text));
-    if let Err(e) = limits {
-        errors.push(too_big(file, e));
-        return;
+    let read = crate::parallel::map(&docs, |doc| check_and_parse(doc).map(classify));
+    for (doc, read) in docs.iter().zip(read) {
+        match read {
+            Ok(read) => apply(
+                read,
+                &doc.source,
+                Some(&doc.text),
+                default_ns,
+                loaded,
+                errors,
+            ),
+            Err(e) => errors.push(e),
+        }
     }
-    for (line, doc) in documents(text) {
-        let source = Source {
-            file: file.to_path_buf(),
-            line,
-        };
-        let value: Value = match parse(&doc) {
-            Ok(v) => v,
-            Err(e) => {
-                let at = e.location().map_or(line, |l| line + l.line() - 1);
-                errors.push(LoadError {
-                    source: Some(Source {
-                        file: file.to_path_buf(),
-                        line: at,
-                    }),
-                    resource: None,
-                    field: None,
-                    message: format!("not valid YAML: {e}"),
-                });
-                continue;
-            }
-        };
-        load_value(value, &source, Some(&doc), default_ns, loaded, errors);
+}
+
+/// A document's value, or why it cannot be read: too large or deep (checked before the
+/// parser sees it), or not valid YAML (with the line).
+fn check_and_parse(doc: &Document) -> Result<Value, LoadError> {
+    let (file, line) = (&doc.source.file, doc.source.line);
+    let limits = yaml_limits::check_size(doc.text.len() as u64)
+        .and_then(|()| yaml_limits::check_depth(&doc.text));
+    if let Err(mut e) = limits {
+        e.line += line - 1;
+        return Err(too_big(file, e));
     }
+    parse(&doc.text).map_err(|e| {
+        let at = e.location().map_or(line, |l| line + l.line() - 1);
+        LoadError {
+            source: Some(Source {
+                file: file.to_path_buf(),
+                line: at,
+            }),
+            resource: None,
+            field: None,
+            message: format!("not valid YAML: {e}"),
+        }
+    })
 }
 
 /// A document written as JSON (a `.json` file, or JSON-style YAML with quoted keys) is read
@@ -240,28 +263,44 @@ fn too_big(file: &Path, e: yaml_limits::TooBig) -> LoadError {
     }
 }
 
-/// `doc`: the document's text, to find the line of a field (none for `List` items).
-fn load_value(
-    value: Value,
-    source: &Source,
-    doc: Option<&str>,
-    default_ns: &str,
-    loaded: &mut Loaded,
-    errors: &mut Vec<LoadError>,
-) {
-    let err = |message: String| LoadError {
-        source: Some(source.clone()),
-        resource: None,
-        field: None,
-        message,
-    };
-    let Value::Mapping(map) = &value else {
-        if !value.is_null() {
-            errors.push(err(
-                "a document must be a mapping with apiVersion and kind".into()
-            ));
+/// A document read as far as it can be without the others: its kind and, for ours, the
+/// typed resource (done on the parsing threads, so the value is freed there too).
+enum Doc {
+    /// An empty document.
+    Empty,
+    /// Refused: why.
+    Refused(String),
+    /// Another API group's document, passed over: its kind.
+    Skipped(String),
+    List(Vec<Doc>),
+    AddressList(Typed<AddressList>),
+    TlsCompliance(Typed<TlsCompliance>),
+    OutboundGateway(Typed<OutboundGateway>),
+}
+
+/// A resource of ours as read: the name it claims (for messages when it cannot be read),
+/// and the resource with its unknown fields, or every field that is wrong.
+struct Typed<K> {
+    name_hint: String,
+    read: Result<(K, Vec<String>), FieldProblems>,
+}
+
+impl<K: DeserializeOwned> Typed<K> {
+    fn new(value: Value, name_hint: String) -> Self {
+        Typed {
+            name_hint,
+            read: typed_all(value),
         }
-        return;
+    }
+}
+
+fn classify(value: Value) -> Doc {
+    let Value::Mapping(map) = &value else {
+        return if value.is_null() {
+            Doc::Empty
+        } else {
+            Doc::Refused("a document must be a mapping with apiVersion and kind".into())
+        };
     };
     let get = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
     let (api_version, kind) = (
@@ -275,52 +314,79 @@ fn load_value(
         .unwrap_or("?")
         .to_string();
     if kind == "List" {
-        if let Value::Mapping(mut map) = value
-            && let Some(Value::Sequence(items)) = map.remove("items")
-        {
-            for item in items {
-                load_value(item, source, None, default_ns, loaded, errors);
-            }
-        }
-        return;
+        let items = match value {
+            Value::Mapping(mut map) => match map.remove("items") {
+                Some(Value::Sequence(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        return Doc::List(items.into_iter().map(classify).collect());
     }
     let group = api_version.split_once('/').map_or("", |(g, _)| g);
     if group != GROUP {
-        loaded.skipped.push(format!(
-            "{source} {}",
-            if kind.is_empty() { "(no kind)" } else { &kind }
-        ));
-        return;
+        return Doc::Skipped(if kind.is_empty() {
+            "(no kind)".into()
+        } else {
+            kind
+        });
     }
     let expected = format!("{GROUP}/{VERSION}");
     if api_version != expected {
-        errors.push(err(format!(
+        return Doc::Refused(format!(
             "apiVersion {api_version} is not served; use {expected}"
-        )));
-        return;
+        ));
     }
     match kind.as_str() {
-        "AddressList" => add::<AddressList>(value, source, doc, default_ns, &name_hint, loaded, errors),
-        "TlsCompliance" => {
-            add::<TlsCompliance>(value, source, doc, default_ns, &name_hint, loaded, errors)
-        }
-        "OutboundGateway" => {
-            add::<OutboundGateway>(value, source, doc, default_ns, &name_hint, loaded, errors)
-        }
-        other => errors.push(err(format!("unknown kind '{other}' in {GROUP}; expected AddressList, TlsCompliance or OutboundGateway"))),
+        "AddressList" => Doc::AddressList(Typed::new(value, name_hint)),
+        "TlsCompliance" => Doc::TlsCompliance(Typed::new(value, name_hint)),
+        "OutboundGateway" => Doc::OutboundGateway(Typed::new(value, name_hint)),
+        other => Doc::Refused(format!(
+            "unknown kind '{other}' in {GROUP}; expected AddressList, TlsCompliance or OutboundGateway"
+        )),
     }
 }
 
-/// Read one document of kind `K` and add it to its namespace's inputs, or say why not.
-fn add<K: Managed>(
-    value: Value,
+/// Add a document to `loaded`, or say why not. `doc`: its text, to find the line of a field
+/// (none for `List` items).
+fn apply(
+    read: Doc,
     source: &Source,
     doc: Option<&str>,
     default_ns: &str,
-    name_hint: &str,
     loaded: &mut Loaded,
     errors: &mut Vec<LoadError>,
 ) {
+    match read {
+        Doc::Empty => {}
+        Doc::Refused(message) => errors.push(LoadError {
+            source: Some(source.clone()),
+            resource: None,
+            field: None,
+            message,
+        }),
+        Doc::Skipped(kind) => loaded.skipped.push(format!("{source} {kind}")),
+        Doc::List(items) => {
+            for item in items {
+                apply(item, source, None, default_ns, loaded, errors);
+            }
+        }
+        Doc::AddressList(t) => add(t, source, doc, default_ns, loaded, errors),
+        Doc::TlsCompliance(t) => add(t, source, doc, default_ns, loaded, errors),
+        Doc::OutboundGateway(t) => add(t, source, doc, default_ns, loaded, errors),
+    }
+}
+
+/// Add one resource of kind `K` to its namespace's inputs, or say why not.
+fn add<K: Managed>(
+    typed: Typed<K>,
+    source: &Source,
+    doc: Option<&str>,
+    default_ns: &str,
+    loaded: &mut Loaded,
+    errors: &mut Vec<LoadError>,
+) {
+    let name_hint = typed.name_hint;
     let kind = K::KIND;
     // The line of a field, when the document's text shows it; else the document's.
     let at = |field: Option<&str>| Source {
@@ -331,7 +397,7 @@ fn add<K: Managed>(
                 .and_then(|(f, d)| field_line(d, f))
                 .unwrap_or(0),
     };
-    let (resource, unknown) = match typed_all::<K>(value) {
+    let (resource, unknown) = match typed.read {
         Ok(r) => r,
         Err(problems) => {
             for (field, message) in problems {
@@ -411,7 +477,7 @@ type FieldProblems = Vec<(Option<String>, String)>;
 fn typed_all<T: DeserializeOwned>(mut value: Value) -> Result<(T, Vec<String>), FieldProblems> {
     let mut problems: FieldProblems = Vec::new();
     loop {
-        match typed::<T>(value.clone()) {
+        match typed::<T>(&value) {
             Ok(ok) if problems.is_empty() => return Ok(ok),
             Ok(_) => return Err(problems),
             Err((field, message)) => {
@@ -553,7 +619,7 @@ fn field_line(doc: &str, path: &str) -> Option<usize> {
 }
 
 /// Deserialize with the failing field's path, and collect fields the type does not know.
-fn typed<T: DeserializeOwned>(value: Value) -> Result<(T, Vec<String>), (Option<String>, String)> {
+fn typed<T: DeserializeOwned>(value: &Value) -> Result<(T, Vec<String>), (Option<String>, String)> {
     let mut unknown = Vec::new();
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(value, &mut track);
@@ -679,5 +745,36 @@ spec:
         let problems = typed_all::<OutboundGateway>(value).expect_err("errors");
         let fields: Vec<&str> = problems.iter().filter_map(|(f, _)| f.as_deref()).collect();
         assert_eq!(fields, ["spec.port", "spec.tls.require"], "{problems:?}");
+    }
+
+    /// Documents are parsed several at once; every error still comes with its own line,
+    /// in the order of the file, and later documents see earlier ones (a name defined twice).
+    #[test]
+    fn errors_of_documents_parsed_at_once_keep_their_lines_and_order() {
+        let list = "apiVersion: mailtls.io/v1alpha1\nkind: AddressList\nmetadata:\n  name: a\nspec:\n  entries: [x.example]\n";
+        let deep = format!("apiVersion: v1\nkind: X\ndata: {}\n", "[".repeat(70));
+        let docs = [
+            list.to_string(),                           // lines 1-6
+            "kind: [unclosed\n".to_string(),            // line 8, found at its end (9)
+            deep,                                       // lines 10-12, deep on 12
+            list.replace("x.example", "y.example"),     // lines 14-19, defined twice
+            "apiVersion: v1\nkind: ConfigMap\n".into(), // skipped
+        ];
+        let text = docs.join("---\n");
+        let (loaded, errors) = load_str("all.yaml", &text, "ns");
+        let lines: Vec<usize> = errors
+            .iter()
+            .map(|e| e.source.as_ref().map_or(0, |s| s.line))
+            .collect();
+        assert_eq!(lines, [9, 12, 14], "{errors:#?}");
+        assert!(
+            errors[0].message.starts_with("not valid YAML"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].message.contains("nested deeper"), "{}", errors[1]);
+        assert!(errors[2].message.contains("defined twice"), "{}", errors[2]);
+        assert_eq!(loaded.namespaces["ns"].address_lists.len(), 1);
+        assert_eq!(loaded.skipped, ["all.yaml:21 ConfigMap"]);
     }
 }

@@ -1,7 +1,7 @@
 //! Writing rendered files: each one replaced atomically (temp file + rename), files a
 //! previous render wrote and this one does not are removed, nothing else is touched.
 
-use crate::render::{MANIFEST, RenderOptions};
+use crate::render::{MANIFEST, PostfixVersion, RenderOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -39,18 +39,23 @@ pub fn write_files(
 }
 
 /// `auto`: ask the local Postfix (`postconf -h mail_version`), else assume the newest.
-pub fn postfix_version(arg: &str) -> Result<crate::render::PostfixVersion, String> {
+pub fn postfix_version(arg: &str) -> Result<PostfixVersion, String> {
     if arg != "auto" {
         return arg.parse();
     }
-    let detected = std::process::Command::new("postconf")
+    Ok(local_postfix_version())
+}
+
+/// The local Postfix's release, else the newest.
+fn local_postfix_version() -> PostfixVersion {
+    std::process::Command::new("postconf")
         .args(["-h", "mail_version"])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|v| v.parse().ok());
-    Ok(detected.unwrap_or(crate::render::PostfixVersion::LATEST))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PostfixVersion::LATEST)
 }
 
 /// The options shared by `render` and `standalone`.
@@ -81,6 +86,28 @@ impl RenderFlags {
         self.options().map_err(|e| {
             eprintln!("error: {e}");
             std::process::ExitCode::from(super::EXIT_USAGE)
+        })
+    }
+
+    /// [`options_or_exit`](Self::options_or_exit), with `--postfix-version auto` asked of
+    /// the local Postfix on another thread (a process start, 10 ms) while the caller reads
+    /// its input; the returned function waits for the answer.
+    pub fn options_soon(
+        &self,
+    ) -> Result<impl FnOnce() -> RenderOptions + use<>, std::process::ExitCode> {
+        let ask = self.postfix_version == "auto";
+        let mut flags = self.clone();
+        if ask {
+            flags.postfix_version = PostfixVersion::LATEST.to_string();
+        }
+        let opts = flags.options_or_exit()?;
+        let asking = ask.then(|| std::thread::spawn(local_postfix_version));
+        Ok(move || match asking {
+            Some(answer) => RenderOptions {
+                postfix_version: answer.join().unwrap_or(PostfixVersion::LATEST),
+                ..opts
+            },
+            None => opts,
         })
     }
 

@@ -1,7 +1,9 @@
 //! Address-list entries: parsing, normalisation and the checks that keep data from ever
 //! becoming Postfix configuration.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest local part (RFC 5321 §4.5.3.1.1).
 const MAX_LOCAL: usize = 64;
@@ -20,11 +22,11 @@ const MAX_LABEL: usize = 63;
 #[derive(Clone, Debug)]
 pub enum Entry {
     /// `alice@example.com`.
-    Address(String),
+    Address(Arc<str>),
     /// `example.com`: the domain itself.
-    Domain(String),
+    Domain(Arc<str>),
     /// `.example.com`: every subdomain of `example.com` (stored with the leading dot).
-    Subdomains(String),
+    Subdomains(Arc<str>),
 }
 
 impl PartialEq for Entry {
@@ -70,7 +72,7 @@ impl Entry {
     /// The domain part: the address's domain, the domain, or the parent of the subdomains.
     pub fn domain(&self) -> &str {
         match self {
-            Entry::Address(a) => a.rsplit_once('@').map_or(a.as_str(), |(_, d)| d),
+            Entry::Address(a) => a.rsplit_once('@').map_or(a, |(_, d)| d),
             Entry::Domain(d) => d,
             Entry::Subdomains(d) => &d[1..],
         }
@@ -116,8 +118,8 @@ impl Entry {
         }
         let mut domain = Some(self.domain());
         while let Some(d) = domain {
-            keys.push(Entry::Domain(d.to_string()));
-            keys.push(Entry::Subdomains(format!(".{d}")));
+            keys.push(Entry::Domain(d.into()));
+            keys.push(Entry::Subdomains(format!(".{d}").into()));
             domain = d.split_once('.').map(|(_, parent)| parent);
         }
         keys
@@ -128,11 +130,11 @@ impl Entry {
         self.lookup_keys()
             .map(|k| {
                 if k.starts_with('.') {
-                    Entry::Subdomains(k.to_string())
+                    Entry::Subdomains(k.into())
                 } else if k.contains('@') {
-                    Entry::Address(k.to_string())
+                    Entry::Address(k.into())
                 } else {
-                    Entry::Domain(k.to_string())
+                    Entry::Domain(k.into())
                 }
             })
             .collect()
@@ -151,6 +153,42 @@ pub fn parse_entry(raw: &str) -> Result<Entry, String> {
     if raw.is_empty() {
         return Err("empty entry".into());
     }
+    // Nearly every entry is plain ASCII letters, digits and `@.-_+`: one pass says so, and
+    // only the others are searched for the first problem to report.
+    let plain = raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'-' | b'_' | b'+'));
+    if !plain {
+        check_characters(raw)?;
+    }
+    if raw.starts_with('-') {
+        return Err("starts with '-'".into());
+    }
+    match raw.matches('@').count() {
+        0 => {
+            if let Some(rest) = raw.strip_prefix('.') {
+                if rest.is_empty() || rest.starts_with('.') {
+                    return Err("a subdomain entry needs a domain after the leading dot".into());
+                }
+                let domain = domain_text(rest, 1)?;
+                Ok(Entry::Subdomains(canonical(raw, &[".", &domain])))
+            } else {
+                let domain = domain_text(raw, 2)?;
+                Ok(Entry::Domain(canonical(raw, &[&domain])))
+            }
+        }
+        1 => {
+            let (local, domain) = raw.split_once('@').unwrap_or_default();
+            check_local(local)?;
+            let domain = domain_text(domain, 2)?;
+            Ok(Entry::Address(canonical(raw, &[local, "@", &domain])))
+        }
+        _ => Err("contains more than one '@'".into()),
+    }
+}
+
+/// The first character an entry may not hold, as an error.
+fn check_characters(raw: &str) -> Result<(), String> {
     if let Some(c) = raw.chars().find(|c| c.is_control()) {
         return Err(format!(
             "contains the control character {}",
@@ -170,34 +208,30 @@ pub fn parse_entry(raw: &str) -> Result<Entry, String> {
             "contains the character '{c}', which is not allowed in an address or domain"
         ));
     }
-    if raw.starts_with('-') {
-        return Err("starts with '-'".into());
-    }
-    match raw.matches('@').count() {
-        0 => {
-            if let Some(rest) = raw.strip_prefix('.') {
-                if rest.is_empty() || rest.starts_with('.') {
-                    return Err("a subdomain entry needs a domain after the leading dot".into());
-                }
-                Ok(Entry::Subdomains(format!(
-                    ".{}",
-                    normalize_domain(rest, 1)?
-                )))
-            } else {
-                Ok(Entry::Domain(normalize_domain(raw, 2)?))
-            }
-        }
-        1 => {
-            let (local, domain) = raw.split_once('@').unwrap_or_default();
-            let local = normalize_local(local)?;
-            let domain = normalize_domain(domain, 2)?;
-            Ok(Entry::Address(format!("{local}@{domain}")))
-        }
-        _ => Err("contains more than one '@'".into()),
-    }
+    Ok(())
 }
 
-fn normalize_local(local: &str) -> Result<String, String> {
+/// The canonical text `parts` joined and in lowercase. Most entries are written that way
+/// already: then it is `raw` as is, one allocation for the hundred thousands of them.
+fn canonical(raw: &str, parts: &[&str]) -> Arc<str> {
+    let mut rest = raw;
+    let as_written = parts.iter().all(|p| match rest.strip_prefix(p) {
+        Some(after) => {
+            rest = after;
+            true
+        }
+        None => false,
+    }) && rest.is_empty();
+    if as_written && !raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Arc::from(raw);
+    }
+    let mut text = parts.concat();
+    text.make_ascii_lowercase();
+    Arc::from(text)
+}
+
+/// Check the part before '@' (ASCII; lowercased by the caller).
+fn check_local(local: &str) -> Result<(), String> {
     if local.is_empty() {
         return Err("missing the part before '@'".into());
     }
@@ -221,7 +255,7 @@ fn normalize_local(local: &str) -> Result<String, String> {
     if local.starts_with('-') {
         return Err("starts with '-'".into());
     }
-    Ok(local.to_ascii_lowercase())
+    Ok(())
 }
 
 /// RFC 5322 atext and dots, without `#` (a map comment), `=`, `{`, `}` (Postfix syntax) and
@@ -237,15 +271,24 @@ fn is_local_char(c: char) -> bool {
 /// Normalise a domain: lowercase, drop one trailing dot, internationalised names to punycode,
 /// then check every label. `min_labels` is 2 for mail domains and 1 for `.tld` wildcards.
 pub fn normalize_domain(raw: &str, min_labels: usize) -> Result<String, String> {
+    domain_text(raw, min_labels).map(Cow::into_owned)
+}
+
+/// [`normalize_domain`], borrowing `raw` when it is already normal.
+fn domain_text(raw: &str, min_labels: usize) -> Result<Cow<'_, str>, String> {
     let trimmed = raw.strip_suffix('.').unwrap_or(raw);
     if trimmed.is_empty() {
         return Err("missing domain".into());
     }
-    let ascii = if trimmed.is_ascii() {
-        trimmed.to_ascii_lowercase()
+    let ascii = if !trimmed.is_ascii() {
+        Cow::Owned(
+            idna::domain_to_ascii_strict(trimmed)
+                .map_err(|_| "not a valid internationalised domain name".to_string())?,
+        )
+    } else if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
     } else {
-        idna::domain_to_ascii_strict(trimmed)
-            .map_err(|_| "not a valid internationalised domain name".to_string())?
+        Cow::Borrowed(trimmed)
     };
     check_ascii_domain(&ascii, min_labels)?;
     Ok(ascii)
@@ -256,8 +299,11 @@ pub fn check_ascii_domain(domain: &str, min_labels: usize) -> Result<(), String>
     if domain.len() > MAX_DOMAIN {
         return Err(format!("domain is longer than {MAX_DOMAIN} characters"));
     }
-    let labels: Vec<&str> = domain.split('.').collect();
-    for label in &labels {
+    let mut labels = 0;
+    let mut last = "";
+    for label in domain.split('.') {
+        labels += 1;
+        last = label;
         if label.is_empty() {
             return Err("domain has an empty label ('..' or a leading/trailing dot)".into());
         }
@@ -279,13 +325,10 @@ pub fn check_ascii_domain(domain: &str, min_labels: usize) -> Result<(), String>
             return Err("a domain label may not start or end with '-'".into());
         }
     }
-    if labels.len() < min_labels {
+    if labels < min_labels {
         return Err("a domain needs at least two labels (example.com); use '.com' for every subdomain of a top-level domain".into());
     }
-    if labels
-        .last()
-        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
-    {
+    if last.bytes().all(|b| b.is_ascii_digit()) {
         return Err("looks like an IP address, not a domain".into());
     }
     Ok(())
@@ -427,5 +470,51 @@ mod tests {
     fn display_raw_escapes_and_cuts() {
         assert_eq!(display_raw("a\nb"), "a\\nb");
         assert_eq!(display_raw(&"x".repeat(500)).chars().count(), 101);
+    }
+
+    /// The text as the engine wrote it before entries kept their input's allocation: every
+    /// part normalised on its own, then joined.
+    fn joined(raw: &str) -> Result<String, String> {
+        parse_entry(raw)?; // the same checks
+        Ok(match raw.split_once('@') {
+            Some((local, domain)) => format!(
+                "{}@{}",
+                local.to_ascii_lowercase(),
+                normalize_domain(domain, 2)?
+            ),
+            None => match raw.strip_prefix('.') {
+                Some(rest) => format!(".{}", normalize_domain(rest, 1)?),
+                None => normalize_domain(raw, 2)?,
+            },
+        })
+    }
+
+    #[test]
+    fn entries_written_otherwise_get_their_canonical_text() {
+        for (raw, text) in [
+            ("x.example", "x.example"),
+            ("User@Example.COM", "user@example.com"),
+            ("a@x.example.", "a@x.example"),
+            (".Sub.Example.COM.", ".sub.example.com"),
+            ("bücher.example", "xn--bcher-kva.example"),
+            ("A@bücher.example", "a@xn--bcher-kva.example"),
+        ] {
+            assert_eq!(e(raw).as_str(), text, "{raw}");
+            assert_eq!(joined(raw).as_deref(), Ok(text), "{raw}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+
+        /// Taking the input as it is when it is canonical already gives the text normalising
+        /// each part gives.
+        #[test]
+        fn the_canonical_text_is_the_normalised_parts(
+            raw in "(([a-zA-Z0-9._+-]{1,8}@)|\\.)?[a-zA-Z0-9-]{1,8}(\\.[a-zA-Z0-9-]{1,6}){0,2}\\.[a-zA-Z]{2,4}\\.?"
+        ) {
+            let got = parse_entry(&raw).map(|e| e.as_str().to_string());
+            proptest::prop_assert_eq!(got, joined(&raw));
+        }
     }
 }

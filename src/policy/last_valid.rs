@@ -162,8 +162,24 @@ struct Substitution<'a> {
     substituted: bool,
 }
 
+/// What the second pass sees of one resource: the resource as it is, or a replacement.
+/// Only a second pass copies the resources: a hundred thousand entries cost a copy.
+enum Used<'a, K> {
+    Current(&'a K),
+    Replaced(K),
+}
+
+fn owned<K: Clone>(used: Vec<Used<'_, K>>) -> Vec<K> {
+    used.into_iter()
+        .map(|u| match u {
+            Used::Current(r) => r.clone(),
+            Used::Replaced(r) => r,
+        })
+        .collect()
+}
+
 impl Substitution<'_> {
-    fn kind<K: Snapshotted>(&mut self, items: &[K]) -> Vec<K> {
+    fn kind<'r, K: Snapshotted>(&mut self, items: &'r [K]) -> Vec<Used<'r, K>> {
         let mut out = Vec::with_capacity(items.len());
         for r in items {
             let name = r.name_any();
@@ -181,7 +197,7 @@ impl Substitution<'_> {
                     },
                 );
                 self.in_force.insert(id, InForce::Current(g));
-                out.push(r.clone());
+                out.push(Used::Current(r));
                 continue;
             }
             self.substituted = true;
@@ -191,14 +207,14 @@ impl Substitution<'_> {
                     *old.spec_mut() = kept.spec.clone();
                     self.in_force.insert(id, InForce::Earlier(kept.generation));
                     K::kept_mut(&mut self.next).insert(name, kept.clone());
-                    out.push(old);
+                    out.push(Used::Replaced(old));
                 }
                 None => {
                     self.in_force.insert(id, InForce::Nothing);
                     if let Some(nothing) = K::nothing() {
                         let mut empty = r.clone();
                         *empty.spec_mut() = nothing;
-                        out.push(empty);
+                        out.push(Used::Replaced(empty));
                     }
                 }
             }
@@ -220,12 +236,9 @@ pub fn evaluate_fail_closed(inputs: &Inputs, last: &LastValid) -> (Evaluation, L
         in_force: BTreeMap::new(),
         substituted: false,
     };
-    let mut used = Inputs {
-        namespace: inputs.namespace.clone(),
-        address_lists: sub.kind(&inputs.address_lists),
-        policies: sub.kind(&inputs.policies),
-        gateways: sub.kind(&inputs.gateways),
-    };
+    let address_lists = sub.kind(&inputs.address_lists);
+    let policies = sub.kind(&inputs.policies);
+    let gateways = sub.kind(&inputs.gateways);
     let Substitution {
         next: mut next_snapshot,
         in_force,
@@ -239,6 +252,12 @@ pub fn evaluate_fail_closed(inputs: &Inputs, last: &LastValid) -> (Evaluation, L
         }
         return (evaluation, next_snapshot);
     }
+    let mut used = Inputs {
+        namespace: inputs.namespace.clone(),
+        address_lists: owned(address_lists),
+        policies: owned(policies),
+        gateways: owned(gateways),
+    };
     let ghosts = add_ghost_lists(&mut used, &in_force, last, &mut next_snapshot);
     let second = evaluate(&used);
     let findings = combine(&first.findings, second.findings, in_force, &ghosts);

@@ -97,11 +97,43 @@ impl Lists {
     }
 }
 
+/// Entries parsed by one worker at a time.
+const PARSE_CHUNK: usize = 4096;
+
+/// A list's items as written: its entries, then its bulk text's items.
+fn raw_items(list: &AddressList) -> impl Iterator<Item = &str> {
+    let bulk = list.spec.bulk.as_deref().unwrap_or_default();
+    list.spec
+        .entries
+        .iter()
+        .map(String::as_str)
+        .chain(entry::split_bulk(bulk))
+}
+
 /// Normalise every list: parse each entry, drop and count duplicates, collect invalid ones.
 /// Lists refused by [`admit`] are not read at all.
 pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists {
-    let admitted = admit(lists, findings);
-    let mut out = Lists::default();
+    let (admitted, total) = admit(lists, findings);
+    // Sized once for every entry as written: growing the table rehashes them all each time.
+    let mut out = Lists {
+        entries: Vec::with_capacity(total),
+        ids: FxHashMap::with_capacity_and_hasher(total, Default::default()),
+        by_name: BTreeMap::new(),
+    };
+    // Parsing is most of the work, and each entry is parsed alone: on every core, in
+    // chunks (one list may hold all the entries), then taken in the order written.
+    let raws: Vec<&str> = lists
+        .iter()
+        .zip(&admitted)
+        .filter(|(_, admitted)| **admitted)
+        .flat_map(|(list, _)| raw_items(list))
+        .collect();
+    let chunks: Vec<&[&str]> = raws.chunks(PARSE_CHUNK).collect();
+    let mut parsed = crate::parallel::map(&chunks, |chunk| {
+        chunk.iter().map(|raw| parse_entry(raw)).collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten();
     // The list that last took each id, to count duplicates within one list.
     let mut last_list: Vec<u32> = Vec::new();
     for (n, list) in lists.iter().enumerate() {
@@ -115,40 +147,48 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
         let stamp = n as u32 + 1;
         let mut stats = ListStats::default();
         let mut ids = Vec::new();
-        let mut add =
-            |raw: &str, field: &dyn Fn() -> String, stats: &mut ListStats| match parse_entry(raw) {
-                Ok(entry) => {
-                    let id = out.intern(entry) as usize;
-                    if id >= last_list.len() {
-                        last_list.resize(id + 1, 0);
-                    }
-                    if std::mem::replace(&mut last_list[id], stamp) == stamp {
-                        stats.duplicates += 1;
-                    } else {
-                        ids.push(id as u32);
-                    }
+        let mut add = |raw: &str,
+                       parsed: Result<Entry, String>,
+                       field: &dyn Fn() -> String,
+                       stats: &mut ListStats| match parsed {
+            Ok(entry) => {
+                let id = out.intern(entry) as usize;
+                if id >= last_list.len() {
+                    last_list.resize(id + 1, 0);
                 }
-                Err(reason) => {
-                    stats.invalid_total += 1;
-                    if stats.invalid.len() < MAX_LISTED_INVALID {
-                        let shown = entry::display_raw(raw);
-                        let message = format!("'{shown}': {reason}");
-                        stats.invalid.push((
-                            shown,
-                            Problem {
-                                field: field(),
-                                message,
-                            },
-                        ));
-                    }
+                if std::mem::replace(&mut last_list[id], stamp) == stamp {
+                    stats.duplicates += 1;
+                } else {
+                    ids.push(id as u32);
                 }
-            };
-        for (i, raw) in list.spec.entries.iter().enumerate() {
-            add(raw, &|| format!("spec.entries[{i}]"), &mut stats);
+            }
+            Err(reason) => {
+                stats.invalid_total += 1;
+                if stats.invalid.len() < MAX_LISTED_INVALID {
+                    let shown = entry::display_raw(raw);
+                    let message = format!("'{shown}': {reason}");
+                    stats.invalid.push((
+                        shown,
+                        Problem {
+                            field: field(),
+                            message,
+                        },
+                    ));
+                }
+            }
+        };
+        // Parsed above, in this very order.
+        for ((i, raw), entry) in list.spec.entries.iter().enumerate().zip(&mut parsed) {
+            add(raw, entry, &|| format!("spec.entries[{i}]"), &mut stats);
         }
         if let Some(bulk) = &list.spec.bulk {
-            for (i, raw) in entry::split_bulk(bulk).enumerate() {
-                add(raw, &|| format!("spec.bulk (item {})", i + 1), &mut stats);
+            for ((i, raw), entry) in entry::split_bulk(bulk).enumerate().zip(&mut parsed) {
+                add(
+                    raw,
+                    entry,
+                    &|| format!("spec.bulk (item {})", i + 1),
+                    &mut stats,
+                );
             }
         }
         (stats.addresses, stats.domains) = out.count_kinds(&ids);
@@ -164,8 +204,8 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
 /// [`MAX_ENTRIES`] and, oldest list first, the namespace within [`MAX_NAMESPACE_ENTRIES`].
 /// Entries are counted as written, before any is parsed or stored, so an oversized
 /// namespace costs one scan of its text instead of the memory of its entries. A refused
-/// list gets an error and contributes nothing.
-fn admit(lists: &[AddressList], findings: &mut Findings) -> Vec<bool> {
+/// list gets an error and contributes nothing. Also returns the entries admitted, as written.
+fn admit(lists: &[AddressList], findings: &mut Findings) -> (Vec<bool>, usize) {
     let mut order: Vec<usize> = (0..lists.len()).collect();
     order.sort_by_key(|&i| checks::age_key(&lists[i]));
     let mut admitted = vec![false; lists.len()];
@@ -205,7 +245,7 @@ fn admit(lists: &[AddressList], findings: &mut Findings) -> Vec<bool> {
         };
         findings.get_mut(&id).errors.push(problem);
     }
-    admitted
+    (admitted, total)
 }
 
 /// The normalised, deduplicated entries of one list (invalid ones left out), sorted.

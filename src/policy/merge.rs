@@ -8,23 +8,95 @@ use super::{
 };
 use crate::api::{AppliesTo, Enforcement, OutboundGateway, TlsCompliance};
 use kube::ResourceExt;
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Per-entry TLS, before the merge with covering entries.
-#[derive(Clone, Default)]
+#[derive(Clone, Copy, Default)]
 pub(super) struct EntryTls {
     enforced: Option<Enforced>,
     monitored: Option<Requirement>,
-    policies: Names,
+    policies: SetId,
+}
+
+/// Per-entry inbound rule, before it becomes an [`InboundRule`].
+#[derive(Clone, Copy, Default)]
+struct EntryInbound {
+    enforced: bool,
+    monitored: bool,
+    policies: SetId,
+}
+
+/// A set of policy names in [`NameSets`].
+type SetId = u32;
+
+/// Every distinct set of policy names, each made once: a hundred thousand entries share a
+/// handful of sets, so an entry holds a number instead of its own list of names.
+struct NameSets {
+    /// Set id → names (id 0: no names).
+    sets: Vec<Names>,
+    ids: FxHashMap<Names, SetId>,
+    /// Memo of unions: (set, set) → set.
+    unions: FxHashMap<(SetId, SetId), SetId>,
+}
+
+impl NameSets {
+    fn new() -> Self {
+        let empty: Names = Arc::from([]);
+        NameSets {
+            sets: vec![empty.clone()],
+            ids: [(empty, 0)].into_iter().collect(),
+            unions: FxHashMap::default(),
+        }
+    }
+
+    fn id(&mut self, names: Names) -> SetId {
+        if let Some(id) = self.ids.get(&names) {
+            return *id;
+        }
+        let id = self.sets.len() as SetId;
+        self.sets.push(names.clone());
+        self.ids.insert(names, id);
+        id
+    }
+
+    /// The set of one name.
+    fn single(&mut self, name: &Arc<str>) -> SetId {
+        self.id(Arc::from([name.clone()]))
+    }
+
+    fn union(&mut self, a: SetId, b: SetId) -> SetId {
+        if a == b || b == 0 {
+            return a;
+        }
+        if a == 0 {
+            return b;
+        }
+        if let Some(id) = self.unions.get(&(a, b)) {
+            return *id;
+        }
+        let mut names: Vec<Arc<str>> = self.sets[a as usize].to_vec();
+        for n in self.sets[b as usize].iter() {
+            add_name(&mut names, n);
+        }
+        let id = self.id(names.into());
+        self.unions.insert((a, b), id);
+        id
+    }
+
+    fn get(&self, id: SetId) -> Names {
+        self.sets[id as usize].clone()
+    }
 }
 
 /// Everything the policies and gateways said about each entry id.
 pub(super) struct Accumulated {
     tls: Vec<Option<EntryTls>>,
-    inbound: Vec<Option<InboundRule>>,
+    inbound: Vec<Option<EntryInbound>>,
     /// The gateway routing each entry (`Recipients`).
     routes: Vec<Option<Arc<str>>>,
+    names: NameSets,
 }
 
 impl Accumulated {
@@ -33,6 +105,7 @@ impl Accumulated {
             tls: vec![None; entries],
             inbound: vec![None; entries],
             routes: vec![None; entries],
+            names: NameSets::new(),
         }
     }
 
@@ -40,8 +113,9 @@ impl Accumulated {
     /// [`Accumulated::resolve`].
     pub fn add_unlisted(p: &TlsCompliance, policy: &mut EffectivePolicy) {
         if p.spec.enforcement == Enforcement::Enforce {
-            let name: Arc<str> = Arc::from(p.name_any());
-            add_name(&mut policy.unlisted_policies, &name);
+            let mut names = policy.unlisted_policies.to_vec();
+            add_name(&mut names, &Arc::from(p.name_any()));
+            policy.unlisted_policies = names.into();
             policy.unlisted = policy
                 .unlisted
                 .union(Mechanisms::from_api(&p.spec.mechanisms));
@@ -50,7 +124,7 @@ impl Accumulated {
 
     /// Add one valid policy's entries.
     pub fn add_policy(&mut self, p: &TlsCompliance, ids: &[u32]) {
-        let name: Arc<str> = Arc::from(p.name_any());
+        let name = self.names.single(&Arc::from(p.name_any()));
         let enforce = p.spec.enforcement == Enforcement::Enforce;
         let requirement = Requirement::new(
             p.spec.require_ca_signed,
@@ -61,7 +135,7 @@ impl Accumulated {
             let id = id as usize;
             if p.spec.direction.outbound() {
                 let tls = self.tls[id].get_or_insert_with(EntryTls::default);
-                add_name(&mut tls.policies, &name);
+                tls.policies = self.names.union(tls.policies, name);
                 if enforce {
                     let e = Enforced {
                         requirement,
@@ -74,8 +148,8 @@ impl Accumulated {
                 }
             }
             if p.spec.direction.inbound() {
-                let rule = self.inbound[id].get_or_insert_with(InboundRule::default);
-                add_name(&mut rule.policies, &name);
+                let rule = self.inbound[id].get_or_insert_with(EntryInbound::default);
+                rule.policies = self.names.union(rule.policies, name);
                 rule.enforced |= enforce;
                 rule.monitored |= !enforce;
             }
@@ -133,13 +207,21 @@ impl Accumulated {
     /// Inbound rules by entry, and for every key any policy or route names, its outbound
     /// rule merged with all entries covering it (strictest wins) and its route (most
     /// specific wins): the key Postfix finds first carries the complete answer.
-    pub fn resolve(self, lists: &Lists, policy: &mut EffectivePolicy) {
+    pub fn resolve(mut self, lists: &Lists, policy: &mut EffectivePolicy) {
         // One sort of every id; inbound rules and outbound keys are taken from it in order,
         // so both maps are bulk-built rather than filled one insert at a time.
         let order = sorted_ids(&lists.entries);
         policy.inbound = order
             .iter()
-            .filter_map(|&id| Some((lists.entries[id].clone(), self.inbound[id].clone()?)))
+            .filter_map(|&id| {
+                let rule = self.inbound[id]?;
+                let rule = InboundRule {
+                    enforced: rule.enforced,
+                    monitored: rule.monitored,
+                    policies: self.names.get(rule.policies),
+                };
+                Some((lists.entries[id].clone(), rule))
+            })
             .collect();
         let keys: Vec<usize> = order
             .into_iter()
@@ -152,8 +234,9 @@ impl Accumulated {
                 enforced: None,
                 monitored: None,
                 route: Route::Direct,
-                policies: Vec::new(),
+                policies: Names::default(),
             };
+            let mut names = 0;
             let mut recipients = None;
             // The key itself first, then every entry that could cover it, most specific first.
             let chain = std::iter::once(Some(id as u32))
@@ -166,9 +249,7 @@ impl Accumulated {
                     if let Some(m) = t.monitored {
                         rule.monitored = fold(rule.monitored, m, Requirement::strictest);
                     }
-                    t.policies
-                        .iter()
-                        .for_each(|n| add_name(&mut rule.policies, n));
+                    names = self.names.union(names, t.policies);
                 }
                 if recipients.is_none()
                     && let Some(g) = &self.routes[covering]
@@ -179,6 +260,7 @@ impl Accumulated {
                     });
                 }
             }
+            rule.policies = self.names.get(names);
             // Listing a destination never weakens what the namespace honours for all.
             if let Some(e) = &mut rule.enforced {
                 e.mechanisms = e.mechanisms.union(policy.unlisted);
@@ -215,7 +297,7 @@ fn sorted_ids(entries: &[Entry]) -> Vec<usize> {
 }
 
 /// Add a name to a sorted, duplicate-free list.
-fn add_name(names: &mut Names, name: &Arc<str>) {
+fn add_name(names: &mut Vec<Arc<str>>, name: &Arc<str>) {
     if let Err(at) = names.binary_search(name) {
         names.insert(at, name.clone());
     }
@@ -283,5 +365,29 @@ pub(super) fn record_gateway_use(policy: &EffectivePolicy, findings: &mut Findin
         findings
             .get_mut(&ResourceId::new(Kind::OutboundGateway, gateway))
             .rendered = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_sets_are_sorted_unions_each_made_once() {
+        let mut sets = NameSets::new();
+        let b = sets.single(&Arc::from("b"));
+        let a = sets.single(&Arc::from("a"));
+        let ab = sets.union(b, a);
+        let set = sets.get(ab);
+        let names: Vec<&str> = set.iter().map(|n| &**n).collect();
+        assert_eq!(names, ["a", "b"]);
+        // The same set is the same id, and one shared allocation.
+        assert_eq!(sets.union(a, b), ab);
+        assert_eq!(sets.union(ab, a), ab);
+        let again = sets.union(a, b);
+        assert!(Arc::ptr_eq(&set, &sets.get(again)));
+        assert_eq!(sets.union(0, a), a);
+        assert_eq!(sets.union(a, 0), a);
+        assert!(sets.get(0).is_empty());
     }
 }

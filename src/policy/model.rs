@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Names of TlsCompliance policies, sorted and without duplicates. Shared, because one
-/// policy can cover a hundred thousand keys.
-pub type Names = Vec<std::sync::Arc<str>>;
+/// policy can cover a hundred thousand keys: every key with the same policies holds the
+/// same set.
+pub type Names = std::sync::Arc<[std::sync::Arc<str>]>;
 
 /// How strictly a server certificate is checked, weakest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -30,10 +30,12 @@
 use super::{MANIFEST, RelayConfig, RenderOptions, content_hash, sha256_hex};
 use crate::api::{OnFailure, TlsVersion};
 use crate::policy::{EffectivePolicy, Enforced, Entry, Hop, Level, Mechanisms, Requirement, Route};
+use rustc_hash::FxHashMap;
 use serde_json::json;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write;
+use std::fmt::{self, Write};
+use std::rc::Rc;
 
 /// Source files of the indexed maps (built with `postmap`).
 pub const TLS_POLICY: &str = "tls_policy";
@@ -99,17 +101,20 @@ impl TableLevel {
             (TableLevel::May, x) | (x, TableLevel::May) => x,
         }
     }
+}
 
-    fn render(self) -> String {
+/// Written straight into the table: a hundred thousand rows share a handful of values.
+impl fmt::Display for TableLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TableLevel::May => "may".into(),
+            TableLevel::May => f.write_str("may"),
             TableLevel::Required(r) => {
                 let level = match r.level {
                     Level::Encrypt => "encrypt",
                     Level::CaSigned => "verify match=hostname:nexthop:dot-nexthop",
                     Level::Hostname => "verify match=hostname",
                 };
-                format!("{level} protocols=>={}", r.min_tls.postfix_name())
+                write!(f, "{level} protocols=>={}", r.min_tls.postfix_name())
             }
         }
     }
@@ -154,8 +159,9 @@ pub fn service_scope(name: &str) -> Option<(TlsVersion, Mechanisms)> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Service(Enforced);
 
-impl Service {
-    fn name(self) -> String {
+impl fmt::Display for Service {
+    /// The service's name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Enforced {
             requirement,
             on_failure,
@@ -173,7 +179,13 @@ impl Service {
         };
         let dane = if mechanisms.dane { "-dane" } else { "" };
         let sts = if mechanisms.mta_sts { "-sts" } else { "" };
-        format!("mailtls-{level}-tls{version}-{fail}{dane}{sts}")
+        write!(f, "mailtls-{level}-tls{version}-{fail}{dane}{sts}")
+    }
+}
+
+impl Service {
+    fn name(self) -> String {
+        self.to_string()
     }
 
     fn render(self, filter: &str, mta_sts_socket: &str) -> String {
@@ -218,9 +230,32 @@ fn service_line(name: &str) -> String {
     format!("{name} unix  -       -       n       -       -       smtp\n")
 }
 
-/// What each resource contributed, for the manifest: (kind, name) → file → rows.
+/// A transport table value, written straight into the table: no string per row.
+enum Transport {
+    /// `smtp:<nexthop>`: a plain change of route.
+    Smtp(Rc<str>),
+    /// The bounce service, to the recipient domain.
+    Bounce,
+    /// A dedicated service, to the recipient domain or through a gateway's next-hop.
+    Service(Service, Option<Rc<str>>),
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Transport::Smtp(nexthop) => write!(f, "smtp:{nexthop}"),
+            Transport::Bounce => write!(f, "{BOUNCE_SERVICE}:"),
+            Transport::Service(service, nexthop) => {
+                write!(f, "{service}:{}", nexthop.as_deref().unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// What each resource contributed, for the manifest: (kind, name, file) → rows. Hashed while
+/// counting (a few lookups per row), sorted once for the manifest.
 #[derive(Default)]
-struct Contributions<'a>(BTreeMap<(&'static str, &'a str), BTreeMap<&'static str, u64>>);
+struct Contributions<'a>(FxHashMap<(&'static str, &'a str, &'static str), u64>);
 
 impl<'a> Contributions<'a> {
     fn add(
@@ -230,20 +265,18 @@ impl<'a> Contributions<'a> {
         file: &'static str,
     ) {
         for name in who {
-            *self
-                .0
-                .entry((kind, name))
-                .or_default()
-                .entry(file)
-                .or_default() += 1;
+            *self.0.entry((kind, name, file)).or_default() += 1;
         }
     }
 
-    fn to_json(&self) -> BTreeMap<String, &BTreeMap<&'static str, u64>> {
-        self.0
-            .iter()
-            .map(|((kind, name), files)| (format!("{kind}/{name}"), files))
-            .collect()
+    fn to_json(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        let mut out: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        for ((kind, name, file), rows) in &self.0 {
+            out.entry(format!("{kind}/{name}"))
+                .or_default()
+                .insert(file, *rows);
+        }
+        out
     }
 }
 
@@ -254,7 +287,9 @@ struct Tables<'a> {
     /// Rows for direct destination keys (unique; sorted into `tls_policy` in one go).
     tls_rows: Vec<(Cow<'a, str>, TableLevel)>,
     /// Unique keys, in key order (the policy's outbound map is sorted by entry text).
-    transport: Vec<(&'a str, String)>,
+    transport: Vec<(&'a str, Transport)>,
+    /// Each gateway's next-hop, made once.
+    nexthops: FxHashMap<&'a str, Rc<str>>,
     sender_access: BTreeSet<&'a str>,
     /// Listed destinations that honour MTA-STS, with what their policy adds.
     mta_sts: Vec<(&'a str, String)>,
@@ -263,6 +298,15 @@ struct Tables<'a> {
     services: BTreeSet<Service>,
     bounce_service: bool,
     made_by: Contributions<'a>,
+}
+
+impl<'a> Tables<'a> {
+    fn nexthop(&mut self, hop: &'a Hop) -> Rc<str> {
+        self.nexthops
+            .entry(hop.gateway.as_str())
+            .or_insert_with(|| Rc::from(hop.nexthop()))
+            .clone()
+    }
 }
 
 /// Render one namespace's effective policy into relay files.
@@ -344,14 +388,11 @@ pub fn render(policy: &EffectivePolicy, opts: &RenderOptions) -> RelayConfig {
     }
     files.insert(
         TLS_POLICY.to_string(),
-        table(
-            &header,
-            t.tls_policy.iter().map(|(k, v)| (&**k, v.render())),
-        ),
+        table(&header, t.tls_policy.iter().map(|(k, v)| (&**k, v))),
     );
     files.insert(
         TRANSPORT.to_string(),
-        table(&header, t.transport.iter().map(|(k, v)| (*k, v.as_str()))),
+        table(&header, t.transport.iter().map(|(k, v)| (*k, v))),
     );
     files.insert(
         SENDER_ACCESS.to_string(),
@@ -414,8 +455,8 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                 // A plain change of route, written only where the route is declared; keys
                 // below it fall through to that entry.
                 if matches!(&rule.route, Route::Recipients { entry, .. } if entry == key) {
-                    t.transport
-                        .push((key.as_str(), format!("smtp:{}", hop.nexthop())));
+                    let nexthop = t.nexthop(hop);
+                    t.transport.push((key.as_str(), Transport::Smtp(nexthop)));
                     t.made_by
                         .add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
                 }
@@ -437,8 +478,7 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                 }
                 if e.on_failure == OnFailure::Bounce {
                     t.bounce_service = true;
-                    t.transport
-                        .push((key.as_str(), format!("{BOUNCE_SERVICE}:")));
+                    t.transport.push((key.as_str(), Transport::Bounce));
                     t.made_by.add(policies, "TlsCompliance", TRANSPORT);
                 }
             }
@@ -447,7 +487,7 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                 let service = Service(e);
                 t.services.insert(service);
                 t.transport
-                    .push((key.as_str(), format!("{}:", service.name())));
+                    .push((key.as_str(), Transport::Service(service, None)));
                 t.made_by.add(policies, "TlsCompliance", TRANSPORT);
             }
             (Some(e), Some(hop)) => {
@@ -463,10 +503,9 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                     mechanisms: Mechanisms::default(),
                 });
                 t.services.insert(service);
-                t.transport.push((
-                    key.as_str(),
-                    format!("{}:{}", service.name(), hop.nexthop()),
-                ));
+                let nexthop = t.nexthop(hop);
+                t.transport
+                    .push((key.as_str(), Transport::Service(service, Some(nexthop))));
                 t.made_by.add(policies, "TlsCompliance", TRANSPORT);
                 t.made_by
                     .add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
@@ -582,12 +621,12 @@ fn master_cf(t: &Tables, header: &str, filter: &str, mta_sts_socket: &str) -> St
     s
 }
 
-fn table<'a, V: AsRef<str>>(header: &str, rows: impl Iterator<Item = (&'a str, V)>) -> String {
+fn table<'a, V: fmt::Display>(header: &str, rows: impl Iterator<Item = (&'a str, V)>) -> String {
     let mut s = String::from(header);
     for (key, value) in rows {
         s.push_str(key);
         s.push(' ');
-        s.push_str(value.as_ref());
+        let _ = write!(s, "{value}");
         s.push('\n');
     }
     s
