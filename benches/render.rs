@@ -2,83 +2,17 @@
 //! core (normalise, merge, route, render). Run: `cargo bench --bench render`.
 //! Each size runs in its own child process so its peak RSS (VmHWM) is its own.
 
+#[path = "support/inputs.rs"]
+mod generated;
 mod support;
-use mailtls::api::{
-    AddressList, AddressListSpec, Direction, Enforcement, LocalRef, OnFailure, OutboundGateway,
-    OutboundGatewaySpec, TestSpec, TlsCompliance, TlsComplianceSpec, TlsVersion,
-};
-use mailtls::policy::{Inputs, evaluate};
+use mailtls::policy::evaluate;
 use mailtls::render::{RenderOptions, render};
 use std::time::{Duration, Instant};
 use support::vm_hwm_kib;
 
-fn inputs(total: usize) -> Inputs {
-    let lists = 10;
-    let per = total / lists;
-    let mut address_lists = Vec::new();
-    for l in 0..lists {
-        let entries = (0..per)
-            .map(|i| match i % 3 {
-                0 => format!("user{i}@dom{}.example", i % 5000),
-                1 => format!("dom{i}-{l}.example"),
-                _ => format!(".sub{i}-{l}.example"),
-            })
-            .collect();
-        address_lists.push(AddressList::new(
-            &format!("list-{l}"),
-            AddressListSpec {
-                entries,
-                bulk: None,
-            },
-        ));
-    }
-    let policies = (0..lists)
-        .map(|p| {
-            TlsCompliance::new(
-                &format!("policy-{p}"),
-                TlsComplianceSpec {
-                    direction: [Direction::Outbound, Direction::Both][p % 2],
-                    scope: Default::default(),
-                    mechanisms: Vec::new(),
-                    address_lists: vec![
-                        LocalRef {
-                            name: format!("list-{p}"),
-                        },
-                        LocalRef {
-                            name: format!("list-{}", (p + 1) % lists),
-                        },
-                    ],
-                    require_ca_signed: p % 2 == 0,
-                    validate_hostname: p % 4 == 0,
-                    min_tls_version: [TlsVersion::V1_2, TlsVersion::V1_3][p % 2],
-                    on_failure: [OnFailure::Bounce, OnFailure::Defer][p % 3 % 2],
-                    enforcement: if p == 7 {
-                        Enforcement::Monitor
-                    } else {
-                        Enforcement::Enforce
-                    },
-                    test: TestSpec::default(),
-                },
-            )
-        })
-        .collect();
-    let mut route: OutboundGatewaySpec = serde_json::from_value(serde_json::json!({
-        "host": "archive.example.net", "port": 2525, "appliesTo": "Recipients", "addressLists": [{"name": "list-3"}]
-    }))
-    .expect("gateway spec");
-    route.tls.require = true;
-    let gateways = vec![OutboundGateway::new("route", route)];
-    Inputs {
-        namespace: "bench".into(),
-        address_lists,
-        policies,
-        gateways,
-    }
-}
-
 fn child(total: usize) {
     let baseline = vm_hwm_kib();
-    let inputs = inputs(total);
+    let inputs = generated::inputs(total, false);
     let opts = RenderOptions::default();
     let mut times: Vec<Duration> = Vec::new();
     let mut bytes = 0;
