@@ -294,6 +294,7 @@ impl<K: DeserializeOwned> Typed<K> {
     }
 }
 
+/// What a parsed document is; ours are typed here, on the parsing threads.
 fn classify(value: Value) -> Doc {
     let Value::Mapping(map) = &value else {
         return if value.is_null() {
