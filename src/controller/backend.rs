@@ -145,7 +145,9 @@ async fn apply_config(
     }
     let packed = pack(&config.files);
     let body = desired(name, namespace, &config.hash, &packed);
-    if current.as_ref().is_some_and(|c| !drift::differs(c, &body)) {
+    if let Some(cm) = current.as_ref().filter(|c| !drift::differs(c, &body)) {
+        // In order: a later version of it on the watch is someone else's change.
+        ctx.drift.wrote(namespace, cm);
         return Ok(None);
     }
     ctx.ensure_leader()?;

@@ -39,17 +39,24 @@ pub enum Drift {
 }
 
 impl Seen {
-    /// Remember the resource version of a write of ours.
+    /// Remember the resource version of a write of ours, or of a ConfigMap a reconcile found
+    /// as it would have written it.
     pub fn wrote(&self, namespace: &str, cm: &ConfigMap) {
         if let (Ok(mut w), Some(rv)) = (self.written.lock(), cm.resource_version()) {
             w.insert(namespace.to_string(), rv);
         }
     }
 
-    /// Whether this process has written the namespace's ConfigMap (so its absence now means
-    /// it was deleted, even before the watch says so).
+    /// Whether this process has written the namespace's ConfigMap or found it in order (so
+    /// its absence now means it was deleted, even before the watch says so).
     pub fn has_written(&self, namespace: &str) -> bool {
         self.written.lock().is_ok_and(|w| w.contains_key(namespace))
+    }
+
+    /// Whether `cm` is another version than the one this process wrote or found in order:
+    /// changed since. False while it knows of none (the reconcile then compares anyway).
+    fn changed_since_known(&self, namespace: &str, cm: &ConfigMap) -> bool {
+        self.has_written(namespace) && !self.is_own(namespace, cm)
     }
 
     fn is_own(&self, namespace: &str, cm: &ConfigMap) -> bool {
@@ -134,12 +141,16 @@ async fn drive(
     while let Some(event) = stream.next().await {
         match event {
             Err(e) => tracing::warn!(%name, "ConfigMap watch failed, retrying with backoff: {e}"),
-            // The first list is covered by the reconcile of every namespace at start; a
-            // relist after a gap may hide edits or deletions, so it rechecks them all.
-            Ok(Event::InitApply(cm)) if !first_list => {
+            // The first list is covered by the reconcile of every namespace at start, unless
+            // that reconcile ran before it and an edit came in between (a slow first list
+            // under load); a relist after a gap may hide edits or deletions, so it rechecks
+            // them all.
+            Ok(Event::InitApply(cm)) => {
                 let ns = cm.namespace().unwrap_or_default();
-                seen.mark_changed(&ns);
-                queue.send(ns)
+                if !first_list || seen.changed_since_known(&ns, &cm) {
+                    seen.mark_changed(&ns);
+                    queue.send(ns)
+                }
             }
             Ok(Event::InitDone) => first_list = false,
             Ok(Event::Apply(cm)) => {
@@ -156,7 +167,7 @@ async fn drive(
                 seen.mark_deleted(&ns);
                 queue.send(ns);
             }
-            Ok(Event::Init | Event::InitApply(_)) => {}
+            Ok(Event::Init) => {}
         }
     }
 }
@@ -279,5 +290,22 @@ mod tests {
         seen.mark_deleted("ns");
         assert!(!seen.has_written("ns"));
         assert!(seen.take_deleted("ns") && !seen.take_deleted("ns"));
+    }
+
+    /// A first list that comes after the reconcile at start still shows an edit made in
+    /// between; before any write or check there is nothing to compare with.
+    #[test]
+    fn an_edit_before_the_first_list_is_seen() {
+        let seen = Seen::default();
+        let version = |rv: &str| {
+            let mut cm = ConfigMap::default();
+            cm.metadata.resource_version = Some(rv.into());
+            cm
+        };
+        assert!(!seen.changed_since_known("ns", &version("8")));
+        seen.wrote("ns", &version("7"));
+        assert!(!seen.changed_since_known("ns", &version("7")));
+        assert!(seen.changed_since_known("ns", &version("8")));
+        assert!(!seen.changed_since_known("other", &version("8")));
     }
 }
