@@ -101,7 +101,7 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
             continue;
         }
         match std::fs::read_to_string(&file) {
-            Ok(text) => docs.extend(documents(&file, &text)),
+            Ok(text) => docs.extend(documents(&file, &text, &mut errors)),
             Err(e) => errors.push(LoadError {
                 source: Some(Source {
                     file: file.clone(),
@@ -121,7 +121,7 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
 pub fn load_str(name: &str, text: &str, default_namespace: &str) -> (Loaded, Vec<LoadError>) {
     let mut loaded = Loaded::default();
     let mut errors = Vec::new();
-    let docs = documents(Path::new(name), text);
+    let docs = documents(Path::new(name), text, &mut errors);
     load_documents(docs, default_namespace, &mut loaded, &mut errors);
     (loaded, errors)
 }
@@ -163,9 +163,14 @@ struct Document {
     text: String,
 }
 
-/// Split a YAML stream into documents with the line each starts on.
-fn documents(file: &Path, text: &str) -> Vec<Document> {
+/// Split a YAML stream into documents with the line each starts on; none, and an error,
+/// when the text is larger than a file may be.
+fn documents(file: &Path, text: &str, errors: &mut Vec<LoadError>) -> Vec<Document> {
     let mut docs = Vec::new();
+    if let Err(e) = yaml_limits::check_size(text.len() as u64) {
+        errors.push(too_big(file, e));
+        return docs;
+    }
     let mut current = String::new();
     let mut start = 1;
     let mut push = |line: usize, text: String| {
@@ -214,13 +219,11 @@ fn load_documents(
     }
 }
 
-/// A document's value, or why it cannot be read: too large or deep (checked before the
-/// parser sees it), or not valid YAML (with the line).
+/// A document's value, or why it cannot be read: too deep (checked before the parser sees
+/// it), or not valid YAML (with the line).
 fn check_and_parse(doc: &Document) -> Result<Value, LoadError> {
     let (file, line) = (&doc.source.file, doc.source.line);
-    let limits = yaml_limits::check_size(doc.text.len() as u64)
-        .and_then(|()| yaml_limits::check_depth(&doc.text));
-    if let Err(mut e) = limits {
+    if let Err(mut e) = yaml_limits::check_depth(&doc.text) {
         e.line += line - 1;
         return Err(too_big(file, e));
     }
