@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A fresh clone's build takes about 4 GB and the test images about 1 GB more; a full disk
+# shows up much later as an odd failure ("no space left on device" in a podman build).
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((8 * 1024 * 1024)) ]; then
+    echo "warning: only $((free_kib / 1024)) MB free on $(df -P . | awk 'NR == 2 { print $6 }');" \
+        "the tests need about 6 GB (build, test images). Free some space (cargo clean in old" \
+        "clones, podman image prune) if they fail with \"no space left on device\"." >&2
+fi
+
 scripts/install-test-deps.sh
 
 # Property tests explore new cases on every local run; CI replays one fixed seed, so a

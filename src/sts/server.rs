@@ -12,22 +12,20 @@ use crate::probe::dnssec::{Dane, Validated};
 use crate::probe::{AddressPolicy, sts, tls};
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::runtime::Handle;
 
 /// Where Postfix connects: `socketmap:inet:HOST:PORT:name` or `socketmap:unix:PATH:name`
 /// (cheaper: no TCP on loopback).
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
-}
-
-enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
 }
 
 /// How the server looks policies up.
@@ -49,6 +47,9 @@ pub struct Config {
     pub refresh_after: Duration,
     /// Most domains cached.
     pub max_domains: usize,
+    /// Most connections served at once (a thread each); one more is told to try later.
+    /// Postfix holds one per smtp process (100 by default).
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -62,6 +63,7 @@ impl Default for Config {
             grace: Duration::from_secs(60),
             refresh_after: Duration::from_secs(3600),
             max_domains: 100_000,
+            max_connections: 1024,
         }
     }
 }
@@ -128,42 +130,94 @@ impl PolicyServer {
     }
 
     /// Serve socketmap lookups on `listener` for good, and refresh policies ahead of need.
+    ///
+    /// Each connection gets its own thread with blocking reads and writes: Postfix sends
+    /// one request and waits for the reply, so an event loop only adds system calls and
+    /// wake-ups to a lookup that takes two microseconds (BENCHMARKS.md). Lookups that must
+    /// wait (DNS, HTTPS) run on this runtime.
     pub async fn serve(self: Arc<Self>, listener: Listener) {
         let refresher = self.clone();
         tokio::spawn(async move { refresher.refresh_ahead().await });
-        loop {
-            let accepted = match &listener {
-                Listener::Tcp(l) => l.accept().await.map(|(c, _)| Conn::Tcp(c)),
-                Listener::Unix(l) => l.accept().await.map(|(c, _)| Conn::Unix(c)),
-            };
-            match accepted {
-                Ok(conn) => {
-                    let server = self.clone();
-                    tokio::spawn(async move {
-                        match conn {
-                            Conn::Tcp(c) => server.connection(c).await,
-                            Conn::Unix(c) => server.connection(c).await,
+        let runtime = tokio::runtime::Handle::current();
+        let started = match listener {
+            // tokio's sockets are non-blocking; these threads wait in accept and read.
+            Listener::Tcp(l) => l.into_std().and_then(|l| {
+                l.set_nonblocking(false)?;
+                self.accept_on_thread(runtime, move || l.accept().map(|(c, _)| c))
+            }),
+            Listener::Unix(l) => l.into_std().and_then(|l| {
+                l.set_nonblocking(false)?;
+                self.accept_on_thread(runtime, move || l.accept().map(|(c, _)| c))
+            }),
+        };
+        if let Err(e) = started {
+            tracing::error!("MTA-STS policy server: cannot serve: {e}");
+        }
+        std::future::pending::<()>().await;
+    }
+
+    /// A plain thread, not the runtime's blocking pool: that would hold the runtime's
+    /// shutdown until the next connection.
+    fn accept_on_thread<C: Read + Write + Send + 'static>(
+        self: &Arc<Self>,
+        runtime: Handle,
+        accept: impl Fn() -> std::io::Result<C> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let server = self.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        std::thread::Builder::new()
+            .name("mta-sts-accept".into())
+            .spawn(move || {
+                loop {
+                    let conn = match accept() {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            tracing::warn!("MTA-STS policy server: accept: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
                         }
-                    });
+                    };
+                    server.start_connection(&runtime, &open, conn);
                 }
-                Err(e) => {
-                    tracing::warn!("MTA-STS policy server: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+            })
+            .map(drop)
+    }
+
+    fn start_connection<C: Read + Write + Send + 'static>(
+        self: &Arc<Self>,
+        runtime: &Handle,
+        open: &Arc<AtomicUsize>,
+        mut conn: C,
+    ) {
+        if open.fetch_add(1, Ordering::Relaxed) >= self.config.max_connections {
+            open.fetch_sub(1, Ordering::Relaxed);
+            // Postfix defers the lookup and asks again later; nothing goes out weaker.
+            let _ = conn.write_all(&Reply::Temp("too many connections".into()).encode());
+            return;
+        }
+        let (server, runtime, done) = (self.clone(), runtime.clone(), open.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mta-sts-conn".into())
+            .spawn(move || {
+                server.connection(&runtime, conn);
+                done.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(e) = spawned {
+            open.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("MTA-STS policy server: no thread for a connection: {e}");
         }
     }
 
     /// One Postfix connection: requests in order, each answered before the next is read.
-    async fn connection<S: AsyncRead + AsyncWrite + Unpin>(&self, mut conn: S) {
+    fn connection(&self, runtime: &Handle, mut conn: impl Read + Write) {
         let mut buf = Vec::with_capacity(256);
         let mut chunk = [0u8; 1024];
         loop {
             match socketmap::parse(&buf) {
                 Ok(Some((request, used))) => {
                     buf.drain(..used);
-                    let reply = self.lookup(&request.name, &request.key).await;
-                    if conn.write_all(&reply.encode()).await.is_err() {
+                    let reply = answer(runtime, self.lookup(&request.name, &request.key));
+                    if conn.write_all(&reply.encode()).is_err() {
                         return;
                     }
                     continue;
@@ -172,11 +226,11 @@ impl PolicyServer {
                 Err(e) => {
                     // Postfix closes and reconnects on a broken reply; so do we here.
                     tracing::warn!("MTA-STS policy server: bad request: {e}");
-                    let _ = conn.write_all(&Reply::Perm(e.to_string()).encode()).await;
+                    let _ = conn.write_all(&Reply::Perm(e.to_string()).encode());
                     return;
                 }
             }
-            match conn.read(&mut chunk).await {
+            match conn.read(&mut chunk) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
@@ -326,6 +380,22 @@ impl PolicyServer {
     }
 }
 
+/// Most lookups are answered from the cache without waiting: poll once, and only a
+/// lookup that must wait (DNS, HTTPS) is handed to the runtime.
+fn answer(runtime: &Handle, lookup: impl Future<Output = Reply>) -> Reply {
+    let mut lookup = std::pin::pin!(lookup);
+    let first = {
+        let _inside = runtime.enter();
+        lookup
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+    };
+    match first {
+        Poll::Ready(reply) => reply,
+        Poll::Pending => runtime.block_on(lookup),
+    }
+}
+
 fn with_extra(value: String, extra: &str) -> Reply {
     if extra.is_empty() {
         Reply::Ok(value)
@@ -353,6 +423,60 @@ fn domain_of(key: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Real sockets: each connection is answered on its own; one beyond the limit is told
+    /// to try later, and a closed one frees its place.
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_told_to_try_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sts.sock");
+        let config = Config {
+            max_connections: 2,
+            ..Config::default()
+        };
+        let server = PolicyServer::new(config, Some(Scope::everything())).unwrap();
+        let listener = Listener::Unix(UnixListener::bind(&path).unwrap());
+        tokio::spawn(server.serve(listener));
+        let path2 = path.clone();
+        let replies = tokio::task::spawn_blocking(move || {
+            // An address as next hop: answered at once, without DNS.
+            let ask = |conn: &mut std::os::unix::net::UnixStream| {
+                conn.write_all(b"22:mailtls [192.0.2.1]:25,").unwrap();
+                let mut reply = [0u8; 64];
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let n = conn.read(&mut reply).expect("a reply within 10 s");
+                String::from_utf8_lossy(&reply[..n]).into_owned()
+            };
+            let connect = || std::os::unix::net::UnixStream::connect(&path2).unwrap();
+            let (mut first, mut second) = (connect(), connect());
+            let mut replies = vec![ask(&mut first), ask(&mut second)];
+            // Asked twice on one connection, as Postfix does.
+            replies.push(ask(&mut first));
+            replies.push(ask(&mut connect()));
+            drop(second);
+            // The freed place is taken by the next connection (its thread ends first).
+            let mut again = String::new();
+            for _ in 0..100 {
+                again = ask(&mut connect());
+                if again.contains("NOTFOUND") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            replies.push(again);
+            replies
+        })
+        .await
+        .unwrap();
+        assert_eq!(replies[0], "9:NOTFOUND ,");
+        assert_eq!(replies[1], "9:NOTFOUND ,");
+        assert_eq!(replies[2], "9:NOTFOUND ,");
+        assert_eq!(replies[3], "25:TEMP too many connections,");
+        assert_eq!(replies[4], "9:NOTFOUND ,");
+    }
+
     #[test]
     fn keys_that_are_domains() {
         use super::domain_of;
