@@ -1156,6 +1156,20 @@ fn dane(relay: &mut Relay, store: &Store, signed: &SignedDns) {
             signed.log()
         );
     }
+    // Asked again, the verdict comes from the policy server's cache (within the records'
+    // TTL): the resolver gets no new question.
+    let asked = || signed.log().matches("dane-good.test. MX IN").count();
+    let before = asked();
+    assert!(
+        before >= 1,
+        "the resolver logs its questions:\n{}",
+        signed.log()
+    );
+    assert_eq!(
+        sts_lookup(&relay.socket, "mailtls", "dane-good.test").as_deref(),
+        Some(dane_only)
+    );
+    assert_eq!(asked(), before, "the DANE verdict was looked up again");
     assert_eq!(
         sts_lookup(&relay.socket, "mailtls", "listed-nosts.test"),
         None

@@ -34,7 +34,8 @@ pub struct MtaStsArgs {
     /// Time limit of a TXT lookup and of a policy fetch; meanwhile Postfix waits.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub mta_sts_timeout: Duration,
-    /// A domain asked about again within this time is answered from the cache alone.
+    /// A domain asked about again within this time is answered from the cache alone: its
+    /// MTA-STS policy, and its DANE verdict (never longer than its DNS records' TTL).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub mta_sts_recheck: Duration,
     /// HTTPS port of policy hosts (always 443 in real use; tests override it).

@@ -26,6 +26,8 @@ pub struct Answer {
     pub authenticated: bool,
     /// NXDOMAIN: the name does not exist (possibly proven so).
     pub nx_domain: bool,
+    /// The least TTL of `records` (seconds); `None` without records.
+    pub ttl: Option<u32>,
 }
 
 /// TLSA records and whether DNSSEC authenticated them.
@@ -120,24 +122,26 @@ impl Validated {
                 self.server
             )));
         }
+        let answers = || response.answers.iter().filter(|r| r.record_type() == rtype);
         Ok(Answer {
-            records: response
-                .answers
-                .iter()
-                .filter(|r| r.record_type() == rtype)
-                .map(|r| r.data.clone())
-                .collect(),
+            records: answers().map(|r| r.data.clone()).collect(),
             authenticated: self.trust_ad && response.metadata.authentic_data,
             nx_domain: code == ResponseCode::NXDomain,
+            ttl: answers().map(|r| r.ttl).min(),
         })
     }
 
     /// TLSA records at `_<port>._tcp.<host>`, with their authentication.
     pub async fn tlsa(&self, host: &str, port: u16) -> Result<Tlsa, DnsError> {
+        self.tlsa_answer(host, port).await.map(|(tlsa, _)| tlsa)
+    }
+
+    /// [`Self::tlsa`] and the least TTL of its records.
+    async fn tlsa_answer(&self, host: &str, port: u16) -> Result<(Tlsa, Option<u32>), DnsError> {
         let answer = self
             .query(&format!("_{port}._tcp.{host}"), RecordType::TLSA)
             .await?;
-        Ok(Tlsa {
+        let tlsa = Tlsa {
             records: answer
                 .records
                 .into_iter()
@@ -152,20 +156,30 @@ impl Validated {
                 })
                 .collect(),
             authenticated: answer.authenticated,
-        })
+        };
+        Ok((tlsa, answer.ttl))
     }
 
     /// Whether DANE applies to mail for `domain` (RFC 7672 §2.2): an error when a lookup
     /// fails, so the caller can wait instead of sending with less.
     pub async fn dane(&self, domain: &str) -> Result<Dane, DnsError> {
+        self.dane_with_ttl(domain).await.map(|(dane, _)| dane)
+    }
+
+    /// [`Self::dane`], and the least TTL of the records the answer rests on (`None` when it
+    /// rests on no record: a name or record that does not exist).
+    pub async fn dane_with_ttl(&self, domain: &str) -> Result<(Dane, Option<u32>), DnsError> {
         let mx = self.query(domain, RecordType::MX).await?;
         if mx.nx_domain {
-            return Ok(Dane::NotUsable(format!("{domain} does not exist")));
+            return Ok((Dane::NotUsable(format!("{domain} does not exist")), None));
         }
         if !mx.authenticated {
-            return Ok(Dane::NotUsable(format!(
-                "the MX records of {domain} are not DNSSEC-authenticated"
-            )));
+            return Ok((
+                Dane::NotUsable(format!(
+                    "the MX records of {domain} are not DNSSEC-authenticated"
+                )),
+                mx.ttl,
+            ));
         }
         let mut hosts: Vec<String> = mx
             .records
@@ -185,24 +199,28 @@ impl Validated {
             hosts.push(domain.trim_end_matches('.').to_ascii_lowercase());
         }
         if hosts.iter().all(String::is_empty) {
-            return Ok(Dane::NotUsable(format!(
-                "{domain} accepts no mail (null MX)"
-            )));
+            return Ok((
+                Dane::NotUsable(format!("{domain} accepts no mail (null MX)")),
+                mx.ttl,
+            ));
         }
         let mut usable = Vec::new();
+        let mut ttl = mx.ttl;
         for host in hosts.iter().filter(|h| !h.is_empty()) {
-            let tlsa = self.tlsa(host, 25).await?;
+            let (tlsa, tlsa_ttl) = self.tlsa_answer(host, 25).await?;
+            ttl = ttl.into_iter().chain(tlsa_ttl).min();
             if tlsa.authenticated && tlsa.records.iter().any(usable_for_smtp) {
                 usable.push(host.clone());
             }
         }
-        Ok(if usable.is_empty() {
+        let dane = if usable.is_empty() {
             Dane::NotUsable(format!(
                 "no MX host of {domain} has authenticated DANE-TA or DANE-EE TLSA records"
             ))
         } else {
             Dane::Usable(usable)
-        })
+        };
+        Ok((dane, ttl))
     }
 }
 

@@ -5,6 +5,7 @@
 //! MX hosts have authenticated TLSA records, and if so answers `dane-only`.
 
 use super::cache::Cache;
+use super::dane_cache::DaneCache;
 use super::scope::Scope;
 use super::socketmap::{self, Reply};
 use crate::probe::dns::Dns;
@@ -41,7 +42,8 @@ pub struct Config {
     pub https_port: u16,
     /// Time limit of a TXT lookup, and of a whole policy fetch.
     pub timeout: Duration,
-    /// A domain asked about again within this time is answered from the cache alone.
+    /// A domain asked about again within this time is answered from the cache alone: its
+    /// MTA-STS policy, and its DANE verdict (never longer than its DNS records' TTL).
     pub grace: Duration,
     /// Policies not looked up for this long are refreshed in the background.
     pub refresh_after: Duration,
@@ -84,6 +86,8 @@ pub struct PolicyServer {
     tls: Arc<ClientConfig>,
     config: Config,
     cache: Mutex<Cache>,
+    /// DANE verdicts: with DANE honoured for every destination, every lookup needs one.
+    dane: Mutex<DaneCache>,
     /// The destinations answered for; `None` until the relay agent has read its installed
     /// configuration (Postfix gets TEMP meanwhile and retries: nothing goes out weaker).
     scope: RwLock<Option<Scope>>,
@@ -109,6 +113,7 @@ impl PolicyServer {
             validated,
             tls,
             cache: Mutex::new(Cache::new(config.max_domains)),
+            dane: Mutex::new(DaneCache::new(config.max_domains)),
             config,
             scope: RwLock::new(scope),
         }))
@@ -250,9 +255,9 @@ impl PolicyServer {
             _ => return Reply::Temp("the relay agent has not read its configuration yet".into()),
         };
         if let Some(extra) = honoured.dane {
-            match self.validated.dane(&domain).await {
-                Ok(Dane::Usable(_)) => return with_extra("dane-only".into(), &extra),
-                Ok(Dane::NotUsable(_)) => {}
+            match self.dane_usable(&domain).await {
+                Ok(true) => return with_extra("dane-only".into(), &extra),
+                Ok(false) => {}
                 // Nothing is known, so nothing may go out weaker: Postfix retries later.
                 Err(e) => return Reply::Temp(format!("DANE: {e}")),
             }
@@ -264,6 +269,25 @@ impl PolicyServer {
             Reply::Ok(value) => with_extra(value, &extra),
             other => other,
         }
+    }
+
+    /// Whether `domain`'s MX hosts have authenticated TLSA records: from the cache while
+    /// its verdict holds, else asked of the resolver.
+    async fn dane_usable(&self, domain: &str) -> Result<bool, crate::probe::dns::DnsError> {
+        let cached = self
+            .dane
+            .lock()
+            .ok()
+            .and_then(|c| c.get(domain, now()).map(|d| matches!(d, Dane::Usable(_))));
+        if let Some(usable) = cached {
+            return Ok(usable);
+        }
+        let (dane, ttl) = self.validated.dane_with_ttl(domain).await?;
+        let usable = matches!(dane, Dane::Usable(_));
+        if let Ok(mut c) = self.dane.lock() {
+            c.put(domain, dane, ttl, now(), secs(self.config.grace));
+        }
+        Ok(usable)
     }
 
     async fn policy_reply(&self, domain: &str) -> Reply {

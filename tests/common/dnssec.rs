@@ -168,6 +168,7 @@ fn server_conf(dir: &Path, name: &str, addr: &str, port: &str, modules: &str) ->
   use-syslog: no
   logfile: \"{d}/{name}.log\"
   val-log-level: 2
+  log-queries: yes
   interface: {addr}
   port: {port}
   do-ip6: no
