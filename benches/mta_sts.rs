@@ -8,7 +8,7 @@
 //! namespace with dnsmasq and an in-process HTTPS policy host (rcgen test CA). Clients: 8
 //! connections, each sending one request and waiting for its reply, for 3 s per server;
 //! the order alternates over two rounds. Each server is measured over TCP and over a Unix
-//! socket.
+//! socket; ours also with DANE honoured first (`--dane`), over a Unix socket.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -23,6 +23,7 @@ const DOMAINS: usize = 100;
 const OURS: &str = "127.0.0.1:8461";
 const THEIRS: &str = "127.0.0.1:8462";
 const OURS_UNIX: &str = "/run/mailtls-sts-bench-ours.sock";
+const OURS_DANE_UNIX: &str = "/run/mailtls-sts-bench-ours-dane.sock";
 const THEIRS_UNIX: &str = "/run/mailtls-sts-bench-theirs.sock";
 const CONNECTIONS: usize = 8;
 const SECONDS: u64 = 3;
@@ -138,10 +139,11 @@ fn inside() {
     policy_host(&rt, leaf.pem(), leaf_key.serialize_pem());
 
     let log = |name: &str| std::fs::File::create(root.join(name)).expect("log");
-    let start_ours = |listen: &str, name: &str| {
+    let start_ours = |listen: &str, name: &str, extra: &[&str]| {
         Kill(
             Command::new(env!("CARGO_BIN_EXE_mailtls"))
                 .args(["mta-sts-server", "--mta-sts-listen", listen])
+                .args(extra)
                 .arg("--mta-sts-ca-file")
                 .arg(&ca_file)
                 .args(["--mta-sts-allow-address", "127.0.0.0/8"])
@@ -151,8 +153,15 @@ fn inside() {
                 .expect("mailtls"),
         )
     };
-    let ours = start_ours(OURS, "ours.log");
-    let ours_unix = start_ours(&format!("unix:{OURS_UNIX}"), "ours-unix.log");
+    let ours = start_ours(OURS, "ours.log", &[]);
+    let ours_unix = start_ours(&format!("unix:{OURS_UNIX}"), "ours-unix.log", &[]);
+    // DANE honoured first, as the relay does with DNSSEC on: the zones are unsigned, so each
+    // lookup also takes the cached DANE verdict.
+    let ours_dane = start_ours(
+        &format!("unix:{OURS_DANE_UNIX}"),
+        "ours-dane.log",
+        &["--dane"],
+    );
     let theirs = python_daemon(
         root,
         &ca_file,
@@ -163,6 +172,11 @@ fn inside() {
     let mut servers: Vec<(&str, &str, u32)> = vec![
         ("mailtls, TCP", OURS, ours.0.id()),
         ("mailtls, Unix socket", OURS_UNIX, ours_unix.0.id()),
+        (
+            "mailtls --dane, Unix socket",
+            OURS_DANE_UNIX,
+            ours_dane.0.id(),
+        ),
     ];
     if let (Some(t), Some(u)) = (&theirs, &theirs_unix) {
         servers.push(("postfix-mta-sts-resolver 1.5.1, TCP", THEIRS, t.0.id()));

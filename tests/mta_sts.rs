@@ -169,11 +169,12 @@ fn inside() {
         "{}",
         server_log()
     );
-    // The same over a Unix socket (socketmap:unix:PATH:postfix).
+    // The same over a Unix socket (socketmap:unix:PATH:postfix), with DANE honoured first:
+    // these zones are unsigned, so MTA-STS decides.
     let socket = tmp.path().join("mta-sts.sock");
     let _unix_server = Kill(
         Command::new(env!("CARGO_BIN_EXE_mailtls"))
-            .args(["mta-sts-server", "--mta-sts-listen"])
+            .args(["mta-sts-server", "--dane", "--mta-sts-listen"])
             .arg(format!("unix:{}", socket.display()))
             .args(["--mta-sts-resolver", "127.0.0.53:53"])
             .arg("--mta-sts-ca-file")

@@ -150,6 +150,13 @@ background.\n\nExample:\n  mailtls mta-sts-server --mta-sts-listen 127.0.0.1:846
 pub struct MtaStsServerArgs {
     #[command(flatten)]
     sts: MtaStsArgs,
+    /// Honour DANE first (RFC 7672; it takes precedence over MTA-STS, RFC 8461 section 2):
+    /// a domain whose MX hosts have DNSSEC-authenticated DANE-TA or DANE-EE TLSA records
+    /// gets `dane-only`, the others their MTA-STS answer. Needs a validating resolver
+    /// (--mta-sts-resolver, or the system's with `options trust-ad`; otherwise no record
+    /// counts as authenticated) and `smtp_dns_support_level = dnssec` in Postfix.
+    #[arg(long)]
+    dane: bool,
 }
 
 pub fn run(args: MtaStsServerArgs) -> ExitCode {
@@ -157,8 +164,8 @@ pub fn run(args: MtaStsServerArgs) -> ExitCode {
         eprintln!("error: --mta-sts-listen is required");
         return ExitCode::from(super::EXIT_USAGE);
     }
-    // One thread: lookups from the cache are short, and a single thread saves the
-    // cross-thread wake-ups that cost more than the lookup itself (BENCHMARKS.md).
+    // Connections are served on threads of their own (PolicyServer::serve); this one thread
+    // drives only the lookups that must wait (DNS, HTTPS) and the refreshes.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -170,7 +177,12 @@ pub fn run(args: MtaStsServerArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match args.sts.start(Some(Scope::everything())).await {
+        let scope = if args.dane {
+            Scope::everything_with_dane()
+        } else {
+            Scope::everything()
+        };
+        match args.sts.start(Some(scope)).await {
             Ok(_) => {
                 let _ = tokio::signal::ctrl_c().await;
                 ExitCode::SUCCESS

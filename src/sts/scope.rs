@@ -34,11 +34,16 @@ impl Scope {
     /// `mta-sts-server`.
     pub fn everything() -> Scope {
         Scope {
-            mta_sts: Rows {
-                all: Some(String::new()),
-                keys: HashMap::new(),
-            },
+            mta_sts: Rows::all(),
             dane: Rows::default(),
+        }
+    }
+
+    /// [`Scope::everything`], and DANE first for every destination (`mta-sts-server --dane`).
+    pub fn everything_with_dane() -> Scope {
+        Scope {
+            dane: Rows::all(),
+            ..Scope::everything()
         }
     }
 
@@ -81,6 +86,14 @@ impl Scope {
 }
 
 impl Rows {
+    /// Every destination, nothing added.
+    fn all() -> Rows {
+        Rows {
+            all: Some(String::new()),
+            keys: HashMap::new(),
+        }
+    }
+
     fn parse(file: &str, text: &str) -> Result<Rows, String> {
         let mut rows = Rows::default();
         for (n, line) in text.lines().enumerate() {
@@ -197,6 +210,15 @@ mod tests {
         assert_eq!(
             sts(&Scope::everything(), "postfix", "any.test"),
             Some(String::new())
+        );
+        assert_eq!(
+            Scope::everything().honoured("postfix", "any.test").dane,
+            None
+        );
+        let both = Scope::everything_with_dane().honoured("postfix", "any.test");
+        assert_eq!(
+            (both.dane, both.mta_sts),
+            (Some(String::new()), Some(String::new()))
         );
     }
 
