@@ -405,8 +405,9 @@ impl PolicyServer {
 }
 
 /// Most lookups are answered from the cache without waiting: poll once, and only a
-/// lookup that must wait (DNS, HTTPS) is handed to the runtime.
-fn answer(runtime: &Handle, lookup: impl Future<Output = Reply>) -> Reply {
+/// lookup that must wait (DNS, HTTPS) is handed to the runtime. (`Send` is not needed
+/// here; it keeps lock guards from being held across an await, as `tokio::spawn` did.)
+fn answer(runtime: &Handle, lookup: impl Future<Output = Reply> + Send) -> Reply {
     let mut lookup = std::pin::pin!(lookup);
     let first = {
         let _inside = runtime.enter();
