@@ -161,14 +161,10 @@ impl Validated {
     }
 
     /// Whether DANE applies to mail for `domain` (RFC 7672 §2.2): an error when a lookup
-    /// fails, so the caller can wait instead of sending with less.
-    pub async fn dane(&self, domain: &str) -> Result<Dane, DnsError> {
-        self.dane_with_ttl(domain).await.map(|(dane, _)| dane)
-    }
-
-    /// [`Self::dane`], and the least TTL of the records the answer rests on (`None` when it
-    /// rests on no record: a name or record that does not exist).
-    pub async fn dane_with_ttl(&self, domain: &str) -> Result<(Dane, Option<u32>), DnsError> {
+    /// fails, so the caller can wait instead of sending with less. With it, the least TTL
+    /// of the records the answer rests on (`None` when it rests on no record: a name or
+    /// record that does not exist).
+    pub async fn dane(&self, domain: &str) -> Result<(Dane, Option<u32>), DnsError> {
         let mx = self.query(domain, RecordType::MX).await?;
         if mx.nx_domain {
             return Ok((Dane::NotUsable(format!("{domain} does not exist")), None));

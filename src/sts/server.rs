@@ -282,7 +282,7 @@ impl PolicyServer {
         if let Some(usable) = cached {
             return Ok(usable);
         }
-        let (dane, ttl) = self.validated.dane_with_ttl(domain).await?;
+        let (dane, ttl) = self.validated.dane(domain).await?;
         let usable = matches!(dane, Dane::Usable(_));
         if let Ok(mut c) = self.dane.lock() {
             c.put(domain, dane, ttl, now(), secs(self.config.grace));
