@@ -467,7 +467,9 @@ mod tests {
         let replies = tokio::task::spawn_blocking(move || {
             // An address as next hop: answered at once, without DNS.
             let ask = |conn: &mut std::os::unix::net::UnixStream| {
-                conn.write_all(b"22:mailtls [192.0.2.1]:25,").unwrap();
+                // A refused connection may be closed before the request gets there (a
+                // broken pipe); its reply is waiting all the same.
+                let _ = conn.write_all(b"22:mailtls [192.0.2.1]:25,");
                 let mut reply = [0u8; 64];
                 conn.set_read_timeout(Some(Duration::from_secs(10)))
                     .unwrap();
@@ -483,7 +485,7 @@ mod tests {
             drop(second);
             // The freed place is taken by the next connection (its thread ends first).
             let mut again = String::new();
-            for _ in 0..100 {
+            for _ in 0..500 {
                 again = ask(&mut connect());
                 if again.contains("NOTFOUND") {
                     break;
