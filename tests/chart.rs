@@ -38,6 +38,11 @@ fn run_helm(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A cluster DNS address for the relay's validating resolver (`relay.dnssec`, on by default):
+/// `helm template` cannot look it up, so every rendering here names one (`sets` may
+/// override it).
+const CLUSTER_DNS: &str = "relay.dnssec.clusterDns=10.96.0.10";
+
 fn template(namespace: &str, sets: &[&str]) -> String {
     let mut args = vec![
         "template",
@@ -46,6 +51,8 @@ fn template(namespace: &str, sets: &[&str]) -> String {
         "--namespace",
         namespace,
         "--skip-crds",
+        "--set",
+        CLUSTER_DNS,
     ];
     for s in sets {
         args.extend(["--set", s]);
@@ -112,6 +119,8 @@ fn helm_lint_is_clean() {
         "charts/mailtls",
         "--set",
         "relay.enabled=true,replicas=3,leaderElection.enabled=true",
+        "--set",
+        CLUSTER_DNS,
     ]);
     assert!(ok, "{out}{err}");
 }
@@ -154,9 +163,11 @@ fn values_schema_and_chart_rules_reject_bad_values() {
             "relay.enabled=true,relay.dnssec.enabled=true,relay.dnssec.clusterDns=kube-dns",
             "clusterDns",
         ),
+        // On by default, and helm template cannot look the address up: the chart says
+        // what to set rather than install a relay that skips DANE.
         (
-            "relay.enabled=true,relay.dnssec.enabled=true",
-            "relay.dnssec.clusterDns",
+            "relay.enabled=true,relay.dnssec.clusterDns=",
+            "set relay.dnssec.enabled=false to send without DANE",
         ),
         (
             "relay.enabled=true,relay.tls.certManager.issuerRef.name=le",
@@ -184,7 +195,15 @@ fn values_schema_and_chart_rules_reject_bad_values() {
         ("relay.nodeSelector.zone[0]=a", "nodeSelector"),
         ("extraArgs=--no-tests", "extraArgs"),
     ] {
-        let (ok, _, err) = run_helm(&["template", "mailtls", "charts/mailtls", "--set", set]);
+        let (ok, _, err) = run_helm(&[
+            "template",
+            "mailtls",
+            "charts/mailtls",
+            "--set",
+            CLUSTER_DNS,
+            "--set",
+            set,
+        ]);
         assert!(!ok, "{set} was accepted");
         assert!(err.contains(expected), "{set}: {err}");
     }
@@ -297,7 +316,58 @@ async fn alerts_and_dashboard_are_the_checked_files() {
     .await;
 }
 
-/// relay.dnssec: the validating resolver's container, ConfigMap and the pod's DNS settings
+/// `helm install` and `upgrade` look the cluster DNS address up themselves
+/// (kube-system/kube-dns), so relay.dnssec needs no value there; `--dry-run=server` renders
+/// with the same lookups, here against the real API server.
+#[tokio::test]
+#[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
+async fn helm_install_finds_the_cluster_dns_itself() {
+    use k8s_openapi::api::core::v1::Service;
+    let services: Api<Service> = Api::namespaced(client().await, "kube-system");
+    let dns = match services.get_opt("kube-dns").await.expect("get kube-dns") {
+        Some(s) => s,
+        None => {
+            let s: Service = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "kube-dns"},
+                "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
+            }))
+            .expect("service");
+            services.create(&Default::default(), &s).await.expect("create kube-dns")
+        }
+    };
+    let ip = dns.spec.and_then(|s| s.cluster_ip).expect("clusterIP");
+    let kubeconfig = std::env::var("MAILTLS_TEST_KUBECONFIG").expect("MAILTLS_TEST_KUBECONFIG");
+    let (ok, out, err) = run_helm(&[
+        "template",
+        "mailtls",
+        "charts/mailtls",
+        "--namespace",
+        "mail",
+        "--skip-crds",
+        "--kubeconfig",
+        &kubeconfig,
+        "--dry-run=server",
+        "--set",
+        "relay.enabled=true",
+    ]);
+    assert!(ok, "{err}");
+    let docs = documents(&out);
+    let conf = docs
+        .iter()
+        .find_map(|d| d["data"]["unbound.conf"].as_str())
+        .expect("unbound.conf");
+    assert!(
+        conf.contains(&format!("name: \"cluster.local\"\n  forward-addr: {ip}\n")),
+        "{conf}"
+    );
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "TlsCompliance")
+        .expect("default policy");
+    assert_eq!(policy["spec"]["mechanisms"], serde_json::json!(["MtaSts", "Dane"]));
+}
+
+/// relay.dnssec (on by default): the validating resolver's container, ConfigMap and the pod's DNS settings
 /// are accepted by the API server, and the default policy then honours DANE too (the
 /// resolver itself runs in tests/chart_resolver.rs and tests/relay_pod.rs).
 #[tokio::test]
@@ -337,8 +407,17 @@ async fn the_validating_resolver_is_accepted_and_dane_honoured() {
             "{}",
             pod["metadata"]
         );
-        // Off (the default): no resolver, the cluster's DNS, MTA-STS only.
-        let off = template(&ns, &["relay.enabled=true"]);
+        // On by default: only the address is needed.
+        let default = documents(&template(&ns, &["relay.enabled=true"]));
+        let policy = default
+            .iter()
+            .find(|d| d["kind"] == "TlsCompliance")
+            .expect("default policy");
+        assert_eq!(policy["spec"]["mechanisms"], serde_json::json!(["MtaSts", "Dane"]));
+        assert!(default.iter().any(|d| d["kind"] == "ConfigMap"
+            && d["data"]["unbound.conf"].as_str().is_some_and(|c| c.contains("forward-addr: 10.96.0.10"))));
+        // Off: no resolver, the cluster's DNS, MTA-STS only.
+        let off = template(&ns, &["relay.enabled=true,relay.dnssec.enabled=false"]);
         let docs = documents(&off);
         assert!(!off.contains("dnsPolicy") && !off.contains("unbound"));
         let policy = docs
@@ -581,7 +660,10 @@ async fn relay_values_reach_the_pod_and_are_accepted() {
             "--within=110s"
         );
         // The agent: ready only once a policy is applied; reloads on a renewed certificate.
-        let agent = &pod["containers"][1];
+        let agent = pod["containers"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "relay-agent"))
+            .expect("relay-agent");
         assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
         let agent_args: Vec<&str> = agent["args"].as_array().expect("args").iter().filter_map(|a| a.as_str()).collect();
         for want in [
@@ -634,7 +716,8 @@ async fn relay_values_reach_the_pod_and_are_accepted() {
 async fn deploy_manifests_match_the_chart_and_are_accepted() {
     let deploy = std::fs::read_to_string(root().join("deploy/20-mailtls.yaml"))
         .expect("deploy/20-mailtls.yaml");
-    let fresh = template("mailtls", &["relay.enabled=true"]);
+    // As scripts/gen-deploy.sh renders it.
+    let fresh = template("mailtls", &["relay.enabled=true,relay.dnssec.enabled=false"]);
     assert!(
         deploy.ends_with(&fresh),
         "deploy/20-mailtls.yaml is out of date: run scripts/gen-deploy.sh"

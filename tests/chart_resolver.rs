@@ -52,15 +52,10 @@ fn the_charts_resolver_validates_for_real() {
         return;
     }
     // Without the cluster DNS address (helm template cannot look it up) the chart says so.
-    let (ok, out) = template(
-        &helm,
-        &[
-            "relay.enabled=true".into(),
-            "relay.dnssec.enabled=true".into(),
-        ],
-    );
+    // It is on by default.
+    let (ok, out) = template(&helm, &["relay.enabled=true".into()]);
     assert!(
-        !ok && out.contains("relay.dnssec.enabled needs relay.dnssec.clusterDns"),
+        !ok && out.contains("relay.dnssec.enabled (DANE, on by default) needs relay.dnssec.clusterDns"),
         "{out}"
     );
     common::mail::run_in_netns(

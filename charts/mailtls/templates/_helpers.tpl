@@ -65,12 +65,16 @@ forwarded (with DNSSEC records) to the forwarders or the cluster DNS.
 {{- $d := .Values.relay.dnssec -}}
 {{- $dns := $d.clusterDns -}}
 {{- if not $dns -}}
-{{- with lookup "v1" "Service" "kube-system" "kube-dns" -}}
+{{- range list (list "kube-system" "kube-dns") (list "openshift-dns" "dns-default") -}}
+{{- if not $dns -}}
+{{- with lookup "v1" "Service" (index . 0) (index . 1) -}}
 {{- $dns = .spec.clusterIP -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if not $dns -}}
-{{- fail "relay.dnssec.enabled needs relay.dnssec.clusterDns, the cluster DNS Service's address (kubectl -n kube-system get svc kube-dns): it could not be looked up here (helm template and Argo CD cannot)" -}}
+{{- fail "relay.dnssec.enabled (DANE, on by default) needs relay.dnssec.clusterDns, the cluster DNS Service's address (kubectl -n kube-system get svc kube-dns -o jsonpath='{.spec.clusterIP}'): it could not be looked up here (helm template and Argo CD cannot). Set it, or set relay.dnssec.enabled=false to send without DANE." -}}
 {{- end -}}
 server:
   interface: 127.0.0.1
