@@ -332,7 +332,10 @@ async fn helm_install_finds_the_cluster_dns_itself() {
                 "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
             }))
             .expect("service");
-            services.create(&Default::default(), &s).await.expect("create kube-dns")
+            services
+                .create(&Default::default(), &s)
+                .await
+                .expect("create kube-dns")
         }
     };
     let ip = dns.spec.and_then(|s| s.cluster_ip).expect("clusterIP");
@@ -364,12 +367,15 @@ async fn helm_install_finds_the_cluster_dns_itself() {
         .iter()
         .find(|d| d["kind"] == "TlsCompliance")
         .expect("default policy");
-    assert_eq!(policy["spec"]["mechanisms"], serde_json::json!(["MtaSts", "Dane"]));
+    assert_eq!(
+        policy["spec"]["mechanisms"],
+        serde_json::json!(["MtaSts", "Dane"])
+    );
 }
 
-/// relay.dnssec (on by default): the validating resolver's container, ConfigMap and the pod's DNS settings
-/// are accepted by the API server, and the default policy then honours DANE too (the
-/// resolver itself runs in tests/chart_resolver.rs and tests/relay_pod.rs).
+/// relay.dnssec (on by default): the validating resolver's container, ConfigMap and the
+/// pod's DNS settings are accepted by the API server, and the default policy then honours
+/// DANE too (the resolver itself runs in tests/chart_resolver.rs and tests/relay_pod.rs).
 #[tokio::test]
 #[ignore = "needs helm and a real API server: scripts/test-cluster.sh -- cargo test --test chart -- --ignored"]
 async fn the_validating_resolver_is_accepted_and_dane_honoured() {
@@ -717,7 +723,10 @@ async fn deploy_manifests_match_the_chart_and_are_accepted() {
     let deploy = std::fs::read_to_string(root().join("deploy/20-mailtls.yaml"))
         .expect("deploy/20-mailtls.yaml");
     // As scripts/gen-deploy.sh renders it.
-    let fresh = template("mailtls", &["relay.enabled=true,relay.dnssec.enabled=false"]);
+    let fresh = template(
+        "mailtls",
+        &["relay.enabled=true,relay.dnssec.enabled=false"],
+    );
     assert!(
         deploy.ends_with(&fresh),
         "deploy/20-mailtls.yaml is out of date: run scripts/gen-deploy.sh"

@@ -55,7 +55,8 @@ fn the_charts_resolver_validates_for_real() {
     // It is on by default.
     let (ok, out) = template(&helm, &["relay.enabled=true".into()]);
     assert!(
-        !ok && out.contains("relay.dnssec.enabled (DANE, on by default) needs relay.dnssec.clusterDns"),
+        !ok && out
+            .contains("relay.dnssec.enabled (DANE, on by default) needs relay.dnssec.clusterDns"),
         "{out}"
     );
     common::mail::run_in_netns(
