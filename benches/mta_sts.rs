@@ -7,7 +7,8 @@
 //! /etc/resolv.conf and the URL), so the bench runs itself again inside a private network
 //! namespace with dnsmasq and an in-process HTTPS policy host (rcgen test CA). Clients: 8
 //! connections, each sending one request and waiting for its reply, for 3 s per server;
-//! the order alternates over two rounds. Each server is measured over TCP and over a Unix
+//! the order alternates over four rounds, and the median of ours/theirs per round is the
+//! result (the machine's speed drifts). Each server is measured over TCP and over a Unix
 //! socket; ours also with DANE honoured first (`--dane`), over a Unix socket.
 
 use std::io::{Read, Write};
@@ -27,6 +28,7 @@ const OURS_DANE_UNIX: &str = "/run/mailtls-sts-bench-ours-dane.sock";
 const THEIRS_UNIX: &str = "/run/mailtls-sts-bench-theirs.sock";
 const CONNECTIONS: usize = 8;
 const SECONDS: u64 = 3;
+const ROUNDS: usize = 4;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -205,8 +207,9 @@ fn inside() {
         "machine\t{} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    for round in 0..2 {
-        let order: Vec<&(&str, &str, u32)> = if round == 0 {
+    let mut ratios: Vec<(f64, f64)> = Vec::new();
+    for round in 0..ROUNDS {
+        let order: Vec<&(&str, &str, u32)> = if round % 2 == 0 {
             servers.iter().collect()
         } else {
             servers.iter().rev().collect()
@@ -232,7 +235,21 @@ fn inside() {
         };
         if let (Some(unix), Some(tcp)) = (ratio("Unix socket"), ratio("TCP")) {
             println!("round {round}\tours/theirs\tUnix socket {unix:.1}×\tTCP {tcp:.1}×");
+            ratios.push((unix, tcp));
         }
+    }
+    if !ratios.is_empty() {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            (v[(n - 1) / 2] + v[n / 2]) / 2.0
+        };
+        println!(
+            "median\tours/theirs\tUnix socket {:.1}×\tTCP {:.1}×\t({} rounds)",
+            median(ratios.iter().map(|r| r.0).collect()),
+            median(ratios.iter().map(|r| r.1).collect()),
+            ratios.len()
+        );
     }
 }
 
