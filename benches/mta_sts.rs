@@ -9,7 +9,9 @@
 //! connections, each sending one request and waiting for its reply, for 3 s per server;
 //! the order alternates over four rounds, and the median of ours/theirs per round is the
 //! result (the machine's speed drifts). Each server is measured over TCP and over a Unix
-//! socket; ours also with DANE honoured first (`--dane`), over a Unix socket.
+//! socket; ours also with DANE honoured first (`--dane`), over a Unix socket. A "floor"
+//! server that does no lookup at all (a fixed reply, a thread per connection, a process of
+//! its own) shows how fast this machine's kernel and scheduler let any server be.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,12 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const INSIDE: &str = "MAILTLS_STS_BENCH_NETNS";
+const FLOOR_SOCKET: &str = "MAILTLS_STS_BENCH_FLOOR";
 const DOMAINS: usize = 100;
 const OURS: &str = "127.0.0.1:8461";
 const THEIRS: &str = "127.0.0.1:8462";
 const OURS_UNIX: &str = "/run/mailtls-sts-bench-ours.sock";
 const OURS_DANE_UNIX: &str = "/run/mailtls-sts-bench-ours-dane.sock";
 const THEIRS_UNIX: &str = "/run/mailtls-sts-bench-theirs.sock";
+const FLOOR_UNIX: &str = "/run/mailtls-sts-bench-floor.sock";
+const FLOOR: &str = "floor: a fixed reply, no lookup, Unix socket";
 const CONNECTIONS: usize = 8;
 const SECONDS: u64 = 3;
 const ROUNDS: usize = 4;
@@ -34,6 +39,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--test" || a == "--list") {
         return; // `cargo test --benches` probes bench binaries; nothing to test here.
+    }
+    if let Some(path) = std::env::var_os(FLOOR_SOCKET) {
+        return floor_server(Path::new(&path));
     }
     if std::env::var_os(INSIDE).is_some() {
         return inside();
@@ -188,6 +196,14 @@ fn inside() {
             u.0.id(),
         ));
     }
+    let floor = Kill(
+        Command::new(std::env::current_exe().expect("own path"))
+            .env(FLOOR_SOCKET, FLOOR_UNIX)
+            .env_remove(INSIDE)
+            .spawn()
+            .expect("the floor server"),
+    );
+    servers.push((FLOOR, FLOOR_UNIX, floor.0.id()));
     for (_, addr, _) in &servers {
         wait_port(addr);
     }
@@ -207,7 +223,7 @@ fn inside() {
         "machine\t{} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut ratios: Vec<(f64, f64)> = Vec::new();
+    let mut ratios: Vec<[f64; 3]> = Vec::new();
     for round in 0..ROUNDS {
         let order: Vec<&(&str, &str, u32)> = if round % 2 == 0 {
             servers.iter().collect()
@@ -233,23 +249,56 @@ fn inside() {
                 rates.get(format!("postfix-mta-sts-resolver 1.5.1, {transport}").as_str())?;
             Some(rates.get(format!("mailtls, {transport}").as_str())? / theirs)
         };
-        if let (Some(unix), Some(tcp)) = (ratio("Unix socket"), ratio("TCP")) {
-            println!("round {round}\tours/theirs\tUnix socket {unix:.1}×\tTCP {tcp:.1}×");
-            ratios.push((unix, tcp));
+        let floor = rates
+            .get(FLOOR)
+            .zip(rates.get("postfix-mta-sts-resolver 1.5.1, Unix socket"));
+        if let (Some(unix), Some(tcp), Some((floor, theirs))) =
+            (ratio("Unix socket"), ratio("TCP"), floor)
+        {
+            let floor = floor / theirs;
+            println!(
+                "round {round}\tours/theirs\tUnix socket {unix:.1}×\tTCP {tcp:.1}×\t(floor/theirs, Unix socket: {floor:.1}×)"
+            );
+            ratios.push([unix, tcp, floor]);
         }
     }
     if !ratios.is_empty() {
-        let median = |mut v: Vec<f64>| {
+        let median = |i: usize| {
+            let mut v: Vec<f64> = ratios.iter().map(|r| r[i]).collect();
             v.sort_by(f64::total_cmp);
             let n = v.len();
             (v[(n - 1) / 2] + v[n / 2]) / 2.0
         };
         println!(
-            "median\tours/theirs\tUnix socket {:.1}×\tTCP {:.1}×\t({} rounds)",
-            median(ratios.iter().map(|r| r.0).collect()),
-            median(ratios.iter().map(|r| r.1).collect()),
+            "median\tours/theirs\tUnix socket {:.1}×\tTCP {:.1}×\t(floor/theirs, Unix socket: {:.1}×; {} rounds)",
+            median(0),
+            median(1),
+            median(2),
             ratios.len()
         );
+    }
+}
+
+/// A server that does no lookup at all, run as its own process until killed: a thread per
+/// connection (as ours), one fixed reply per request. Requests hold no comma but the one
+/// that ends them.
+fn floor_server(path: &Path) {
+    const REPLY: &[u8] =
+        b"69:OK secure match=mx.floor.test servername=hostname protocols=>=TLSv1.2,";
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind the floor server");
+    for mut conn in listener.incoming().flatten() {
+        let thread = std::thread::Builder::new().name("floor-conn".into());
+        let _ = thread.spawn(move || {
+            let mut chunk = [0u8; 1024];
+            while let Ok(n @ 1..) = conn.read(&mut chunk) {
+                for _ in chunk[..n].iter().filter(|&&b| b == b',') {
+                    if conn.write_all(REPLY).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
     }
 }
 
