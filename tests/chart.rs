@@ -363,13 +363,9 @@ async fn helm_install_finds_the_cluster_dns_itself() {
         conf.contains(&format!("name: \"cluster.local\"\n  forward-addr: {ip}\n")),
         "{conf}"
     );
-    let policy = docs
-        .iter()
-        .find(|d| d["kind"] == "TlsCompliance")
-        .expect("default policy");
     assert_eq!(
-        policy["spec"]["mechanisms"],
-        serde_json::json!(["MtaSts", "Dane"])
+        common::default_policy_mechanisms(&docs),
+        &serde_json::json!(["MtaSts", "Dane"])
     );
 }
 
@@ -388,11 +384,10 @@ async fn the_validating_resolver_is_accepted_and_dane_honoured() {
         assert!(unserved.is_empty(), "{unserved:?}");
         assert!(applied.iter().any(|k| k == "ConfigMap"), "{applied:?}");
         let docs = documents(&yaml);
-        let policy = docs
-            .iter()
-            .find(|d| d["kind"] == "TlsCompliance")
-            .expect("default policy");
-        assert_eq!(policy["spec"]["mechanisms"], serde_json::json!(["MtaSts", "Dane"]));
+        assert_eq!(
+        common::default_policy_mechanisms(&docs),
+        &serde_json::json!(["MtaSts", "Dane"])
+    );
         let conf = docs
             .iter()
             .find(|d| d["kind"] == "ConfigMap")
@@ -415,22 +410,20 @@ async fn the_validating_resolver_is_accepted_and_dane_honoured() {
         );
         // On by default: only the address is needed.
         let default = documents(&template(&ns, &["relay.enabled=true"]));
-        let policy = default
-            .iter()
-            .find(|d| d["kind"] == "TlsCompliance")
-            .expect("default policy");
-        assert_eq!(policy["spec"]["mechanisms"], serde_json::json!(["MtaSts", "Dane"]));
+        assert_eq!(
+        common::default_policy_mechanisms(&default),
+        &serde_json::json!(["MtaSts", "Dane"])
+    );
         assert!(default.iter().any(|d| d["kind"] == "ConfigMap"
             && d["data"]["unbound.conf"].as_str().is_some_and(|c| c.contains("forward-addr: 10.96.0.10"))));
         // Off: no resolver, the cluster's DNS, MTA-STS only.
         let off = template(&ns, &["relay.enabled=true,relay.dnssec.enabled=false"]);
         let docs = documents(&off);
         assert!(!off.contains("dnsPolicy") && !off.contains("unbound"));
-        let policy = docs
-            .iter()
-            .find(|d| d["kind"] == "TlsCompliance")
-            .expect("default policy");
-        assert_eq!(policy["spec"]["mechanisms"], serde_json::json!(["MtaSts"]));
+        assert_eq!(
+        common::default_policy_mechanisms(&docs),
+        &serde_json::json!(["MtaSts"])
+    );
     })
     .await;
 }

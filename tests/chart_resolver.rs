@@ -142,13 +142,9 @@ fn inside(helm: &Path) {
         .expect("mount");
     let conf_path = format!("{mount}/unbound.conf");
     assert_eq!(command.last(), Some(&conf_path), "{command:?}");
-    let policy = docs
-        .iter()
-        .find(|d| d["kind"] == "TlsCompliance")
-        .expect("default policy");
     assert_eq!(
-        policy["spec"]["mechanisms"],
-        serde_json::json!(["MtaSts", "Dane"])
+        common::default_policy_mechanisms(&docs),
+        &serde_json::json!(["MtaSts", "Dane"])
     );
 
     // The container's command, on the ConfigMap's file at a path of our own.

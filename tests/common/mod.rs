@@ -188,3 +188,12 @@ pub fn helm() -> Option<std::path::PathBuf> {
     let helm = std::path::PathBuf::from(dir.trim()).join("helm");
     (ok && helm.is_file()).then_some(helm)
 }
+
+/// The `mechanisms` of the chart's default policy (`<release>-published-policies`) among
+/// the documents `helm template` rendered.
+pub fn default_policy_mechanisms(docs: &[serde_json::Value]) -> &serde_json::Value {
+    &docs
+        .iter()
+        .find(|d| d["kind"] == "TlsCompliance")
+        .expect("the chart's default policy")["spec"]["mechanisms"]
+}
