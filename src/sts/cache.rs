@@ -124,7 +124,11 @@ impl Cache {
 
     /// The reply for `domain` when it needs no lookup (asked within `grace`), in one step.
     pub fn fresh_reply(&self, domain: &str, now: i64, grace: i64) -> Option<Reply> {
-        (!self.needs_check(domain, now, grace)).then(|| self.reply(domain, now))
+        let entry = self.map.get(domain).filter(|e| now - e.checked < grace)?;
+        Some(match &entry.known {
+            Known::Policy { reply, expires, .. } if *expires > now => reply.clone(),
+            _ => Reply::NotFound,
+        })
     }
 
     /// Domains last asked before `before` whose policy holds: refreshed ahead of need.

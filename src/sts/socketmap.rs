@@ -3,6 +3,8 @@
 //! `NOTFOUND `, `TEMP <reason>`, `TIMEOUT <reason>` or `PERM <reason>`
 //! (socketmap_table(5)).
 
+use std::io::Write as _;
+
 /// Longest request taken: a map name and a domain fit many times over.
 pub const MAX_REQUEST: usize = 1024;
 
@@ -80,15 +82,16 @@ pub enum Reply {
 impl Reply {
     /// The reply as a netstring.
     pub fn encode(&self) -> Vec<u8> {
-        let text = match self {
-            Reply::Ok(v) => format!("OK {v}"),
-            Reply::NotFound => "NOTFOUND ".to_string(),
-            Reply::Temp(r) => format!("TEMP {r}"),
-            Reply::Perm(r) => format!("PERM {r}"),
+        let (status, text) = match self {
+            Reply::Ok(v) => ("OK", v.as_str()),
+            Reply::NotFound => ("NOTFOUND", ""),
+            Reply::Temp(r) => ("TEMP", r.as_str()),
+            Reply::Perm(r) => ("PERM", r.as_str()),
         };
-        let mut out = format!("{}:", text.len()).into_bytes();
-        out.extend_from_slice(text.as_bytes());
-        out.push(b',');
+        // One allocation: a reply is written for every lookup.
+        let len = status.len() + 1 + text.len();
+        let mut out = Vec::with_capacity(len + 8);
+        let _ = write!(out, "{len}:{status} {text},");
         out
     }
 }
