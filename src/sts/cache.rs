@@ -47,9 +47,12 @@ impl Cache {
     /// Whether `domain` should be looked up again: unknown, or last asked `grace` or more
     /// seconds before `now`.
     pub fn needs_check(&self, domain: &str, now: i64, grace: i64) -> bool {
-        self.map
-            .get(domain)
-            .is_none_or(|e| now - e.checked >= grace)
+        self.asked_within(domain, now, grace).is_none()
+    }
+
+    /// `domain`'s entry if DNS was asked about it less than `grace` seconds before `now`.
+    fn asked_within(&self, domain: &str, now: i64, grace: i64) -> Option<&Entry> {
+        self.map.get(domain).filter(|e| now - e.checked < grace)
     }
 
     /// The id of the policy held for `domain`, if one holds at `now`: a TXT record with the
@@ -124,8 +127,8 @@ impl Cache {
 
     /// The reply for `domain` when it needs no lookup (asked within `grace`), in one step.
     pub fn fresh_reply(&self, domain: &str, now: i64, grace: i64) -> Option<Reply> {
-        let entry = self.map.get(domain).filter(|e| now - e.checked < grace)?;
-        Some(match &entry.known {
+        // One map lookup: this runs for every socketmap request.
+        Some(match &self.asked_within(domain, now, grace)?.known {
             Known::Policy { reply, expires, .. } if *expires > now => reply.clone(),
             _ => Reply::NotFound,
         })
