@@ -29,6 +29,16 @@ struct Entry {
     checked: i64,
 }
 
+impl Entry {
+    /// What Postfix gets at `now`: the policy's reply while it holds.
+    fn reply(&self, now: i64) -> Reply {
+        match &self.known {
+            Known::Policy { reply, expires, .. } if *expires > now => reply.clone(),
+            _ => Reply::NotFound,
+        }
+    }
+}
+
 /// The policies of up to `max` domains.
 #[derive(Debug)]
 pub struct Cache {
@@ -119,19 +129,15 @@ impl Cache {
 
     /// What Postfix gets for `domain` at `now`.
     pub fn reply(&self, domain: &str, now: i64) -> Reply {
-        match self.map.get(domain).map(|e| &e.known) {
-            Some(Known::Policy { reply, expires, .. }) if *expires > now => reply.clone(),
-            _ => Reply::NotFound,
-        }
+        self.map
+            .get(domain)
+            .map_or(Reply::NotFound, |e| e.reply(now))
     }
 
     /// The reply for `domain` when it needs no lookup (asked within `grace`), in one step.
     pub fn fresh_reply(&self, domain: &str, now: i64, grace: i64) -> Option<Reply> {
         // One map lookup: this runs for every socketmap request.
-        Some(match &self.asked_within(domain, now, grace)?.known {
-            Known::Policy { reply, expires, .. } if *expires > now => reply.clone(),
-            _ => Reply::NotFound,
-        })
+        self.asked_within(domain, now, grace).map(|e| e.reply(now))
     }
 
     /// Domains last asked before `before` whose policy holds: refreshed ahead of need.
