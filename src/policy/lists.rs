@@ -8,23 +8,31 @@ use super::{
     MAX_NAMESPACE_ENTRIES, Problem, ResourceId, checks,
 };
 use crate::api::{AddressList, LIST_SIZE_MESSAGE, LocalRef};
+use hashbrown::HashTable;
 use kube::ResourceExt;
-use rustc_hash::FxHashMap;
+use rustc_hash::FxBuildHasher;
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 
 /// Every entry of every list of a namespace, numbered, and each list as ids.
 #[derive(Default)]
 pub(super) struct Lists {
     /// id → entry.
     pub entries: Vec<Entry>,
-    ids: FxHashMap<Entry, u32>,
+    /// Ids by the text of their entry. The table holds only ids (4 bytes a slot, where a
+    /// map of entries would take 32) and finds the text through `entries`.
+    ids: HashTable<u32>,
     by_name: BTreeMap<String, Vec<u32>>,
+}
+
+fn hash(text: &str) -> u64 {
+    FxBuildHasher.hash_one(text)
 }
 
 impl Lists {
     /// The id of an entry given its canonical text.
     pub fn id(&self, text: &str) -> Option<u32> {
-        self.ids.get(text).copied()
+        self.id_hashed(hash(text), text)
     }
 
     pub fn entry(&self, id: u32) -> &Entry {
@@ -36,13 +44,22 @@ impl Lists {
     }
 
     fn intern(&mut self, entry: Entry) -> u32 {
-        if let Some(id) = self.ids.get(entry.as_str()) {
-            return *id;
+        let h = hash(entry.as_str());
+        if let Some(id) = self.id_hashed(h, entry.as_str()) {
+            return id;
         }
         let id = self.entries.len() as u32;
-        self.entries.push(entry.clone());
-        self.ids.insert(entry, id);
+        self.entries.push(entry);
+        let entries = &self.entries;
+        self.ids
+            .insert_unique(h, id, |&id| hash(entries[id as usize].as_str()));
         id
+    }
+
+    fn id_hashed(&self, h: u64, text: &str) -> Option<u32> {
+        self.ids
+            .find(h, |&id| self.entries[id as usize].as_str() == text)
+            .copied()
     }
 
     /// (addresses, domains) among `ids`.
@@ -117,7 +134,7 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
     // Sized once for every entry as written: growing the table rehashes them all each time.
     let mut out = Lists {
         entries: Vec::with_capacity(total),
-        ids: FxHashMap::with_capacity_and_hasher(total, Default::default()),
+        ids: HashTable::with_capacity(total),
         by_name: BTreeMap::new(),
     };
     // Parsing is most of the work, and each entry is parsed alone: on every core, in

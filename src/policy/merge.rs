@@ -1,6 +1,7 @@
 //! Merging: per-entry TLS from every policy, per-recipient routes from every gateway, and
 //! the resolution of each key against every entry that covers it.
 
+use super::key_map;
 use super::lists::Lists;
 use super::{
     Conflict, EffectivePolicy, Enforced, Entry, Findings, InboundRule, Kind, Mechanisms, Names,
@@ -211,23 +212,27 @@ impl Accumulated {
         // One sort of every id; inbound rules and outbound keys are taken from it in order,
         // so both maps are bulk-built rather than filled one insert at a time.
         let order = sorted_ids(&lists.entries);
-        policy.inbound = order
+        let senders = order
             .iter()
-            .filter_map(|&id| {
-                let rule = self.inbound[id]?;
+            .filter(|&&id| self.inbound[id].is_some())
+            .count();
+        let mut inbound = key_map::Builder::with_capacity(senders);
+        for &id in &order {
+            if let Some(rule) = self.inbound[id] {
                 let rule = InboundRule {
                     enforced: rule.enforced,
                     monitored: rule.monitored,
                     policies: self.names.get(rule.policies),
                 };
-                Some((lists.entries[id].clone(), rule))
-            })
-            .collect();
+                inbound.push(lists.entries[id].clone(), rule);
+            }
+        }
+        policy.inbound = inbound.finish();
         let keys: Vec<usize> = order
             .into_iter()
             .filter(|id| self.tls[*id].is_some() || self.routes[*id].is_some())
             .collect();
-        let mut rules = Vec::with_capacity(keys.len());
+        let mut rules = key_map::Builder::with_capacity(keys.len());
         for id in keys {
             let key = &lists.entries[id];
             let mut rule = OutboundRule {
@@ -270,9 +275,9 @@ impl Accumulated {
                 (None, Some(secure), Some(_)) => Route::SecureRoute(secure.clone()),
                 (None, _, _) => policy.default_route(),
             };
-            rules.push((key.clone(), rule));
+            rules.push(key.clone(), rule);
         }
-        policy.outbound = rules.into_iter().collect();
+        policy.outbound = rules.finish();
     }
 }
 

@@ -8,6 +8,7 @@
 mod checks;
 pub mod entry;
 pub mod host;
+mod key_map;
 pub mod last_valid;
 mod lists;
 mod merge;
@@ -16,6 +17,7 @@ mod model;
 pub use checks::parse_interval;
 pub use entry::{Entry, parse_entry};
 pub use host::Host;
+pub use key_map::KeyMap;
 pub use last_valid::{LastValid, evaluate_fail_closed};
 pub use lists::list_entries;
 pub use model::*;

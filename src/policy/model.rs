@@ -3,6 +3,7 @@
 
 use super::entry::Entry;
 use super::host::Host;
+use super::key_map::KeyMap;
 use crate::api::{Mechanism, OnFailure, TlsVersion};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -154,7 +155,7 @@ impl Hop {
 }
 
 /// Where mail for a key goes.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Route {
     /// Straight to the recipient domain's MX hosts.
     Direct,
@@ -178,7 +179,7 @@ impl Route {
 
 /// The effective outbound rule for one key, already merged with every less specific entry
 /// that covers it, so the most specific key Postfix finds carries the whole answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct OutboundRule {
     /// Mandatory TLS, from `Enforce` policies.
     pub enforced: Option<Enforced>,
@@ -190,7 +191,7 @@ pub struct OutboundRule {
 }
 
 /// The effective inbound rule for one sender key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InboundRule {
     /// An `Enforce` policy requires TLS from these senders.
     pub enforced: bool,
@@ -203,8 +204,8 @@ pub struct InboundRule {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EffectivePolicy {
     pub namespace: String,
-    pub outbound: BTreeMap<Entry, OutboundRule>,
-    pub inbound: BTreeMap<Entry, InboundRule>,
+    pub outbound: KeyMap<OutboundRule>,
+    pub inbound: KeyMap<InboundRule>,
     /// Every usable gateway by name.
     pub gateways: BTreeMap<String, Hop>,
     /// The winning `AllMail` gateway.
