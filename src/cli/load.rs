@@ -92,7 +92,8 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
             });
         }
     }
-    let mut docs = Vec::new();
+    // Every file is read first: its documents are slices of its text, not copies.
+    let mut texts = Vec::new();
     for file in files {
         // Refused before reading: a huge file would cost its size in memory first.
         let size = std::fs::metadata(&file).map_or(0, |m| m.len());
@@ -101,7 +102,7 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
             continue;
         }
         match std::fs::read_to_string(&file) {
-            Ok(text) => docs.extend(documents(&file, &text, &mut errors)),
+            Ok(text) => texts.push((file, text)),
             Err(e) => errors.push(LoadError {
                 source: Some(Source {
                     file: file.clone(),
@@ -112,6 +113,10 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> (Loaded, Vec<LoadErro
                 message: format!("cannot read: {e}"),
             }),
         }
+    }
+    let mut docs = Vec::new();
+    for (file, text) in &texts {
+        docs.extend(documents(file, text, &mut errors));
     }
     load_documents(docs, default_namespace, &mut loaded, &mut errors);
     (loaded, errors)
@@ -157,23 +162,23 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 /// One YAML document of a file.
-struct Document {
+struct Document<'a> {
     /// Where it starts.
     source: Source,
-    text: String,
+    /// Its lines, without the `---` or `...` that ends it.
+    text: &'a str,
 }
 
 /// Split a YAML stream into documents with the line each starts on; none, and an error,
 /// when the text is larger than a file may be.
-fn documents(file: &Path, text: &str, errors: &mut Vec<LoadError>) -> Vec<Document> {
+fn documents<'a>(file: &Path, text: &'a str, errors: &mut Vec<LoadError>) -> Vec<Document<'a>> {
     let mut docs = Vec::new();
     if let Err(e) = yaml_limits::check_size(text.len() as u64) {
         errors.push(too_big(file, e));
         return docs;
     }
-    let mut current = String::new();
-    let mut start = 1;
-    let mut push = |line: usize, text: String| {
+    let (mut begin, mut start_line) = (0, 1);
+    let mut push = |line: usize, text: &'a str| {
         docs.push(Document {
             source: Source {
                 file: file.to_path_buf(),
@@ -182,16 +187,17 @@ fn documents(file: &Path, text: &str, errors: &mut Vec<LoadError>) -> Vec<Docume
             text,
         })
     };
-    for (i, line) in text.lines().enumerate() {
-        if line == "---" || line.starts_with("--- ") || line == "..." {
-            push(start, std::mem::take(&mut current));
-            start = i + 2;
-            continue;
+    let mut at = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end_matches('\n').trim_end_matches('\r');
+        if bare == "---" || bare.starts_with("--- ") || bare == "..." {
+            push(start_line, &text[begin..at]);
+            begin = at + line.len();
+            start_line = i + 2;
         }
-        current.push_str(line);
-        current.push('\n');
+        at += line.len();
     }
-    push(start, current);
+    push(start_line, &text[begin..]);
     docs
 }
 
@@ -778,6 +784,18 @@ spec:
         );
         assert!(errors[1].message.contains("nested deeper"), "{}", errors[1]);
         assert!(errors[2].message.contains("defined twice"), "{}", errors[2]);
+        assert_eq!(loaded.namespaces["ns"].address_lists.len(), 1);
+        assert_eq!(loaded.skipped, ["all.yaml:21 ConfigMap"]);
+
+        // The same with Windows line ends, and no line end after the last document: the
+        // documents are slices of the file as written, and read alike.
+        let crlf = text.trim_end().replace('\n', "\r\n");
+        let (loaded, errors) = load_str("all.yaml", &crlf, "ns");
+        let crlf_lines: Vec<usize> = errors
+            .iter()
+            .map(|e| e.source.as_ref().map_or(0, |s| s.line))
+            .collect();
+        assert_eq!(crlf_lines, lines, "{errors:#?}");
         assert_eq!(loaded.namespaces["ns"].address_lists.len(), 1);
         assert_eq!(loaded.skipped, ["all.yaml:21 ConfigMap"]);
     }

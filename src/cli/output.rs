@@ -96,9 +96,21 @@ impl Output for DirOutput {
             .map_err(|e| e.into_error())
             .map_err(|e| context("cannot write", &tmp, e))?;
         let path = self.dir.join(&name);
-        std::fs::rename(&tmp, &path).map_err(|e| context("cannot replace", &path, e))?;
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(context("cannot replace", &path, e));
+        }
         self.written.insert(name);
         Ok(())
+    }
+}
+
+impl Drop for DirOutput {
+    /// A file left half written (the render failed) leaves no temporary file behind.
+    fn drop(&mut self) {
+        if let Some((name, _)) = self.open.take() {
+            let _ = std::fs::remove_file(self.tmp(&name));
+        }
     }
 }
 
@@ -287,5 +299,12 @@ mod tests {
             !dir.path().join(MANIFEST).exists(),
             "no manifest for a partial render"
         );
+        drop(out);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 }

@@ -3,9 +3,10 @@
 //! and a number instead of a tree node holding a whole rule.
 
 use super::entry::Entry;
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 use std::borrow::Borrow;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
 /// Rules by key, looked up as a sorted map is (by entry or by text) and iterated in key
 /// order.
@@ -72,7 +73,7 @@ impl<V> KeyMap<V> {
     }
 }
 
-impl<V: Clone + Eq + Hash> KeyMap<V> {
+impl<V: Eq + Hash> KeyMap<V> {
     /// The map of `rows`; a key given twice keeps its last rule, as a map insert would.
     pub fn from_rows(mut rows: Vec<(Entry, V)>) -> Self {
         // Stable, so the last of equal keys stays last.
@@ -92,10 +93,11 @@ impl<V: Clone + Eq + Hash> KeyMap<V> {
 /// rows is ever held.
 pub(super) struct Builder<V> {
     map: KeyMap<V>,
-    ids: FxHashMap<V, u32>,
+    /// Rule ids by the rule they stand for (only ids: the rules are in `map.rules`).
+    ids: HashTable<u32>,
 }
 
-impl<V: Clone + Eq + Hash> Builder<V> {
+impl<V: Eq + Hash> Builder<V> {
     pub fn with_capacity(keys: usize) -> Self {
         Builder {
             map: KeyMap {
@@ -103,18 +105,25 @@ impl<V: Clone + Eq + Hash> Builder<V> {
                 rule_of: Vec::with_capacity(keys),
                 rules: Vec::new(),
             },
-            ids: FxHashMap::default(),
+            ids: HashTable::new(),
         }
     }
 
     /// Add the key after every key added so far (in text order).
     pub fn push(&mut self, key: Entry, rule: V) {
         debug_assert!(self.map.keys.last().is_none_or(|last| *last < key));
+        let hash = FxBuildHasher.hash_one(&rule);
         let rules = &mut self.map.rules;
-        let id = *self.ids.entry(rule).or_insert_with_key(|rule| {
-            rules.push(rule.clone());
-            rules.len() as u32 - 1
-        });
+        let id = match self.ids.find(hash, |&id| rules[id as usize] == rule) {
+            Some(&id) => id,
+            None => {
+                rules.push(rule);
+                let id = rules.len() as u32 - 1;
+                self.ids
+                    .insert_unique(hash, id, |&id| FxBuildHasher.hash_one(&rules[id as usize]));
+                id
+            }
+        };
         self.map.keys.push(key);
         self.map.rule_of.push(id);
     }
@@ -127,7 +136,7 @@ impl<V: Clone + Eq + Hash> Builder<V> {
     }
 }
 
-impl<V: Clone + Eq + Hash> FromIterator<(Entry, V)> for KeyMap<V> {
+impl<V: Eq + Hash> FromIterator<(Entry, V)> for KeyMap<V> {
     fn from_iter<I: IntoIterator<Item = (Entry, V)>>(rows: I) -> Self {
         KeyMap::from_rows(rows.into_iter().collect())
     }

@@ -285,14 +285,15 @@ impl<'a> Contributions<'a> {
 /// The tables being built, borrowing keys from the policy.
 #[derive(Default)]
 struct Tables<'a> {
-    tls_policy: BTreeMap<Cow<'a, str>, TableLevel>,
-    /// Rows for direct destination keys (unique; sorted into `tls_policy` in one go).
-    tls_rows: Vec<(Cow<'a, str>, TableLevel)>,
+    /// Sorted by key, unique: direct destination keys come in the policy's key order, and
+    /// the few gateway hops are merged in where they sort.
+    tls_policy: Vec<(Cow<'a, str>, TableLevel)>,
     /// Unique keys, in key order (the policy's outbound map is sorted by entry text).
     transport: Vec<(&'a str, Transport)>,
     /// Each gateway's next-hop, made once.
     nexthops: FxHashMap<&'a str, Rc<str>>,
-    sender_access: BTreeSet<&'a str>,
+    /// Sorted and deduplicated once every key is in.
+    sender_access: Vec<&'a str>,
     /// Listed destinations that honour MTA-STS, with what their policy adds.
     mta_sts: Vec<(&'a str, String)>,
     /// Listed destinations that honour DANE, with what their policy adds.
@@ -318,11 +319,13 @@ pub fn render_to(
     opts: &RenderOptions,
     out: &mut dyn Output,
 ) -> io::Result<Rendered> {
-    let mut t = Tables::default();
+    let mut t = Tables {
+        tls_policy: Vec::with_capacity(policy.outbound.len()),
+        transport: Vec::with_capacity(policy.outbound.len()),
+        sender_access: Vec::with_capacity(policy.inbound.len()),
+        ..Default::default()
+    };
     outbound(policy, &mut t);
-    // Rows come in key order (entries sort by their text), so the table is bulk-built
-    // instead of filled by a hundred thousand tree inserts.
-    t.tls_policy = std::mem::take(&mut t.tls_rows).into_iter().collect();
     gateway_hops(policy, &mut t);
     for (key, rule) in &policy.inbound {
         if rule.enforced {
@@ -330,7 +333,7 @@ pub fn render_to(
                 Entry::Subdomains(_) => key.domain(),
                 other => other.as_str(),
             };
-            t.sender_access.insert(key);
+            t.sender_access.push(key);
             t.made_by.add(
                 rule.policies.iter().map(|n| &**n),
                 "TlsCompliance",
@@ -338,6 +341,10 @@ pub fn render_to(
             );
         }
     }
+    // `.example.com` is written as `example.com`, so the keys are out of order here and
+    // may repeat.
+    t.sender_access.sort_unstable();
+    t.sender_access.dedup();
 
     let map = |name: &str| format!("{}:{}/{}", opts.map_type.as_str(), opts.config_dir, name);
     let filter = format!("pcre:{}/{}", opts.config_dir, BOUNCE_FILTER);
@@ -551,7 +558,7 @@ fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
             }
             (None, None) => {}
             (Some(e), None) if !key.is_address() => {
-                t.tls_rows.push((
+                t.tls_policy.push((
                     Cow::Borrowed(key.as_str()),
                     TableLevel::Required(e.requirement),
                 ));
@@ -629,13 +636,16 @@ fn gateway_hops<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
     }
 }
 
+/// Put `key` in the sorted table, or make its row the stricter of both.
 fn merge_tls<'a>(
-    table: &mut BTreeMap<Cow<'a, str>, TableLevel>,
+    table: &mut Vec<(Cow<'a, str>, TableLevel)>,
     key: Cow<'a, str>,
     level: TableLevel,
 ) {
-    let merged = table.get(&key).map_or(level, |old| old.stricter(level));
-    table.insert(key, merged);
+    match table.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref())) {
+        Ok(i) => table[i].1 = table[i].1.stricter(level),
+        Err(i) => table.insert(i, (key, level)),
+    }
 }
 
 fn relay_hop(policy: &EffectivePolicy) -> Option<&Hop> {
