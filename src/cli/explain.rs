@@ -1,5 +1,5 @@
 use super::output::RenderFlags;
-use super::render::{Evaluated, finding_errors, load_and_evaluate};
+use super::render::{Entries, Evaluated, finding_errors, load_and_evaluate};
 use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::api::{AppliesTo, OnFailure};
 use crate::engine::plan::routed_test;
@@ -69,7 +69,7 @@ pub fn run(args: ExplainArgs) -> ExitCode {
         }
         (false, false) => {
             let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
-            load_and_evaluate(&paths, args.namespace.as_deref())
+            load_and_evaluate(&paths, args.namespace.as_deref(), Entries::Keep)
         }
     };
     let Ok(Evaluated {

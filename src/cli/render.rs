@@ -1,7 +1,7 @@
 use super::EXIT_INVALID;
 use super::load::{LoadError, Loaded, load};
 use super::output::{DirOutput, RenderFlags};
-use crate::policy::{Evaluation, Inputs, evaluate};
+use crate::policy::{Evaluation, Inputs, evaluate, evaluate_dropping_entries};
 use crate::render::{MANIFEST, render_to};
 use clap::Args;
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ pub fn run(args: RenderArgs) -> ExitCode {
         mut errors,
         inputs,
         evaluation,
-    }) = load_and_evaluate(&args.paths, args.namespace.as_deref())
+    }) = load_and_evaluate(&args.paths, args.namespace.as_deref(), Entries::Drop)
     else {
         return ExitCode::from(EXIT_INVALID);
     };
@@ -95,15 +95,26 @@ pub(crate) struct Evaluated {
     pub evaluation: Evaluation,
 }
 
+/// Whether the caller still needs the lists' entries once the namespace is evaluated.
+pub(crate) enum Entries {
+    Keep,
+    /// Freed before the merge (see [`evaluate_dropping_entries`]).
+    Drop,
+}
+
 /// Read `paths` and evaluate the namespace asked for (or the only one); says on stderr why
 /// not when the namespace is ambiguous.
 pub(crate) fn load_and_evaluate(
     paths: &[PathBuf],
     namespace: Option<&str>,
+    entries: Entries,
 ) -> Result<Evaluated, ()> {
     let (mut loaded, errors) = load(paths, namespace.unwrap_or("default"));
-    let inputs = pick_namespace(&mut loaded, namespace).map_err(|e| eprintln!("error: {e}"))?;
-    let evaluation = evaluate(&inputs);
+    let mut inputs = pick_namespace(&mut loaded, namespace).map_err(|e| eprintln!("error: {e}"))?;
+    let evaluation = match entries {
+        Entries::Keep => evaluate(&inputs),
+        Entries::Drop => evaluate_dropping_entries(&mut inputs),
+    };
     Ok(Evaluated {
         loaded,
         errors,

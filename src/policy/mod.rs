@@ -56,6 +56,25 @@ pub struct Evaluation {
 pub fn evaluate(inputs: &Inputs) -> Evaluation {
     let mut findings = Findings::default();
     let lists = lists::normalize(&inputs.address_lists, &mut findings);
+    merge_lists(inputs, lists, findings)
+}
+
+/// [`evaluate`] for a caller with no further use for the lists' entries (`mailtls render`):
+/// they are freed as soon as they are numbered, before the merge, which is when memory
+/// peaks (a fifth of it at a hundred thousand entries). The lists keep their names and
+/// metadata.
+pub fn evaluate_dropping_entries(inputs: &mut Inputs) -> Evaluation {
+    let mut findings = Findings::default();
+    let lists = lists::normalize(&inputs.address_lists, &mut findings);
+    for list in &mut inputs.address_lists {
+        list.spec.entries = Vec::new();
+        list.spec.bulk = None;
+    }
+    merge_lists(inputs, lists, findings)
+}
+
+/// Everything after the lists are numbered: gateways, policies, and their merge.
+fn merge_lists(inputs: &Inputs, lists: lists::Lists, mut findings: Findings) -> Evaluation {
     let mut policy = EffectivePolicy {
         namespace: inputs.namespace.clone(),
         ..Default::default()
@@ -130,5 +149,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(evaluate(&inputs).policy.namespace, "mail-eu");
+    }
+
+    /// Dropping the entries once they are numbered changes nothing in the answer.
+    #[test]
+    fn dropping_the_entries_early_gives_the_same_evaluation() {
+        let (loaded, errors) = crate::cli::load::load_str(
+            "p.yaml",
+            "apiVersion: mailtls.io/v1alpha1\nkind: AddressList\nmetadata: {name: l}\n\
+             spec: {entries: [.partner.example, a@b.example, 'not valid'], bulk: \"c.example\\nd.example\"}\n---\n\
+             apiVersion: mailtls.io/v1alpha1\nkind: TlsCompliance\nmetadata: {name: p}\n\
+             spec: {direction: Both, addressLists: [{name: l}, {name: missing}]}\n",
+            "default",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut inputs = loaded.namespaces["default"].clone();
+        let kept = evaluate(&inputs);
+        let dropped = evaluate_dropping_entries(&mut inputs);
+        assert_eq!(dropped.policy, kept.policy);
+        assert_eq!(
+            format!("{:?}", dropped.findings),
+            format!("{:?}", kept.findings)
+        );
+        assert_eq!(kept.policy.outbound.len(), 4);
+        assert!(inputs.address_lists[0].spec.entries.is_empty());
+        assert_eq!(inputs.address_lists[0].spec.bulk, None);
     }
 }
