@@ -215,7 +215,7 @@ fn load_documents(
             Ok(read) => apply(
                 read,
                 &doc.source,
-                Some(&doc.text),
+                Some(doc.text),
                 default_ns,
                 loaded,
                 errors,
@@ -229,11 +229,11 @@ fn load_documents(
 /// it), or not valid YAML (with the line).
 fn check_and_parse(doc: &Document) -> Result<Value, LoadError> {
     let (file, line) = (&doc.source.file, doc.source.line);
-    if let Err(mut e) = yaml_limits::check_depth(&doc.text) {
+    if let Err(mut e) = yaml_limits::check_depth(doc.text) {
         e.line += line - 1;
         return Err(too_big(file, e));
     }
-    parse(&doc.text).map_err(|e| {
+    parse(doc.text).map_err(|e| {
         let at = e.location().map_or(line, |l| line + l.line() - 1);
         LoadError {
             source: Some(Source {
