@@ -116,6 +116,8 @@ impl Lists {
 
 /// Entries parsed by one worker at a time.
 const PARSE_CHUNK: usize = 4096;
+/// Chunks parsed before they are numbered.
+const PARSE_WINDOW: usize = 8;
 
 /// A list's items as written: its entries, then its bulk text's items.
 fn raw_items(list: &AddressList) -> impl Iterator<Item = &str> {
@@ -145,12 +147,16 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
         .filter(|(_, admitted)| **admitted)
         .flat_map(|(list, _)| raw_items(list))
         .collect();
+    // A few chunks per core at a time, taken as the loop below needs them: every entry
+    // parsed at once would hold a second copy of each (duplicates too) until numbered.
     let chunks: Vec<&[&str]> = raws.chunks(PARSE_CHUNK).collect();
-    let mut parsed = crate::parallel::map(&chunks, |chunk| {
-        chunk.iter().map(|raw| parse_entry(raw)).collect::<Vec<_>>()
-    })
-    .into_iter()
-    .flatten();
+    let mut parsed = chunks.chunks(PARSE_WINDOW).flat_map(|window| {
+        crate::parallel::map(window, |chunk| {
+            chunk.iter().map(|raw| parse_entry(raw)).collect::<Vec<_>>()
+        })
+        .into_iter()
+        .flatten()
+    });
     // The list that last took each id, to count duplicates within one list.
     let mut last_list: Vec<u32> = Vec::new();
     for (n, list) in lists.iter().enumerate() {
