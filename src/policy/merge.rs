@@ -214,10 +214,10 @@ impl Accumulated {
         let order = sorted_ids(&lists.entries);
         let senders = order
             .iter()
-            .filter(|&&id| self.inbound[id].is_some())
+            .filter(|&&id| self.inbound[id as usize].is_some())
             .count();
         let mut inbound = key_map::Builder::with_capacity(senders);
-        for &id in &order {
+        for id in order.iter().map(|&id| id as usize) {
             if let Some(rule) = self.inbound[id] {
                 let rule = InboundRule {
                     enforced: rule.enforced,
@@ -228,12 +228,10 @@ impl Accumulated {
             }
         }
         policy.inbound = inbound.finish();
-        let keys: Vec<usize> = order
-            .into_iter()
-            .filter(|id| self.tls[*id].is_some() || self.routes[*id].is_some())
-            .collect();
-        let mut rules = key_map::Builder::with_capacity(keys.len());
-        for id in keys {
+        let is_key = |id: usize| self.tls[id].is_some() || self.routes[id].is_some();
+        let keys = order.iter().filter(|&&id| is_key(id as usize)).count();
+        let mut rules = key_map::Builder::with_capacity(keys);
+        for id in order.iter().map(|&id| id as usize).filter(|&id| is_key(id)) {
             let key = &lists.entries[id];
             let mut rule = OutboundRule {
                 enforced: None,
@@ -284,7 +282,7 @@ impl Accumulated {
 /// Entry ids in entry order. Sorting on the first eight bytes kept inline, and comparing the
 /// strings only on a tie, avoids chasing a pointer per comparison. Entries never contain
 /// NUL, so zero padding orders a prefix before its extensions, as `str` does.
-fn sorted_ids(entries: &[Entry]) -> Vec<usize> {
+fn sorted_ids(entries: &[Entry]) -> Vec<u32> {
     let prefix = |e: &Entry| {
         let mut bytes = [0u8; 8];
         let text = e.as_str().as_bytes();
@@ -298,7 +296,8 @@ fn sorted_ids(entries: &[Entry]) -> Vec<usize> {
         .map(|(id, e)| (prefix(e), id))
         .collect();
     keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| entries[a.1].cmp(&entries[b.1])));
-    keyed.into_iter().map(|(_, id)| id).collect()
+    // A new vector of a quarter the size: collected in place, it would keep the sort's.
+    keyed.iter().map(|&(_, id)| id as u32).collect()
 }
 
 /// Add a name to a sorted, duplicate-free list.
