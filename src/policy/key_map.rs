@@ -1,6 +1,7 @@
 //! The effective policy's rules by key: keys sorted by their text, and each distinct rule
-//! stored once. A hundred thousand keys share a few thousand rules, so a key costs its entry
-//! and a number instead of a tree node holding a whole rule.
+//! stored once. Most keys share their rule with many others (the keys of one list under the
+//! same policies), so a key costs its entry and a number instead of a tree node holding a
+//! whole rule.
 
 use super::entry::Entry;
 use hashbrown::HashTable;
