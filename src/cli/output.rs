@@ -32,7 +32,8 @@ pub struct DirOutput {
     /// Files the previous manifest lists: removed at the end unless written again.
     stale: Vec<String>,
     written: BTreeSet<String>,
-    open: Option<(String, BufWriter<File>)>,
+    /// The file being written: its name, its temporary path, and the writer.
+    open: Option<(String, PathBuf, BufWriter<File>)>,
 }
 
 impl DirOutput {
@@ -56,10 +57,6 @@ impl DirOutput {
         })
     }
 
-    fn tmp(&self, name: &str) -> PathBuf {
-        self.dir.join(format!(".{name}.tmp"))
-    }
-
     /// Remove the files the previous render wrote and this one did not (never the manifest,
     /// nor anything outside the directory).
     pub fn finish(self) {
@@ -73,25 +70,28 @@ impl DirOutput {
 
 impl Output for DirOutput {
     fn open(&mut self, name: &str) -> io::Result<()> {
-        let tmp = self.tmp(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
         let file = File::create(&tmp).map_err(|e| context("cannot write", &tmp, e))?;
-        self.open = Some((name.to_string(), BufWriter::with_capacity(1 << 16, file)));
+        self.open = Some((
+            name.to_string(),
+            tmp,
+            BufWriter::with_capacity(1 << 16, file),
+        ));
         Ok(())
     }
 
     fn append(&mut self, text: &str) -> io::Result<()> {
-        let Some((name, file)) = &mut self.open else {
+        let Some((_, tmp, file)) = &mut self.open else {
             return Ok(());
         };
         file.write_all(text.as_bytes())
-            .map_err(|e| context("cannot write", &self.dir.join(format!(".{name}.tmp")), e))
+            .map_err(|e| context("cannot write", tmp, e))
     }
 
     fn close(&mut self) -> io::Result<()> {
-        let Some((name, file)) = self.open.take() else {
+        let Some((name, tmp, file)) = self.open.take() else {
             return Ok(());
         };
-        let tmp = self.tmp(&name);
         file.into_inner()
             .map_err(|e| e.into_error())
             .map_err(|e| context("cannot write", &tmp, e))?;
@@ -108,8 +108,8 @@ impl Output for DirOutput {
 impl Drop for DirOutput {
     /// A file left half written (the render failed) leaves no temporary file behind.
     fn drop(&mut self) {
-        if let Some((name, _)) = self.open.take() {
-            let _ = std::fs::remove_file(self.tmp(&name));
+        if let Some((_, tmp, _)) = self.open.take() {
+            let _ = std::fs::remove_file(tmp);
         }
     }
 }

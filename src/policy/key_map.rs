@@ -64,10 +64,6 @@ impl<V> KeyMap<V> {
         (0..self.keys.len()).map(|i| self.at(i))
     }
 
-    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &Entry> + ExactSizeIterator {
-        self.keys.iter()
-    }
-
     /// Each key's rule, in key order (a rule shared by several keys comes once per key).
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator {
         self.rule_of.iter().map(|&r| &self.rules[r as usize])
