@@ -660,6 +660,41 @@ fn a_single_gateway_of_a_kind_wins_without_a_conflict() {
     }
 }
 
+/// `.example.com` is written as `example.com`, so the wildcards' rows move among the
+/// others: the table stays sorted, and a domain listed both ways is one row.
+#[test]
+fn sender_access_rows_are_sorted_and_unique() {
+    let entries = [
+        ".b.example",
+        ".z.example",
+        "a.example",
+        "b.example",
+        "c@b.example",
+        "y.example",
+    ];
+    let yaml = list("l", &entries)
+        + &policy("p", &["l"], "").replace("direction: Outbound", "direction: Inbound");
+    let c = render_yaml(&yaml);
+    let keys: Vec<&str> = c.files["sender_access"]
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "a.example",
+            "b.example",
+            "c@b.example",
+            "y.example",
+            "z.example"
+        ]
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&c.files["manifest.json"]).expect("manifest");
+    assert_eq!(manifest["entries"]["sender_access"], 5);
+}
+
 #[test]
 fn inbound_monitor_is_flagged_and_never_rendered() {
     let rule = |yaml: &str| {

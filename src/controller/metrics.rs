@@ -328,9 +328,10 @@ impl Metrics {
                 .iter()
                 .filter(|n| held.iter().any(|h| h == &***n))
             {
-                let destination = match key {
-                    crate::policy::Entry::Subdomains(_) => key.as_str().to_string(),
-                    other => other.domain().to_string(),
+                let destination = if key.is_subdomains() {
+                    key.as_str().to_string()
+                } else {
+                    key.domain().to_string()
                 };
                 current.entry(name).or_default().insert(destination);
             }

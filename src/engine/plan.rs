@@ -115,7 +115,7 @@ pub fn routed_test(
                 hop.gateway
             )),
         }),
-        None if matches!(recipient, Entry::Subdomains(_)) => None,
+        None if recipient.is_subdomains() => None,
         None => Some(RoutedTest {
             target: Target::Domain(recipient.domain().to_string()),
             expected,
@@ -235,9 +235,10 @@ pub fn compliance_plan(p: &TlsCompliance, ns: &PlanInputs, now: Timestamp) -> Op
             .filter(|l| l.name_any() == r.name)
         {
             for entry in list_entries(list) {
-                let name = match &entry {
-                    Entry::Subdomains(_) => entry.as_str().to_string(),
-                    other => other.domain().to_string(),
+                let name = if entry.is_subdomains() {
+                    entry.as_str().to_string()
+                } else {
+                    entry.domain().to_string()
                 };
                 if tests.contains_key(&name) {
                     continue;

@@ -14,19 +14,45 @@ const MAX_LABEL: usize = 63;
 
 /// One normalised entry: an address, a domain, or every subdomain of a domain.
 ///
-/// Each variant holds the entry's canonical text exactly as it is written in a Postfix
-/// table (`alice@example.com`, `example.com`, `.example.com`), so the text alone identifies
-/// the entry: equality, hashing and ordering use it, and maps keyed by entries can be searched
-/// with a plain `&str`. Sorted entries are therefore sorted table rows, whatever order the
-/// input came in.
-#[derive(Clone, Debug)]
-pub enum Entry {
+/// An entry is its canonical text exactly as it is written in a Postfix table
+/// (`alice@example.com`, `example.com`, `.example.com`), so the text alone identifies the
+/// entry and its kind: equality, hashing and ordering use it, and maps keyed by entries can
+/// be searched with a plain `&str`. Sorted entries are therefore sorted table rows, whatever
+/// order the input came in.
+///
+/// The text is a slice of a shared buffer: a namespace's lists keep every entry in one
+/// text, so an entry costs 16 bytes and no allocation of its own (a hundred thousand small
+/// allocations were most of `mailtls render`'s memory).
+#[derive(Clone)]
+pub struct Entry {
+    /// The text holding this entry: its own, or every entry of a namespace's lists.
+    text: Arc<String>,
+    start: u32,
+    end: u32,
+}
+
+/// What an entry stands for, as its text says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
     /// `alice@example.com`.
-    Address(Arc<str>),
+    Address,
     /// `example.com`: the domain itself.
-    Domain(Arc<str>),
-    /// `.example.com`: every subdomain of `example.com` (stored with the leading dot).
-    Subdomains(Arc<str>),
+    Domain,
+    /// `.example.com`: every subdomain of `example.com`.
+    Subdomains,
+}
+
+impl EntryKind {
+    /// The kind of a canonical entry text.
+    pub fn of(text: &str) -> Self {
+        if text.starts_with('.') {
+            EntryKind::Subdomains
+        } else if text.contains('@') {
+            EntryKind::Address
+        } else {
+            EntryKind::Domain
+        }
+    }
 }
 
 impl PartialEq for Entry {
@@ -61,25 +87,60 @@ impl std::borrow::Borrow<str> for Entry {
     }
 }
 
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only this entry's slice: the shared text may hold a hundred thousand.
+        f.debug_tuple("Entry").field(&self.as_str()).finish()
+    }
+}
+
 impl Entry {
+    /// The entry of a text that is canonical already (as [`parse_entry`] or a Postfix table
+    /// writes it); anything else must go through [`parse_entry`].
+    pub fn from_canonical(text: impl Into<String>) -> Self {
+        let text = text.into();
+        let end = text.len();
+        Entry::in_text(Arc::new(text), 0, end)
+    }
+
+    /// The entry `text[start..end]` of a shared text.
+    pub(super) fn in_text(text: Arc<String>, start: usize, end: usize) -> Self {
+        debug_assert!(text.get(start..end).is_some());
+        // Entries are at most 64 + 1 + 253 bytes and a namespace holds at most 100 000.
+        let offset = |at: usize| u32::try_from(at).expect("entry texts stay under 4 GiB");
+        Entry {
+            start: offset(start),
+            end: offset(end),
+            text,
+        }
+    }
+
     /// The canonical text, as written in a Postfix table.
     pub fn as_str(&self) -> &str {
-        match self {
-            Entry::Address(s) | Entry::Domain(s) | Entry::Subdomains(s) => s,
-        }
+        &self.text[self.start as usize..self.end as usize]
+    }
+
+    pub fn kind(&self) -> EntryKind {
+        EntryKind::of(self.as_str())
     }
 
     /// The domain part: the address's domain, the domain, or the parent of the subdomains.
     pub fn domain(&self) -> &str {
-        match self {
-            Entry::Address(a) => a.rsplit_once('@').map_or(a, |(_, d)| d),
-            Entry::Domain(d) => d,
-            Entry::Subdomains(d) => &d[1..],
+        let text = self.as_str();
+        match self.kind() {
+            EntryKind::Address => text.rsplit_once('@').map_or(text, |(_, d)| d),
+            EntryKind::Domain => text,
+            EntryKind::Subdomains => &text[1..],
         }
     }
 
     pub fn is_address(&self) -> bool {
-        matches!(self, Entry::Address(_))
+        self.kind() == EntryKind::Address
+    }
+
+    /// `.example.com`: every subdomain.
+    pub fn is_subdomains(&self) -> bool {
+        self.kind() == EntryKind::Subdomains
     }
 
     /// Whether the entry `self` covers `key` (a key is itself an entry: an address, a domain
@@ -94,10 +155,7 @@ impl Entry {
     /// uses, and it allocates nothing: each is a slice of `self`.
     pub fn lookup_keys(&self) -> impl Iterator<Item = &str> {
         let text = self.as_str();
-        let domain = match self {
-            Entry::Address(_) => Some(self.domain()),
-            _ => None,
-        };
+        let domain = self.is_address().then(|| self.domain());
         let base = self.domain();
         let parents = base
             .char_indices()
@@ -118,8 +176,8 @@ impl Entry {
         }
         let mut domain = Some(self.domain());
         while let Some(d) = domain {
-            keys.push(Entry::Domain(d.into()));
-            keys.push(Entry::Subdomains(format!(".{d}").into()));
+            keys.push(Entry::from_canonical(d));
+            keys.push(Entry::from_canonical(format!(".{d}")));
             domain = d.split_once('.').map(|(_, parent)| parent);
         }
         keys
@@ -127,17 +185,7 @@ impl Entry {
 
     /// [`lookup_keys`](Self::lookup_keys) as owned entries.
     pub fn lookup_chain(&self) -> Vec<Entry> {
-        self.lookup_keys()
-            .map(|k| {
-                if k.starts_with('.') {
-                    Entry::Subdomains(k.into())
-                } else if k.contains('@') {
-                    Entry::Address(k.into())
-                } else {
-                    Entry::Domain(k.into())
-                }
-            })
-            .collect()
+        self.lookup_keys().map(Entry::from_canonical).collect()
     }
 }
 
@@ -150,6 +198,12 @@ impl fmt::Display for Entry {
 
 /// Parse and normalise one entry as written by a user.
 pub fn parse_entry(raw: &str) -> Result<Entry, String> {
+    canonical_text(raw).map(Entry::from_canonical)
+}
+
+/// [`parse_entry`]'s canonical text, borrowing `raw` when it is written that way already
+/// (nearly every entry is): the lists copy it straight into their shared text.
+pub fn canonical_text(raw: &str) -> Result<Cow<'_, str>, String> {
     if raw.is_empty() {
         return Err("empty entry".into());
     }
@@ -171,17 +225,17 @@ pub fn parse_entry(raw: &str) -> Result<Entry, String> {
                     return Err("a subdomain entry needs a domain after the leading dot".into());
                 }
                 let domain = domain_text(rest, 1)?;
-                Ok(Entry::Subdomains(canonical(raw, &[".", &domain])))
+                Ok(canonical(raw, &[".", &domain]))
             } else {
                 let domain = domain_text(raw, 2)?;
-                Ok(Entry::Domain(canonical(raw, &[&domain])))
+                Ok(canonical(raw, &[&domain]))
             }
         }
         1 => {
             let (local, domain) = raw.split_once('@').unwrap_or_default();
             check_local(local)?;
             let domain = domain_text(domain, 2)?;
-            Ok(Entry::Address(canonical(raw, &[local, "@", &domain])))
+            Ok(canonical(raw, &[local, "@", &domain]))
         }
         _ => Err("contains more than one '@'".into()),
     }
@@ -212,8 +266,8 @@ fn check_characters(raw: &str) -> Result<(), String> {
 }
 
 /// The canonical text `parts` joined and in lowercase. Most entries are written that way
-/// already: then it is `raw` as is, one allocation for the hundred thousands of them.
-fn canonical(raw: &str, parts: &[&str]) -> Arc<str> {
+/// already: then it is `raw` as is, without an allocation.
+fn canonical<'a>(raw: &'a str, parts: &[&str]) -> Cow<'a, str> {
     let mut rest = raw;
     let as_written = parts.iter().all(|p| match rest.strip_prefix(p) {
         Some(after) => {
@@ -223,11 +277,11 @@ fn canonical(raw: &str, parts: &[&str]) -> Arc<str> {
         None => false,
     }) && rest.is_empty();
     if as_written && !raw.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Arc::from(raw);
+        return Cow::Borrowed(raw);
     }
     let mut text = parts.concat();
     text.make_ascii_lowercase();
-    Arc::from(text)
+    Cow::Owned(text)
 }
 
 /// Check the part before '@' (ASCII; lowercased by the caller).
@@ -425,11 +479,16 @@ mod tests {
     fn lookup_chain_is_the_keys_as_entries() {
         assert_eq!(
             e("bob@a.example").lookup_chain(),
-            [
-                Entry::Address("bob@a.example".into()),
-                Entry::Domain("a.example".into()),
-                Entry::Subdomains(".example".into()),
-            ]
+            ["bob@a.example", "a.example", ".example"].map(Entry::from_canonical)
+        );
+        let kinds: Vec<EntryKind> = e("bob@a.example")
+            .lookup_chain()
+            .iter()
+            .map(Entry::kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [EntryKind::Address, EntryKind::Domain, EntryKind::Subdomains]
         );
     }
 

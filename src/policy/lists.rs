@@ -2,7 +2,7 @@
 //! (its id), so the merge works on arrays instead of hashing and comparing strings: that
 //! keeps evaluation close to linear at a hundred thousand entries.
 
-use super::entry::{self, Entry, parse_entry};
+use super::entry::{self, Entry, EntryKind};
 use super::{
     Findings, Kind, ListStats, MAX_BULK_CHARS, MAX_ENTRIES, MAX_LISTED_INVALID,
     MAX_NAMESPACE_ENTRIES, Problem, ResourceId, checks,
@@ -11,16 +11,21 @@ use crate::api::{AddressList, LIST_SIZE_MESSAGE, LocalRef};
 use hashbrown::HashTable;
 use kube::ResourceExt;
 use rustc_hash::FxBuildHasher;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// Every entry of every list of a namespace, numbered, and each list as ids.
 #[derive(Default)]
 pub(super) struct Lists {
-    /// id → entry.
-    pub entries: Vec<Entry>,
+    /// Every entry's canonical text, one after another. The entries handed out are slices
+    /// of it, so a hundred thousand entries are one allocation rather than one each.
+    text: Arc<String>,
+    /// id → where its text ends in `text` (it starts where the one before ends).
+    ends: Vec<u32>,
     /// Ids by the text of their entry. The table holds only ids (4 bytes a slot, where a
-    /// map of entries would take 32) and finds the text through `entries`.
+    /// map of entries would take 32) and finds the text through `ends`.
     ids: HashTable<u32>,
     by_name: BTreeMap<String, Vec<u32>>,
 }
@@ -29,44 +34,61 @@ fn hash(text: &str) -> u64 {
     FxBuildHasher.hash_one(text)
 }
 
+/// Where the text of `id` lies in the lists' text.
+fn span(ends: &[u32], id: u32) -> std::ops::Range<usize> {
+    let id = id as usize;
+    let start = if id == 0 { 0 } else { ends[id - 1] as usize };
+    start..ends[id] as usize
+}
+
 impl Lists {
     /// The id of an entry given its canonical text.
     pub fn id(&self, text: &str) -> Option<u32> {
         self.id_hashed(hash(text), text)
     }
 
-    pub fn entry(&self, id: u32) -> &Entry {
-        &self.entries[id as usize]
+    /// The entry of an id: a slice of the lists' text, no copy.
+    pub fn entry(&self, id: u32) -> Entry {
+        let at = span(&self.ends, id);
+        Entry::in_text(self.text.clone(), at.start, at.end)
+    }
+
+    /// The canonical text of an id.
+    pub fn text(&self, id: u32) -> &str {
+        &self.text[span(&self.ends, id)]
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.ends.len()
     }
 
-    fn intern(&mut self, entry: Entry) -> u32 {
-        let h = hash(entry.as_str());
-        if let Some(id) = self.id_hashed(h, entry.as_str()) {
+    fn intern(&mut self, entry: &str) -> u32 {
+        let h = hash(entry);
+        if let Some(id) = self.id_hashed(h, entry) {
             return id;
         }
-        let id = self.entries.len() as u32;
-        self.entries.push(entry);
-        let entries = &self.entries;
-        self.ids
-            .insert_unique(h, id, |&id| hash(entries[id as usize].as_str()));
+        let Lists {
+            text, ends, ids, ..
+        } = self;
+        let id = ends.len() as u32;
+        // Interning happens only while the lists are built, before any entry is handed out.
+        let text = Arc::get_mut(text).expect("no entry shares the text while interning");
+        text.push_str(entry);
+        // At most 100 000 entries of at most 318 bytes: far below 4 GiB.
+        ends.push(text.len() as u32);
+        ids.insert_unique(h, id, |&id| hash(&text[span(ends, id)]));
         id
     }
 
     fn id_hashed(&self, h: u64, text: &str) -> Option<u32> {
-        self.ids
-            .find(h, |&id| self.entries[id as usize].as_str() == text)
-            .copied()
+        self.ids.find(h, |&id| self.text(id) == text).copied()
     }
 
     /// (addresses, domains) among `ids`.
     pub fn count_kinds(&self, ids: &[u32]) -> (u64, u64) {
         let addresses = ids
             .iter()
-            .filter(|id| self.entry(**id).is_address())
+            .filter(|&&id| EntryKind::of(self.text(id)) == EntryKind::Address)
             .count() as u64;
         (addresses, ids.len() as u64 - addresses)
     }
@@ -133,12 +155,6 @@ fn raw_items(list: &AddressList) -> impl Iterator<Item = &str> {
 /// Lists refused by [`admit`] are not read at all.
 pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists {
     let (admitted, total) = admit(lists, findings);
-    // Sized once for every entry as written: growing the table rehashes them all each time.
-    let mut out = Lists {
-        entries: Vec::with_capacity(total),
-        ids: HashTable::with_capacity(total),
-        by_name: BTreeMap::new(),
-    };
     // Parsing is most of the work, and each entry is parsed alone: on every core, in
     // chunks (one list may hold all the entries), then taken in the order written.
     let raws: Vec<&str> = lists
@@ -147,12 +163,23 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
         .filter(|(_, admitted)| **admitted)
         .flat_map(|(list, _)| raw_items(list))
         .collect();
+    // Sized once for every entry as written: growing the table rehashes them all each time,
+    // and growing the text copies it. Canonical texts are rarely longer than written.
+    let mut out = Lists {
+        text: Arc::new(String::with_capacity(raws.iter().map(|r| r.len()).sum())),
+        ends: Vec::with_capacity(total),
+        ids: HashTable::with_capacity(total),
+        by_name: BTreeMap::new(),
+    };
     // A few chunks per core at a time, taken as the loop below needs them: every entry
     // parsed at once would hold a second copy of each (duplicates too) until numbered.
     let chunks: Vec<&[&str]> = raws.chunks(PARSE_CHUNK).collect();
     let mut parsed = chunks.chunks(PARSE_WINDOW).flat_map(|window| {
         crate::parallel::map(window, |chunk| {
-            chunk.iter().map(|raw| parse_entry(raw)).collect::<Vec<_>>()
+            chunk
+                .iter()
+                .map(|raw| entry::canonical_text(raw))
+                .collect::<Vec<_>>()
         })
         .into_iter()
         .flatten()
@@ -171,11 +198,11 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
         let mut stats = ListStats::default();
         let mut ids = Vec::new();
         let mut add = |raw: &str,
-                       parsed: Result<Entry, String>,
+                       parsed: Result<Cow<str>, String>,
                        field: &dyn Fn() -> String,
                        stats: &mut ListStats| match parsed {
             Ok(entry) => {
-                let id = out.intern(entry) as usize;
+                let id = out.intern(&entry) as usize;
                 if id >= last_list.len() {
                     last_list.resize(id + 1, 0);
                 }
@@ -219,6 +246,10 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
             .get_mut(&ResourceId::new(Kind::AddressList, list.name_any()))
             .list = Some(stats);
         out.by_name.insert(list.name_any(), ids);
+    }
+    // Hand back what duplicates and invalid entries left unused.
+    if let Some(text) = Arc::get_mut(&mut out.text) {
+        text.shrink_to_fit();
     }
     out
 }
@@ -278,7 +309,7 @@ pub fn list_entries(list: &AddressList) -> Vec<Entry> {
         .by_name
         .values()
         .flatten()
-        .map(|id| lists.entry(*id).clone())
+        .map(|id| lists.entry(*id))
         .collect();
     entries.sort_unstable();
     entries
@@ -316,7 +347,7 @@ mod tests {
         let me = ResourceId::new(Kind::TlsCompliance, "p");
         let texts = |ids: Vec<u32>| -> Vec<String> {
             ids.into_iter()
-                .map(|id| lists.entry(id).as_str().to_string())
+                .map(|id| lists.text(id).to_string())
                 .collect()
         };
         assert_eq!(
@@ -328,10 +359,13 @@ mod tests {
             ["y.example", "z.example"]
         );
         assert_eq!(
-            lists.id("z.example").map(|id| lists.entry(id).as_str()),
+            lists.id("z.example").map(|id| lists.text(id)),
             Some("z.example")
         );
         assert_eq!(lists.id("nowhere.example"), None);
+        // An entry is a slice of the lists' one text, and shows only itself.
+        let z = lists.entry(lists.id("z.example").expect("z"));
+        assert_eq!(format!("{z:?}"), r#"Entry("z.example")"#);
         let used_by = &findings
             .get(&ResourceId::new(Kind::AddressList, "a"))
             .expect("a")

@@ -165,7 +165,7 @@ impl Accumulated {
         lists: &Lists,
         findings: &mut Findings,
     ) {
-        let mut clashes: BTreeMap<(Arc<str>, String), Vec<&Entry>> = BTreeMap::new();
+        let mut clashes: BTreeMap<(Arc<str>, String), Vec<Entry>> = BTreeMap::new();
         for gw in gateways
             .iter()
             .filter(|g| g.spec.applies_to == AppliesTo::Recipients)
@@ -211,7 +211,7 @@ impl Accumulated {
     pub fn resolve(mut self, lists: &Lists, policy: &mut EffectivePolicy) {
         // One sort of every id; inbound rules and outbound keys are taken from it in order,
         // so both maps are bulk-built rather than filled one insert at a time.
-        let order = sorted_ids(&lists.entries);
+        let order = sorted_ids(lists);
         let senders = order
             .iter()
             .filter(|&&id| self.inbound[id as usize].is_some())
@@ -224,7 +224,7 @@ impl Accumulated {
                     monitored: rule.monitored,
                     policies: self.names.get(rule.policies),
                 };
-                inbound.push(lists.entries[id].clone(), rule);
+                inbound.push(lists.entry(id as u32), rule);
             }
         }
         policy.inbound = inbound.finish();
@@ -232,7 +232,7 @@ impl Accumulated {
         let keys = order.iter().filter(|&&id| is_key(id as usize)).count();
         let mut rules = key_map::Builder::with_capacity(keys);
         for id in order.iter().map(|&id| id as usize).filter(|&id| is_key(id)) {
-            let key = &lists.entries[id];
+            let key = lists.entry(id as u32);
             let mut rule = OutboundRule {
                 enforced: None,
                 monitored: None,
@@ -259,7 +259,7 @@ impl Accumulated {
                 {
                     recipients = Some(Route::Recipients {
                         gateway: g.to_string(),
-                        entry: lists.entries[covering].clone(),
+                        entry: lists.entry(covering as u32),
                     });
                 }
             }
@@ -273,7 +273,7 @@ impl Accumulated {
                 (None, Some(secure), Some(_)) => Route::SecureRoute(secure.clone()),
                 (None, _, _) => policy.default_route(),
             };
-            rules.push(key.clone(), rule);
+            rules.push(key, rule);
         }
         policy.outbound = rules.finish();
     }
@@ -282,22 +282,23 @@ impl Accumulated {
 /// Entry ids in entry order. Sorting on the first eight bytes kept inline, and comparing the
 /// strings only on a tie, avoids chasing a pointer per comparison. Entries never contain
 /// NUL, so zero padding orders a prefix before its extensions, as `str` does.
-fn sorted_ids(entries: &[Entry]) -> Vec<u32> {
-    let prefix = |e: &Entry| {
+fn sorted_ids(lists: &Lists) -> Vec<u32> {
+    let prefix = |text: &str| {
         let mut bytes = [0u8; 8];
-        let text = e.as_str().as_bytes();
+        let text = text.as_bytes();
         let n = text.len().min(8);
         bytes[..n].copy_from_slice(&text[..n]);
         u64::from_be_bytes(bytes)
     };
-    let mut keyed: Vec<(u64, usize)> = entries
-        .iter()
-        .enumerate()
-        .map(|(id, e)| (prefix(e), id))
+    let mut keyed: Vec<(u64, u32)> = (0..lists.len() as u32)
+        .map(|id| (prefix(lists.text(id)), id))
         .collect();
-    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| entries[a.1].cmp(&entries[b.1])));
-    // A new vector of a quarter the size: collected in place, it would keep the sort's.
-    keyed.iter().map(|&(_, id)| id as u32).collect()
+    keyed.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| lists.text(a.1).cmp(lists.text(b.1)))
+    });
+    // A new vector of half the size: collected in place, it would keep the sort's.
+    keyed.iter().map(|&(_, id)| id).collect()
 }
 
 /// Add a name to a sorted, duplicate-free list.

@@ -29,7 +29,9 @@
 
 use super::{InMemory, MANIFEST, Output, RelayConfig, RenderOptions, Rendered, content_hash, hex};
 use crate::api::{OnFailure, TlsVersion};
-use crate::policy::{EffectivePolicy, Enforced, Entry, Hop, Level, Mechanisms, Requirement, Route};
+use crate::policy::{
+    EffectivePolicy, Enforced, Entry, Hop, Level, Mechanisms, OutboundRule, Requirement, Route,
+};
 use rustc_hash::FxHashMap;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -37,7 +39,6 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write};
 use std::io;
-use std::rc::Rc;
 
 /// Source files of the indexed maps (built with `postmap`).
 pub const TLS_POLICY: &str = "tls_policy";
@@ -233,16 +234,16 @@ fn service_line(name: &str) -> String {
 }
 
 /// A transport table value, written straight into the table: no string per row.
-enum Transport {
+enum Transport<'n> {
     /// `smtp:<nexthop>`: a plain change of route.
-    Smtp(Rc<str>),
+    Smtp(Cow<'n, str>),
     /// The bounce service, to the recipient domain.
     Bounce,
     /// A dedicated service, to the recipient domain or through a gateway's next-hop.
-    Service(Service, Option<Rc<str>>),
+    Service(Service, Option<Cow<'n, str>>),
 }
 
-impl fmt::Display for Transport {
+impl fmt::Display for Transport<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Transport::Smtp(nexthop) => write!(f, "smtp:{nexthop}"),
@@ -282,18 +283,14 @@ impl<'a> Contributions<'a> {
     }
 }
 
-/// The tables being built, borrowing keys from the policy.
+/// What the tables need besides their rows, gathered in one pass over the policy. The rows
+/// themselves are made again as each table is written, in key order, so a hundred thousand
+/// of them are never held at once.
 #[derive(Default)]
 struct Tables<'a> {
-    /// Sorted by key, unique: direct destination keys come in the policy's key order, and
-    /// the few gateway hops are merged in where they sort.
-    tls_policy: Vec<(Cow<'a, str>, TableLevel)>,
-    /// Unique keys, in key order (the policy's outbound map is sorted by entry text).
-    transport: Vec<(&'a str, Transport)>,
-    /// Each gateway's next-hop, made once.
-    nexthops: FxHashMap<&'a str, Rc<str>>,
-    /// Sorted and deduplicated once every key is in.
-    sender_access: Vec<&'a str>,
+    /// The `tls_policy` rows of the gateways' next-hops: sorted, unique, and merged in where
+    /// they sort as the table is written.
+    hops: Vec<(String, TableLevel)>,
     /// Listed destinations that honour MTA-STS, with what their policy adds.
     mta_sts: Vec<(&'a str, String)>,
     /// Listed destinations that honour DANE, with what their policy adds.
@@ -303,12 +300,25 @@ struct Tables<'a> {
     made_by: Contributions<'a>,
 }
 
-impl<'a> Tables<'a> {
-    fn nexthop(&mut self, hop: &'a Hop) -> Rc<str> {
-        self.nexthops
-            .entry(hop.gateway.as_str())
-            .or_insert_with(|| Rc::from(hop.nexthop()))
-            .clone()
+/// Each gateway's next-hop, made once rather than once per row.
+struct Nexthops<'a>(FxHashMap<&'a str, String>);
+
+impl<'a> Nexthops<'a> {
+    fn new(policy: &'a EffectivePolicy) -> Self {
+        Nexthops(
+            policy
+                .gateways
+                .iter()
+                .map(|(name, hop)| (name.as_str(), hop.nexthop()))
+                .collect(),
+        )
+    }
+
+    fn of(&self, hop: &Hop) -> Cow<'_, str> {
+        match self.0.get(hop.gateway.as_str()) {
+            Some(nexthop) => Cow::Borrowed(nexthop),
+            None => Cow::Owned(hop.nexthop()),
+        }
     }
 }
 
@@ -319,21 +329,12 @@ pub fn render_to(
     opts: &RenderOptions,
     out: &mut dyn Output,
 ) -> io::Result<Rendered> {
-    let mut t = Tables {
-        tls_policy: Vec::with_capacity(policy.outbound.len()),
-        transport: Vec::with_capacity(policy.outbound.len()),
-        sender_access: Vec::with_capacity(policy.inbound.len()),
-        ..Default::default()
-    };
-    outbound(policy, &mut t);
+    let nexthops = Nexthops::new(policy);
+    let mut t = Tables::default();
+    outbound(policy, &nexthops, &mut t);
     gateway_hops(policy, &mut t);
-    for (key, rule) in &policy.inbound {
+    for (_, rule) in &policy.inbound {
         if rule.enforced {
-            let key = match key {
-                Entry::Subdomains(_) => key.domain(),
-                other => other.as_str(),
-            };
-            t.sender_access.push(key);
             t.made_by.add(
                 rule.policies.iter().map(|n| &**n),
                 "TlsCompliance",
@@ -341,10 +342,6 @@ pub fn render_to(
             );
         }
     }
-    // `.example.com` is written as `example.com`, so the keys are out of order here and
-    // may repeat.
-    t.sender_access.sort_unstable();
-    t.sender_access.dedup();
 
     let map = |name: &str| format!("{}:{}/{}", opts.map_type.as_str(), opts.config_dir, name);
     let filter = format!("pcre:{}/{}", opts.config_dir, BOUNCE_FILTER);
@@ -389,6 +386,7 @@ pub fn render_to(
                 &format!("{header}# Destinations whose `enforce` MTA-STS policy is enforced, and what their listed policy adds (read by the relay agent's policy server; `*` is every destination).\n"),
                 t.mta_sts.iter().map(|(k, v)| (*k, v.as_str())),
             )
+            .map(drop)
         })?;
     }
     if !t.dane.is_empty() {
@@ -398,20 +396,32 @@ pub fn render_to(
                 &format!("{header}# Destinations that get `dane-only` when their MX hosts have DNSSEC-authenticated TLSA records, and what their listed policy adds (read by the relay agent's policy server; `*` is every destination).\n"),
                 t.dane.iter().map(|(k, v)| (*k, v.as_str())),
             )
+            .map(drop)
         })?;
     }
+    let (mut tls_rows, mut transport_rows, mut sender_rows) = (0, 0, 0);
     files.write(TLS_POLICY, |w| {
-        table(w, &header, t.tls_policy.iter().map(|(k, v)| (&**k, v)))
+        let keys = policy.outbound.iter().filter_map(|(key, rule)| {
+            Some((key.as_str(), key_rows(policy, &nexthops, key, rule).0?))
+        });
+        let hops = t.hops.iter().map(|(k, v)| (k.as_str(), *v));
+        tls_rows = table(w, &header, merge_sorted(keys, hops, TableLevel::stricter))?;
+        Ok(())
     })?;
     files.write(TRANSPORT, |w| {
-        table(w, &header, t.transport.iter().map(|(k, v)| (*k, v)))
+        let rows = policy.outbound.iter().filter_map(|(key, rule)| {
+            Some((key.as_str(), key_rows(policy, &nexthops, key, rule).1?))
+        });
+        transport_rows = table(w, &header, rows)?;
+        Ok(())
     })?;
     files.write(SENDER_ACCESS, |w| {
-        table(
+        sender_rows = table(
             w,
             &format!("{header}# A domain here also covers its subdomains (Postfix access table semantics).\n"),
-            t.sender_access.iter().map(|k| (*k, REQUIRE_TLS_CLASS)),
-        )
+            sender_keys(policy).map(|k| (k, REQUIRE_TLS_CLASS)),
+        )?;
+        Ok(())
     })?;
     files.write(BOUNCE_FILTER, |w| {
         w.write_str(&header)?;
@@ -422,9 +432,9 @@ pub fn render_to(
     let hash = content_hash(&file_hashes);
     let rendered = Rendered {
         hash: hash.clone(),
-        tls_policy: t.tls_policy.len(),
-        transport: t.transport.len(),
-        sender_access: t.sender_access.len(),
+        tls_policy: tls_rows,
+        transport: transport_rows,
+        sender_access: sender_rows,
         services: t.services.len() + usize::from(t.bounce_service),
     };
     let mut manifest = json!({
@@ -541,69 +551,82 @@ impl Write for FileWriter<'_> {
     }
 }
 
-fn outbound<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
+/// The `tls_policy` and `transport` rows of one outbound key.
+fn key_rows<'n>(
+    policy: &EffectivePolicy,
+    nexthops: &'n Nexthops,
+    key: &Entry,
+    rule: &OutboundRule,
+) -> (Option<TableLevel>, Option<Transport<'n>>) {
+    match (rule.enforced, policy.hop(&rule.route)) {
+        // A plain change of route, written only where the route is declared; keys below it
+        // fall through to that entry.
+        (None, Some(hop)) => match &rule.route {
+            Route::Recipients { entry, .. } if entry == key => {
+                (None, Some(Transport::Smtp(nexthops.of(hop))))
+            }
+            _ => (None, None),
+        },
+        (None, None) => (None, None),
+        // A domain delivered directly: its level in `tls_policy`, and the bounce service
+        // when its failures must bounce.
+        (Some(e), None) if !key.is_address() => (
+            Some(TableLevel::Required(e.requirement)),
+            (e.on_failure == OnFailure::Bounce).then_some(Transport::Bounce),
+        ),
+        // An address, delivered directly: empty next-hop = the recipient domain.
+        (Some(e), None) => (None, Some(Transport::Service(Service(e), None))),
+        (Some(e), Some(hop)) => {
+            // Through a gateway: the hop must meet the destination's requirement and the
+            // gateway's own, whichever is stricter. MTA-STS and DANE name the destination's
+            // MX hosts; a gateway is not one.
+            let requirement = hop
+                .tls
+                .map_or(e.requirement, |g| g.strictest(e.requirement));
+            let service = Service(Enforced {
+                requirement,
+                on_failure: e.on_failure,
+                mechanisms: Mechanisms::default(),
+            });
+            (
+                None,
+                Some(Transport::Service(service, Some(nexthops.of(hop)))),
+            )
+        }
+    }
+}
+
+/// Everything the outbound rows need besides themselves: services, MTA-STS and DANE
+/// destinations, and who made which rows.
+fn outbound<'a>(policy: &'a EffectivePolicy, nexthops: &Nexthops, t: &mut Tables<'a>) {
     for (key, rule) in &policy.outbound {
-        let hop = policy.hop(&rule.route);
         let policies = rule.policies.iter().map(|n| &**n);
-        match (rule.enforced, hop) {
-            (None, Some(hop)) => {
-                // A plain change of route, written only where the route is declared; keys
-                // below it fall through to that entry.
-                if matches!(&rule.route, Route::Recipients { entry, .. } if entry == key) {
-                    let nexthop = t.nexthop(hop);
-                    t.transport.push((key.as_str(), Transport::Smtp(nexthop)));
-                    t.made_by
-                        .add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
-                }
+        let gateway = policy.hop(&rule.route).map(|hop| hop.gateway.as_str());
+        let (tls, transport) = key_rows(policy, nexthops, key, rule);
+        if let (Some(_), Some(e)) = (tls, rule.enforced) {
+            t.made_by.add(policies.clone(), "TlsCompliance", TLS_POLICY);
+            if e.mechanisms.mta_sts {
+                t.mta_sts
+                    .push((key.as_str(), mta_sts_value(e.requirement.min_tls)));
             }
-            (None, None) => {}
-            (Some(e), None) if !key.is_address() => {
-                t.tls_policy.push((
-                    Cow::Borrowed(key.as_str()),
-                    TableLevel::Required(e.requirement),
-                ));
-                t.made_by.add(policies.clone(), "TlsCompliance", TLS_POLICY);
-                if e.mechanisms.mta_sts {
-                    t.mta_sts
-                        .push((key.as_str(), mta_sts_value(e.requirement.min_tls)));
-                }
-                if e.mechanisms.dane {
-                    t.dane
-                        .push((key.as_str(), mta_sts_value(e.requirement.min_tls)));
-                }
-                if e.on_failure == OnFailure::Bounce {
-                    t.bounce_service = true;
-                    t.transport.push((key.as_str(), Transport::Bounce));
-                    t.made_by.add(policies, "TlsCompliance", TRANSPORT);
-                }
+            if e.mechanisms.dane {
+                t.dane
+                    .push((key.as_str(), mta_sts_value(e.requirement.min_tls)));
             }
-            (Some(e), None) => {
-                // An address, delivered directly: empty next-hop = the recipient domain.
-                let service = Service(e);
-                t.services.insert(service);
-                t.transport
-                    .push((key.as_str(), Transport::Service(service, None)));
+        }
+        match transport {
+            None => {}
+            Some(Transport::Smtp(_)) => t.made_by.add(gateway, "OutboundGateway", TRANSPORT),
+            Some(Transport::Bounce) => {
+                t.bounce_service = true;
                 t.made_by.add(policies, "TlsCompliance", TRANSPORT);
             }
-            (Some(e), Some(hop)) => {
-                // Through a gateway: the hop must meet the destination's requirement and
-                // the gateway's own, whichever is stricter.
-                let requirement = hop
-                    .tls
-                    .map_or(e.requirement, |g| g.strictest(e.requirement));
-                // MTA-STS and DANE name the destination's MX hosts; a gateway is not one.
-                let service = Service(Enforced {
-                    requirement,
-                    on_failure: e.on_failure,
-                    mechanisms: Mechanisms::default(),
-                });
+            Some(Transport::Service(service, nexthop)) => {
                 t.services.insert(service);
-                let nexthop = t.nexthop(hop);
-                t.transport
-                    .push((key.as_str(), Transport::Service(service, Some(nexthop))));
                 t.made_by.add(policies, "TlsCompliance", TRANSPORT);
-                t.made_by
-                    .add([hop.gateway.as_str()], "OutboundGateway", TRANSPORT);
+                if nexthop.is_some() {
+                    t.made_by.add(gateway, "OutboundGateway", TRANSPORT);
+                }
             }
         }
     }
@@ -619,6 +642,7 @@ fn gateway_hops<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
         .map(String::as_str)
         .collect();
     used.extend(policy.outbound.values().filter_map(|r| r.route.gateway()));
+    let mut hops: BTreeMap<String, TableLevel> = BTreeMap::new();
     for name in used {
         let Some(hop) = policy.gateways.get(name) else {
             continue;
@@ -631,21 +655,59 @@ fn gateway_hops<'a>(policy: &'a EffectivePolicy, t: &mut Tables<'a>) {
                 Default::default(),
             )));
         }
-        merge_tls(&mut t.tls_policy, Cow::Owned(hop.nexthop()), level);
+        // Two gateways may share a next-hop: one row, the stricter of both.
+        hops.entry(hop.nexthop())
+            .and_modify(|l| *l = l.stricter(level))
+            .or_insert(level);
         t.made_by.add([name], "OutboundGateway", TLS_POLICY);
     }
+    t.hops = hops.into_iter().collect();
 }
 
-/// Put `key` in the sorted table, or make its row the stricter of both.
-fn merge_tls<'a>(
-    table: &mut Vec<(Cow<'a, str>, TableLevel)>,
-    key: Cow<'a, str>,
-    level: TableLevel,
-) {
-    match table.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref())) {
-        Ok(i) => table[i].1 = table[i].1.stricter(level),
-        Err(i) => table.insert(i, (key, level)),
-    }
+/// Two sorted row sequences as one, a key in both once with `combine` of its values.
+fn merge_sorted<'k, V>(
+    a: impl Iterator<Item = (&'k str, V)>,
+    b: impl Iterator<Item = (&'k str, V)>,
+    combine: impl Fn(V, V) -> V,
+) -> impl Iterator<Item = (&'k str, V)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || {
+        let order = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.0.cmp(y.0),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => return None,
+        };
+        match order {
+            std::cmp::Ordering::Less => a.next(),
+            std::cmp::Ordering::Greater => b.next(),
+            std::cmp::Ordering::Equal => {
+                let (key, x) = a.next()?;
+                let (_, y) = b.next()?;
+                Some((key, combine(x, y)))
+            }
+        }
+    })
+}
+
+/// The `sender_access` keys, sorted and unique. `.example.com` is written as `example.com`;
+/// wildcards sort before every other key (`.` before letters and digits), so the policy's
+/// keys are two sorted runs, merged here.
+fn sender_keys(policy: &EffectivePolicy) -> impl Iterator<Item = &str> {
+    let enforced = || {
+        policy
+            .inbound
+            .iter()
+            .filter(|(_, rule)| rule.enforced)
+            .map(|(key, _)| key)
+    };
+    let wildcards = enforced()
+        .take_while(|key| key.is_subdomains())
+        .map(|key| (key.domain(), ()));
+    let others = enforced()
+        .skip_while(|key| key.is_subdomains())
+        .map(|key| (key.as_str(), ()));
+    merge_sorted(wildcards, others, |(), ()| ()).map(|(key, ())| key)
 }
 
 fn relay_hop(policy: &EffectivePolicy) -> Option<&Hop> {
@@ -719,17 +781,41 @@ fn master_cf(t: &Tables, header: &str, filter: &str, mta_sts_socket: &str) -> St
     s
 }
 
+/// Write a table's rows after `header`; the number of rows.
 fn table<'a, V: fmt::Display>(
     w: &mut impl Write,
     header: &str,
     rows: impl Iterator<Item = (&'a str, V)>,
-) -> fmt::Result {
+) -> Result<usize, fmt::Error> {
     w.write_str(header)?;
+    let mut written = 0;
     for (key, value) in rows {
         w.write_str(key)?;
         w.write_char(' ')?;
         write!(w, "{value}")?;
         w.write_char('\n')?;
+        written += 1;
     }
-    Ok(())
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys of either side come once, in order; a key on both sides gets both values.
+    #[test]
+    fn sorted_rows_merge_in_order_and_combine_once() {
+        let a = [("a", 1), ("c", 2), ("e", 3)];
+        let b = [("b", 10), ("c", 20), ("f", 30)];
+        let merged: Vec<(&str, i32)> =
+            merge_sorted(a.into_iter(), b.into_iter(), |x, y| x + y).collect();
+        assert_eq!(
+            merged,
+            [("a", 1), ("b", 10), ("c", 22), ("e", 3), ("f", 30)]
+        );
+        let one_side: Vec<(&str, i32)> =
+            merge_sorted(std::iter::empty(), b.into_iter(), |x, y| x + y).collect();
+        assert_eq!(one_side, b);
+    }
 }
