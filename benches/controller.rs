@@ -60,11 +60,11 @@ fn list(name: &str, n: usize, edit: usize, form: Form) -> AddressList {
     let entries = entries(n, edit);
     let spec = match form {
         Form::Entries => AddressListSpec {
-            entries,
+            entries: entries.into(),
             bulk: None,
         },
         Form::Bulk => AddressListSpec {
-            entries: vec![],
+            entries: Default::default(),
             bulk: Some(entries.join("\n")),
         },
     };

@@ -109,13 +109,15 @@ async fn valid_resources_are_accepted() {
         let partners = AddressList::new(
             "partners",
             AddressListSpec {
-                entries: vec![
-                    "alice@example.com".into(),
-                    "example.org".into(),
-                    ".bank.example".into(),
-                    "xn--bcher-kva.example".into(),
-                    "Bob.Smith+tag@Example.NET.".into(),
-                ],
+                entries: [
+                    "alice@example.com",
+                    "example.org",
+                    ".bank.example",
+                    "xn--bcher-kva.example",
+                    "Bob.Smith+tag@Example.NET.",
+                ]
+                .into_iter()
+                .collect(),
                 bulk: Some(
                     "carol@example.com, dave@example.com\nsupplier.example\tlogistics.example"
                         .into(),
@@ -129,7 +131,7 @@ async fn valid_resources_are_accepted() {
             &AddressList::new(
                 "finance",
                 AddressListSpec {
-                    entries: vec!["payments.example".into()],
+                    entries: ["payments.example"].into_iter().collect(),
                     bulk: None,
                 },
             ),

@@ -24,12 +24,12 @@ pub fn inputs(total: usize, bulk: bool) -> Inputs {
                 .collect();
             let spec = if bulk {
                 AddressListSpec {
-                    entries: Vec::new(),
+                    entries: Default::default(),
                     bulk: Some(entries.join("\n") + "\n"),
                 }
             } else {
                 AddressListSpec {
-                    entries,
+                    entries: entries.into(),
                     bulk: None,
                 }
             };

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::syntax;
+use super::{Entries, syntax};
 use schemars::{Schema, SchemaGenerator, json_schema};
 
 /// Most entries one AddressList may hold, `entries` and `bulk` items together.
@@ -79,7 +79,7 @@ pub struct AddressListSpec {
     /// (`.example.com`).
     #[serde(default)]
     #[schemars(schema_with = "entries_schema")]
-    pub entries: Vec<String>,
+    pub entries: Entries,
     /// Pasted text with more entries, separated by spaces, commas, semicolons or newlines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "bulk_schema")]

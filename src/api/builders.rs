@@ -12,7 +12,7 @@ impl AddressList {
         AddressList::new(
             name,
             AddressListSpec {
-                entries: entries.iter().map(|e| e.to_string()).collect(),
+                entries: entries.iter().collect(),
                 bulk: None,
             },
         )

@@ -6,6 +6,7 @@
 
 mod address_list;
 mod builders;
+mod entries;
 mod outbound_gateway;
 mod status_parts;
 mod syntax;
@@ -15,6 +16,7 @@ pub use address_list::{
     AddressList, AddressListSpec, AddressListStatus, InvalidEntry, LIST_SIZE_MESSAGE,
     MAX_BULK_CHARS, MAX_LIST_ENTRIES,
 };
+pub use entries::Entries;
 pub use outbound_gateway::{
     AppliesTo, GatewayTls, OutboundGateway, OutboundGatewaySpec, OutboundGatewayStatus,
 };

@@ -184,12 +184,14 @@ fn an_edit_with_one_invalid_entry_keeps_the_previous_list() {
         .expect("stats")
         .duplicates;
     let list = list_mut(&mut inputs, "partners");
-    list.spec.entries = vec![
-        "a@@b.example".into(),
-        "logistics.example".into(),
-        "logistics.example".into(),
-        "logistics.example".into(),
-    ];
+    list.spec.entries = [
+        "a@@b.example",
+        "logistics.example",
+        "logistics.example",
+        "logistics.example",
+    ]
+    .into_iter()
+    .collect();
     list.spec.bulk = None;
     bump(list);
     assert!(transport_for(&config(&evaluate(&inputs)), "partner.example").is_none());
@@ -222,7 +224,7 @@ fn a_new_list_with_one_typo_contributes_nothing_until_fixed() {
     let mut list = AddressList::new(
         "new",
         crate::api::AddressListSpec {
-            entries: vec!["good.example".into(), "a@@b.example".into()],
+            entries: ["good.example", "a@@b.example"].into_iter().collect(),
             bulk: None,
         },
     );
@@ -247,7 +249,8 @@ fn a_new_list_with_one_typo_contributes_nothing_until_fixed() {
     assert_eq!(f.matched, Some((0, 0)));
 
     let list = list_mut(&mut inputs, "new");
-    list.spec.entries.pop();
+    let kept = list.spec.entries.len() - 1;
+    list.spec.entries.truncate(kept);
     bump(list);
     let (e, next) = evaluate_fail_closed(&inputs, &next);
     assert!(transport_for(&config(&e), "good.example").is_some());
@@ -370,7 +373,7 @@ fn empty_means_no_kind_has_anything_kept() {
 fn a_valid_edit_of_a_list_is_kept_as_the_new_generation() {
     let (mut inputs, _, last) = baseline();
     let list = list_mut(&mut inputs, "partners");
-    list.spec.entries = vec!["new-partner.example".into()];
+    list.spec.entries = ["new-partner.example"].into_iter().collect();
     list.spec.bulk = None;
     bump(list);
     // A second referrer of the same list: it is one list, kept once.
@@ -390,7 +393,7 @@ fn a_valid_edit_of_a_list_is_kept_as_the_new_generation() {
 fn a_kept_policy_uses_the_current_generation_of_its_lists() {
     let (mut inputs, _, last) = baseline();
     let list = list_mut(&mut inputs, "partners");
-    list.spec.entries = vec!["new-partner.example".into()];
+    list.spec.entries = ["new-partner.example"].into_iter().collect();
     list.spec.bulk = None;
     bump(list);
     let p = policy_mut(&mut inputs, "partners");

@@ -147,7 +147,6 @@ fn raw_items(list: &AddressList) -> impl Iterator<Item = &str> {
     list.spec
         .entries
         .iter()
-        .map(String::as_str)
         .chain(entry::split_bulk(bulk))
 }
 

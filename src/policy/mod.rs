@@ -67,7 +67,7 @@ pub fn evaluate_dropping_entries(inputs: &mut Inputs) -> Evaluation {
     let mut findings = Findings::default();
     let lists = lists::normalize(&inputs.address_lists, &mut findings);
     for list in &mut inputs.address_lists {
-        list.spec.entries = Vec::new();
+        list.spec.entries = Default::default();
         list.spec.bulk = None;
     }
     merge_lists(inputs, lists, findings)
