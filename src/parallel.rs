@@ -12,23 +12,23 @@ pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
         return items.iter().map(f).collect();
     }
     let next = AtomicUsize::new(0);
-    // Each worker's results in the order it took them; indexes tell them apart.
+    let work = || {
+        // This worker's results in the order it took them; indexes tell them apart.
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else {
+                return out;
+            };
+            out.push((i, f(item)));
+        }
+    };
     let mut results: Vec<(usize, R)> = Vec::with_capacity(items.len());
     std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(i) else {
-                            return out;
-                        };
-                        out.push((i, f(item)));
-                    }
-                })
-            })
-            .collect();
+        let workers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        // This thread works too: one thread fewer to start, and what it allocates and frees
+        // stays in the allocator arena the rest of the program uses.
+        results.extend(work());
         for w in workers {
             // A worker panics only where the same call would panic in this thread.
             results.extend(w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));

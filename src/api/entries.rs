@@ -53,7 +53,8 @@ impl Entries {
     /// Keep the first `len` entries.
     pub fn truncate(&mut self, len: usize) {
         self.ends.truncate(len);
-        self.text.truncate(self.ends.last().map_or(0, |&end| end as usize));
+        self.text
+            .truncate(self.ends.last().map_or(0, |&end| end as usize));
     }
 }
 
@@ -166,7 +167,10 @@ mod tests {
             entries,
             Entries::from(vec!["a@x.example", "x.example", ".x.example", ""])
         );
-        assert_eq!(format!("{:?}", Entries::from(vec!["a", "b"])), r#"["a", "b"]"#);
+        assert_eq!(
+            format!("{:?}", Entries::from(vec!["a", "b"])),
+            r#"["a", "b"]"#
+        );
         let mut first = entries.clone();
         first.truncate(1);
         assert_eq!(first, Entries::from(vec!["a@x.example"]));

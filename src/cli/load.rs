@@ -161,12 +161,14 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One YAML document of a file.
+/// One YAML document of a file, or one item of a JSON `kind: List`.
 struct Document<'a> {
-    /// Where it starts.
+    /// Where it starts (an item: where its list starts).
     source: Source,
     /// Its lines, without the `---` or `...` that ends it.
     text: &'a str,
+    /// An item of a list: its fields are not looked for line by line.
+    list_item: bool,
 }
 
 /// Split a YAML stream into documents with the line each starts on; none, and an error,
@@ -185,6 +187,7 @@ fn documents<'a>(file: &Path, text: &'a str, errors: &mut Vec<LoadError>) -> Vec
                 line,
             },
             text,
+            list_item: false,
         })
     };
     let mut at = 0;
@@ -209,13 +212,14 @@ fn load_documents(
     loaded: &mut Loaded,
     errors: &mut Vec<LoadError>,
 ) {
+    let docs: Vec<Document> = docs.into_iter().flat_map(json_list_items).collect();
     let read = crate::parallel::map(&docs, |doc| check_and_parse(doc).map(classify));
     for (doc, read) in docs.iter().zip(read) {
         match read {
             Ok(read) => apply(
                 read,
                 &doc.source,
-                Some(doc.text),
+                (!doc.list_item).then_some(doc.text),
                 default_ns,
                 loaded,
                 errors,
@@ -223,6 +227,40 @@ fn load_documents(
             Err(e) => errors.push(e),
         }
     }
+}
+
+/// The top of a JSON `kind: List` (as `kubectl get -o json` writes it), its items left as
+/// text.
+#[derive(serde::Deserialize)]
+struct JsonList<'a> {
+    kind: &'a str,
+    #[serde(borrow)]
+    items: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// The items of a JSON `kind: List` as documents of their own, each parsed alone and on
+/// every core, where the whole list as one value took five times the file's size in memory.
+/// Any other document, and any list this cannot take apart (too deep, escaped text where
+/// `kind` is, `items` not a list, not JSON), stays whole for the path that reports why.
+fn json_list_items(doc: Document) -> Vec<Document> {
+    let candidate = doc.text.trim_start().starts_with('{')
+        && doc.text.contains("\"List\"")
+        && yaml_limits::check_depth(doc.text).is_ok();
+    let items = candidate
+        .then(|| serde_json::from_str::<JsonList>(doc.text).ok())
+        .flatten()
+        .filter(|list| list.kind == "List");
+    let Some(list) = items else {
+        return vec![doc];
+    };
+    list.items
+        .into_iter()
+        .map(|item| Document {
+            source: doc.source.clone(),
+            text: item.get(),
+            list_item: true,
+        })
+        .collect()
 }
 
 /// A document's value, or why it cannot be read: too deep (checked before the parser sees
@@ -755,6 +793,51 @@ spec:
         let problems = typed_all::<OutboundGateway>(value).expect_err("errors");
         let fields: Vec<&str> = problems.iter().filter_map(|(f, _)| f.as_deref()).collect();
         assert_eq!(fields, ["spec.port", "spec.tls.require"], "{problems:?}");
+    }
+
+    /// A JSON `kind: List` is taken apart into its items, each parsed on its own; it reads
+    /// exactly as the same list does through the YAML parser, which reads it whole: the
+    /// same resources, the same errors on the list's line, the same items passed over.
+    #[test]
+    fn a_json_list_reads_as_the_whole_list_reads() {
+        let items = [
+            r#"{"apiVersion": "mailtls.io/v1alpha1", "kind": "AddressList", "metadata": {"name": "a"}, "spec": {"entries": ["x.example", "Y@X.example"]}}"#,
+            r#"{"apiVersion": "mailtls.io/v1alpha1", "kind": "AddressList", "metadata": {"name": "b"}, "spec": {"entries": ["x.example", 5]}}"#,
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}"#,
+            r#"["not", "a", "mapping"]"#,
+            "null",
+            r#"{"apiVersion": "mailtls.io/v1alpha1", "kind": "TlsCompliance", "metadata": {"name": "p"}, "spec": {"direction": "Outbound", "addressLists": [{"name": "a"}]}}"#,
+        ];
+        let json = format!(
+            "{{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [\n{}\n]}}\n",
+            items.join(",\n")
+        );
+        // Taken apart: one document per item.
+        assert_eq!(
+            json_list_items(Document {
+                source: Source {
+                    file: "l.json".into(),
+                    line: 1
+                },
+                text: &json,
+                list_item: false,
+            })
+            .len(),
+            items.len()
+        );
+        // A comment first: not JSON, so the YAML parser reads the list whole.
+        let yaml = format!("# the same list\n{json}");
+        let read = |text: &str| {
+            let (loaded, errors) = load_str("l.json", text, "ns");
+            (format!("{:?}", loaded.namespaces), loaded.skipped, errors)
+        };
+        let (split, whole) = (read(&json), read(&yaml));
+        assert_eq!(split, whole);
+        let (namespaces, skipped, errors) = split;
+        assert!(namespaces.contains("Y@X.example"), "{namespaces}");
+        assert_eq!(skipped, ["l.json:1 ConfigMap"]);
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_deref()).collect();
+        assert_eq!(fields, [Some("spec.entries[1]"), None], "{errors:#?}");
     }
 
     /// Documents are parsed several at once; every error still comes with its own line,

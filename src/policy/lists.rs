@@ -144,10 +144,7 @@ const PARSE_WINDOW: usize = 8;
 /// A list's items as written: its entries, then its bulk text's items.
 fn raw_items(list: &AddressList) -> impl Iterator<Item = &str> {
     let bulk = list.spec.bulk.as_deref().unwrap_or_default();
-    list.spec
-        .entries
-        .iter()
-        .chain(entry::split_bulk(bulk))
+    list.spec.entries.iter().chain(entry::split_bulk(bulk))
 }
 
 /// Normalise every list: parse each entry, drop and count duplicates, collect invalid ones.
