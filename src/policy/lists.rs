@@ -151,35 +151,39 @@ fn raw_items(list: &AddressList) -> impl Iterator<Item = &str> {
 /// Lists refused by [`admit`] are not read at all.
 pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists {
     let (admitted, total) = admit(lists, findings);
-    // Parsing is most of the work, and each entry is parsed alone: on every core, in
-    // chunks (one list may hold all the entries), then taken in the order written.
-    let raws: Vec<&str> = lists
-        .iter()
-        .zip(&admitted)
-        .filter(|(_, admitted)| **admitted)
-        .flat_map(|(list, _)| raw_items(list))
-        .collect();
+    let raws = || {
+        lists
+            .iter()
+            .zip(&admitted)
+            .filter(|(_, admitted)| **admitted)
+            .flat_map(|(list, _)| raw_items(list))
+    };
     // Sized once for every entry as written: growing the table rehashes them all each time,
     // and growing the text copies it. Canonical texts are rarely longer than written.
     let mut out = Lists {
-        text: Arc::new(String::with_capacity(raws.iter().map(|r| r.len()).sum())),
+        text: Arc::new(String::with_capacity(raws().map(str::len).sum())),
         ends: Vec::with_capacity(total),
         ids: HashTable::with_capacity(total),
         by_name: BTreeMap::new(),
     };
-    // A few chunks per core at a time, taken as the loop below needs them: every entry
-    // parsed at once would hold a second copy of each (duplicates too) until numbered.
-    let chunks: Vec<&[&str]> = raws.chunks(PARSE_CHUNK).collect();
-    let mut parsed = chunks.chunks(PARSE_WINDOW).flat_map(|window| {
-        crate::parallel::map(window, |chunk| {
+    // Parsing is most of the work, and each entry is parsed alone: on every core, in
+    // chunks (one list may hold all the entries), then taken in the order written. A few
+    // chunks per core at a time, as the loop below needs them: every entry parsed at once
+    // would hold a second copy of each (duplicates too) until numbered.
+    let mut unparsed = raws();
+    let mut parsed = std::iter::from_fn(|| {
+        let window: Vec<&str> = unparsed.by_ref().take(PARSE_CHUNK * PARSE_WINDOW).collect();
+        let chunks: Vec<&[&str]> = window.chunks(PARSE_CHUNK).collect();
+        let parsed = crate::parallel::map(&chunks, |chunk| {
             chunk
                 .iter()
-                .map(|raw| entry::canonical_text(raw))
+                .map(|&raw| entry::canonical_text(raw))
                 .collect::<Vec<_>>()
-        })
-        .into_iter()
-        .flatten()
-    });
+        });
+        (!parsed.is_empty()).then_some(parsed)
+    })
+    .flatten()
+    .flatten();
     // The list that last took each id, to count duplicates within one list.
     let mut last_list: Vec<u32> = Vec::new();
     for (n, list) in lists.iter().enumerate() {
