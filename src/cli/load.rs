@@ -3,6 +3,7 @@
 //! with file, line, resource and field.
 
 use super::yaml_limits;
+mod fast;
 use crate::api::{AddressList, GROUP, OutboundGateway, TlsCompliance, VERSION};
 use crate::engine::Managed;
 use crate::policy::entry::display_raw;
@@ -213,7 +214,7 @@ fn load_documents(
     errors: &mut Vec<LoadError>,
 ) {
     let docs: Vec<Document> = docs.into_iter().flat_map(json_list_items).collect();
-    let read = crate::parallel::map(&docs, |doc| check_and_parse(doc).map(classify));
+    let read = crate::parallel::map(&docs, read_document);
     for (doc, read) in docs.iter().zip(read) {
         match read {
             Ok(read) => apply(
@@ -263,15 +264,18 @@ fn json_list_items(doc: Document) -> Vec<Document> {
         .collect()
 }
 
-/// A document's value, or why it cannot be read: too deep (checked before the parser sees
-/// it), or not valid YAML (with the line).
-fn check_and_parse(doc: &Document) -> Result<Value, LoadError> {
+/// A document read as far as it can be alone, or why it cannot be read: too deep (checked
+/// before the parser sees it), or not valid YAML (with the line).
+fn read_document(doc: &Document) -> Result<Doc, LoadError> {
     let (file, line) = (&doc.source.file, doc.source.line);
     if let Err(mut e) = yaml_limits::check_depth(doc.text) {
         e.line += line - 1;
         return Err(too_big(file, e));
     }
-    parse(doc.text).map_err(|e| {
+    if let Some(read) = fast::address_list(doc.text) {
+        return Ok(read);
+    }
+    parse(doc.text).map(classify).map_err(|e| {
         let at = e.location().map_or(line, |l| line + l.line() - 1);
         LoadError {
             source: Some(Source {
