@@ -112,7 +112,8 @@ impl<'de> DeserializeSeed<'de> for SpecSeed {
 }
 
 /// The entries, each of them a string as written: a number, a boolean, a null or a tagged
-/// value is an error here (the usual way says which and where).
+/// value is an error here (the usual way says which and where). Not `Entries`' own reading,
+/// which reads as a `Vec<String>` does and, from a value, takes a tagged string as its text.
 struct StrictEntries;
 
 impl<'de> DeserializeSeed<'de> for StrictEntries {
