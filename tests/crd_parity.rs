@@ -272,7 +272,7 @@ fn engine_refuses(kind: &str, stored: Value) -> Vec<String> {
         "AddressList" => {
             let list: AddressList = serde_json::from_value(stored).expect("typed AddressList");
             let bulk = list.spec.bulk.as_deref().unwrap_or_default();
-            for raw in &list.spec.entries {
+            for raw in list.spec.entries.iter() {
                 match parse_entry(raw) {
                     Err(_) if !raw.is_ascii() => left_out += 1,
                     Err(e) => refused.push(format!("entry {raw:?}: {e}")),

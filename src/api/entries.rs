@@ -76,15 +76,6 @@ impl<S: AsRef<str>> From<Vec<S>> for Entries {
     }
 }
 
-impl<'a> IntoIterator for &'a Entries {
-    type Item = &'a str;
-    type IntoIter = Box<dyn DoubleEndedIterator<Item = &'a str> + 'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
-    }
-}
-
 impl fmt::Debug for Entries {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter()).finish()
