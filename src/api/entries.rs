@@ -50,6 +50,12 @@ impl Entries {
         Ok(())
     }
 
+    /// Give back the room left by growing, once every entry is in.
+    pub fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+        self.ends.shrink_to_fit();
+    }
+
     /// Keep the first `len` entries.
     pub fn truncate(&mut self, len: usize) {
         self.ends.truncate(len);
@@ -111,6 +117,7 @@ impl<'de> Visitor<'de> for EntriesVisitor {
         let hint = seq.size_hint().unwrap_or(0);
         entries.ends.reserve(hint.min(super::MAX_LIST_ENTRIES));
         while seq.next_element_seed(Append(&mut entries))?.is_some() {}
+        entries.shrink_to_fit();
         Ok(entries)
     }
 }

@@ -7,7 +7,7 @@ use super::{
     Findings, Kind, ListStats, MAX_BULK_CHARS, MAX_ENTRIES, MAX_LISTED_INVALID,
     MAX_NAMESPACE_ENTRIES, Problem, ResourceId, checks,
 };
-use crate::api::{AddressList, LIST_SIZE_MESSAGE, LocalRef};
+use crate::api::{AddressList, Entries, LIST_SIZE_MESSAGE, LocalRef};
 use hashbrown::HashTable;
 use kube::ResourceExt;
 use rustc_hash::FxBuildHasher;
@@ -137,42 +137,55 @@ impl Lists {
 }
 
 /// Entries parsed by one worker at a time.
-const PARSE_CHUNK: usize = 4096;
+const PARSE_CHUNK: usize = 2048;
 /// Chunks parsed before they are numbered.
-const PARSE_WINDOW: usize = 8;
+const PARSE_WINDOW: usize = 4;
 
-/// A list's items as written: its entries, then its bulk text's items.
-fn raw_items(list: &AddressList) -> impl Iterator<Item = &str> {
-    let bulk = list.spec.bulk.as_deref().unwrap_or_default();
-    list.spec.entries.iter().chain(entry::split_bulk(bulk))
+/// A list's items as written: borrowed from the list, or taken out of it so that each
+/// list's text is freed as soon as it is numbered.
+pub(super) struct Items<'a> {
+    entries: Cow<'a, Entries>,
+    bulk: Cow<'a, str>,
 }
 
-/// Normalise every list: parse each entry, drop and count duplicates, collect invalid ones.
-/// Lists refused by [`admit`] are not read at all.
-pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists {
-    let (admitted, total) = admit(lists, findings);
-    let raws = || {
-        lists
-            .iter()
-            .zip(&admitted)
-            .filter(|(_, admitted)| **admitted)
-            .flat_map(|(list, _)| raw_items(list))
-    };
-    // Sized once for every entry as written: growing the table rehashes them all each time,
-    // and growing the text copies it. Canonical texts are rarely longer than written.
-    let mut out = Lists {
-        text: Arc::new(String::with_capacity(raws().map(str::len).sum())),
-        ends: Vec::with_capacity(total),
-        ids: HashTable::with_capacity(total),
-        by_name: BTreeMap::new(),
-    };
-    // Parsing is most of the work, and each entry is parsed alone: on every core, in
-    // chunks (one list may hold all the entries), then taken in the order written. A few
-    // chunks per core at a time, as the loop below needs them: every entry parsed at once
-    // would hold a second copy of each (duplicates too) until numbered.
-    let mut unparsed = raws();
-    let mut parsed = std::iter::from_fn(|| {
-        let window: Vec<&str> = unparsed.by_ref().take(PARSE_CHUNK * PARSE_WINDOW).collect();
+impl<'a> Items<'a> {
+    pub fn of(list: &'a AddressList) -> Self {
+        Items {
+            entries: Cow::Borrowed(&list.spec.entries),
+            bulk: Cow::Borrowed(list.spec.bulk.as_deref().unwrap_or_default()),
+        }
+    }
+
+    pub fn take(list: &mut AddressList) -> Items<'static> {
+        Items {
+            entries: Cow::Owned(std::mem::take(&mut list.spec.entries)),
+            bulk: Cow::Owned(list.spec.bulk.take().unwrap_or_default()),
+        }
+    }
+
+    fn bulk(&self) -> impl Iterator<Item = &str> {
+        entry::split_bulk(&self.bulk)
+    }
+
+    fn count(&self) -> usize {
+        self.entries.len() + self.bulk().count()
+    }
+
+    /// Its entries, then its bulk text's items.
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().chain(self.bulk())
+    }
+}
+
+/// The canonical text of each raw entry, in order. Parsing is most of the work, and each
+/// entry is parsed alone: on every core, in chunks (one list may hold all the entries), a
+/// few chunks per core at a time, as the caller takes them. Every entry parsed at once
+/// would hold a second copy of each (duplicates too) until numbered.
+fn canonical_texts<'r>(
+    mut raws: impl Iterator<Item = &'r str>,
+) -> impl Iterator<Item = Result<Cow<'r, str>, String>> {
+    std::iter::from_fn(move || {
+        let window: Vec<&str> = raws.by_ref().take(PARSE_CHUNK * PARSE_WINDOW).collect();
         let chunks: Vec<&[&str]> = window.chunks(PARSE_CHUNK).collect();
         let parsed = crate::parallel::map(&chunks, |chunk| {
             chunk
@@ -183,10 +196,41 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
         (!parsed.is_empty()).then_some(parsed)
     })
     .flatten()
-    .flatten();
+    .flatten()
+}
+
+/// Normalise every list: parse each entry, drop and count duplicates, collect invalid ones.
+/// Lists refused by [`admit`] are not read at all.
+pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists {
+    normalize_items(lists, lists.iter().map(Items::of).collect(), findings)
+}
+
+/// [`normalize`], taking the entries out of the lists: each list's are freed once numbered,
+/// so they and the numbered entries are never all held at once.
+pub(super) fn normalize_taking(lists: &mut [AddressList], findings: &mut Findings) -> Lists {
+    let items = lists.iter_mut().map(Items::take).collect();
+    normalize_items(lists, items, findings)
+}
+
+fn normalize_items(lists: &[AddressList], items: Vec<Items>, findings: &mut Findings) -> Lists {
+    let (admitted, total) = admit(lists, &items, findings);
+    // Sized once for every entry as written: growing the table rehashes them all each time,
+    // and growing the text copies it. Canonical texts are rarely longer than written.
+    let mut out = Lists {
+        text: Arc::new(String::with_capacity(
+            (items.iter().zip(&admitted))
+                .filter(|(_, admitted)| **admitted)
+                .flat_map(|(items, _)| items.iter())
+                .map(str::len)
+                .sum(),
+        )),
+        ends: Vec::with_capacity(total),
+        ids: HashTable::with_capacity(total),
+        by_name: BTreeMap::new(),
+    };
     // The list that last took each id, to count duplicates within one list.
-    let mut last_list: Vec<u32> = Vec::new();
-    for (n, list) in lists.iter().enumerate() {
+    let mut last_list: Vec<u32> = vec![0; total];
+    for (n, (list, items)) in lists.iter().zip(items).enumerate() {
         if !admitted[n] {
             findings
                 .get_mut(&ResourceId::new(Kind::AddressList, list.name_any()))
@@ -194,18 +238,17 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
             out.by_name.insert(list.name_any(), Vec::new());
             continue;
         }
+        let mut parsed = canonical_texts(items.iter());
         let stamp = n as u32 + 1;
         let mut stats = ListStats::default();
-        let mut ids = Vec::new();
+        let mut ids = Vec::with_capacity(items.count());
         let mut add = |raw: &str,
                        parsed: Result<Cow<str>, String>,
                        field: &dyn Fn() -> String,
                        stats: &mut ListStats| match parsed {
             Ok(entry) => {
+                // No more ids than admitted entries.
                 let id = out.intern(&entry) as usize;
-                if id >= last_list.len() {
-                    last_list.resize(id + 1, 0);
-                }
                 if std::mem::replace(&mut last_list[id], stamp) == stamp {
                     stats.duplicates += 1;
                 } else {
@@ -228,23 +271,23 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
             }
         };
         // Parsed above, in this very order.
-        for ((i, raw), entry) in list.spec.entries.iter().enumerate().zip(&mut parsed) {
+        for ((i, raw), entry) in items.entries.iter().enumerate().zip(&mut parsed) {
             add(raw, entry, &|| format!("spec.entries[{i}]"), &mut stats);
         }
-        if let Some(bulk) = &list.spec.bulk {
-            for ((i, raw), entry) in entry::split_bulk(bulk).enumerate().zip(&mut parsed) {
-                add(
-                    raw,
-                    entry,
-                    &|| format!("spec.bulk (item {})", i + 1),
-                    &mut stats,
-                );
-            }
+        for ((i, raw), entry) in items.bulk().enumerate().zip(&mut parsed) {
+            add(
+                raw,
+                entry,
+                &|| format!("spec.bulk (item {})", i + 1),
+                &mut stats,
+            );
         }
         (stats.addresses, stats.domains) = out.count_kinds(&ids);
         findings
             .get_mut(&ResourceId::new(Kind::AddressList, list.name_any()))
             .list = Some(stats);
+        // Duplicates and invalid entries leave room unused.
+        ids.shrink_to_fit();
         out.by_name.insert(list.name_any(), ids);
     }
     // Hand back what duplicates and invalid entries left unused.
@@ -259,7 +302,7 @@ pub(super) fn normalize(lists: &[AddressList], findings: &mut Findings) -> Lists
 /// Entries are counted as written, before any is parsed or stored, so an oversized
 /// namespace costs one scan of its text instead of the memory of its entries. A refused
 /// list gets an error and contributes nothing. Also returns the entries admitted, as written.
-fn admit(lists: &[AddressList], findings: &mut Findings) -> (Vec<bool>, usize) {
+fn admit(lists: &[AddressList], items: &[Items], findings: &mut Findings) -> (Vec<bool>, usize) {
     let mut order: Vec<usize> = (0..lists.len()).collect();
     order.sort_by_key(|&i| checks::age_key(&lists[i]));
     let mut admitted = vec![false; lists.len()];
@@ -267,8 +310,7 @@ fn admit(lists: &[AddressList], findings: &mut Findings) -> (Vec<bool>, usize) {
     for i in order {
         let list = &lists[i];
         let id = ResourceId::new(Kind::AddressList, list.name_any());
-        let bulk = list.spec.bulk.as_deref().unwrap_or_default();
-        let problem = if bulk.chars().count() > MAX_BULK_CHARS {
+        let problem = if items[i].bulk.chars().count() > MAX_BULK_CHARS {
             Problem {
                 field: "spec.bulk".into(),
                 message: format!(
@@ -276,7 +318,7 @@ fn admit(lists: &[AddressList], findings: &mut Findings) -> (Vec<bool>, usize) {
                 ),
             }
         } else {
-            let count = list.spec.entries.len() + entry::split_bulk(bulk).count();
+            let count = items[i].count();
             if count > MAX_ENTRIES {
                 Problem {
                     field: "spec.entries".into(),

@@ -238,6 +238,8 @@ impl Accumulated {
             }
         }
         policy.inbound = inbound.finish();
+        // Not needed for outbound keys: freed before their map is built.
+        self.inbound = Vec::new();
         let is_key = |id: usize| self.tls[id].is_some() || self.routes[id] != 0;
         let keys = order.iter().filter(|&&id| is_key(id as usize)).count();
         let mut rules = key_map::Builder::with_capacity(keys);

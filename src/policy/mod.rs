@@ -60,16 +60,11 @@ pub fn evaluate(inputs: &Inputs) -> Evaluation {
 }
 
 /// [`evaluate`] for a caller with no further use for the lists' entries (`mailtls render`):
-/// they are freed as soon as they are numbered, before the merge, which is when memory
-/// peaks (a fifth of it at a hundred thousand entries). The lists keep their names and
-/// metadata.
+/// each list's are freed as soon as they are numbered, so the entries as written and as
+/// numbered are never all held at once. The lists keep their names and metadata.
 pub fn evaluate_dropping_entries(inputs: &mut Inputs) -> Evaluation {
     let mut findings = Findings::default();
-    let lists = lists::normalize(&inputs.address_lists, &mut findings);
-    for list in &mut inputs.address_lists {
-        list.spec.entries = Default::default();
-        list.spec.bulk = None;
-    }
+    let lists = lists::normalize_taking(&mut inputs.address_lists, &mut findings);
     merge_lists(inputs, lists, findings)
 }
 

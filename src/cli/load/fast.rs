@@ -134,6 +134,7 @@ impl<'de> Visitor<'de> for StrictEntries {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Entries, A::Error> {
         let mut entries = Entries::default();
         while seq.next_element_seed(StrictEntry(&mut entries))?.is_some() {}
+        entries.shrink_to_fit();
         Ok(entries)
     }
 }
