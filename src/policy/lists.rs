@@ -143,20 +143,20 @@ const PARSE_WINDOW: usize = 4;
 
 /// A list's items as written: borrowed from the list, or taken out of it so that each
 /// list's text is freed as soon as it is numbered.
-pub(super) struct Items<'a> {
+struct Items<'a> {
     entries: Cow<'a, Entries>,
     bulk: Cow<'a, str>,
 }
 
 impl<'a> Items<'a> {
-    pub fn of(list: &'a AddressList) -> Self {
+    fn of(list: &'a AddressList) -> Self {
         Items {
             entries: Cow::Borrowed(&list.spec.entries),
             bulk: Cow::Borrowed(list.spec.bulk.as_deref().unwrap_or_default()),
         }
     }
 
-    pub fn take(list: &mut AddressList) -> Items<'static> {
+    fn take(list: &mut AddressList) -> Items<'static> {
         Items {
             entries: Cow::Owned(std::mem::take(&mut list.spec.entries)),
             bulk: Cow::Owned(list.spec.bulk.take().unwrap_or_default()),
