@@ -330,8 +330,14 @@ fn explain_outbound(
             )
         }
         (Route::Recipients { gateway, entry }, Some(h)) => {
+            // No entry: the key found decides its own route.
+            let entry = match (entry, delivery.key) {
+                (Some(e), _) => format!(" for {e}"),
+                (None, Some(key)) => format!(" for {key}"),
+                (None, None) => String::new(),
+            };
             format!(
-                "{} via OutboundGateway/{gateway} (change of route for {entry}, the most specific route entry)",
+                "{} via OutboundGateway/{gateway} (change of route{entry}, the most specific route entry)",
                 h.nexthop()
             )
         }

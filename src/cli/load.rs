@@ -3,6 +3,7 @@
 //! with file, line, resource and field.
 
 use super::yaml_limits;
+mod block;
 mod fast;
 use crate::api::{AddressList, GROUP, OutboundGateway, TlsCompliance, VERSION};
 use crate::engine::Managed;

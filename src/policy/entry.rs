@@ -53,6 +53,15 @@ impl EntryKind {
             EntryKind::Domain
         }
     }
+
+    /// The domain part of a canonical entry text (see [`Entry::domain`]).
+    pub fn domain(text: &str) -> &str {
+        match EntryKind::of(text) {
+            EntryKind::Address => text.rsplit_once('@').map_or(text, |(_, d)| d),
+            EntryKind::Domain => text,
+            EntryKind::Subdomains => &text[1..],
+        }
+    }
 }
 
 impl PartialEq for Entry {
@@ -115,6 +124,11 @@ impl Entry {
         }
     }
 
+    /// The shared text and where in it this entry is.
+    pub(super) fn parts(&self) -> (&Arc<String>, u32, u32) {
+        (&self.text, self.start, self.end)
+    }
+
     /// The canonical text, as written in a Postfix table.
     pub fn as_str(&self) -> &str {
         &self.text[self.start as usize..self.end as usize]
@@ -126,12 +140,7 @@ impl Entry {
 
     /// The domain part: the address's domain, the domain, or the parent of the subdomains.
     pub fn domain(&self) -> &str {
-        let text = self.as_str();
-        match self.kind() {
-            EntryKind::Address => text.rsplit_once('@').map_or(text, |(_, d)| d),
-            EntryKind::Domain => text,
-            EntryKind::Subdomains => &text[1..],
-        }
+        EntryKind::domain(self.as_str())
     }
 
     pub fn is_address(&self) -> bool {

@@ -62,6 +62,12 @@ impl Lists {
         self.ends.len()
     }
 
+    /// Free which ids each list holds, once every policy and gateway has taken its own
+    /// (the merge needs only the entries).
+    pub fn forget_members(&mut self) {
+        self.by_name = BTreeMap::new();
+    }
+
     fn intern(&mut self, entry: &str) -> u32 {
         let h = hash(entry);
         if let Some(id) = self.id_hashed(h, entry) {

@@ -271,7 +271,7 @@ impl Accumulated {
                 {
                     recipients = Some(Route::Recipients {
                         gateway: g.to_string(),
-                        entry: lists.entry(covering as u32),
+                        entry: (covering != id).then(|| lists.entry(covering as u32)),
                     });
                 }
             }

@@ -17,7 +17,7 @@ mod model;
 pub use checks::parse_interval;
 pub use entry::{Entry, parse_entry};
 pub use host::Host;
-pub use key_map::KeyMap;
+pub use key_map::{Key, KeyMap};
 pub use last_valid::{LastValid, evaluate_fail_closed};
 pub use lists::list_entries;
 pub use model::*;
@@ -69,7 +69,7 @@ pub fn evaluate_dropping_entries(inputs: &mut Inputs) -> Evaluation {
 }
 
 /// Everything after the lists are numbered: gateways, policies, and their merge.
-fn merge_lists(inputs: &Inputs, lists: lists::Lists, mut findings: Findings) -> Evaluation {
+fn merge_lists(inputs: &Inputs, mut lists: lists::Lists, mut findings: Findings) -> Evaluation {
     let mut policy = EffectivePolicy {
         namespace: inputs.namespace.clone(),
         ..Default::default()
@@ -127,6 +127,7 @@ fn merge_lists(inputs: &Inputs, lists: lists::Lists, mut findings: Findings) -> 
         f.rendered = true;
         acc.add_policy(p, &ids);
     }
+    lists.forget_members();
     acc.resolve(&lists, &mut policy);
     merge::record_gateway_use(&policy, &mut findings);
     Evaluation { policy, findings }

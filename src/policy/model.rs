@@ -3,7 +3,7 @@
 
 use super::entry::Entry;
 use super::host::Host;
-use super::key_map::KeyMap;
+use super::key_map::{Key, KeyMap};
 use crate::api::{Mechanism, OnFailure, TlsVersion};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -163,8 +163,12 @@ pub enum Route {
     Relayhost(String),
     /// Through the alternate secure route (`SecureTransportRequired`).
     SecureRoute(String),
-    /// Through a per-recipient gateway (`Recipients`), decided by the given entry.
-    Recipients { gateway: String, entry: Entry },
+    /// Through a per-recipient gateway (`Recipients`), decided by `entry`, or by the key
+    /// itself when `None`: so the keys of a routed list share one rule instead of one each.
+    Recipients {
+        gateway: String,
+        entry: Option<Entry>,
+    },
 }
 
 impl Route {
@@ -221,7 +225,7 @@ pub struct EffectivePolicy {
 
 impl EffectivePolicy {
     /// The outbound rule Postfix applies to a recipient: the most specific key covering it.
-    pub fn outbound_for(&self, recipient: &Entry) -> Option<(&Entry, &OutboundRule)> {
+    pub fn outbound_for(&self, recipient: &Entry) -> Option<(Key<'_>, &OutboundRule)> {
         recipient
             .lookup_chain()
             .into_iter()
@@ -230,7 +234,7 @@ impl EffectivePolicy {
 
     /// The inbound rule for a sender, found as Postfix's access table finds it (see
     /// [`Entry::access_chain`]).
-    pub fn inbound_for(&self, sender: &Entry) -> Option<(&Entry, &InboundRule)> {
+    pub fn inbound_for(&self, sender: &Entry) -> Option<(Key<'_>, &InboundRule)> {
         sender
             .access_chain()
             .iter()
@@ -274,7 +278,7 @@ impl EffectivePolicy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery<'a> {
     /// The most specific key covering the recipient, and its rule.
-    pub key: Option<&'a Entry>,
+    pub key: Option<Key<'a>>,
     pub rule: Option<&'a OutboundRule>,
     pub route: Route,
     /// The gateway of the route; `None` for direct delivery to the MX hosts.
@@ -500,7 +504,7 @@ mod tests {
         );
         assert!(errors.is_empty());
         let policy = crate::policy::evaluate(&loaded.namespaces["default"]).policy;
-        let key = |found: Option<&Entry>| found.map(|e| e.as_str().to_string());
+        let key = |found: Option<Key>| found.map(|k| k.as_str().to_string());
         let e = |s: &str| crate::policy::parse_entry(s).expect(s);
         assert_eq!(
             key(policy

@@ -30,7 +30,7 @@
 use super::{InMemory, MANIFEST, Output, RelayConfig, RenderOptions, Rendered, content_hash, hex};
 use crate::api::{OnFailure, TlsVersion};
 use crate::policy::{
-    EffectivePolicy, Enforced, Entry, Hop, Level, Mechanisms, OutboundRule, Requirement, Route,
+    EffectivePolicy, Enforced, Hop, Key, Level, Mechanisms, OutboundRule, Requirement, Route,
 };
 use rustc_hash::FxHashMap;
 use serde_json::json;
@@ -555,14 +555,14 @@ impl Write for FileWriter<'_> {
 fn key_rows<'n>(
     policy: &EffectivePolicy,
     nexthops: &'n Nexthops,
-    key: &Entry,
+    key: Key<'_>,
     rule: &OutboundRule,
 ) -> (Option<TableLevel>, Option<Transport<'n>>) {
     match (rule.enforced, policy.hop(&rule.route)) {
         // A plain change of route, written only where the route is declared; keys below it
         // fall through to that entry.
         (None, Some(hop)) => match &rule.route {
-            Route::Recipients { entry, .. } if entry == key => {
+            Route::Recipients { entry: None, .. } => {
                 (None, Some(Transport::Smtp(nexthops.of(hop))))
             }
             _ => (None, None),

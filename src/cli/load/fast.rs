@@ -2,10 +2,12 @@
 //! field gets reported (it is read again without each one), but for a list of 10k entries it
 //! takes about 13 times the document's text. Here the entries of `spec` go straight into
 //! their text as they are parsed, every other field into a value as usual, and the document
-//! is then typed as [`classify`](super::classify) types it. Whenever that could read
-//! differently, the caller reads the whole document the usual way instead.
+//! is then typed as [`classify`](super::classify) types it. In block YAML the entries are
+//! read line by line where they can be ([`block`]), before the YAML parser sees the rest.
+//! Whenever that could read differently, the caller reads the whole document the usual way
+//! instead.
 
-use super::{Doc, classify};
+use super::{Doc, block, classify};
 use crate::api::Entries;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -25,10 +27,10 @@ pub(super) fn address_list(text: &str) -> Option<Doc> {
     } else {
         None
     };
-    let Split { value, entries } = match split {
-        Some(split) => split,
-        None => serde_norway::from_str::<Split>(text).ok()?,
-    };
+    let split = split
+        .or_else(|| block_split(text))
+        .or_else(|| serde_norway::from_str::<Split>(text).ok());
+    let Split { value, entries } = split?;
     match (classify(value), entries) {
         (Doc::AddressList(mut typed), entries) => {
             let (list, _) = typed.read.as_mut().ok()?;
@@ -42,6 +44,18 @@ pub(super) fn address_list(text: &str) -> Option<Doc> {
         // Nothing was taken out: the very value the usual way reads.
         (read, None) => Some(read),
     }
+}
+
+/// The document read with its entries read line by line; None if they cannot be, or if the
+/// YAML parser does not find the marker in `spec.entries`, where they were taken out.
+fn block_split(text: &str) -> Option<Split> {
+    let block = block::entries(text)?;
+    let split = serde_norway::from_str::<Split>(&block.rest).ok()?;
+    let marked = split.entries.as_ref()?;
+    (marked.len() == 1 && marked.get(0) == Some(block::MARKER)).then_some(Split {
+        entries: Some(block.entries),
+        ..split
+    })
 }
 
 /// A document with `spec.entries` taken out of its value.
@@ -236,6 +250,74 @@ mod tests {
         ];
         for text in &usual_way {
             assert!(address_list(text).is_none(), "{text}");
+        }
+    }
+
+    /// Lines an entries block may hold, read line by line or left to the YAML parser.
+    const LINES: &[&str] = &[
+        "  entries:",
+        "  entries: # the list",
+        "  entries: &x",
+        "  \"entries\":",
+        "    entries:",
+        "  entries: [k.example]",
+        "  - a.example",
+        "  - x@y.example",
+        "  - 'q@y.example'",
+        "  - \"d.example\"",
+        "  - a.example # who",
+        "  - a.example#who",
+        "  - .sub.example",
+        "  - A.EXAMPLE",
+        "  - 1e5.example",
+        "  - ''",
+        "  - 5",
+        "  - 1.5",
+        "  - 1.5e3",
+        "  - true",
+        "  - .inf",
+        "  - .NaN",
+        "  - -.inf",
+        "  - localhost",
+        "  -",
+        "  - a.example:",
+        "  - &a e.example",
+        "  - *a",
+        "  - 'it''s.example'",
+        "  - \"tab\\t.example\"",
+        "  - a.example\t",
+        "\t- a.example",
+        "    - b.example",
+        " - c.example",
+        "    continued.example",
+        "  # a comment",
+        "",
+        "   ",
+        "  bulk: z.example",
+        "  other: 1",
+        "    nested: 2",
+        "status: {}",
+        "spec:",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2048, failure_persistence: None, ..Default::default() })]
+        /// Whatever lines follow `spec:`, a document read the fast way (line by line where it
+        /// can) reads as the usual way reads it.
+        #[test]
+        fn entries_read_line_by_line_read_as_the_yaml_parser_reads_them(
+            lines in proptest::collection::vec(proptest::sample::select(LINES), 0..12),
+            windows in proptest::bool::ANY,
+        ) {
+            let text = format!("{HEAD}spec:\n{}\n", lines.join("\n"));
+            let text = if windows { text.replace('\n', "\r\n") } else { text };
+            if let Some(read) = address_list(&text) {
+                proptest::prop_assert_eq!(
+                    format!("{:?}", Ok::<_, ()>(debug(read))),
+                    usual(&text),
+                    "{}", text
+                );
+            }
         }
     }
 }
