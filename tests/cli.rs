@@ -348,6 +348,7 @@ fn render_rejects_unsafe_options_as_usage_errors() {
 /// (BENCHMARKS.md). Without the setting, the build would quietly lose that.
 #[cfg(feature = "jemalloc")]
 #[test]
+#[cfg(feature = "jemalloc")]
 fn the_allocator_gives_freed_memory_back_at_once() {
     let o = Command::new(env!("CARGO_BIN_EXE_mailtls"))
         .arg("--version")
@@ -360,6 +361,20 @@ fn the_allocator_gives_freed_memory_back_at_once() {
         stats.contains("opt.dirty_decay_ms: 0 ") && stats.contains("opt.muzzy_decay_ms: 0 "),
         "{stats}"
     );
+}
+
+#[test]
+fn a_reader_that_went_away_ends_the_command_quietly() {
+    // The pipe's reader is closed before mailtls starts, so its first write fails.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_mailtls"))
+        .arg("crds")
+        .stdout(writer)
+        .output()
+        .expect("run mailtls");
+    assert_eq!(o.status.code(), Some(141), "{}", text(&o));
+    assert!(o.stderr.is_empty(), "{}", text(&o));
 }
 
 #[test]

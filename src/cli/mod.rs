@@ -69,6 +69,7 @@ enum Command {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let json = matches!(&cli.command, Command::Run(a) if a.log_format == run::LogFormat::Json);
     init_logging(json);
@@ -86,6 +87,28 @@ pub fn main() -> ExitCode {
         Command::RelayDrain(args) => relay_drain::run(args),
         Command::Run(args) => run::run(args),
     }
+}
+
+/// A reader that went away (`mailtls crds | head -1`) ends the process quietly with status
+/// 141, as SIGPIPE ends a C program, instead of with a panic and a backtrace: Rust ignores
+/// SIGPIPE, so `print!` to a closed pipe panics.
+fn quiet_on_closed_stdout() {
+    let broken_pipe = std::io::Error::from_raw_os_error(32).to_string(); // EPIPE on Linux
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        let closed = message.is_some_and(|message| {
+            message.starts_with("failed printing to stdout") && message.ends_with(&broken_pipe)
+        });
+        if closed {
+            std::process::exit(141);
+        }
+        default(info)
+    }));
 }
 
 /// Logs on stderr, human or JSON lines; level from `RUST_LOG` (default `info`).
