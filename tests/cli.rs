@@ -271,6 +271,41 @@ fn render_reports_every_error_with_file_line_resource_and_field() {
 }
 
 #[test]
+fn invalid_entries_are_reported_on_their_own_lines() {
+    let input = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        input.path().join("c.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n---\n\
+         apiVersion: mailtls.io/v1alpha1\nkind: AddressList\nmetadata:\n  name: l\nspec:\n  \
+         entries:\n  - ok.example\n  # a comment\n  - bad..example\n  - x@y@z.example\n  \
+         bulk: |\n    fine.example\n    also..bad\n",
+    )
+    .expect("write");
+    // Items of a `kind: List` are reported at the list's line.
+    std::fs::write(
+        input.path().join("d.json"),
+        r#"{"apiVersion": "v1", "kind": "List", "items": [
+  {"apiVersion": "mailtls.io/v1alpha1", "kind": "AddressList", "metadata": {"name": "j"},
+   "spec": {"entries": ["ok.example",
+     "bad..example"]}}]}
+"#,
+    )
+    .expect("write");
+    let (o, out) = render_into_out(input.path());
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    for line in [
+        "c.yaml:14: AddressList/l: spec.entries[1]: 'bad..example'",
+        "c.yaml:15: AddressList/l: spec.entries[2]: 'x@y@z.example'",
+        "c.yaml:16: AddressList/l: spec.bulk (item 2): 'also..bad'",
+        "d.json:1: AddressList/j: spec.entries[1]: 'bad..example'",
+    ] {
+        assert!(t.contains(line), "{line}\n{t}");
+    }
+    assert!(!out.exists());
+}
+
+#[test]
 fn an_unquoted_version_is_explained() {
     let input = tempfile::tempdir().expect("tempdir");
     std::fs::write(

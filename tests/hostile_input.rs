@@ -303,7 +303,7 @@ fn render_cli_refuses_hostile_input_and_writes_nothing() {
     assert!(!out.exists(), "nothing may be written on invalid input");
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(
-        stderr.contains("bad.yaml:1: AddressList/l: spec.entries[1]"),
+        stderr.contains("bad.yaml:8: AddressList/l: spec.entries[1]"),
         "{stderr}"
     );
     assert!(stderr.contains("spec.entries[2]"), "{stderr}");

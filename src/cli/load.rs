@@ -12,7 +12,7 @@ use crate::policy::{Inputs, ResourceId};
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -67,6 +67,9 @@ impl fmt::Display for LoadError {
 pub struct Loaded {
     pub namespaces: BTreeMap<String, Inputs>,
     pub sources: HashMap<(String, ResourceId), Source>,
+    /// Resources read from a document of their own (not an item of a `kind: List`), whose
+    /// fields can be found by line in it.
+    own_documents: HashSet<(String, ResourceId)>,
     /// Documents of other kinds that were passed over (`file:line kind`).
     pub skipped: Vec<String>,
 }
@@ -74,6 +77,53 @@ pub struct Loaded {
 impl Loaded {
     pub fn source(&self, namespace: &str, id: &ResourceId) -> Option<&Source> {
         self.sources.get(&(namespace.to_string(), id.clone()))
+    }
+}
+
+/// Finds the line of a field of a loaded resource (`spec.entries[41]`), for problems found
+/// after loading. The texts are not kept while loading (a large list's file can be most of
+/// the memory), so each file involved is read again, once; a document whose fields cannot be
+/// found by line, or a file that cannot be read again, gives the document's line.
+pub struct Locator<'a> {
+    loaded: &'a Loaded,
+    /// Per file read again: its documents' texts by their first line.
+    files: HashMap<PathBuf, Option<HashMap<usize, String>>>,
+}
+
+impl<'a> Locator<'a> {
+    pub fn new(loaded: &'a Loaded) -> Self {
+        Locator {
+            loaded,
+            files: HashMap::new(),
+        }
+    }
+
+    pub fn locate(&mut self, namespace: &str, id: &ResourceId, field: &str) -> Option<Source> {
+        let source = self.loaded.source(namespace, id)?;
+        let key = (namespace.to_string(), id.clone());
+        if !self.loaded.own_documents.contains(&key) {
+            return Some(source.clone());
+        }
+        let file = self.files.entry(source.file.clone()).or_insert_with(|| {
+            let text = std::fs::read_to_string(&source.file).ok()?;
+            let docs = documents(&source.file, &text, &mut Vec::new());
+            Some(
+                docs.into_iter()
+                    .map(|d| (d.source.line, d.text.to_string()))
+                    .collect(),
+            )
+        });
+        // `spec.bulk (item 7)`: the line of `bulk`.
+        let path = field.split(" (").next().unwrap_or(field);
+        let offset = file
+            .as_ref()
+            .and_then(|docs| docs.get(&source.line))
+            .and_then(|doc| field_line(doc, path))
+            .unwrap_or(0);
+        Some(Source {
+            file: source.file.clone(),
+            line: source.line + offset,
+        })
     }
 }
 
@@ -498,6 +548,9 @@ fn add<K: Managed>(
         }
         return;
     }
+    if doc.is_some() {
+        loaded.own_documents.insert((namespace.clone(), id.clone()));
+    }
     loaded
         .sources
         .insert((namespace.clone(), id), source.clone());
@@ -649,8 +702,9 @@ fn field_line(doc: &str, path: &str) -> Option<usize> {
             }
             Segment::Index(i) => {
                 let dash = |n: &usize| lines[*n].2 == "-" || lines[*n].2.starts_with("- ");
+                // Items may stand at their key's own indentation (`entries:` / `- a`).
                 let block: Vec<usize> = (start..lines.len())
-                    .take_while(|&n| inside(&lines[n]))
+                    .take_while(|&n| inside(&lines[n]) || (dash(&n) && Some(lines[n].1) == parent))
                     .filter(dash)
                     .collect();
                 // The list's own items, not those of lists nested in them.
@@ -767,6 +821,16 @@ spec:
         assert_eq!(line("spec.addressLists[1].extra[1]"), Some(16));
         // Not there: the deepest part that is.
         assert_eq!(line("spec.tls.missing"), Some(9));
+        // Items at their key's own indentation, as kubectl writes them.
+        let indentless = "spec:\n  entries:\n  - a\n  # b\n  - c\n  bulk: x\n";
+        assert_eq!(
+            field_line(indentless, "spec.entries[1]").map(|n| n + 1),
+            Some(5)
+        );
+        assert_eq!(
+            field_line(indentless, "spec.entries[2]").map(|n| n + 1),
+            Some(2)
+        );
         let flow = "kind: X\nspec: {port: many, host: h}\n";
         assert_eq!(field_line(flow, "spec.port").map(|n| n + 1), Some(2));
     }

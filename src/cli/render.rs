@@ -1,5 +1,5 @@
 use super::EXIT_INVALID;
-use super::load::{LoadError, Loaded, load};
+use super::load::{LoadError, Loaded, Locator, load};
 use super::output::{DirOutput, RenderFlags};
 use crate::policy::{Evaluation, Inputs, evaluate, evaluate_dropping_entries};
 use crate::render::{MANIFEST, render_to};
@@ -157,11 +157,12 @@ fn pick_namespace(loaded: &mut Loaded, wanted: Option<&str>) -> Result<Inputs, S
 /// Spec errors and invalid entries, tied back to the files they came from.
 pub(crate) fn finding_errors(loaded: &Loaded, evaluation: &Evaluation) -> Vec<LoadError> {
     let ns = &evaluation.policy.namespace;
+    let mut locator = Locator::new(loaded);
     let mut errors: Vec<LoadError> = evaluation
         .findings
         .problems()
         .map(|(id, p)| LoadError {
-            source: loaded.source(ns, id).cloned(),
+            source: locator.locate(ns, id, &p.field),
             resource: Some(id.to_string()),
             field: Some(p.field.clone()),
             message: p.message.clone(),
