@@ -66,6 +66,20 @@ impl Seen {
             .is_ok_and(|w| rv.is_some() && w.get(namespace) == rv.as_ref())
     }
 
+    /// Namespaces in `scope` (None: all) whose ConfigMap this process wrote or found in
+    /// order but a complete list of them (`listed`) lacks: deleted while the watch was not
+    /// watching (before its first list, or in a gap), so no deletion event will come.
+    fn missing_from(&self, listed: &BTreeSet<String>, scope: Option<&str>) -> Vec<String> {
+        let Ok(written) = self.written.lock() else {
+            return Vec::new();
+        };
+        written
+            .keys()
+            .filter(|ns| scope.is_none_or(|s| s == ns.as_str()) && !listed.contains(*ns))
+            .cloned()
+            .collect()
+    }
+
     pub(super) fn mark_deleted(&self, namespace: &str) {
         if let Ok(mut w) = self.written.lock() {
             w.remove(namespace);
@@ -135,24 +149,38 @@ async fn drive(
     seen: Arc<Seen>,
     queue: Sender,
 ) {
+    let scope = api.namespace().map(str::to_string);
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     let mut first_list = true;
+    // The namespaces of the list under way.
+    let mut listed = BTreeSet::new();
     while let Some(event) = stream.next().await {
         match event {
             Err(e) => tracing::warn!(%name, "ConfigMap watch failed, retrying with backoff: {e}"),
+            Ok(Event::Init) => listed.clear(),
             // The first list is covered by the reconcile of every namespace at start, unless
             // that reconcile ran before it and an edit came in between (a slow first list
             // under load); a relist after a gap may hide edits or deletions, so it rechecks
             // them all.
             Ok(Event::InitApply(cm)) => {
                 let ns = cm.namespace().unwrap_or_default();
+                listed.insert(ns.clone());
                 if !first_list || seen.changed_since_known(&ns, &cm) {
                     seen.mark_changed(&ns);
                     queue.send(ns)
                 }
             }
-            Ok(Event::InitDone) => first_list = false,
+            Ok(Event::InitDone) => {
+                first_list = false;
+                // A reconcile that wrote a ConfigMap the list then lacked: the reconcile
+                // checks, and one that is there after all costs only that check.
+                for ns in seen.missing_from(&listed, scope.as_deref()) {
+                    tracing::info!(namespace = %ns, %name, "ConfigMap deleted before it was listed");
+                    seen.mark_deleted(&ns);
+                    queue.send(ns);
+                }
+            }
             Ok(Event::Apply(cm)) => {
                 let ns = cm.namespace().unwrap_or_default();
                 if !seen.is_own(&ns, &cm) {
@@ -167,7 +195,6 @@ async fn drive(
                 seen.mark_deleted(&ns);
                 queue.send(ns);
             }
-            Ok(Event::Init) => {}
         }
     }
 }
@@ -290,6 +317,68 @@ mod tests {
         seen.mark_deleted("ns");
         assert!(!seen.has_written("ns"));
         assert!(seen.take_deleted("ns") && !seen.take_deleted("ns"));
+    }
+
+    /// A ConfigMap written, then deleted before the watch's list: the list's end shows it,
+    /// within the watch's own namespace only.
+    #[test]
+    fn a_deletion_before_the_list_is_seen_at_its_end() {
+        let seen = Seen::default();
+        let mut cm = ConfigMap::default();
+        cm.metadata.resource_version = Some("7".into());
+        seen.wrote("a", &cm);
+        seen.wrote("b", &cm);
+        let listed = BTreeSet::from(["b".to_string()]);
+        assert_eq!(seen.missing_from(&listed, None), ["a"]);
+        assert_eq!(seen.missing_from(&listed, Some("a")), ["a"]);
+        assert!(seen.missing_from(&listed, Some("b")).is_empty());
+        assert!(seen.missing_from(&listed, Some("c")).is_empty());
+    }
+
+    /// The watch itself: a list that lacks a ConfigMap this process wrote (it was deleted
+    /// before the list) marks it deleted and queues its namespace; no deletion event comes.
+    #[tokio::test]
+    async fn a_watch_whose_list_lacks_a_written_config_map_marks_it_deleted() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<ConfigMap> = Api::namespaced(Client::new(service, "team-a"), "team-a");
+        let seen = Arc::new(Seen::default());
+        let mut cm = ConfigMap::default();
+        cm.metadata.resource_version = Some("7".into());
+        seen.wrote("team-a", &cm);
+        let mut queue = super::super::queue::Queue::new();
+        let config = watcher::Config::default().fields("metadata.name=state");
+        let watch = tokio::spawn(drive(
+            api,
+            config,
+            "state".into(),
+            seen.clone(),
+            queue.sender(),
+        ));
+        let wait = std::time::Duration::from_secs(10);
+        let (request, reply) = tokio::time::timeout(wait, handle.next_request())
+            .await
+            .expect("a request")
+            .expect("the list");
+        assert!(
+            request
+                .uri()
+                .to_string()
+                .starts_with("/api/v1/namespaces/team-a/configmaps?"),
+            "{}",
+            request.uri()
+        );
+        let empty = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMapList",
+            "metadata": {"resourceVersion": "9"}, "items": []
+        });
+        let body = Body::from(serde_json::to_vec(&empty).expect("json"));
+        reply.send_response(Response::builder().body(body).expect("response"));
+        let queued = tokio::time::timeout(wait, queue.rx.recv()).await;
+        assert_eq!(queued.expect("queued in time").as_deref(), Some("team-a"));
+        assert!(seen.take_deleted("team-a") && !seen.has_written("team-a"));
+        watch.abort();
     }
 
     /// A first list that comes after the reconcile at start still shows an edit made in
