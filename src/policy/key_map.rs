@@ -72,13 +72,7 @@ impl<V> KeyMap<V> {
     }
 
     fn at(&self, i: usize) -> (Key<'_>, &V) {
-        let (start, end) = self.keys[i];
-        let key = Key {
-            text: &self.text,
-            start,
-            end,
-        };
-        (key, self.rule(i))
+        (Key(self.key_str(self.keys[i])), self.rule(i))
     }
 
     /// Every key with its rule, in key order.
@@ -108,22 +102,13 @@ impl<V: Eq + Hash> KeyMap<V> {
     }
 }
 
-/// A key of a [`KeyMap`], borrowed from it: its text lives as long as the map.
-#[derive(Clone, Copy)]
-pub struct Key<'a> {
-    text: &'a Arc<String>,
-    start: u32,
-    end: u32,
-}
+/// A key of a [`KeyMap`], borrowed from it: a canonical entry's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Key<'a>(&'a str);
 
 impl<'a> Key<'a> {
     pub fn as_str(self) -> &'a str {
-        &self.text[self.start as usize..self.end as usize]
-    }
-
-    /// The key as an entry of its own (sharing the map's text).
-    pub fn entry(self) -> Entry {
-        Entry::in_text(self.text.clone(), self.start as usize, self.end as usize)
+        self.0
     }
 
     pub fn kind(self) -> EntryKind {
@@ -144,23 +129,9 @@ impl<'a> Key<'a> {
     }
 }
 
-impl PartialEq for Key<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for Key<'_> {}
-
 impl fmt::Display for Key<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for Key<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Key").field(&self.as_str()).finish()
     }
 }
 
@@ -337,7 +308,7 @@ mod tests {
         assert!(map.contains_key(&e("c@a.example")));
         assert_eq!(map.get("nowhere.example"), None);
         assert_eq!(map.values().count(), 3);
-        let same: KeyMap<&str> = map.iter().map(|(k, v)| (k.entry(), *v)).collect();
+        let same: KeyMap<&str> = map.iter().map(|(k, v)| (e(k.as_str()), *v)).collect();
         assert_eq!(same, map);
     }
 }
